@@ -1,0 +1,127 @@
+"""The `modelreg` command: run services, the local stack, and the registry's tools.
+
+Errors a person can fix are printed as one line (`modelreg: error: ...`) with exit code 2
+for bad usage or settings and 1 for a failed operation; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from shared.settings import SettingsError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """An operation failed for a reason the person can act on."""
+
+
+SERVICES = ("ingest",)
+
+
+def _service_factory(name: str) -> Callable:  # type: ignore[type-arg]
+    if name == "ingest":
+        from services.ingest.app import create_app
+        return create_app
+    raise UserError(f"unknown service {name!r}; choose one of: {', '.join(SERVICES)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelreg", description="Event-driven ML model registry.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stack = commands.add_parser("stack", help="the local Kafka + PostgreSQL + S3 stack")
+    stack_commands = stack.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    up = stack_commands.add_parser("up", help="start Kafka, PostgreSQL and S3 on 127.0.0.1")
+    up.add_argument("--kafka-port", type=_port, default=None)
+    up.add_argument("--postgres-port", type=_port, default=None)
+    up.add_argument("--s3-port", type=_port, default=None)
+    down = stack_commands.add_parser("down", help="stop the stack (data is kept)")
+    down.add_argument("--purge", action="store_true", help="also delete every bit of its data")
+    stack_commands.add_parser("status", help="what runs, and the env exports that point at it")
+
+    run = commands.add_parser("run", help="run one service in the foreground")
+    run.add_argument("service", choices=SERVICES)
+
+    commands.add_parser("migrate", help="apply database migrations and exit")
+
+    schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
+    schemas.add_argument("action", choices=("generate", "check"))
+    schemas.add_argument("--dir", default="schemas", help="default: ./schemas")
+    return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from shared.stack.proc import StackError
+
+    try:
+        return dispatch(args) or 0
+    except SettingsError as exc:
+        print(f"modelreg: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UserError, StackError) as exc:
+        print(f"modelreg: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ConnectionError) as exc:
+        print(f"modelreg: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    if args.command == "stack":
+        from services.cli import stack
+        return stack.command(args)
+    if args.command == "run":
+        from shared.settings import load_settings
+        settings = load_settings()
+        app = _service_factory(args.service)(settings)
+        asyncio.run(app.run_until_signalled())
+        return 0
+    if args.command == "migrate":
+        from shared.db import migrate
+        from shared.settings import load_settings
+        applied = asyncio.run(migrate(load_settings().dsn))
+        print(f"applied {len(applied)} migration(s)" if applied else "the database is up to date")
+        return 0
+    if args.command == "schemas":
+        from pathlib import Path
+
+        from shared import schemagen
+        directory = Path(args.dir)
+        if args.action == "generate":
+            written = schemagen.write(directory)
+            print(f"wrote {len(written)} files under {directory}/")
+            return 0
+        drift = schemagen.drift(directory)
+        for line in drift:
+            print(line)
+        if drift:
+            print("schemas/ is out of date: run `modelreg schemas generate`", file=sys.stderr)
+            return EXIT_FAILED
+        print("schemas/ matches the event models")
+        return 0
+    raise UserError(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

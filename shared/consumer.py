@@ -1,0 +1,283 @@
+"""At-least-once batch processing: one transaction per batch, idempotent, poison to the DLQ.
+
+For each batch of Kafka records a service receives:
+
+1. every record is parsed; what cannot be an event of its topic becomes a dead letter;
+2. events this consumer already applied (processed_events) are skipped;
+3. the service may do I/O for the new events outside the transaction (`prepare`);
+4. one transaction records the processed ids, runs each event's handler in a savepoint
+   and writes everything emitted (events, audit records, dead letters) to the outbox;
+5. only then does the caller commit the Kafka offsets.
+
+A handler raising `InvalidEvent` dead-letters its event and keeps the rest of the batch.
+Retryable faults (database or S3 unreachable) retry the whole batch with backoff, forever:
+the offsets are not committed, so nothing is lost and order is kept. Any other exception is
+retried a few times, then the batch is replayed one event at a time so that only the event
+that keeps failing is dead-lettered and the service keeps consuming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from shared.events import (
+    MODEL_NAME_PATTERN,
+    UNKNOWN_MODEL,
+    CloudEvent,
+    D,
+    DlqError,
+    InvalidEvent,
+    RegistryAudit,
+    RegistryAuditData,
+    RegistryDlq,
+    RegistryDlqData,
+    follow_up,
+    new_event,
+    parse_event,
+)
+from shared.outbox import OutboxRow, write_outbox
+from shared.storage import is_retryable as s3_retryable
+
+log = logging.getLogger(__name__)
+
+_DEAD_LETTER_IDS = uuid.UUID("8a1c5f4e-2f59-4b8e-9d9c-6d0c3a6f1e21")
+_NAME = re.compile(MODEL_NAME_PATTERN)
+UNEXPECTED_FAULT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka record as the consumer saw it (topic is the contract name, unprefixed)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def key_text(self) -> str | None:
+        try:
+            return self.key.decode() if self.key is not None else None
+        except UnicodeDecodeError:
+            return None
+
+    @property
+    def dead_letter_id(self) -> uuid.UUID:
+        """Stable per message, so a redelivered poison message is dead-lettered once."""
+        return uuid.uuid5(_DEAD_LETTER_IDS, f"{self.topic}/{self.partition}/{self.offset}")
+
+
+@dataclass
+class Delivery:
+    record: Record
+    event: CloudEvent[Any] | None = None
+    error: InvalidEvent | None = None
+
+
+class Tx:
+    """What a handler may do: SQL on `conn`, and emit events and audit records."""
+
+    def __init__(self, conn: asyncpg.Connection, service: str, cause: CloudEvent[Any]) -> None:
+        self.conn = conn
+        self.service = service
+        self.cause = cause
+        self.rows: list[OutboxRow] = []
+
+    @property
+    def source(self) -> str:
+        return f"modelreg/{self.service}"
+
+    def emit(self, envelope: type[CloudEvent[D]], data: D) -> CloudEvent[D]:
+        event = follow_up(self.cause, envelope, data, source=self.source)
+        self.rows.append(OutboxRow.of(event))
+        return event
+
+    def audit(self, action: str, *, name: str, version: int | None = None,
+              from_stage: str | None = None, to_stage: str | None = None,
+              actor: str | None = None, reason: str | None = None,
+              evidence: dict[str, Any] | None = None) -> CloudEvent[RegistryAuditData]:
+        data = RegistryAuditData(action=action, name=name, version=version, from_stage=from_stage,
+                                 to_stage=to_stage, actor=actor or self.source, reason=reason,
+                                 evidence=evidence or {})
+        return self.emit(RegistryAudit, data)
+
+
+Handler = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
+Prepare = Callable[[Sequence[CloudEvent[Any]]], Awaitable[None]]
+
+
+@dataclass
+class ServiceHandlers:
+    """A service as the consumer sees it: its name, a handler per topic, optional I/O step."""
+
+    name: str
+    handlers: dict[str, Handler]
+    prepare: Prepare | None = None
+    retryable: Callable[[BaseException], bool] = field(default=lambda exc: False)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(self.handlers)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Infrastructure faults: wait them out rather than dead-letter anything."""
+    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                            asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                            asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError,
+                            asyncpg.SerializationError)) or s3_retryable(exc)
+
+
+class BatchProcessor:
+    def __init__(self, pool: asyncpg.Pool, service: ServiceHandlers, *,
+                 on_commit: Callable[[], None] = lambda: None,
+                 max_backoff: float = 5.0) -> None:
+        self._pool = pool
+        self._service = service
+        self._on_commit = on_commit
+        self._max_backoff = max_backoff
+        self.consumed = 0
+        self.dead_lettered = 0
+
+    @property
+    def consumer(self) -> str:
+        return self._service.name
+
+    def decode(self, record: Record) -> Delivery:
+        try:
+            return Delivery(record, event=parse_event(record.topic, record.value))
+        except InvalidEvent as exc:
+            return Delivery(record, error=exc)
+
+    async def process(self, records: Sequence[Record]) -> None:
+        """Apply a batch; returns once it is committed (then offsets may be committed)."""
+        deliveries = [self.decode(r) for r in records]
+        backoff, failures = 0.1, 0
+        while True:
+            try:
+                await self._apply(deliveries)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._retryable(exc):
+                    log.warning("%s: infrastructure fault (%s: %s); retrying in %.1fs",
+                                self.consumer, type(exc).__name__, exc, backoff)
+                else:
+                    failures += 1
+                    log.exception("%s: unexpected fault in a batch of %d (attempt %d)",
+                                  self.consumer, len(deliveries), failures)
+                    if failures >= UNEXPECTED_FAULT_ATTEMPTS:
+                        await self._isolate(deliveries)
+                        break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+        self.consumed += len(records)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return is_retryable(exc) or self._service.retryable(exc)
+
+    async def _isolate(self, deliveries: list[Delivery]) -> None:
+        """One event at a time: only the one that keeps failing is dead-lettered."""
+        for delivery in deliveries:
+            backoff, failures = 0.1, 0
+            while True:
+                try:
+                    await self._apply([delivery])
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not self._retryable(exc):
+                        failures += 1
+                        if failures >= UNEXPECTED_FAULT_ATTEMPTS:
+                            await self._apply([Delivery(delivery.record, error=InvalidEvent(
+                                "handler_error", f"{type(exc).__name__}: {exc}"))])
+                            break
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._max_backoff)
+
+    async def _apply(self, deliveries: list[Delivery]) -> None:
+        fresh = await self._unprocessed(deliveries)
+        if self._service.prepare is not None and fresh:
+            await self._service.prepare([d.event for d in fresh if d.event is not None])
+        fresh_ids = {id(d) for d in fresh}
+        async with self._pool.acquire() as conn, conn.transaction():
+            ids = [d.event.id if d.event is not None else d.record.dead_letter_id
+                   for d in deliveries if id(d) in fresh_ids]
+            inserted = {r[0] for r in await conn.fetch(
+                """INSERT INTO processed_events (consumer, event_id)
+                   SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id""",
+                self.consumer, ids)}
+            rows: list[OutboxRow] = []
+            for delivery in deliveries:
+                key = delivery.event.id if delivery.event is not None else delivery.record.dead_letter_id
+                if key not in inserted:
+                    continue  # already applied, or a duplicate within this batch
+                inserted.discard(key)
+                rows.extend(await self._handle(conn, delivery))
+            await write_outbox(conn, self.consumer, rows)
+        self._on_commit()
+
+    async def _unprocessed(self, deliveries: list[Delivery]) -> list[Delivery]:
+        ids = [d.event.id if d.event else d.record.dead_letter_id for d in deliveries]
+        async with self._pool.acquire() as conn:
+            done = {r[0] for r in await conn.fetch(
+                "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id = ANY($2::uuid[])",
+                self.consumer, ids)}
+        seen: set[uuid.UUID] = set()
+        fresh = []
+        for delivery, event_id in zip(deliveries, ids, strict=True):
+            if event_id not in done and event_id not in seen:
+                seen.add(event_id)
+                fresh.append(delivery)
+        return fresh
+
+    async def _handle(self, conn: asyncpg.Connection, delivery: Delivery) -> list[OutboxRow]:
+        if delivery.error is not None or delivery.event is None:
+            return self._dead_letter(delivery.record, delivery.error or InvalidEvent("empty", "no event"),
+                                     delivery.event)
+        event = delivery.event
+        tx = Tx(conn, self.consumer, event)
+        try:
+            async with conn.transaction():  # a savepoint: a refusal undoes only this event
+                await self._service.handlers[delivery.record.topic](tx, event)
+        except InvalidEvent as exc:
+            return self._dead_letter(delivery.record, exc, event)
+        return tx.rows
+
+    def _dead_letter(self, record: Record, error: InvalidEvent,
+                     event: CloudEvent[Any] | None) -> list[OutboxRow]:
+        self.dead_lettered += 1
+        key = record.key_text
+        name = event.model_name if event is not None else (key if key and _NAME.match(key) else UNKNOWN_MODEL)
+        source = f"modelreg/{self.consumer}"
+        correlation = event.correlation if event is not None else None
+        causation = event.id if event is not None else None
+        letter = new_event(RegistryDlq, RegistryDlqData(
+            original_topic=record.topic, partition=record.partition, offset=record.offset,
+            key=key[:1024] if key else None,
+            payload_b64=base64.b64encode(record.value or b"").decode(),
+            error=DlqError(kind=error.kind, message=error.message[:10_000]), service=self.consumer,
+        ), source=source, correlationid=correlation, causationid=causation)
+        audit = new_event(RegistryAudit, RegistryAuditData(
+            action="dead_lettered", name=name,
+            version=getattr(event.data, "version", None) if event is not None else None,
+            actor=source, reason=f"{error.kind}: {error.message}"[:10_000],
+            evidence={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                      "dlq_event_id": str(letter.id)},
+        ), source=source, correlationid=correlation or letter.id, causationid=causation or letter.id)
+        log.warning("%s: dead-lettered %s[%d]@%d: %s: %s", self.consumer, record.topic,
+                    record.partition, record.offset, error.kind, error.message[:200])
+        return [OutboxRow.of(letter, key=key), OutboxRow.of(audit, key=key)]

@@ -1,0 +1,118 @@
+"""PostgreSQL: the connection pool and versioned migrations applied at start-up."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_lock key that serialises migrations across every instance starting at once.
+_MIGRATION_LOCK = 0x6D6F64656C726567  # "modelreg"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for json_type in ("json", "jsonb"):
+        await conn.set_type_codec(json_type, encoder=_json_dumps, decoder=json.loads,
+                                  schema="pg_catalog")
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    """A pool sized for a 2-core service: batches, not connections, carry the throughput."""
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                     init=_init_connection, command_timeout=60)
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, command_timeout=60)
+    await _init_connection(conn)
+    return conn
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    """`shared/migrations/NNNN_name.sql`, in version order."""
+    found = []
+    for entry in resources.files("shared.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, rest = entry.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    if len({m.version for m in found}) != len(found):
+        raise RuntimeError("two migrations share a version number")
+    return found
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+async def migrate(dsn: str) -> list[Migration]:
+    """Apply pending migrations, each in its own transaction; returns the ones applied.
+
+    Several instances may start at once: an advisory lock lets one apply while the rest wait,
+    then find nothing left to do. An applied migration whose file changed is an error, not a
+    silent skip.
+    """
+    conn = await asyncpg.connect(dsn, command_timeout=300)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            applied = {r["version"]: r["checksum"] for r in
+                       await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+            done = []
+            for migration in load_migrations():
+                if migration.version in applied:
+                    if applied[migration.version] != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.version}_{migration.name} was changed after "
+                            "it was applied; add a new migration instead")
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                        migration.version, migration.name, migration.checksum)
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+                done.append(migration)
+            return done
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    finally:
+        await conn.close()
+
+
+async def pending_migrations(conn: asyncpg.Connection) -> list[int]:
+    """Versions not yet applied (for readiness checks)."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    applied = set()
+    if exists:
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [m.version for m in load_migrations() if m.version not in applied]

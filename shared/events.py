@@ -1,0 +1,465 @@
+"""The event contract: CloudEvents 1.0 envelopes and the data of every topic.
+
+Pipelines and QA systems are built against these names; add optional fields, never rename or
+repurpose one. A breaking change is a new event type. `schemas/` is generated from this module
+(`modelreg schemas generate`) and a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/cloudevents+json"
+DATA_CONTENT_TYPE = "application/json"
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_MAP_ENTRIES = 256
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
+# Stands in for the model name where a poison message carried none; the name pattern can
+# never produce it, so it cannot collide with a real model.
+UNKNOWN_MODEL = "_unknown"
+
+Stage = Literal["none", "staging", "production", "archived"]
+STAGES: tuple[Stage, ...] = ("none", "staging", "production", "archived")
+Environment = Literal["offline", "staging", "production"]
+
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
+VersionNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+LongText = Annotated[str, StringConstraints(max_length=10_000)]
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+ArtifactFormat = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._+-]{0,31}$")]
+ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+FiniteFloat = Annotated[float, AfterValidator(_finite)]
+Metrics = Annotated[dict[Key, FiniteFloat], Field(max_length=MAX_MAP_ENTRIES)]
+Tags = Annotated[dict[Key, Annotated[str, StringConstraints(max_length=1024)]], Field(max_length=MAX_MAP_ENTRIES)]
+ParamValue = Annotated[str, StringConstraints(max_length=4096)] | int | FiniteFloat | bool | None
+Params = Annotated[dict[Key, ParamValue], Field(max_length=MAX_MAP_ENTRIES)]
+Evidence = Annotated[dict[Key, JsonValue], Field(max_length=MAX_MAP_ENTRIES)]
+
+
+class Data(BaseModel):
+    """Base of every event's data: strict, frozen, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---------------------------------------------------------------------------- data parts
+
+
+class ArtifactSpec(Data):
+    """An artifact as a pipeline announces it: where it is and what it must hash to."""
+
+    uri: Uri
+    sha256: Sha256
+    size_bytes: Annotated[int, Field(ge=0, le=5 * 1024**4)]
+    format: ArtifactFormat | None = None
+
+
+class ArtifactRef(Data):
+    """The registry's own copy of an artifact."""
+
+    uri: Uri
+    sha256: Sha256
+    size_bytes: Annotated[int, Field(ge=0)] | None = None
+    format: ArtifactFormat | None = None
+
+
+class QaArtifact(Data):
+    uri: Uri
+    sha256: Sha256
+
+
+class Dataset(Data):
+    uri: Uri
+    version: ShortText | None = None
+
+
+class Check(Data):
+    name: ShortText
+    passed: bool
+    detail: LongText | None = None
+
+
+class Reason(Data):
+    code: ReasonCode
+    message: LongText
+
+
+class DlqError(Data):
+    kind: ReasonCode
+    message: LongText
+
+
+# ---------------------------------------------------------------------------- topic data
+
+
+class ModelRegisteredData(Data):
+    name: ModelName
+    version: VersionNumber | None = None
+    artifact: ArtifactSpec
+    run_id: ShortText | None = None
+    metrics: Metrics = {}
+    params: Params = {}
+    tags: Tags = {}
+    dataset: Dataset | None = None
+    signature: Annotated[dict[Key, JsonValue], Field(max_length=MAX_MAP_ENTRIES)] | None = None
+    description: LongText | None = None
+    registered_by: ShortText | None = None
+
+
+class ModelIngestedData(Data):
+    name: ModelName
+    version: VersionNumber
+    artifact: ArtifactRef
+    run_id: ShortText | None = None
+    # Added beside the contract's fields: promotion needs them for separation of duties.
+    registered_by: ShortText | None = None
+
+
+class ModelValidatedData(Data):
+    name: ModelName
+    version: VersionNumber
+    checks: Annotated[list[Check], Field(max_length=MAX_MAP_ENTRIES)]
+
+
+class ModelRejectedData(Data):
+    name: ModelName
+    version: VersionNumber | None = None
+    reasons: Annotated[list[Reason], Field(min_length=1, max_length=MAX_MAP_ENTRIES)]
+
+
+class QaRequestedData(Data):
+    name: ModelName
+    version: VersionNumber
+    suites: Annotated[list[ShortText], Field(max_length=MAX_MAP_ENTRIES)]
+    artifact: QaArtifact | None = None
+
+
+class MetricsEvaluatedData(Data):
+    name: ModelName
+    version: VersionNumber
+    suite: ShortText
+    environment: Environment
+    metrics: Metrics
+    passed: bool | None = None
+    dataset: Dataset | None = None
+    evaluator: ShortText | None = None
+
+
+class PromotionRequestedData(Data):
+    name: ModelName
+    version: VersionNumber
+    to_stage: Stage
+    actor: ShortText
+    reason: LongText
+
+
+class ModelPromotedData(Data):
+    name: ModelName
+    version: VersionNumber
+    from_stage: Stage
+    to_stage: Stage
+    reason: Literal["policy", "manual", "rollback"]
+    policy_revision: ShortText | None = None
+    evidence: Evidence = {}
+    previous_champion: VersionNumber | None = None
+
+
+class ModelDemotedData(Data):
+    name: ModelName
+    version: VersionNumber
+    from_stage: Stage
+    to_stage: Stage
+    reason: ReasonCode
+    evidence: Evidence = {}
+
+
+class ModelArchivedData(Data):
+    name: ModelName
+    version: VersionNumber
+    from_stage: Stage
+    reason: Literal["superseded", "rejected", "expired", "manual"]
+    restorable: bool = True
+
+
+class RegistryAuditData(Data):
+    action: ReasonCode
+    name: ModelName | Literal["_unknown"]
+    version: VersionNumber | None = None
+    from_stage: Stage | None = None
+    to_stage: Stage | None = None
+    actor: ShortText
+    reason: LongText | None = None
+    evidence: Evidence = {}
+
+
+class RegistryDlqData(Data):
+    original_topic: ShortText
+    partition: Annotated[int, Field(ge=0)] | None = None
+    offset: Annotated[int, Field(ge=0)] | None = None
+    key: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    payload_b64: str
+    error: DlqError
+    service: ShortText
+
+
+# ---------------------------------------------------------------------------- envelope
+
+D = TypeVar("D", bound=Data)
+
+
+class CloudEvent(BaseModel, Generic[D]):
+    """A CloudEvents 1.0 structured-mode event; `type` is the topic it travels on.
+
+    Unknown extension attributes are kept (CloudEvents allows them); the data is strict.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    topic: ClassVar[str]
+
+    specversion: Literal["1.0"]
+    id: uuid.UUID
+    type: str
+    source: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    time: datetime
+    subject: ModelName | None = None
+    datacontenttype: Literal["application/json"] = DATA_CONTENT_TYPE
+    correlationid: uuid.UUID | None = None
+    causationid: uuid.UUID | None = None
+    data: D
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CloudEvent[D]:
+        if self.type != self.topic:
+            raise ValueError(f"type must be {self.topic!r}, got {self.type!r}")
+        if self.time.tzinfo is None:
+            raise ValueError("time must carry a timezone (RFC 3339)")
+        name = getattr(self.data, "name", None)
+        if name is not None and name != UNKNOWN_MODEL and self.subject not in (None, name):
+            raise ValueError(f"subject {self.subject!r} differs from data.name {name!r}")
+        for attribute in self.model_extra or {}:
+            if not attribute.isascii() or not attribute.isalnum() or attribute != attribute.lower():
+                raise ValueError(f"extension attribute {attribute!r} must be lower-case letters and digits")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self.data, "name", None) or self.subject or UNKNOWN_MODEL
+
+    @property
+    def correlation(self) -> uuid.UUID:
+        """The id of the version's life; a `model.registered` event starts one with its own id."""
+        return self.correlationid or self.id
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class ModelRegistered(CloudEvent[ModelRegisteredData]):
+    topic = "model.registered"
+
+
+class ModelIngested(CloudEvent[ModelIngestedData]):
+    topic = "model.ingested"
+
+
+class ModelValidated(CloudEvent[ModelValidatedData]):
+    topic = "model.validated"
+
+
+class ModelRejected(CloudEvent[ModelRejectedData]):
+    topic = "model.rejected"
+
+
+class QaRequested(CloudEvent[QaRequestedData]):
+    topic = "qa.requested"
+
+
+class MetricsEvaluated(CloudEvent[MetricsEvaluatedData]):
+    topic = "metrics.evaluated"
+
+
+class PromotionRequested(CloudEvent[PromotionRequestedData]):
+    topic = "promotion.requested"
+
+
+class ModelPromoted(CloudEvent[ModelPromotedData]):
+    topic = "model.promoted"
+
+
+class ModelDemoted(CloudEvent[ModelDemotedData]):
+    topic = "model.demoted"
+
+
+class ModelArchived(CloudEvent[ModelArchivedData]):
+    topic = "model.archived"
+
+
+class RegistryAudit(CloudEvent[RegistryAuditData]):
+    topic = "registry.audit"
+
+
+class RegistryDlq(CloudEvent[RegistryDlqData]):
+    topic = "registry.dlq"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """What the catalogue knows of one topic."""
+
+    envelope: type[CloudEvent[Any]]
+    produced_by: str
+    summary: str
+
+    @property
+    def topic(self) -> str:
+        return self.envelope.topic
+
+    @property
+    def data_model(self) -> type[Data]:
+        return self.envelope.model_fields["data"].annotation  # type: ignore[return-value]
+
+
+CATALOGUE: dict[str, EventSpec] = {
+    spec.topic: spec
+    for spec in (
+        EventSpec(envelope=ModelRegistered, produced_by="pipelines",
+                  summary="A training pipeline announces a new model version and its artifact."),
+        EventSpec(envelope=ModelIngested, produced_by="ingest",
+                  summary="The artifact is copied into the registry and the version is recorded."),
+        EventSpec(envelope=ModelValidated, produced_by="validation",
+                  summary="Every validation check passed; each check's result is listed."),
+        EventSpec(envelope=ModelRejected, produced_by="ingest, validation",
+                  summary="The version was refused, with coded reasons."),
+        EventSpec(envelope=QaRequested, produced_by="validation",
+                  summary="QA systems are asked to run their suites on the version."),
+        EventSpec(envelope=MetricsEvaluated, produced_by="QA systems, evaluators, production monitors",
+                  summary="Test or monitoring results for one version, suite and environment."),
+        EventSpec(envelope=PromotionRequested, produced_by="ops",
+                  summary="A person asks to move a version to a stage."),
+        EventSpec(envelope=ModelPromoted, produced_by="promotion",
+                  summary="A version moved up a stage, with the evidence for it."),
+        EventSpec(envelope=ModelDemoted, produced_by="promotion",
+                  summary="A version left a stage (superseded, rollback, quarantine)."),
+        EventSpec(envelope=ModelArchived, produced_by="archival",
+                  summary="A version was archived and its artifact moved to cold storage."),
+        EventSpec(envelope=RegistryAudit, produced_by="every service",
+                  summary="One state change (or refusal) for ops: the tamper-evident audit trail."),
+        EventSpec(envelope=RegistryDlq, produced_by="every service",
+                  summary="A message no service could accept, with its original bytes and the error."),
+    )
+}
+TOPICS: tuple[str, ...] = tuple(CATALOGUE)
+
+
+def new_event(
+    envelope: type[CloudEvent[D]],
+    data: D,
+    *,
+    source: str,
+    correlationid: uuid.UUID | None = None,
+    causationid: uuid.UUID | None = None,
+    event_id: uuid.UUID | None = None,
+    time: datetime | None = None,
+) -> CloudEvent[D]:
+    """Build an event the way every modelreg producer must: all attributes set."""
+    event_id = event_id or uuid.uuid4()
+    name = getattr(data, "name", None)
+    return envelope(
+        specversion=SPEC_VERSION,
+        id=event_id,
+        type=envelope.topic,
+        source=source,
+        time=time or datetime.now(UTC),
+        subject=name if name and name != UNKNOWN_MODEL else None,
+        datacontenttype=DATA_CONTENT_TYPE,
+        correlationid=correlationid or event_id,
+        causationid=causationid or event_id,
+        data=data,
+    )
+
+
+def follow_up(
+    cause: CloudEvent[Any], envelope: type[CloudEvent[D]], data: D, *, source: str
+) -> CloudEvent[D]:
+    """An event caused by `cause`, in the same version's life."""
+    return new_event(envelope, data, source=source, correlationid=cause.correlation,
+                     causationid=cause.id)
+
+
+class InvalidEvent(ValueError):
+    """A message that can never be accepted: it belongs in the DLQ, not in a retry loop."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def parse_event(topic: str, value: bytes | None) -> CloudEvent[Any]:
+    """Parse one Kafka message value of a contract topic, or raise `InvalidEvent`.
+
+    The happy path parses once (pydantic's JSON parser); only a failure pays for finding out
+    what kind of bad input it was.
+    """
+    spec = CATALOGUE.get(topic)
+    if spec is None:
+        raise InvalidEvent("unknown_type", f"no event type is published on topic {topic!r}")
+    if value is None:
+        raise InvalidEvent("empty", "the message has no value")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent("too_large", f"the message is {len(value)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        return spec.envelope.model_validate_json(value)
+    except ValueError as exc:
+        raise _classify(topic, value, exc) from None
+
+
+def _classify(topic: str, value: bytes, exc: ValueError) -> InvalidEvent:
+    try:
+        raw = json.loads(value)
+    except ValueError as not_json:
+        return InvalidEvent("not_json", f"the message is not JSON: {not_json}")
+    if not isinstance(raw, dict) or "specversion" not in raw or "type" not in raw:
+        return InvalidEvent("not_cloudevent", "the message is not a CloudEvents structured-mode JSON object")
+    if raw.get("type") != topic:
+        return InvalidEvent("unknown_type", f"event type {raw.get('type')!r} does not belong on topic {topic!r}")
+    return InvalidEvent("schema_violation", _summarize(exc))
+
+
+def _summarize(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for error in errors()[:10]:
+        location = ".".join(str(p) for p in error.get("loc", ())) or "event"
+        parts.append(f"{location}: {error.get('msg')}")
+    return "; ".join(parts)

@@ -1,0 +1,246 @@
+"""`modelreg stack up | down [--purge] | status`: Kafka, PostgreSQL and S3 on 127.0.0.1.
+
+State lives in the stack directory (`MODELREG_STACK_DIR`, default `.modelreg/` in the
+current directory): data, logs and `stack.json` with the ports and pids. Kafka's jars are
+cached outside it (`MODELREG_CACHE_DIR`, default `~/.cache/modelreg`), so `down --purge`
+forgets the data but not the download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shared.settings import DEFAULT_KAFKA_PORT, DEFAULT_POSTGRES_PORT, DEFAULT_S3_PORT
+from shared.stack import kafka, postgres
+from shared.stack.proc import StackError, alive, port_open, spawn, tail, terminate, wait_for
+
+S3_ACCESS_KEY = "modelreg"
+S3_SECRET_KEY = "modelreg-secret"  # moto accepts any credentials; these only match the defaults
+S3_BUCKET = "modelreg"
+
+Log = Callable[[str], None]
+
+
+def default_stack_dir() -> Path:
+    return Path(os.environ.get("MODELREG_STACK_DIR") or Path.cwd() / ".modelreg").resolve()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("MODELREG_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelreg"
+    return Path(base).resolve()
+
+
+@dataclass
+class Ports:
+    kafka: int = DEFAULT_KAFKA_PORT
+    postgres: int = DEFAULT_POSTGRES_PORT
+    s3: int = DEFAULT_S3_PORT
+
+    @property
+    def kafka_controller(self) -> int:
+        return self.kafka + 1
+
+
+@dataclass
+class StackState:
+    ports: Ports = field(default_factory=Ports)
+    kafka_pid: int | None = None
+    s3_pid: int | None = None
+    postgres_dir: str | None = None
+    postgres_user: str | None = None
+
+
+class LocalStack:
+    def __init__(self, stack_dir: Path | None = None, cache_dir: Path | None = None) -> None:
+        self.dir = (stack_dir or default_stack_dir()).resolve()
+        self.cache_dir = (cache_dir or default_cache_dir()).resolve()
+        self.state_file = self.dir / "stack.json"
+        self.state = self._load()
+
+    # -- state --------------------------------------------------------------------------
+
+    def _load(self) -> StackState:
+        try:
+            raw = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return StackState()
+        return StackState(ports=Ports(**raw.pop("ports", {})), **raw)
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(asdict(self.state), indent=2))
+
+    @property
+    def ports(self) -> Ports:
+        return self.state.ports
+
+    def env(self) -> dict[str, str]:
+        """The settings that point modelreg at this stack."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports.kafka}",
+            "DATABASE_URL": postgres.dsn(self.ports.postgres),
+            "S3_ENDPOINT_URL": f"http://127.0.0.1:{self.ports.s3}",
+            "S3_BUCKET": S3_BUCKET,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+        }
+
+    # -- up -----------------------------------------------------------------------------
+
+    def up(self, ports: Ports | None = None, *, log: Log = print) -> None:
+        if ports is not None and self.running_parts():
+            if asdict(ports) != asdict(self.ports):
+                raise StackError(f"the stack in {self.dir} is running on other ports; "
+                                 "run `modelreg stack down` first")
+        if ports is not None:
+            self.state.ports = ports
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._save()
+        self._up_postgres(log)
+        self._up_s3(log)
+        self._up_kafka(log)
+        self._save()
+        asyncio.run(self._bootstrap())
+        log("stack is up")
+
+    def _check_port_free(self, port: int, what: str) -> None:
+        if port_open(port):
+            raise StackError(f"port {port} for {what} is taken by another program; choose another "
+                             f"with `modelreg stack up --{what}-port N` or stop that program")
+
+    def _up_postgres(self, log: Log) -> None:
+        user = self.state.postgres_user if self.state.postgres_dir else postgres.run_as()
+        pgdata = Path(self.state.postgres_dir) if self.state.postgres_dir else postgres.data_dir(self.dir, user)
+        self.state.postgres_user, self.state.postgres_dir = user, str(pgdata)
+        self._save()
+        if postgres.running(pgdata, user):
+            return
+        self._check_port_free(self.ports.postgres, "postgres")
+        log(f"starting PostgreSQL on 127.0.0.1:{self.ports.postgres}")
+        postgres.init_cluster(pgdata, user)
+        postgres.start(pgdata, self.dir / "logs" / "postgres.log", self.ports.postgres, user)
+
+    def _up_s3(self, log: Log) -> None:
+        if alive(self.state.s3_pid):
+            return
+        self._check_port_free(self.ports.s3, "s3")
+        try:
+            import moto  # noqa: F401
+        except ImportError:
+            raise StackError("the local S3 server needs moto: pip install 'modelreg[stack]'") from None
+        log(f"starting the S3 server (moto) on 127.0.0.1:{self.ports.s3}")
+        ready = self.dir / "s3.ready"
+        ready.unlink(missing_ok=True)
+        log_file = self.dir / "logs" / "s3.log"
+        self.state.s3_pid = spawn(
+            [sys.executable, "-m", "shared.stack.s3server", "--port", str(self.ports.s3),
+             "--data", str(self.dir / "s3"), "--ready-file", str(ready)], log_file,
+            env={**os.environ, "PYTHONPATH": _import_root()})
+        self._save()
+        if not wait_for(lambda: ready.exists() or not alive(self.state.s3_pid), 120) or not ready.exists():
+            raise StackError(f"the S3 server did not start:\n{tail(log_file)}")
+
+    def _up_kafka(self, log: Log) -> None:
+        if alive(self.state.kafka_pid):
+            return
+        self._check_port_free(self.ports.kafka, "kafka")
+        self._check_port_free(self.ports.kafka_controller, "kafka")
+        if not (self.cache_dir / f"kafka-{kafka.KAFKA_VERSION}" / ".resolved").exists():
+            log(f"fetching Apache Kafka {kafka.KAFKA_VERSION} jars with Maven (first run only)")
+        log(f"starting Apache Kafka {kafka.KAFKA_VERSION} (KRaft) on 127.0.0.1:{self.ports.kafka}")
+        home = self.dir / "kafka"
+        self.state.kafka_pid = kafka.start(home, self.cache_dir, self.ports.kafka, self.ports.kafka_controller)
+        self._save()
+        if not wait_for(lambda: port_open(self.ports.kafka) or not alive(self.state.kafka_pid), 120):
+            raise StackError(f"Kafka did not open its port:\n{tail(home / 'kafka.log')}")
+        if not alive(self.state.kafka_pid):
+            raise StackError(f"Kafka exited:\n{tail(home / 'kafka.log')}")
+
+    async def _bootstrap(self) -> None:
+        """The database, the bucket and the contract topics, so clients can publish at once."""
+        import asyncpg
+
+        from shared.broker import ensure_topics
+        from shared.settings import load_settings
+        from shared.storage import ObjectStore
+
+        conn = await asyncpg.connect(postgres.dsn(self.ports.postgres, "postgres"))
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", postgres.DATABASE):
+                await conn.execute(f'CREATE DATABASE "{postgres.DATABASE}"')
+        finally:
+            await conn.close()
+        settings = load_settings(**{k.lower(): v for k, v in self.env().items()}, topic_prefix="")
+        async with ObjectStore(settings) as store:
+            await store.ensure_bucket()
+        for attempt in range(60):
+            try:
+                await ensure_topics(settings)
+                return
+            except Exception:
+                if attempt == 59:
+                    raise
+                await asyncio.sleep(1)
+
+    # -- down and status ----------------------------------------------------------------
+
+    def down(self, *, purge: bool = False, log: Log = print) -> None:
+        if alive(self.state.kafka_pid):
+            log("stopping Kafka")
+        terminate(self.state.kafka_pid, timeout=60)
+        if alive(self.state.s3_pid):
+            log("stopping the S3 server (saving its objects)")
+        terminate(self.state.s3_pid, timeout=300)
+        if self.state.postgres_dir:
+            pgdata = Path(self.state.postgres_dir)
+            if pgdata.exists() and postgres.running(pgdata, self.state.postgres_user):
+                log("stopping PostgreSQL")
+            if pgdata.exists():
+                postgres.stop(pgdata, self.state.postgres_user)
+        self.state.kafka_pid = self.state.s3_pid = None
+        if purge:
+            if self.state.postgres_dir:
+                shutil.rmtree(self.state.postgres_dir, ignore_errors=True)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.state = StackState(ports=self.state.ports)
+            log(f"purged {self.dir}")
+        elif self.dir.exists():
+            self._save()
+
+    def running_parts(self) -> dict[str, bool]:
+        pg = bool(self.state.postgres_dir) and Path(self.state.postgres_dir or "").exists() and \
+            postgres.running(Path(self.state.postgres_dir or ""), self.state.postgres_user)
+        return {name: up for name, up in (("kafka", alive(self.state.kafka_pid)),
+                                          ("s3", alive(self.state.s3_pid)),
+                                          ("postgres", pg)) if up}
+
+    def answers(self) -> dict[str, bool]:
+        """Whether each part answers on its port, not merely whether its process lives."""
+        return {
+            "kafka": port_open(self.ports.kafka),
+            "postgres": port_open(self.ports.postgres),
+            "s3": _http_ok(f"http://127.0.0.1:{self.ports.s3}/"),
+        }
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+    except Exception as exc:
+        return getattr(exc, "code", 500) < 500
+
+
+def _import_root() -> str:
+    """The folder holding the `shared` package, for the S3 server's interpreter."""
+    return str(Path(__file__).resolve().parents[2])

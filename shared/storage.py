@@ -1,0 +1,108 @@
+"""S3 object storage through aioboto3: one client per process, streamed transfers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from shared.settings import Settings
+
+# Parts of a multipart transfer: S3's minimum is 5 MiB; 8 MiB keeps memory bounded.
+PART_SIZE = 8 * 1024 * 1024
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Faults worth waiting out (the server is down or busy), as opposed to bad requests."""
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        return status >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling")
+    return False
+
+
+def is_missing(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_s3_uri(uri: str) -> S3Location:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"an s3:// URI needs a bucket and a key: {uri!r}")
+    return S3Location(bucket, key)
+
+
+class ObjectStore:
+    """The registry's S3 client; open it once in the service's lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bucket = settings.s3_bucket
+        self._session = aioboto3.Session(
+            aws_access_key_id=settings.aws_access_key_id.get_secret_value(),
+            aws_secret_access_key=settings.aws_secret_access_key.get_secret_value(),
+            region_name=settings.aws_region,
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self.client: Any = None
+
+    async def __aenter__(self) -> ObjectStore:
+        config = Config(retries={"max_attempts": 3, "mode": "standard"},
+                        max_pool_connections=32, connect_timeout=5, read_timeout=60,
+                        s3={"addressing_style": "path"})
+        self.client = await self._stack.enter_async_context(
+            self._session.client("s3", endpoint_url=self.settings.s3_endpoint_url, config=config))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if not is_missing(exc) and exc.response.get("Error", {}).get("Code") != "403":
+                raise
+            with contextlib.suppress(ClientError):
+                await self.client.create_bucket(Bucket=self.bucket)
+
+    async def head(self, location: S3Location) -> dict[str, Any] | None:
+        try:
+            return await self.client.head_object(Bucket=location.bucket, Key=location.key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+
+    async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        response = await self.client.get_object(Bucket=location.bucket, Key=location.key)
+        async with response["Body"] as body:
+            while chunk := await body.read(chunk_size):
+                yield chunk
