@@ -21,10 +21,13 @@ log = logging.getLogger(__name__)
 # The audit topic is the registry's source of truth (replay rebuilds from it): keep it forever.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "registry.audit": {"retention.ms": "-1"},
-    "registry.dlq": {"retention.ms": str(90 * 24 * 3600 * 1000)},
+    # A dead letter carries the refused message base64-encoded: up to 4/3 of the largest
+    # record the other topics accept, plus its envelope.
+    "registry.dlq": {"retention.ms": str(90 * 24 * 3600 * 1000), "max.message.bytes": str(4 * 1024 * 1024)},
 }
 # Room for the envelope around a 1 MiB message plus Kafka's record overhead.
 MAX_RECORD_BYTES = MAX_MESSAGE_BYTES + 64 * 1024
+MAX_REQUEST_BYTES = 4 * 1024 * 1024 + 64 * 1024
 
 
 def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
@@ -35,7 +38,7 @@ def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
         acks="all",
         enable_idempotence=True,
         linger_ms=1,
-        max_request_size=MAX_RECORD_BYTES * 2,
+        max_request_size=MAX_REQUEST_BYTES,
         allow_auto_create_topics=False,
         graceful_timeout=30.0,
         log_level=logging.DEBUG,

@@ -15,6 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 
 from shared.db import connect
 from shared.events import CONTENT_TYPE, CloudEvent
@@ -124,10 +130,34 @@ class OutboxRelay:
             return 0
         # Clear before publishing: a wake-up that arrives meanwhile means another look.
         self._wake.clear()
-        futures = [await self._send(self._topic_of(r["topic"]), r["key"], r["value"], r["headers"])
-                   for r in rows]
-        await asyncio.gather(*futures)
-        await conn.execute("DELETE FROM outbox WHERE service = $1 AND id = ANY($2::bigint[])",
-                           self._service, [r["id"] for r in rows])
-        self.published += len(rows)
+        outcomes = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
+        refused = {}
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not _refused_for_good(outcome):
+                    raise outcome  # retry the batch; what went out is deduplicated downstream
+                refused[row["id"]] = f"{type(outcome).__name__}: {outcome}"
+        async with conn.transaction():
+            if refused:
+                log.error("outbox of %s: parking %d event(s) Kafka refused: %s", self._service,
+                          len(refused), next(iter(refused.values())))
+                await conn.execute(
+                    """INSERT INTO outbox_parked (id, service, topic, key, value, headers, error)
+                       SELECT id, service, topic, key, value, headers, e.error
+                       FROM outbox JOIN unnest($1::bigint[], $2::text[]) AS e(row_id, error)
+                            ON outbox.id = e.row_id""",
+                    list(refused), list(refused.values()))
+            await conn.execute("DELETE FROM outbox WHERE service = $1 AND id = ANY($2::bigint[])",
+                               self._service, [r["id"] for r in rows])
+        self.published += len(rows) - len(refused)
         return len(rows)
+
+    async def _publish(self, row: asyncpg.Record) -> Any:
+        future = await self._send(self._topic_of(row["topic"]), row["key"], row["value"], row["headers"])
+        return await future
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """Kafka will never take this record (as opposed to being unreachable for now)."""
+    return isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError,
+                            UnsupportedForMessageFormatError))

@@ -116,7 +116,7 @@ def json_schema(spec: EventSpec) -> dict[str, Any]:
 
 
 def example(spec: EventSpec) -> dict[str, Any]:
-    data = {k: v for k, v in _EXAMPLE_DATA[spec.topic].items() if v is not None}
+    data = {k: v for k, v in json.loads(json.dumps(_EXAMPLE_DATA[spec.topic])).items() if v is not None}
     event = {
         "specversion": "1.0", "id": _IDS[spec.topic], "type": spec.topic,
         "source": "pipelines/fraud-train" if spec.topic == "model.registered"

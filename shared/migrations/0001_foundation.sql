@@ -24,6 +24,18 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_by_service ON outbox (service, id);
 
+-- Rows Kafka refused for good (e.g. too large): parked for ops, so the relay moves on.
+CREATE TABLE outbox_parked (
+    id        bigint      PRIMARY KEY,
+    service   text        NOT NULL,
+    topic     text        NOT NULL,
+    key       text,
+    value     bytea       NOT NULL,
+    headers   jsonb       NOT NULL,
+    error     text        NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- ingest: the registry of record --------------------------------------------------------
 
 CREATE TABLE models (

@@ -1,0 +1,132 @@
+"""Test infrastructure: real Kafka, PostgreSQL and S3 for the integration tests.
+
+Endpoints are taken, in this order, from
+1. the environment (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, S3_ENDPOINT_URL all set);
+2. testcontainers, when a Docker engine answers;
+3. the project's own launcher (`modelreg stack up`), started here if it is not running.
+
+Every run gets its own names (a topic prefix, a database, a bucket), so a rerun never sees
+old data. An integration test that finds no infrastructure fails; it never skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from shared.settings import Settings, load_settings
+
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    kafka: str
+    database_url: str  # a maintenance database; each run creates its own beside it
+    s3_endpoint: str
+    aws_access_key_id: str
+    aws_secret_access_key: str
+    origin: str
+
+
+def _from_env() -> Endpoints | None:
+    needed = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "S3_ENDPOINT_URL")
+    if not all(os.environ.get(n) for n in needed):
+        return None
+    return Endpoints(os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["DATABASE_URL"],
+                     os.environ["S3_ENDPOINT_URL"], os.environ.get("AWS_ACCESS_KEY_ID", "modelreg"),
+                     os.environ.get("AWS_SECRET_ACCESS_KEY", "modelreg-secret"), "environment")
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def _testcontainers() -> Iterator[Endpoints]:
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.minio import MinioContainer
+    from testcontainers.postgres import PostgresContainer
+
+    with KafkaContainer().with_kraft() as kafka, \
+            PostgresContainer("postgres:16", username="modelreg", password="modelreg",
+                              dbname="modelreg", driver=None) as pg, \
+            MinioContainer() as minio:
+        config = minio.get_config()
+        yield Endpoints(kafka.get_bootstrap_server(), pg.get_connection_url(),
+                        f"http://{config['endpoint']}", config["access_key"], config["secret_key"],
+                        "testcontainers")
+
+
+@contextlib.contextmanager
+def _local_stack() -> Iterator[Endpoints]:
+    from shared.stack.launcher import LocalStack
+
+    stack = LocalStack()
+    started_here = not all(stack.answers().values())
+    if started_here:
+        stack.up(log=lambda line: print(f"[stack] {line}"))
+    env = stack.env()
+    try:
+        yield Endpoints(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_URL"], env["S3_ENDPOINT_URL"],
+                        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "local stack")
+    finally:
+        if started_here and not os.environ.get("MODELREG_KEEP_STACK"):
+            stack.down(log=lambda line: print(f"[stack] {line}"))
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[Endpoints]:
+    found = _from_env()
+    if found is not None:
+        yield found
+        return
+    source = _testcontainers() if _docker_answers() else _local_stack()
+    with source as found:
+        yield found
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url.replace("postgresql+psycopg2://", "postgresql://"))
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+async def settings(endpoints: Endpoints) -> AsyncIterator[Settings]:
+    """Settings for this run: a fresh database, topic prefix and bucket."""
+    import asyncpg
+
+    database = f"modelreg_test_{RUN_ID}"
+    admin_url = _with_database(endpoints.database_url, "postgres")
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    yield load_settings(
+        kafka_bootstrap_servers=endpoints.kafka,
+        database_url=_with_database(endpoints.database_url, database),
+        s3_endpoint_url=endpoints.s3_endpoint,
+        s3_bucket=f"modelreg-test-{RUN_ID}",
+        aws_access_key_id=endpoints.aws_access_key_id,
+        aws_secret_access_key=endpoints.aws_secret_access_key,
+        topic_prefix=f"t{RUN_ID}.",
+        topic_partitions=3,
+    )
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()

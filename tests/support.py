@@ -1,0 +1,148 @@
+"""Helpers for integration tests: raw Kafka publishing and a tap that collects topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from shared.settings import Settings
+
+
+def unique_name(prefix: str = "model") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def cloudevent(topic: str, data: dict[str, Any], *, source: str = "tests/pipeline",
+               event_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A CloudEvent as an outside producer writes it: plain JSON, no project code."""
+    event = {
+        "specversion": "1.0", "id": event_id or str(uuid.uuid4()), "type": topic, "source": source,
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json", "data": data, **extra,
+    }
+    if "name" in data:
+        event["subject"] = data["name"]
+    return event
+
+
+@dataclass
+class Seen:
+    topic: str
+    key: str | None
+    partition: int
+    offset: int
+    headers: dict[str, bytes]
+    value: bytes
+
+    @property
+    def event(self) -> dict[str, Any]:
+        return json.loads(self.value)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.event["data"]
+
+
+class Kafka:
+    """A raw producer and a tap over this run's (prefixed) topics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                         acks="all", linger_ms=1,
+                                         max_request_size=4 * 1024 * 1024)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.seen: list[Seen] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, topics: tuple[str, ...]) -> None:
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                         enable_auto_commit=False, auto_offset_reset="earliest")
+        await self.consumer.start()
+        partitions = []
+        for topic in topics:
+            name = self.settings.topic(topic)
+            for _ in range(100):
+                found = self.consumer.partitions_for_topic(name)
+                if found:
+                    break
+                await self.consumer._client.force_metadata_update()  # topic just created
+                await asyncio.sleep(0.1)
+            partitions += [TopicPartition(name, p) for p in sorted(found or ())]
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_beginning(*partitions)
+        self._task = asyncio.create_task(self._collect())
+
+    async def _collect(self) -> None:
+        assert self.consumer is not None
+        prefix = len(self.settings.topic_prefix)
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            for records in batches.values():
+                for r in records:
+                    self.seen.append(Seen(r.topic[prefix:], r.key.decode() if r.key else None,
+                                          r.partition, r.offset, dict(r.headers or ()), r.value or b""))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.consumer:
+            await self.consumer.stop()
+        await self.producer.stop()
+
+    async def publish_raw(self, topic: str, value: bytes, key: str | None) -> None:
+        await self.producer.send_and_wait(self.settings.topic(topic), value,
+                                          key=key.encode() if key is not None else None,
+                                          headers=[("content-type", b"application/cloudevents+json")])
+
+    async def publish(self, topic: str, event: dict[str, Any], key: str | None = None) -> None:
+        await self.publish_raw(topic, json.dumps(event).encode(),
+                               key if key is not None else event["data"].get("name"))
+
+    def matching(self, topic: str, predicate: Callable[[Seen], bool] = lambda s: True) -> list[Seen]:
+        return [s for s in list(self.seen) if s.topic == topic and predicate(s)]
+
+    async def wait_for(self, topic: str, predicate: Callable[[Seen], bool] = lambda s: True,
+                       *, count: int = 1, timeout: float = 30.0) -> list[Seen]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.matching(topic, predicate)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"saw {len(self.matching(topic, predicate))} of {count} expected "
+                             f"events on {topic} within {timeout}s")
+
+
+def for_model(name: str, version: int | None = None) -> Callable[[Seen], bool]:
+    def predicate(seen: Seen) -> bool:
+        data = seen.data
+        return data.get("name") == name and (version is None or data.get("version") == version)
+    return predicate
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Retry an async or sync check until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
