@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("service", choices=SERVICES)
 
     commands.add_parser("migrate", help="apply database migrations and exit")
+    commands.add_parser("up", help="the local stack and every service, in the foreground")
+    commands.add_parser("demo", help="start everything and play a model's life through it")
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
     schemas.add_argument("action", choices=("generate", "check"))
@@ -97,6 +99,12 @@ def dispatch(args: argparse.Namespace) -> int | None:
         app = _service_factory(args.service)(settings)
         asyncio.run(app.run_until_signalled())
         return 0
+    if args.command == "up":
+        from services.cli import up
+        return up.run(SERVICES)
+    if args.command == "demo":
+        from services.cli import demo
+        return demo.run()
     if args.command == "migrate":
         from shared.db import migrate
         from shared.settings import load_settings
