@@ -114,6 +114,9 @@ class Tx:
 
 
 Handler = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
+# Set-based handling of all of a batch's fresh events of one topic, inside the transaction;
+# for handlers that emit nothing and refuse nothing (the audit writer).
+BatchHandler = Callable[[asyncpg.Connection, list[CloudEvent[Any]]], Awaitable[None]]
 Prepare = Callable[[Sequence[CloudEvent[Any]]], Awaitable[None]]
 
 
@@ -122,13 +125,14 @@ class ServiceHandlers:
     """A service as the consumer sees it: its name, a handler per topic, optional I/O step."""
 
     name: str
-    handlers: dict[str, Handler]
+    handlers: dict[str, Handler] = field(default_factory=dict)
     prepare: Prepare | None = None
     retryable: Callable[[BaseException], bool] = field(default=lambda exc: False)
+    batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
 
     @property
     def topics(self) -> tuple[str, ...]:
-        return tuple(self.handlers)
+        return (*self.handlers, *self.batch_handlers)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -221,12 +225,18 @@ class BatchProcessor:
                    SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id""",
                 self.consumer, ids)}
             rows: list[OutboxRow] = []
+            grouped: dict[str, list[CloudEvent[Any]]] = {}
             for delivery in deliveries:
                 key = delivery.event.id if delivery.event is not None else delivery.record.dead_letter_id
                 if key not in inserted:
                     continue  # already applied, or a duplicate within this batch
                 inserted.discard(key)
+                if delivery.event is not None and delivery.record.topic in self._service.batch_handlers:
+                    grouped.setdefault(delivery.record.topic, []).append(delivery.event)
+                    continue
                 rows.extend(await self._handle(conn, delivery))
+            for topic, events in grouped.items():
+                await self._service.batch_handlers[topic](conn, events)
             await write_outbox(conn, self.consumer, rows)
         self._on_commit()
 
