@@ -86,12 +86,18 @@ class Delivery:
 
 
 class Tx:
-    """What a handler may do: SQL on `conn`, and emit events and audit records."""
+    """What a handler may do: SQL on `conn`, and emit events and audit records.
 
-    def __init__(self, conn: asyncpg.Connection, service: str, cause: CloudEvent[Any]) -> None:
+    Events emitted while handling `cause` continue its version's life (same correlation id,
+    caused by it). Work no event caused (a periodic sweep) passes the version's correlation.
+    """
+
+    def __init__(self, conn: asyncpg.Connection, service: str, cause: CloudEvent[Any] | None,
+                 correlation: uuid.UUID | None = None) -> None:
         self.conn = conn
         self.service = service
         self.cause = cause
+        self.correlation = correlation
         self.rows: list[OutboxRow] = []
 
     @property
@@ -99,7 +105,10 @@ class Tx:
         return f"modelreg/{self.service}"
 
     def emit(self, envelope: type[CloudEvent[D]], data: D) -> CloudEvent[D]:
-        event = follow_up(self.cause, envelope, data, source=self.source)
+        if self.cause is not None:
+            event = follow_up(self.cause, envelope, data, source=self.source)
+        else:
+            event = new_event(envelope, data, source=self.source, correlationid=self.correlation)
         self.rows.append(OutboxRow.of(event))
         return event
 
@@ -129,6 +138,8 @@ class ServiceHandlers:
     prepare: Prepare | None = None
     retryable: Callable[[BaseException], bool] = field(default=lambda exc: False)
     batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
+    # Long-running tasks beside consumption (e.g. archival's periodic sweep).
+    background: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     @property
     def topics(self) -> tuple[str, ...]:

@@ -138,8 +138,12 @@ class ModelIngestedData(Data):
     version: VersionNumber
     artifact: ArtifactRef
     run_id: ShortText | None = None
-    # Added beside the contract's fields: promotion needs them for separation of duties.
+    # Added beside the contract's fields, all optional: promotion needs `registered_by` for
+    # separation of duties, validation the metadata its policy may require.
     registered_by: ShortText | None = None
+    dataset: Dataset | None = None
+    signature: Annotated[dict[Key, JsonValue], Field(max_length=MAX_MAP_ENTRIES)] | None = None
+    description: LongText | None = None
 
 
 class ModelValidatedData(Data):

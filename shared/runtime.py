@@ -20,6 +20,7 @@ from shared.broker import ensure_topics, make_broker, subscribe
 from shared.consumer import BatchProcessor, ServiceHandlers
 from shared.db import create_pool, migrate
 from shared.outbox import OutboxRelay
+from shared.policy import Policy, load_policy
 from shared.settings import Settings
 from shared.storage import ObjectStore
 
@@ -33,6 +34,7 @@ class Resources:
     settings: Settings
     pool: asyncpg.Pool
     store: ObjectStore
+    policy: Policy
 
 
 ServiceBuilder = Callable[[Resources], ServiceHandlers]
@@ -52,13 +54,14 @@ class ServiceApp:
     async def start(self) -> None:
         settings = self.settings
         try:
+            policy = load_policy(settings.policy_file)  # a bad policy stops the service here
             await migrate(settings.dsn)
             await ensure_topics(settings)
             pool = await create_pool(settings.dsn)
             self._stack.push_async_callback(pool.close)
             store = await self._stack.enter_async_context(ObjectStore(settings))
             await store.ensure_bucket()
-            self.resources = Resources(settings, pool, store)
+            self.resources = Resources(settings, pool, store, policy)
             handlers = self._build(self.resources)
 
             broker = make_broker(settings, client_id=f"modelreg-{self.name}")
@@ -73,6 +76,8 @@ class ServiceApp:
             await broker.start()
             self._stack.push_async_callback(broker.stop)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox"))
+            for index, job in enumerate(handlers.background):
+                self._tasks.append(asyncio.create_task(job(), name=f"{self.name}-background-{index}"))
             log.info("%s started: consuming %s", self.name, ", ".join(handlers.topics))
         except BaseException:
             await self.stop()

@@ -54,6 +54,8 @@ _EXAMPLE_DATA: dict[str, dict[str, Any]] = {
         "artifact": {"uri": f"s3://modelreg/artifacts/fraud-detector/3/{_SHA}", "sha256": _SHA,
                      "size_bytes": 1048576, "format": "pickle"},
         "run_id": "run-42", "registered_by": "pipelines/fraud-train",
+        "dataset": {"uri": "s3://datasets/fraud", "version": "2026-11-01"},
+        "description": "Gradient-boosted fraud scorer",
     },
     "model.validated": {
         "name": "fraud-detector", "version": 3,

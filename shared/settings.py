@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # Where `file://` artifacts may come from, and which foreign buckets ingest may read.
     artifact_roots: str = Field("", validation_alias="MODELREG_ARTIFACT_ROOTS")
     allowed_buckets: str = Field("", validation_alias="MODELREG_ALLOWED_BUCKETS")
+    archival_sweep_seconds: float = Field(60.0, gt=0, le=86_400,
+                                          validation_alias="MODELREG_ARCHIVAL_SWEEP_SECONDS")
     otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,8 +102,22 @@ class ObjectStore:
                 return None
             raise
 
+    async def digest(self, location: S3Location) -> tuple[str, int] | None:
+        """sha256 and size of a stored object, streamed; None when it is missing."""
+        hasher, size = hashlib.sha256(), 0
+        try:
+            async for chunk in self.stream(location):
+                hasher.update(chunk)
+                size += len(chunk)
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+        return hasher.hexdigest(), size
+
     async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
         response = await self.client.get_object(Bucket=location.bucket, Key=location.key)
-        async with response["Body"] as body:
-            while chunk := await body.read(chunk_size):
+        body = response["Body"]
+        async with body:  # releases the connection; reads go through the StreamingBody
+            async for chunk in body.iter_chunks(chunk_size):
                 yield chunk

@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -83,7 +84,9 @@ def _local_stack() -> Iterator[Endpoints]:
         yield Endpoints(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_URL"], env["S3_ENDPOINT_URL"],
                         env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "local stack")
     finally:
-        if started_here and not os.environ.get("MODELREG_KEEP_STACK"):
+        # CI stops what it started; a developer's stack stays up for the next run (and for
+        # other test sessions sharing it): `modelreg stack down` stops it.
+        if started_here and os.environ.get("CI"):
             stack.down(log=lambda line: print(f"[stack] {line}"))
 
 
@@ -104,8 +107,9 @@ def _with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-async def settings(endpoints: Endpoints) -> AsyncIterator[Settings]:
-    """Settings for this run: a fresh database, topic prefix and bucket."""
+async def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+    """Settings for this run: a fresh database, topic prefix and bucket, and a directory
+    `file://` artifacts may come from."""
     import asyncpg
 
     database = f"modelreg_test_{RUN_ID}"
@@ -124,6 +128,9 @@ async def settings(endpoints: Endpoints) -> AsyncIterator[Settings]:
         aws_secret_access_key=endpoints.aws_secret_access_key,
         topic_prefix=f"t{RUN_ID}.",
         topic_partitions=3,
+        policy_file=str(Path(__file__).parent / "policy.yaml"),
+        archival_sweep_seconds=0.5,
+        artifact_roots=str(tmp_path_factory.mktemp("artifact-root")),
     )
     conn = await asyncpg.connect(admin_url)
     try:

@@ -146,3 +146,16 @@ async def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
             return last
         await asyncio.sleep(0.1)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def put_artifact(settings: Settings, key: str, body: bytes) -> dict[str, Any]:
+    """Upload an artifact where ingest may read it; returns the event's `artifact` field."""
+    import hashlib
+
+    from shared.storage import ObjectStore
+
+    async with ObjectStore(settings) as store:
+        await store.ensure_bucket()
+        await store.client.put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
+    return {"uri": f"s3://{settings.s3_bucket}/{key}", "sha256": hashlib.sha256(body).hexdigest(),
+            "size_bytes": len(body)}

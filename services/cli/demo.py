@@ -21,12 +21,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from services.cli.main import SERVICES
 from services.cli.up import ServiceProcesses
 from shared.settings import Settings, load_settings
 from shared.stack.launcher import LocalStack
 from shared.storage import ObjectStore
 
-SERVICES = ("ingest",)
 
 
 def run(timeout: float = 120.0) -> int:

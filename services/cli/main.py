@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from shared.policy import PolicyError
 from shared.settings import SettingsError
 
 EXIT_FAILED = 1
@@ -22,14 +24,14 @@ class UserError(Exception):
     """An operation failed for a reason the person can act on."""
 
 
-SERVICES = ("ingest",)
+SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
 
 
 def _service_factory(name: str) -> Callable:  # type: ignore[type-arg]
-    if name == "ingest":
-        from services.ingest.app import create_app
-        return create_app
-    raise UserError(f"unknown service {name!r}; choose one of: {', '.join(SERVICES)}")
+    if name not in SERVICES:
+        raise UserError(f"unknown service {name!r}; choose one of: {', '.join(SERVICES)}")
+    module = importlib.import_module(f"services.{name}.app")
+    return module.create_app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return dispatch(args) or 0
-    except SettingsError as exc:
+    except (SettingsError, PolicyError) as exc:
         print(f"modelreg: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (UserError, StackError) as exc:

@@ -1,13 +1,25 @@
-"""ingest: `model.registered` -> the version recorded -> `model.ingested` | `model.rejected`."""
+"""ingest: `model.registered` -> artifact copied and version recorded -> `model.ingested` | `model.rejected`.
+
+Per batch: version numbers are claimed and artifacts copied concurrently before the
+transaction (`prepare`); the transaction then records each outcome and emits its events.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from shared.consumer import ServiceHandlers, Tx
 from shared.events import (
     ArtifactRef,
+    CloudEvent,
     ModelIngested,
     ModelIngestedData,
     ModelRegistered,
+    ModelRegisteredData,
     ModelRejected,
     ModelRejectedData,
     Reason,
@@ -16,60 +28,145 @@ from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 
 from . import store
+from .artifacts import ArtifactMismatch, Copied, SourceRefused, copy_artifact, registry_key, resolve_source
 from .logic import VersionClaim, claim_version
 
 SERVICE = "ingest"
+COPIES_IN_FLIGHT = 16
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What happened to one registration before its transaction."""
+
+    version: int | None
+    copied: Copied | None = None
+    refusal: Reason | None = None
+    duplicate: bool = False
+    evidence: dict[str, Any] | None = None
 
 
 class Ingest:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
+        self.prepared: dict[uuid.UUID, Prepared] = {}
+
+    async def prepare(self, events: Sequence[CloudEvent[Any]]) -> None:
+        """Claim version numbers, then copy the artifacts, several at a time."""
+        self.prepared.clear()
+        sources: dict[uuid.UUID, Any] = {}
+        for event in events:
+            try:
+                sources[event.id] = resolve_source(event.data.artifact.uri, self.resources.settings)
+            except SourceRefused as refused:
+                self.prepared[event.id] = Prepared(event.data.version,
+                                                   refusal=Reason(code=refused.code, message=refused.message))
+        claimable = [e for e in events if e.id in sources]
+        versions = await self._claim_versions(claimable)
+        limit = asyncio.Semaphore(COPIES_IN_FLIGHT)
+
+        async def copy(event: CloudEvent[ModelRegisteredData]) -> None:
+            version = versions[event.id]
+            if version is None:  # an explicit version that is taken: decided in the transaction
+                self.prepared[event.id] = Prepared(event.data.version)
+                return
+            async with limit:
+                self.prepared[event.id] = await self._copy(event, version, sources[event.id])
+
+        async with asyncio.TaskGroup() as group:
+            for event in claimable:
+                group.create_task(copy(event))
+
+    async def _claim_versions(self, events: Sequence[CloudEvent[Any]]) -> dict[uuid.UUID, int | None]:
+        """Numbers for versionless registrations (kept per event id, so a retry reuses them);
+        None for explicit versions already recorded (no copy needed: same key or a conflict)."""
+        if not events:
+            return {}
+        claims: dict[uuid.UUID, int | None] = {}
+        async with self.resources.pool.acquire() as conn, conn.transaction():
+            explicit = [e for e in events if e.data.version is not None]
+            taken = await store.existing_versions(conn, [(e.data.name, e.data.version) for e in explicit])
+            for event in explicit:
+                claims[event.id] = None if (event.data.name, event.data.version) in taken else event.data.version
+            versionless = [e for e in events if e.data.version is None]
+            claims.update(await store.claim_next_versions(conn, [(e.id, e.data.name) for e in versionless]))
+        return claims
+
+    async def _copy(self, event: CloudEvent[ModelRegisteredData], version: int, source: Any) -> Prepared:
+        artifact = event.data.artifact
+        try:
+            copied = await copy_artifact(self.resources.store, source,
+                                         registry_key(event.data.name, version, artifact.sha256),
+                                         sha256=artifact.sha256, size_bytes=artifact.size_bytes)
+        except SourceRefused as refused:
+            return Prepared(version, refusal=Reason(code=refused.code, message=refused.message))
+        except ArtifactMismatch as mismatch:
+            return Prepared(version, refusal=Reason(code=mismatch.code, message=mismatch.message),
+                            evidence={"expected_sha256": artifact.sha256, "found_sha256": mismatch.found_sha256,
+                                      "expected_size": artifact.size_bytes, "found_size": mismatch.found_size})
+        return Prepared(version, copied=copied)
 
     async def on_registered(self, tx: Tx, event: ModelRegistered) -> None:
         data = event.data
-        artifact = data.artifact
-        if data.version is None:
-            version = await store.next_version(tx.conn, data.name)
-        else:
-            version = data.version
-            await store.reserve_version(tx.conn, data.name, version)
-            existing = await store.find_version(tx.conn, data.name, version)
-            claim = claim_version(existing.sha256 if existing else None, artifact.sha256)
+        prepared = self.prepared.pop(event.id)
+        version = prepared.version
+        if data.version is not None:
+            await store.reserve_version(tx.conn, data.name, data.version)
+            existing = await store.find_version(tx.conn, data.name, data.version)
+            claim = claim_version(existing.sha256 if existing else None, data.artifact.sha256)
             if claim is VersionClaim.DUPLICATE:
-                return
+                return  # the same artifact again: no new state, no new events
             if claim is VersionClaim.CONFLICT:
-                reason = Reason(code="version_conflict",
-                                message=f"version {version} of {data.name} is already registered "
-                                        "with a different artifact")
-                tx.emit(ModelRejected, ModelRejectedData(name=data.name, version=version,
-                                                         reasons=[reason]))
-                tx.audit("rejected", name=data.name, version=version, reason=reason.message,
-                         evidence={"code": reason.code, "sha256": artifact.sha256})
+                await self._reject(tx, event, data.version, Reason(
+                    code="version_conflict",
+                    message=f"version {data.version} of {data.name} is already registered with a "
+                            "different artifact"), record=False)
                 return
+        if prepared.refusal is not None or prepared.copied is None:
+            refusal = prepared.refusal or Reason(code="artifact_missing", message="the artifact was not copied")
+            await self._reject(tx, event, version, refusal, evidence=prepared.evidence, record=version is not None)
+            return
+        assert version is not None
+        await self._record(tx, event, version, "ingested", artifact_uri=prepared.copied.uri)
+        artifact = data.artifact
+        ref = ArtifactRef(uri=prepared.copied.uri, sha256=artifact.sha256,
+                          size_bytes=artifact.size_bytes, format=artifact.format)
+        tx.emit(ModelIngested, ModelIngestedData(
+            name=data.name, version=version, artifact=ref, run_id=data.run_id,
+            registered_by=data.registered_by, dataset=data.dataset, signature=data.signature,
+            description=data.description))
+        tx.audit("ingested", name=data.name, version=version, to_stage="none",
+                 actor=data.registered_by or event.source, reason="registered",
+                 evidence={"sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
+                           "artifact_uri": ref.uri, "source_uri": artifact.uri,
+                           "already_stored": prepared.copied.already_stored, "run_id": data.run_id,
+                           "metrics": data.metrics, "tags": data.tags, "format": artifact.format})
 
+    async def _reject(self, tx: Tx, event: ModelRegistered, version: int | None, reason: Reason, *,
+                      evidence: dict[str, Any] | None = None, record: bool) -> None:
+        data = event.data
+        if record and version is not None:
+            await self._record(tx, event, version, "rejected", reasons=[reason.model_dump()])
+        tx.emit(ModelRejected, ModelRejectedData(name=data.name, version=version, reasons=[reason]))
+        tx.audit("rejected", name=data.name, version=version, actor=tx.source, reason=reason.message,
+                 evidence={"code": reason.code, "source_uri": data.artifact.uri, **(evidence or {})})
+
+    async def _record(self, tx: Tx, event: ModelRegistered, version: int, status: str, *,
+                      artifact_uri: str | None = None, reasons: list[dict[str, str]] | None = None) -> None:
+        data, artifact = event.data, event.data.artifact
         await store.insert_version(
-            tx.conn, name=data.name, version=version, status="ingested",
-            source_uri=artifact.uri, artifact_uri=artifact.uri, sha256=artifact.sha256,
-            size_bytes=artifact.size_bytes, format=artifact.format, run_id=data.run_id,
-            metrics=data.metrics, params=data.params, tags=data.tags,
-            dataset=data.dataset.model_dump() if data.dataset else None,
+            tx.conn, name=data.name, version=version, status=status, source_uri=artifact.uri,
+            artifact_uri=artifact_uri, sha256=artifact.sha256, size_bytes=artifact.size_bytes,
+            format=artifact.format, run_id=data.run_id, metrics=data.metrics, params=data.params,
+            tags=data.tags, dataset=data.dataset.model_dump() if data.dataset else None,
             signature=data.signature, description=data.description, source=event.source,
             registered_by=data.registered_by, correlation_id=event.correlation,
-            registered_event_id=event.id, registered_at=event.time)
-        ref = ArtifactRef(uri=artifact.uri, sha256=artifact.sha256,
-                          size_bytes=artifact.size_bytes, format=artifact.format)
-        tx.emit(ModelIngested, ModelIngestedData(name=data.name, version=version, artifact=ref,
-                                                 run_id=data.run_id,
-                                                 registered_by=data.registered_by))
-        tx.audit("ingested", name=data.name, version=version, to_stage="none",
-                 actor=data.registered_by, reason="registered",
-                 evidence={"sha256": artifact.sha256, "artifact_uri": ref.uri,
-                           "size_bytes": artifact.size_bytes})
+            registered_event_id=event.id, registered_at=event.time, reasons=reasons)
 
 
 def build(resources: Resources) -> ServiceHandlers:
     ingest = Ingest(resources)
-    return ServiceHandlers(SERVICE, {"model.registered": ingest.on_registered})
+    return ServiceHandlers(SERVICE, {"model.registered": ingest.on_registered}, prepare=ingest.prepare)
 
 
 def create_app(settings: Settings) -> ServiceApp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,3 +44,31 @@ async def insert_version(conn: asyncpg.Connection, **fields: Any) -> None:
     placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
     await conn.execute(f"INSERT INTO model_versions ({columns}) VALUES ({placeholders})",
                        *fields.values())
+
+
+async def existing_versions(conn: asyncpg.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        """SELECT v.name, v.version FROM model_versions v
+           JOIN unnest($1::text[], $2::int[]) AS k(name, version) USING (name, version)""",
+        [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["name"], r["version"]) for r in rows}
+
+
+async def claim_next_versions(conn: asyncpg.Connection,
+                              requests: list[tuple[uuid.UUID, str]]) -> dict[uuid.UUID, int]:
+    """A version number per registration event, reused when the event is seen again."""
+    if not requests:
+        return {}
+    claimed = {r["event_id"]: r["version"] for r in await conn.fetch(
+        "SELECT event_id, version FROM ingest_claims WHERE event_id = ANY($1::uuid[])",
+        [event_id for event_id, _ in requests])}
+    for event_id, name in requests:
+        if event_id in claimed:
+            continue
+        version = await next_version(conn, name)
+        await conn.execute("INSERT INTO ingest_claims (event_id, name, version) VALUES ($1, $2, $3)",
+                           event_id, name, version)
+        claimed[event_id] = version
+    return claimed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -10,6 +11,7 @@ import pytest
 from shared.broker import ensure_topics
 from shared.db import migrate
 from shared.events import TOPICS
+from shared.runtime import ServiceApp
 from shared.settings import Settings
 from tests.support import Kafka
 
@@ -39,11 +41,32 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-@pytest.fixture(scope="session")
-async def ingest(settings: Settings, kafka: Kafka):  # type: ignore[no-untyped-def]
-    from services.ingest.app import create_app
+_running: dict[str, ServiceApp] = {}
 
-    app = create_app(settings)
-    await app.start()
-    yield app
-    await app.stop()
+
+async def running(settings: Settings, *names: str) -> dict[str, ServiceApp]:
+    """Start services in-process once per session (each its own pool, consumer and relay)."""
+    for name in names:
+        if name not in _running:
+            app = importlib.import_module(f"services.{name}.app").create_app(settings)
+            await app.start()
+            _running[name] = app
+    return {name: _running[name] for name in names}
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _stop_services(settings: Settings) -> AsyncIterator[None]:
+    yield
+    for app in _running.values():
+        await app.stop()
+    _running.clear()
+
+
+@pytest.fixture(scope="session")
+async def ingest(settings: Settings, kafka: Kafka) -> ServiceApp:
+    return (await running(settings, "ingest"))["ingest"]
+
+
+@pytest.fixture(scope="session")
+async def pipeline(settings: Settings, kafka: Kafka) -> dict[str, ServiceApp]:
+    return await running(settings, "ingest", "validation", "promotion", "archival", "audit")

@@ -1,0 +1,163 @@
+"""archival: superseded, rejected and expired versions to cold storage -> `model.archived`.
+
+Event-driven for supersession and manual requests; time-driven (a periodic sweep) for
+rejected versions past their grace period and staging versions past their age. Several
+instances may sweep: rows are taken `FOR UPDATE SKIP LOCKED`, so none is archived twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from shared.consumer import ServiceHandlers, Tx, is_retryable
+from shared.events import ModelArchived, ModelArchivedData, ModelDemoted, ModelIngested, ModelPromoted, ModelRejected
+from shared.outbox import write_outbox
+from shared.policy import Retention
+from shared.runtime import Resources, ServiceApp
+from shared.settings import Settings
+
+from .cold import move_to_cold
+from .logic import Kept, due_by_time, superseded_beyond_keep
+
+SERVICE = "archival"
+log = logging.getLogger(__name__)
+
+_KEPT = "version, stage, staged_at, superseded_at, rejected_at"
+
+
+def _kept(row: asyncpg.Record) -> Kept:
+    return Kept(row["version"], row["stage"], row["staged_at"], row["superseded_at"], row["rejected_at"])
+
+
+class Archival:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.policy = resources.policy
+
+    async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
+        data = event.data
+        await tx.conn.execute(
+            """INSERT INTO archival_versions (name, version, artifact_uri, correlation_id)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (name, version) DO UPDATE SET artifact_uri = EXCLUDED.artifact_uri""",
+            data.name, data.version, data.artifact.uri, event.correlation)
+
+    async def on_promoted(self, tx: Tx, event: ModelPromoted) -> None:
+        data = event.data
+        await tx.conn.execute(
+            """UPDATE archival_versions SET stage = $3, superseded_at = NULL, updated_at = now(),
+                      staged_at = CASE WHEN $3 = 'staging' THEN $4 ELSE staged_at END
+               WHERE name = $1 AND version = $2 AND archived_at IS NULL""",
+            data.name, data.version, data.to_stage, event.time)
+
+    async def on_demoted(self, tx: Tx, event: ModelDemoted) -> None:
+        data = event.data
+        await tx.conn.execute(
+            """UPDATE archival_versions SET stage = $3, updated_at = now(),
+                      superseded_at = CASE WHEN $4 THEN $5 ELSE superseded_at END
+               WHERE name = $1 AND version = $2 AND archived_at IS NULL""",
+            data.name, data.version, "none" if data.to_stage == "archived" else data.to_stage,
+            data.reason == "superseded", event.time)
+        if data.to_stage == "archived":
+            await self.archive(tx, data.name, data.version, "manual", restorable=True)
+            return
+        if data.reason == "superseded":
+            retention = self.policy.rule_for(data.name).retention
+            rows = await tx.conn.fetch(
+                f"SELECT {_KEPT} FROM archival_versions WHERE name = $1 AND archived_at IS NULL FOR UPDATE",
+                data.name)
+            for item in superseded_beyond_keep([_kept(r) for r in rows], retention):
+                await self.archive(tx, data.name, item.version, item.reason, restorable=item.restorable)
+
+    async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
+        data = event.data
+        if data.version is None:
+            return
+        await tx.conn.execute(
+            """INSERT INTO archival_versions (name, version, rejected_at, correlation_id)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (name, version) DO UPDATE
+               SET rejected_at = COALESCE(archival_versions.rejected_at, EXCLUDED.rejected_at), updated_at = now()""",
+            data.name, data.version, event.time, event.correlation)
+
+    async def archive(self, tx: Tx, name: str, version: int, reason: str, *, restorable: bool) -> None:
+        row = await tx.conn.fetchrow(
+            "SELECT stage, artifact_uri, archived_at FROM archival_versions WHERE name = $1 AND version = $2",
+            name, version)
+        if row is None or row["archived_at"] is not None:
+            return
+        archive_uri = await move_to_cold(self.resources.store, row["artifact_uri"]) if row["artifact_uri"] else None
+        await tx.conn.execute(
+            """UPDATE archival_versions SET stage = 'archived', archived_at = now(), archive_uri = $3,
+                      updated_at = now() WHERE name = $1 AND version = $2""", name, version, archive_uri)
+        from_stage = row["stage"] if row["stage"] != "archived" else "none"
+        tx.emit(ModelArchived, ModelArchivedData(name=name, version=version, from_stage=from_stage, reason=reason,
+                                                 restorable=restorable and archive_uri is not None))
+        tx.audit("archived", name=name, version=version, from_stage=from_stage, to_stage="archived",
+                 reason=reason, evidence={"archive_uri": archive_uri, "artifact_uri": row["artifact_uri"],
+                                          "restorable": restorable and archive_uri is not None})
+
+    # -- the periodic sweep ------------------------------------------------------------------
+
+    async def sweep_forever(self) -> None:
+        interval = self.resources.settings.archival_sweep_seconds
+        while True:
+            try:
+                archived = await self.sweep(datetime.now(UTC))
+                if archived:
+                    log.info("archival sweep archived %d version(s)", archived)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.log(logging.WARNING if is_retryable(exc) else logging.ERROR,
+                        "archival sweep failed: %s", exc, exc_info=not is_retryable(exc))
+            await asyncio.sleep(interval)
+
+    async def sweep(self, now: datetime, limit: int = 200) -> int:
+        """Archive what is due by time; returns how many were archived."""
+        retentions = [rule.retention for rule in self.policy.rules] + [Retention()]
+        # Only rows that some rule could find due: the rest are not locked, let alone read.
+        grace = min(r.rejected_grace for r in retentions)
+        max_age = min((r.staging_max_age for r in retentions if r.staging_max_age is not None),
+                      default=None)
+        async with self.resources.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"""SELECT name, correlation_id, {_KEPT} FROM archival_versions
+                    WHERE archived_at IS NULL
+                      AND (rejected_at <= $2 OR (stage = 'staging' AND staged_at <= $3))
+                    ORDER BY updated_at LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                limit, now - grace, now - max_age if max_age is not None else datetime.min.replace(tzinfo=UTC))
+            outbox = []
+            archived = 0
+            by_model: dict[str, list[asyncpg.Record]] = {}
+            for row in rows:
+                by_model.setdefault(row["name"], []).append(row)
+            for name, model_rows in by_model.items():
+                retention = self.policy.rule_for(name).retention
+                correlations = {r["version"]: r["correlation_id"] for r in model_rows}
+                for item in due_by_time([_kept(r) for r in model_rows], retention, now):
+                    tx = Tx(conn, SERVICE, None, correlation=correlations[item.version])
+                    await self.archive(tx, name, item.version, item.reason, restorable=item.restorable)
+                    outbox.extend(tx.rows)
+                    archived += 1
+            await write_outbox(conn, SERVICE, outbox)
+            return archived
+
+
+def build(resources: Resources) -> ServiceHandlers:
+    archival = Archival(resources)
+    return ServiceHandlers(SERVICE, {
+        "model.ingested": archival.on_ingested,
+        "model.promoted": archival.on_promoted,
+        "model.demoted": archival.on_demoted,
+        "model.rejected": archival.on_rejected,
+    }, background=(archival.sweep_forever,))
+
+
+def create_app(settings: Settings) -> ServiceApp:
+    return ServiceApp(settings, SERVICE, build)

@@ -1,0 +1,253 @@
+"""promotion: validated versions to staging, staging to production on evidence, rollbacks,
+and manual requests from approvers.
+
+Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
+`metrics.evaluated`, `promotion.requested` and `model.archived`; emits `model.promoted` and
+`model.demoted`. Every decision about a model runs under that model's lock, so two instances
+(or a rebalance) never make two champions; the database's partial unique index backs it up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.consumer import ServiceHandlers, Tx
+from shared.events import (
+    InvalidEvent,
+    MetricsEvaluated,
+    ModelArchived,
+    ModelDemoted,
+    ModelDemotedData,
+    ModelIngested,
+    ModelPromoted,
+    ModelPromotedData,
+    ModelRejected,
+    ModelRejectedData,
+    ModelValidated,
+    PromotionRequested,
+    Reason,
+)
+from shared.policy import Rule
+from shared.runtime import Resources, ServiceApp
+from shared.settings import Settings
+from shared.storage import parse_s3_uri
+
+from . import store
+from .logic import Champion, Result, choose_restore, decide_manual, decide_promotion, decide_rollback
+from .store import VersionRow
+
+SERVICE = "promotion"
+
+
+class Promotion:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.policy = resources.policy
+
+    # -- what the other services tell us ------------------------------------------------
+
+    async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
+        data = event.data
+        await store.add_version(tx.conn, name=data.name, version=data.version, sha256=data.artifact.sha256,
+                                artifact_uri=data.artifact.uri, registered_by=data.registered_by,
+                                correlation_id=event.correlation)
+
+    async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
+        if event.data.version is not None and event.source != tx.source:
+            await store.update(tx.conn, event.data.name, event.data.version, blocked="rejected")
+
+    async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
+        data = event.data
+        await store.lock_model(tx.conn, data.name)
+        row = await store.get_version(tx.conn, data.name, data.version)
+        if row is not None and row.stage != "archived":
+            await store.set_stage(tx.conn, row, "archived", reason=data.reason, actor=event.source,
+                                  event_id=event.id, evidence={"restorable": data.restorable})
+
+    async def _version(self, tx: Tx, name: str, version: int) -> VersionRow:
+        await store.lock_model(tx.conn, name)
+        row = await store.get_version(tx.conn, name, version)
+        if row is None:
+            raise InvalidEvent("unknown_version", f"{name} v{version} is not a registered version")
+        return row
+
+    # -- policy ---------------------------------------------------------------------------
+
+    async def on_validated(self, tx: Tx, event: ModelValidated) -> None:
+        data = event.data
+        row = await self._version(tx, data.name, data.version)
+        await store.update(tx.conn, row.name, row.version, validated=True)
+        rule = self.policy.rule_for(row.name)
+        if rule.auto_staging and row.stage == "none" and row.blocked is None:
+            await self._move(tx, row, "staging", reason="policy",
+                             evidence={"checks": [c.model_dump() for c in data.checks]})
+            await self._consider(tx, data.name, data.version, rule)
+
+    async def on_evaluated(self, tx: Tx, event: MetricsEvaluated) -> None:
+        data = event.data
+        row = await self._version(tx, data.name, data.version)
+        await store.add_evaluation(
+            tx.conn, event_id=event.id, name=data.name, version=data.version, suite=data.suite,
+            environment=data.environment, metrics=data.metrics, passed=data.passed,
+            dataset=data.dataset.model_dump() if data.dataset else None, evaluator=data.evaluator,
+            evaluated_at=event.time)
+        rule = self.policy.rule_for(row.name)
+        if data.environment == "production":
+            if row.stage == "production":
+                result = Result(data.suite, data.environment, data.metrics, data.passed, 0)
+                await self._maybe_roll_back(tx, row, rule, result)
+            return
+        if row.stage == "staging":
+            await self._consider(tx, row.name, row.version, rule)
+
+    async def _consider(self, tx: Tx, name: str, version: int, rule: Rule) -> None:
+        row = await store.get_version(tx.conn, name, version)
+        assert row is not None
+        current = await store.champion(tx.conn, name)
+        incumbent = Champion(current.version, await store.results(tx.conn, name, current.version)) \
+            if current is not None else None
+        decision = decide_promotion(row.stage, row.blocked, rule, await store.results(tx.conn, name, version),
+                                    incumbent)
+        evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
+        if not decision.promote:
+            tx.audit("held", name=name, version=version, from_stage=row.stage, to_stage=row.stage,
+                     reason="; ".join(g.detail for g in decision.failing) or "not in staging",
+                     evidence=evidence)
+            return
+        await self._to_production(tx, row, current, reason="policy", evidence=evidence)
+
+    async def _to_production(self, tx: Tx, row: VersionRow, current: VersionRow | None, *, reason: str,
+                             evidence: dict[str, Any], actor: str | None = None,
+                             replaced: int | None = None) -> bool:
+        """Verify the stored artifact, retire the champion, crown `row`. False if quarantined."""
+        if not await self._artifact_intact(tx, row):
+            return False
+        if current is not None and current.version != row.version:
+            demote_reason = "rollback" if reason == "rollback" else "superseded"
+            await self._demote(tx, current, "none", reason=demote_reason,
+                               evidence={"superseded_by": row.version} if demote_reason == "superseded" else {},
+                               superseded=demote_reason == "superseded")
+        await self._move(tx, row, "production", reason=reason, evidence=evidence, actor=actor,
+                         previous_champion=current.version if current else replaced)
+        return True
+
+    async def _artifact_intact(self, tx: Tx, row: VersionRow) -> bool:
+        """Before any move to production: the stored bytes must still hash to the record."""
+        try:
+            found = await self.resources.store.digest(parse_s3_uri(row.artifact_uri))
+        except ValueError:
+            found = None
+        found_sha = found[0] if found else None
+        if found_sha == row.sha256:
+            return True
+        message = (f"stored artifact {row.artifact_uri} hashes to {found_sha or 'nothing (missing)'}; "
+                   f"expected {row.sha256}")
+        await store.update(tx.conn, row.name, row.version, blocked="quarantined")
+        tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
+                                                 reasons=[Reason(code="checksum_mismatch", message=message)]))
+        tx.audit("quarantined", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
+                 reason=message, evidence={"expected_sha256": row.sha256, "found_sha256": found_sha,
+                                           "artifact_uri": row.artifact_uri})
+        return False
+
+    async def _maybe_roll_back(self, tx: Tx, champion_row: VersionRow, rule: Rule, result: Result) -> None:
+        broken = decide_rollback(rule, result)
+        if not broken:
+            return
+        evidence = {"broken": [g.as_dict() for g in broken], "suite": result.suite,
+                    "policy_revision": self.policy.revision}
+        await self._demote(tx, champion_row, "none", reason="rollback", evidence=evidence, blocked="rolled_back")
+        target = choose_restore(await store.restorable(tx.conn, champion_row.name), champion_row.previous_champion)
+        if target is None:
+            tx.audit("rollback_without_restore", name=champion_row.name, version=champion_row.version,
+                     reason="production metrics broke the rollback thresholds and no earlier version is "
+                            "restorable: the model has no champion now", evidence=evidence)
+            return
+        restored = await store.get_version(tx.conn, champion_row.name, target)
+        assert restored is not None
+        await self._to_production(tx, restored, None, reason="rollback",
+                                  evidence={**evidence, "rolled_back": champion_row.version},
+                                  replaced=champion_row.version)
+
+    # -- people ---------------------------------------------------------------------------
+
+    async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
+        data = event.data
+        row = await self._version(tx, data.name, data.version)
+        rule = self.policy.rule_for(row.name)
+        decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
+                                 stage=row.stage, blocked=row.blocked,
+                                 approvals=await store.approvals(tx.conn, row.name, row.version, data.to_stage))
+        base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
+        if decision.outcome == "refuse":
+            tx.audit("promotion_refused", name=row.name, version=row.version, from_stage=row.stage,
+                     to_stage=data.to_stage, actor=data.actor, reason=decision.detail, evidence=base)
+            return
+        await store.add_approval(tx.conn, name=row.name, version=row.version, to_stage=data.to_stage,
+                                 actor=data.actor, reason=data.reason, event_id=event.id)
+        if decision.outcome == "pending":
+            tx.audit("approval_recorded", name=row.name, version=row.version, from_stage=row.stage,
+                     to_stage=data.to_stage, actor=data.actor, reason=decision.detail,
+                     evidence={**base, "approvers": list(decision.approvers), "needed": decision.needed})
+            return
+        evidence = {**base, "approvers": list(decision.approvers), "policy_revision": self.policy.revision}
+        actor = data.actor
+        if data.to_stage == "production":
+            done = await self._to_production(tx, row, await store.champion(tx.conn, row.name), reason="manual",
+                                             evidence=evidence, actor=actor)
+        elif data.to_stage == "staging" and row.stage == "none":
+            await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=actor)
+            done = True
+        else:  # down: to none, or to archived (archival moves the artifact)
+            await self._demote(tx, row, data.to_stage, reason="manual", evidence=evidence, actor=actor)
+            done = True
+        if done:
+            await store.clear_approvals(tx.conn, row.name, row.version, data.to_stage)
+
+    # -- stage changes ----------------------------------------------------------------------
+
+    async def _move(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
+                    actor: str | None = None, previous_champion: int | None = None) -> None:
+        event = tx.emit(ModelPromoted, ModelPromotedData(
+            name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage, reason=reason,
+            policy_revision=self.policy.revision, evidence=evidence, previous_champion=previous_champion))
+        fields: dict[str, Any] = {"superseded_at": None}
+        if to_stage == "production":
+            fields["previous_champion"] = previous_champion
+        await store.set_stage(tx.conn, row, to_stage, reason=reason, actor=actor or tx.source,
+                              event_id=event.id, evidence=evidence, **fields)
+        tx.audit("promoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
+                 actor=actor, reason=reason,
+                 evidence={**evidence, "previous_champion": previous_champion,
+                           "policy_revision": self.policy.revision})
+
+    async def _demote(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
+                      actor: str | None = None, superseded: bool = False, blocked: str | None = None) -> None:
+        event = tx.emit(ModelDemoted, ModelDemotedData(name=row.name, version=row.version, from_stage=row.stage,
+                                                       to_stage=to_stage, reason=reason, evidence=evidence))
+        fields: dict[str, Any] = {}
+        if superseded:
+            fields["superseded_at"] = event.time
+        if blocked is not None:
+            fields["blocked"] = blocked
+        stage = "none" if to_stage == "archived" else to_stage  # archived once archival has moved it
+        await store.set_stage(tx.conn, row, stage, reason=reason, actor=actor or tx.source, event_id=event.id,
+                              evidence=evidence, **fields)
+        tx.audit("demoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
+                 actor=actor, reason=reason, evidence=evidence)
+
+
+def build(resources: Resources) -> ServiceHandlers:
+    promotion = Promotion(resources)
+    return ServiceHandlers(SERVICE, {
+        "model.ingested": promotion.on_ingested,
+        "model.validated": promotion.on_validated,
+        "model.rejected": promotion.on_rejected,
+        "metrics.evaluated": promotion.on_evaluated,
+        "promotion.requested": promotion.on_requested,
+        "model.archived": promotion.on_archived,
+    })
+
+
+def create_app(settings: Settings) -> ServiceApp:
+    return ServiceApp(settings, SERVICE, build)

@@ -1,0 +1,216 @@
+"""Promotion decisions as plain functions over plain data: gates, rollback, manual requests.
+
+Nothing here does I/O. The handlers load what these functions need, call one of them and
+record what it returned; the API's `explain` shows the same gate results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.policy import Rule, Threshold
+
+
+@dataclass(frozen=True)
+class Result:
+    """One `metrics.evaluated` as decisions see it; `seq` orders results (newest highest)."""
+
+    suite: str
+    environment: str
+    metrics: Mapping[str, float]
+    passed: bool | None
+    seq: int
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One condition of the policy, and whether it holds, and why."""
+
+    gate: str
+    passed: bool
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate, "passed": self.passed, "detail": self.detail, **self.evidence}
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: int
+    results: Sequence[Result]
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    gates: tuple[Gate, ...]
+
+    @property
+    def failing(self) -> tuple[Gate, ...]:
+        return tuple(g for g in self.gates if not g.passed)
+
+    def evidence(self) -> dict[str, Any]:
+        return {"gates": [g.as_dict() for g in self.gates]}
+
+
+def latest_per_suite(results: Iterable[Result]) -> dict[str, Result]:
+    """The newest pre-production result of each suite: the one thresholds are judged on."""
+    latest: dict[str, Result] = {}
+    for result in results:
+        if result.environment == "production":
+            continue
+        current = latest.get(result.suite)
+        if current is None or result.seq > current.seq:
+            latest[result.suite] = result
+    return latest
+
+
+def _metric_sources(threshold: Threshold, latest: Mapping[str, Result]) -> list[Result]:
+    if threshold.suite is not None:
+        result = latest.get(threshold.suite)
+        return [result] if result is not None and threshold.metric in result.metrics else []
+    return [r for r in latest.values() if threshold.metric in r.metrics]
+
+
+def threshold_gates(thresholds: Iterable[Threshold], latest: Mapping[str, Result]) -> list[Gate]:
+    gates = []
+    for threshold in thresholds:
+        sources = _metric_sources(threshold, latest)
+        if not sources:
+            gates.append(Gate(f"threshold:{threshold.key}", False,
+                              f"no result reports {threshold.key} yet",
+                              {"metric": threshold.metric, "threshold": str(threshold)}))
+            continue
+        broken = [r for r in sources if not threshold.holds(r.metrics[threshold.metric])]
+        values = {r.suite: r.metrics[threshold.metric] for r in sources}
+        shown = ", ".join(f"{v:g} ({s})" for s, v in values.items())
+        gates.append(Gate(f"threshold:{threshold.key}", not broken,
+                          f"{threshold.metric} = {shown} {'holds' if not broken else 'breaks'} "
+                          f"{threshold}",
+                          {"metric": threshold.metric, "threshold": str(threshold), "actual": values}))
+    return gates
+
+
+def _latest_value(results: Iterable[Result], metric: str) -> tuple[float, str] | None:
+    found = [r for r in results if r.environment != "production" and metric in r.metrics]
+    if not found:
+        return None
+    newest = max(found, key=lambda r: r.seq)
+    return newest.metrics[metric], newest.suite
+
+
+def champion_gate(rule: Rule, results: Sequence[Result], champion: Champion | None) -> Gate | None:
+    if rule.champion is None:
+        return None
+    metric = rule.champion.metric
+    name = f"champion:{metric}"
+    if champion is None:
+        return Gate(name, True, "no champion yet: nothing to beat", {"metric": metric})
+    candidate = _latest_value(results, metric)
+    if candidate is None:
+        return Gate(name, False, f"no result reports {metric} yet", {"metric": metric,
+                                                                     "champion_version": champion.version})
+    incumbent = _latest_value(champion.results, metric)
+    if incumbent is None:
+        return Gate(name, True, f"champion v{champion.version} has no {metric} result to compare",
+                    {"metric": metric, "candidate": candidate[0], "champion_version": champion.version})
+    rule_ = rule.champion
+    beats = rule_.beats(candidate[0], incumbent[0])
+    relation = "beats" if beats else "does not beat"
+    sign = "+" if rule_.direction == "higher" else "-"
+    return Gate(name, beats,
+                f"{metric} {candidate[0]:g} {relation} champion v{champion.version}'s {incumbent[0]:g} "
+                f"by the required {sign}{rule_.min_improvement:g} ({rule_.direction} is better)",
+                {"metric": metric, "candidate": candidate[0], "champion": incumbent[0],
+                 "champion_version": champion.version, "direction": rule_.direction,
+                 "min_improvement": rule_.min_improvement})
+
+
+def evaluate_gates(rule: Rule, results: Sequence[Result], champion: Champion | None) -> tuple[Gate, ...]:
+    """Every gate between staging and production, held or not (the API's `explain`)."""
+    latest = latest_per_suite(results)
+    gates = []
+    for suite in rule.required_suites:
+        result = latest.get(suite)
+        if result is None:
+            gates.append(Gate(f"suite:{suite}", False, f"no result from suite {suite} yet", {"suite": suite}))
+        elif result.passed is False:
+            gates.append(Gate(f"suite:{suite}", False, f"suite {suite} reported a failure", {"suite": suite}))
+        else:
+            gates.append(Gate(f"suite:{suite}", True, f"suite {suite} has a result", {"suite": suite}))
+    gates += threshold_gates(rule.thresholds, latest)
+    if (gate := champion_gate(rule, results, champion)) is not None:
+        gates.append(gate)
+    return tuple(gates)
+
+
+def decide_promotion(stage: str, blocked: str | None, rule: Rule, results: Sequence[Result],
+                     champion: Champion | None) -> Decision:
+    """staging -> production when every gate holds; nothing else is ever promoted by policy."""
+    gates = evaluate_gates(rule, results, champion)
+    if stage != "staging" or blocked is not None:
+        return Decision(False, gates)
+    return Decision(all(g.passed for g in gates), gates)
+
+
+def decide_rollback(rule: Rule, result: Result) -> tuple[Gate, ...]:
+    """The rollback thresholds a production result breaks (empty: keep the champion).
+
+    A monitor reports what it measures: thresholds on metrics the result lacks are not judged.
+    """
+    if result.environment != "production":
+        return ()
+    relevant = [t for t in rule.rollback
+                if t.metric in result.metrics and (t.suite is None or t.suite == result.suite)]
+    gates = threshold_gates(relevant, {result.suite: Result(result.suite, "offline", result.metrics,
+                                                             result.passed, result.seq)})
+    return tuple(g for g in gates if not g.passed)
+
+
+@dataclass(frozen=True)
+class Restorable:
+    version: int
+    superseded_seq: int  # orders supersessions, newest highest
+
+
+def choose_restore(candidates: Sequence[Restorable], previous_champion: int | None) -> int | None:
+    """The version a rollback restores: the champion's predecessor if still restorable, else
+    the most recently superseded one."""
+    versions = {c.version for c in candidates}
+    if previous_champion in versions:
+        return previous_champion
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: c.superseded_seq).version
+
+
+@dataclass(frozen=True)
+class ManualDecision:
+    outcome: str  # "approve", "pending", "refuse"
+    detail: str
+    approvers: tuple[str, ...] = ()
+    needed: int = 1
+
+
+def decide_manual(rule: Rule, *, actor: str, to_stage: str, registered_by: str | None,
+                  stage: str, blocked: str | None, approvals: Iterable[str]) -> ManualDecision:
+    """Who may move a version by hand, and whether enough distinct approvers have asked."""
+    if actor not in rule.approvers:
+        return ManualDecision("refuse", f"{actor} is not an approver for this model")
+    if registered_by is not None and actor == registered_by:
+        return ManualDecision("refuse", f"{actor} registered this version and cannot approve it "
+                                        "(separation of duties)")
+    if stage == "archived":
+        return ManualDecision("refuse", "the version is archived; restore it first")
+    if blocked is not None and to_stage in ("staging", "production"):
+        return ManualDecision("refuse", f"the version is {blocked} and can never be promoted")
+    if stage == to_stage:
+        return ManualDecision("refuse", f"the version is already in {to_stage}")
+    needed = rule.required_approvals if to_stage == "production" else 1
+    approvers = tuple(sorted(set(approvals) | {actor}))
+    if len(approvers) < needed:
+        return ManualDecision("pending", f"{len(approvers)} of {needed} approvals", approvers, needed)
+    return ManualDecision("approve", f"approved by {', '.join(approvers)}", approvers, needed)

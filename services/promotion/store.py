@@ -1,0 +1,122 @@
+"""promotion's SQL: versions and their stages, evaluations, approvals, the stage history."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .logic import Restorable, Result
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    name: str
+    version: int
+    stage: str
+    sha256: str
+    artifact_uri: str
+    registered_by: str | None
+    correlation_id: uuid.UUID | None
+    validated: bool
+    blocked: str | None
+    previous_champion: int | None
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> VersionRow:
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
+
+_COLUMNS = ", ".join(VersionRow.__dataclass_fields__)
+
+
+async def lock_model(conn: asyncpg.Connection, name: str) -> None:
+    """Decisions about one model are serial, across instances too (until commit)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('promotion:' || $1, 0))", name)
+
+
+async def add_version(conn: asyncpg.Connection, *, name: str, version: int, sha256: str,
+                      artifact_uri: str, registered_by: str | None, correlation_id: uuid.UUID) -> None:
+    await conn.execute(
+        """INSERT INTO promotion_versions (name, version, sha256, artifact_uri, registered_by, correlation_id)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, version) DO NOTHING""",
+        name, version, sha256, artifact_uri, registered_by, correlation_id)
+
+
+async def get_version(conn: asyncpg.Connection, name: str, version: int) -> VersionRow | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM promotion_versions WHERE name = $1 AND version = $2",
+                              name, version)
+    return VersionRow.of(row) if row else None
+
+
+async def champion(conn: asyncpg.Connection, name: str) -> VersionRow | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM promotion_versions WHERE name = $1 AND stage = 'production'", name)
+    return VersionRow.of(row) if row else None
+
+
+async def update(conn: asyncpg.Connection, name: str, version: int, **fields: Any) -> None:
+    assignments = ", ".join(f"{column} = ${i}" for i, column in enumerate(fields, start=3))
+    await conn.execute(
+        f"UPDATE promotion_versions SET {assignments} WHERE name = $1 AND version = $2",
+        name, version, *fields.values())
+
+
+async def set_stage(conn: asyncpg.Connection, row: VersionRow, to_stage: str, *, reason: str, actor: str,
+                    event_id: uuid.UUID, evidence: dict[str, Any], **fields: Any) -> None:
+    await conn.execute(
+        """UPDATE promotion_versions SET stage = $3, stage_changed_at = now()
+           WHERE name = $1 AND version = $2""", row.name, row.version, to_stage)
+    if fields:
+        await update(conn, row.name, row.version, **fields)
+    await conn.execute(
+        """INSERT INTO stage_history (name, version, from_stage, to_stage, reason, actor, event_id,
+                                      correlation_id, evidence)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        row.name, row.version, row.stage, to_stage, reason, actor, event_id, row.correlation_id, evidence)
+
+
+async def add_evaluation(conn: asyncpg.Connection, *, event_id: uuid.UUID, name: str, version: int,
+                         suite: str, environment: str, metrics: dict[str, float], passed: bool | None,
+                         dataset: dict[str, Any] | None, evaluator: str | None, evaluated_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO evaluations (event_id, name, version, suite, environment, metrics, passed,
+                                    dataset, evaluator, evaluated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING""",
+        event_id, name, version, suite, environment, metrics, passed, dataset, evaluator, evaluated_at)
+
+
+async def results(conn: asyncpg.Connection, name: str, version: int) -> list[Result]:
+    rows = await conn.fetch(
+        """SELECT id, suite, environment, metrics, passed FROM evaluations
+           WHERE name = $1 AND version = $2 ORDER BY id""", name, version)
+    return [Result(r["suite"], r["environment"], r["metrics"], r["passed"], r["id"]) for r in rows]
+
+
+async def restorable(conn: asyncpg.Connection, name: str) -> list[Restorable]:
+    rows = await conn.fetch(
+        """SELECT version, extract(epoch FROM superseded_at) * 1e6 AS seq FROM promotion_versions
+           WHERE name = $1 AND stage = 'none' AND superseded_at IS NOT NULL AND blocked IS NULL""", name)
+    return [Restorable(r["version"], int(r["seq"])) for r in rows]
+
+
+async def approvals(conn: asyncpg.Connection, name: str, version: int, to_stage: str) -> set[str]:
+    rows = await conn.fetch("SELECT actor FROM approvals WHERE name = $1 AND version = $2 AND to_stage = $3",
+                            name, version, to_stage)
+    return {r["actor"] for r in rows}
+
+
+async def add_approval(conn: asyncpg.Connection, *, name: str, version: int, to_stage: str, actor: str,
+                       reason: str, event_id: uuid.UUID) -> None:
+    await conn.execute(
+        """INSERT INTO approvals (name, version, to_stage, actor, reason, event_id)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+        name, version, to_stage, actor, reason, event_id)
+
+
+async def clear_approvals(conn: asyncpg.Connection, name: str, version: int, to_stage: str) -> None:
+    await conn.execute("DELETE FROM approvals WHERE name = $1 AND version = $2 AND to_stage = $3",
+                       name, version, to_stage)

@@ -1,0 +1,121 @@
+"""validation: `model.ingested` -> checks -> `model.validated` + `qa.requested` | `model.rejected`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.consumer import ServiceHandlers, Tx
+from shared.events import (
+    CloudEvent,
+    ModelIngested,
+    ModelIngestedData,
+    ModelRejected,
+    ModelRejectedData,
+    ModelValidated,
+    ModelValidatedData,
+    QaArtifact,
+    QaRequested,
+    QaRequestedData,
+)
+from shared.runtime import Resources, ServiceApp
+from shared.settings import Settings
+from shared.storage import is_missing, parse_s3_uri
+
+from .logic import ArtifactFacts, needs_scan, rejection_reasons, run_checks
+from .pickle_scan import scan_file
+
+SERVICE = "validation"
+READS_IN_FLIGHT = 8
+
+
+class Validation:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.facts: dict[uuid.UUID, ArtifactFacts] = {}
+
+    async def prepare(self, events: Sequence[CloudEvent[Any]]) -> None:
+        """Read every stored artifact once: hash it, and scan it where it may be a pickle."""
+        self.facts.clear()
+        limit = asyncio.Semaphore(READS_IN_FLIGHT)
+
+        async def inspect(event: CloudEvent[ModelIngestedData]) -> None:
+            async with limit:
+                self.facts[event.id] = await self._inspect(event.data)
+
+        async with asyncio.TaskGroup() as group:
+            for event in events:
+                group.create_task(inspect(event))
+
+    async def _inspect(self, data: ModelIngestedData) -> ArtifactFacts:
+        try:
+            location = parse_s3_uri(data.artifact.uri)
+        except ValueError:
+            return ArtifactFacts(present=False)
+        rule = self.resources.policy.rule_for(data.name).validation
+        hasher, size = hashlib.sha256(), 0
+        spool = None
+        try:
+            async for chunk in self.resources.store.stream(location):
+                if size == 0 and needs_scan(data.artifact.format, chunk):
+                    spool = tempfile.NamedTemporaryFile(prefix="modelreg-scan-", delete=False)
+                hasher.update(chunk)
+                size += len(chunk)
+                if spool is not None:
+                    await asyncio.to_thread(spool.write, chunk)
+            if spool is None:
+                return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size)
+            spool.close()
+            scan = await asyncio.to_thread(scan_file, spool.name, rule.pickle_allow)
+            return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size,
+                                 scanned=scan.is_pickle, pickle_safe=scan.safe, pickle_detail=scan.detail())
+        except ClientError as exc:
+            if is_missing(exc):
+                return ArtifactFacts(present=False)
+            raise
+        finally:
+            if spool is not None:
+                spool.close()
+                os.unlink(spool.name)
+
+    async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
+        data = event.data
+        rule = self.resources.policy.rule_for(data.name)
+        checks = run_checks(data, self.facts.pop(event.id), rule.validation)
+        passed = all(c.passed for c in checks)
+        await tx.conn.execute(
+            """INSERT INTO validation_results (name, version, passed, checks, suites)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (name, version) DO UPDATE
+               SET passed = EXCLUDED.passed, checks = EXCLUDED.checks, suites = EXCLUDED.suites,
+                   validated_at = now()""",
+            data.name, data.version, passed, [c.model_dump() for c in checks], list(rule.required_suites))
+        evidence = {"checks": [c.model_dump() for c in checks], "policy_revision": self.resources.policy.revision}
+        if not passed:
+            reasons = rejection_reasons(checks)
+            tx.emit(ModelRejected, ModelRejectedData(name=data.name, version=data.version, reasons=reasons))
+            tx.audit("rejected", name=data.name, version=data.version, reason="; ".join(r.message for r in reasons),
+                     evidence=evidence)
+            return
+        tx.emit(ModelValidated, ModelValidatedData(name=data.name, version=data.version, checks=checks))
+        tx.emit(QaRequested, QaRequestedData(
+            name=data.name, version=data.version, suites=list(rule.required_suites),
+            artifact=QaArtifact(uri=data.artifact.uri, sha256=data.artifact.sha256)))
+        tx.audit("validated", name=data.name, version=data.version, reason="every check passed",
+                 evidence={**evidence, "qa_suites": list(rule.required_suites)})
+
+
+def build(resources: Resources) -> ServiceHandlers:
+    validation = Validation(resources)
+    return ServiceHandlers(SERVICE, {"model.ingested": validation.on_ingested}, prepare=validation.prepare)
+
+
+def create_app(settings: Settings) -> ServiceApp:
+    return ServiceApp(settings, SERVICE, build)
