@@ -40,7 +40,6 @@ from shared.events import (
     RegistryAuditData,
     RegistryDlq,
     RegistryDlqData,
-    follow_up,
     new_event,
     parse_event,
 )
@@ -104,22 +103,26 @@ class Tx:
     def source(self) -> str:
         return f"modelreg/{self.service}"
 
-    def emit(self, envelope: type[CloudEvent[D]], data: D) -> CloudEvent[D]:
-        if self.cause is not None:
-            event = follow_up(self.cause, envelope, data, source=self.source)
-        else:
-            event = new_event(envelope, data, source=self.source, correlationid=self.correlation)
+    def emit(self, envelope: type[CloudEvent[D]], data: D, *,
+             correlation: uuid.UUID | None = None) -> CloudEvent[D]:
+        """`correlation` names the life of the version the event is about, where that is not
+        the cause's (a QA result for v2 that restores v1 continues v1's life)."""
+        correlation = correlation or (self.cause.correlation if self.cause is not None else self.correlation)
+        causation = self.cause.id if self.cause is not None else None
+        event = new_event(envelope, data, source=self.source, correlationid=correlation,
+                          causationid=causation)
         self.rows.append(OutboxRow.of(event))
         return event
 
     def audit(self, action: str, *, name: str, version: int | None = None,
               from_stage: str | None = None, to_stage: str | None = None,
               actor: str | None = None, reason: str | None = None,
-              evidence: dict[str, Any] | None = None) -> CloudEvent[RegistryAuditData]:
+              evidence: dict[str, Any] | None = None,
+              correlation: uuid.UUID | None = None) -> CloudEvent[RegistryAuditData]:
         data = RegistryAuditData(action=action, name=name, version=version, from_stage=from_stage,
                                  to_stage=to_stage, actor=actor or self.source, reason=reason,
                                  evidence=evidence or {})
-        return self.emit(RegistryAudit, data)
+        return self.emit(RegistryAudit, data, correlation=correlation)
 
 
 Handler = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]

@@ -87,7 +87,8 @@ class Archival:
 
     async def archive(self, tx: Tx, name: str, version: int, reason: str, *, restorable: bool) -> None:
         row = await tx.conn.fetchrow(
-            "SELECT stage, artifact_uri, archived_at FROM archival_versions WHERE name = $1 AND version = $2",
+            """SELECT stage, artifact_uri, archived_at, correlation_id FROM archival_versions
+               WHERE name = $1 AND version = $2""",
             name, version)
         if row is None or row["archived_at"] is not None:
             return
@@ -96,11 +97,13 @@ class Archival:
             """UPDATE archival_versions SET stage = 'archived', archived_at = now(), archive_uri = $3,
                       updated_at = now() WHERE name = $1 AND version = $2""", name, version, archive_uri)
         from_stage = row["stage"] if row["stage"] != "archived" else "none"
+        restorable = restorable and archive_uri is not None
+        correlation = row["correlation_id"]  # the archived version's life, whatever caused this
         tx.emit(ModelArchived, ModelArchivedData(name=name, version=version, from_stage=from_stage, reason=reason,
-                                                 restorable=restorable and archive_uri is not None))
+                                                 restorable=restorable), correlation=correlation)
         tx.audit("archived", name=name, version=version, from_stage=from_stage, to_stage="archived",
                  reason=reason, evidence={"archive_uri": archive_uri, "artifact_uri": row["artifact_uri"],
-                                          "restorable": restorable and archive_uri is not None})
+                                          "restorable": restorable}, correlation=correlation)
 
     # -- the periodic sweep ------------------------------------------------------------------
 

@@ -112,7 +112,7 @@ class Promotion:
         if not decision.promote:
             tx.audit("held", name=name, version=version, from_stage=row.stage, to_stage=row.stage,
                      reason="; ".join(g.detail for g in decision.failing) or "not in staging",
-                     evidence=evidence)
+                     evidence=evidence, correlation=row.correlation_id)
             return
         await self._to_production(tx, row, current, reason="policy", evidence=evidence)
 
@@ -144,10 +144,11 @@ class Promotion:
                    f"expected {row.sha256}")
         await store.update(tx.conn, row.name, row.version, blocked="quarantined")
         tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
-                                                 reasons=[Reason(code="checksum_mismatch", message=message)]))
+                                                 reasons=[Reason(code="checksum_mismatch", message=message)]),
+                correlation=row.correlation_id)
         tx.audit("quarantined", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
                  reason=message, evidence={"expected_sha256": row.sha256, "found_sha256": found_sha,
-                                           "artifact_uri": row.artifact_uri})
+                                           "artifact_uri": row.artifact_uri}, correlation=row.correlation_id)
         return False
 
     async def _maybe_roll_back(self, tx: Tx, champion_row: VersionRow, rule: Rule, result: Result) -> None:
@@ -161,7 +162,8 @@ class Promotion:
         if target is None:
             tx.audit("rollback_without_restore", name=champion_row.name, version=champion_row.version,
                      reason="production metrics broke the rollback thresholds and no earlier version is "
-                            "restorable: the model has no champion now", evidence=evidence)
+                            "restorable: the model has no champion now", evidence=evidence,
+                     correlation=champion_row.correlation_id)
             return
         restored = await store.get_version(tx.conn, champion_row.name, target)
         assert restored is not None
@@ -181,14 +183,16 @@ class Promotion:
         base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
         if decision.outcome == "refuse":
             tx.audit("promotion_refused", name=row.name, version=row.version, from_stage=row.stage,
-                     to_stage=data.to_stage, actor=data.actor, reason=decision.detail, evidence=base)
+                     to_stage=data.to_stage, actor=data.actor, reason=decision.detail, evidence=base,
+                     correlation=row.correlation_id)
             return
         await store.add_approval(tx.conn, name=row.name, version=row.version, to_stage=data.to_stage,
                                  actor=data.actor, reason=data.reason, event_id=event.id)
         if decision.outcome == "pending":
             tx.audit("approval_recorded", name=row.name, version=row.version, from_stage=row.stage,
                      to_stage=data.to_stage, actor=data.actor, reason=decision.detail,
-                     evidence={**base, "approvers": list(decision.approvers), "needed": decision.needed})
+                     evidence={**base, "approvers": list(decision.approvers), "needed": decision.needed},
+                     correlation=row.correlation_id)
             return
         evidence = {**base, "approvers": list(decision.approvers), "policy_revision": self.policy.revision}
         actor = data.actor
@@ -210,7 +214,8 @@ class Promotion:
                     actor: str | None = None, previous_champion: int | None = None) -> None:
         event = tx.emit(ModelPromoted, ModelPromotedData(
             name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage, reason=reason,
-            policy_revision=self.policy.revision, evidence=evidence, previous_champion=previous_champion))
+            policy_revision=self.policy.revision, evidence=evidence, previous_champion=previous_champion),
+            correlation=row.correlation_id)
         fields: dict[str, Any] = {"superseded_at": None}
         if to_stage == "production":
             fields["previous_champion"] = previous_champion
@@ -219,12 +224,13 @@ class Promotion:
         tx.audit("promoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
                  actor=actor, reason=reason,
                  evidence={**evidence, "previous_champion": previous_champion,
-                           "policy_revision": self.policy.revision})
+                           "policy_revision": self.policy.revision}, correlation=row.correlation_id)
 
     async def _demote(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
                       actor: str | None = None, superseded: bool = False, blocked: str | None = None) -> None:
         event = tx.emit(ModelDemoted, ModelDemotedData(name=row.name, version=row.version, from_stage=row.stage,
-                                                       to_stage=to_stage, reason=reason, evidence=evidence))
+                                                       to_stage=to_stage, reason=reason, evidence=evidence),
+                        correlation=row.correlation_id)
         fields: dict[str, Any] = {}
         if superseded:
             fields["superseded_at"] = event.time
@@ -234,7 +240,7 @@ class Promotion:
         await store.set_stage(tx.conn, row, stage, reason=reason, actor=actor or tx.source, event_id=event.id,
                               evidence=evidence, **fields)
         tx.audit("demoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
-                 actor=actor, reason=reason, evidence=evidence)
+                 actor=actor, reason=reason, evidence=evidence, correlation=row.correlation_id)
 
 
 def build(resources: Resources) -> ServiceHandlers:

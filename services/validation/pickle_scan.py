@@ -114,6 +114,7 @@ DEFAULT_ALLOWED: tuple[str, ...] = (
     "numpy.dtypes.*",                      # the DType classes (Float64DType, ...)
     "numpy.ma.core._mareconstruct",
     "numpy.ma.core.MaskedArray",
+    "numpy.ma.MaskedArray",
     *(f"numpy.{t}" for t in _NUMPY_SCALAR_TYPES),  # scalar types, e.g. an estimator's dtype=
     # Random generator state: constructors that take a bit-generator name/class and a state dict.
     "numpy.random._pickle.*",
@@ -124,6 +125,8 @@ DEFAULT_ALLOWED: tuple[str, ...] = (
     "numpy.random._pcg64.PCG64DXSM",
     "numpy.random._philox.Philox",
     "numpy.random._sfc64.SFC64",
+    "numpy.random.bit_generator.SeedSequence",
+    "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",  # Cython: cls.__new__ + set state
     # --- torch: the tensor/parameter rebuilders torch.save emits (they build tensors from storages
     #     and plain data; any callable they get, e.g. a hook, is a separately checked global),
     #     storage classes, dtypes, devices, sizes, layouts and quantization schemes.
@@ -198,29 +201,46 @@ _WILDCARD_CHARS = frozenset("*?[")
 
 
 class _Policy:
-    """Exact entries are taken at their word; wildcard entries are hardened (see DEFAULT_ALLOWED)."""
+    """Exact entries are taken at their word; wildcard entries are hardened (see DEFAULT_ALLOWED).
+
+    The hardening looks only at what the wildcard supplied: the dotted components that start
+    after the pattern's literal prefix ("numpy.random._pickle.*" names `_pickle` itself, so that
+    is fine, but "sklearn.*" must not reach `sklearn.utils._testing` or `...os.system`)."""
 
     def __init__(self, patterns: tuple[str, ...]) -> None:
         self.exact = frozenset(p for p in patterns if not _WILDCARD_CHARS & set(p))
-        wild = [p for p in patterns if _WILDCARD_CHARS & set(p)]
-        self.wild = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in wild)) if wild else None
+        self.wild: list[tuple[re.Pattern[str], int]] = []
+        for p in dict.fromkeys(p for p in patterns if _WILDCARD_CHARS & set(p)):
+            prefix = min((p.index(c) for c in _WILDCARD_CHARS if c in p))
+            self.wild.append((re.compile(fnmatch.translate(p)), prefix))
 
     def permits(self, module: str, name: str) -> bool:
         full = f"{module}.{name}"
         if full in self.exact:
             return True
-        if self.wild is None or not self.wild.match(full):
-            return False
         if "." in name:  # protocol 4 qualnames walk attributes: "sklearn.base" + "os.system"
             return False
         parts = full.split(".")
         if not all(p.isidentifier() for p in parts):
             return False
-        if any(p in _DENY_COMPONENTS for p in parts):
+        starts, at = [], 0
+        for part in parts:
+            starts.append(at)
+            at += len(part) + 1
+        for regex, prefix in self.wild:
+            if regex.match(full) and self._hardened(parts, starts, prefix):
+                return True
+        return False
+
+    @staticmethod
+    def _hardened(parts: list[str], starts: list[int], prefix: int) -> bool:
+        free = [i for i, start in enumerate(starts) if start >= prefix]
+        if any(parts[i] in _DENY_COMPONENTS for i in free):
             return False
-        if any(fnmatch.fnmatchcase(p, d) for p in parts[:-1] for d in _DENY_MODULE_PARTS):
+        last = len(parts) - 1
+        if any(fnmatch.fnmatchcase(parts[i], d) for i in free if i != last for d in _DENY_MODULE_PARTS):
             return False
-        return not any(fnmatch.fnmatchcase(name, d) for d in _DENY_NAMES)
+        return last not in free or not any(fnmatch.fnmatchcase(parts[last], d) for d in _DENY_NAMES)
 
 
 @functools.lru_cache(maxsize=32)
