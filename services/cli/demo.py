@@ -1,113 +1,192 @@
 """`modelreg demo`: the whole system, and a model's life played against it, step by step.
 
-Starts the local stack and every service (each its own process), then acts as a training
-pipeline: uploads an artifact to S3 and publishes `model.registered` as raw CloudEvents JSON.
-Every state change is printed as it arrives on `registry.audit`.
+Starts the local stack and every service (each its own process), then plays a training
+pipeline, a QA system, a production monitor and an attacker through the SDK: v1 goes to
+production, a better v2 replaces it, a worse v3 stays in staging, degraded production
+metrics roll v2 back to v1, and a malicious pickle is refused. Every state change is printed
+as it arrives on `registry.audit`, and the audit chain is verified at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import json
 import os
 import pickle
 import sys
+import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from services.cli.main import SERVICES
-from services.cli.up import ServiceProcesses
+from services.cli.up import ServiceProcesses, default_policy
+from shared.sdk import Registry
 from shared.settings import Settings, load_settings
 from shared.stack.launcher import LocalStack
-from shared.storage import ObjectStore
+
+# What the demo's QA system measures for each version: v2 beats v1 by more than the policy's
+# min_improvement, v3 clears the thresholds but not the champion.
+QA_RESULTS = {1: {"auc": 0.92, "latency_p99_ms": 12.0},
+              2: {"auc": 0.95, "latency_p99_ms": 11.0},
+              3: {"auc": 0.93, "latency_p99_ms": 10.0}}
 
 
-
-def run(timeout: float = 120.0) -> int:
+def run(timeout: float = 90.0) -> int:
     stack = LocalStack()
     stack.up()
     env = {**os.environ, **stack.env()}
-    os.environ.update(stack.env())
+    if not env.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
+        env["MODELREG_POLICY_FILE"] = policy
+    os.environ.update(env)
     settings = load_settings()
-    processes = ServiceProcesses(SERVICES, env, echo=bool(os.environ.get("MODELREG_DEMO_LOGS")))
+    log_file = stack.dir / "logs" / "services.log"
+    processes = ServiceProcesses(SERVICES, env, echo=bool(os.environ.get("MODELREG_DEMO_LOGS")),
+                                 log_file=log_file)
     processes.start()
+    _say(f"services started: {', '.join(SERVICES)} (logs: {log_file})")
     try:
-        return asyncio.run(play(settings, timeout))
+        return asyncio.run(Demo(settings, timeout).play())
     finally:
         processes.stop()
 
 
-def _artifact(seed: int) -> bytes:
-    """A harmless pickled 'model': plain data, no callables."""
-    return pickle.dumps({"kind": "logistic-regression", "weights": [0.1 * seed, -0.2, 0.3], "bias": 0.05})
+class Demo:
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.name = f"demo-fraud-{uuid.uuid4().hex[:6]}"
+        self.audit: list[dict[str, Any]] = []
+        self.versions: dict[uuid.UUID, int] = {}
 
+    async def play(self) -> int:
+        consumer = AIOKafkaConsumer(
+            self.settings.topic("registry.audit"), self.settings.topic("qa.requested"),
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, auto_offset_reset="latest",
+            enable_auto_commit=False, group_id=f"modelreg-demo-{uuid.uuid4().hex[:8]}")
+        await consumer.start()
+        async with Registry(self.settings, source="pipelines/demo-train") as registry:
+            listener = asyncio.create_task(self._listen(consumer, registry))
+            try:
+                await self._wait_assigned(consumer)
+                await self._script(registry)
+                await self._summary()
+                return 0
+            except TimeoutError as exc:
+                _say(f"the registry did not get there within {self.timeout:.0f}s: {exc}")
+                _say("the services' logs are in .modelreg/logs/services.log")
+                return 1
+            finally:
+                listener.cancel()
+                await consumer.stop()
 
-async def play(settings: Settings, timeout: float) -> int:
-    name = f"demo-fraud-{uuid.uuid4().hex[:6]}"
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    audit = AIOKafkaConsumer(settings.topic("registry.audit"),
-                             bootstrap_servers=settings.kafka_bootstrap_servers,
-                             auto_offset_reset="latest", enable_auto_commit=False,
-                             group_id=f"modelreg-demo-{uuid.uuid4().hex[:6]}")
-    await producer.start()
-    await audit.start()
-    try:
-        await _wait_assigned(audit)
-        _say(f"model {name}: a training pipeline uploads its artifact and registers it")
-        body = _artifact(1)
-        key = f"inbox/{name}/model.pkl"
-        async with ObjectStore(settings) as store:
-            await store.ensure_bucket()
-            await store.client.upload_fileobj(io.BytesIO(body), settings.s3_bucket, key)
-        event = {
-            "specversion": "1.0", "id": str(uuid.uuid4()), "type": "model.registered",
-            "source": "pipelines/demo-train", "time": datetime.now(UTC).isoformat(),
-            "subject": name, "datacontenttype": "application/json",
-            "data": {"name": name,
-                     "artifact": {"uri": f"s3://{settings.s3_bucket}/{key}",
-                                  "sha256": hashlib.sha256(body).hexdigest(),
-                                  "size_bytes": len(body), "format": "pickle"},
-                     "metrics": {"auc": 0.91}, "run_id": "demo-run-1",
-                     "registered_by": "pipelines/demo-train"},
-        }
-        await producer.send_and_wait(settings.topic("model.registered"), json.dumps(event).encode(),
-                                     key=name.encode(),
-                                     headers=[("content-type", b"application/cloudevents+json")])
-        _say(f"published model.registered for {name}; waiting for the registry")
-        expected = {"ingested"}
-        seen: set[str] = set()
-        deadline = time.monotonic() + timeout
-        while not expected <= seen and time.monotonic() < deadline:
-            batches = await audit.getmany(timeout_ms=500)
+    async def _script(self, registry: Registry) -> None:
+        name = self.name
+        _say(f"1. a training pipeline registers {name} v1; QA measures auc 0.92")
+        await self._register(registry, 1)
+        await self._until(lambda a: a["action"] == "promoted" and a.get("version") == 1
+                          and a.get("to_stage") == "production", "v1 in production")
+
+        _say("2. v2 is better (QA: auc 0.95): it becomes the champion, v1 steps down")
+        await self._register(registry, 2)
+        await self._until(lambda a: a["action"] == "promoted" and a.get("version") == 2
+                          and a.get("to_stage") == "production", "v2 in production")
+
+        _say("3. v3 clears the thresholds (auc 0.93) but does not beat the champion: it stays in staging")
+        await self._register(registry, 3)
+        await self._until(lambda a: a["action"] == "held" and a.get("version") == 3
+                          and "champion" in (a.get("reason") or ""), "v3 held in staging")
+
+        _say("4. the production monitor sees v2's auc fall to 0.80: the registry rolls back to v1")
+        await registry.evaluate(name, 2, suite="live-monitor", metrics={"auc": 0.80},
+                                environment="production", evaluator="monitors/demo")
+        await self._until(lambda a: a["action"] == "promoted" and a.get("version") == 1
+                          and a.get("reason") == "rollback", "v1 restored")
+
+        _say("5. someone registers a pickle that runs os.system when loaded: it is refused")
+        await self._register(registry, 4, malicious=True)
+        await self._until(lambda a: a["action"] == "rejected" and a.get("version") == 4, "v4 rejected")
+
+    async def _register(self, registry: Registry, seed: int, *, malicious: bool = False) -> None:
+        class Exploit:
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (os.system, ("echo owned",))
+
+        payload: Any = Exploit() if malicious else {"kind": "logistic-regression",
+                                                    "weights": [0.1 * seed, -0.2, 0.3], "bias": 0.05}
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"model-v{seed}.pkl"
+            path.write_bytes(pickle.dumps(payload))
+            await registry.register(self.name, path, metrics={"train_auc": 0.9 + seed / 100},
+                                    run_id=f"demo-run-{seed}", description=f"demo model, run {seed}",
+                                    dataset={"uri": "s3://datasets/fraud", "version": "2026-11"})
+
+    async def _listen(self, consumer: AIOKafkaConsumer, registry: Registry) -> None:
+        """Print the audit trail as it arrives, and answer qa.requested like a QA system."""
+        answered: set[int] = set()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    data = json.loads(record.value)["data"]
-                    if data.get("name") != name:
+                    event = json.loads(record.value)
+                    data = event["data"]
+                    if data.get("name") != self.name:
                         continue
-                    seen.add(data["action"])
+                    if record.topic.endswith("qa.requested"):
+                        version = data["version"]
+                        if version in QA_RESULTS and version not in answered:
+                            answered.add(version)
+                            await registry.evaluate(self.name, version, suite="offline-eval",
+                                                    metrics=QA_RESULTS[version], passed=True,
+                                                    evaluator="qa/demo-runner",
+                                                    correlationid=uuid.UUID(event["correlationid"]))
+                        continue
+                    self.audit.append(data)
                     _step(data)
-        if not expected <= seen:
-            _say(f"the registry did not finish within {timeout:.0f}s; missing: {sorted(expected - seen)}")
-            return 1
-        _say("done: the version is recorded in PostgreSQL and announced on Kafka")
-        return 0
-    finally:
-        await audit.stop()
-        await producer.stop()
 
+    async def _until(self, predicate: Callable[[dict[str, Any]], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not any(predicate(a) for a in self.audit):
+            if time.monotonic() > deadline:
+                raise TimeoutError(what)
+            await asyncio.sleep(0.1)
 
-async def _wait_assigned(consumer: AIOKafkaConsumer) -> None:
-    for _ in range(100):
-        if consumer.assignment():
-            await consumer.seek_to_end()
-            return
-        await consumer.getmany(timeout_ms=100)
+    async def _wait_assigned(self, consumer: AIOKafkaConsumer) -> None:
+        for _ in range(200):
+            if consumer.assignment():
+                await consumer.seek_to_end()
+                return
+            await asyncio.sleep(0.05)
+
+    async def _summary(self) -> None:
+        import asyncpg
+
+        await asyncio.sleep(1.0)  # the audit writer stores what was just published
+        conn = await asyncpg.connect(self.settings.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT version, stage, blocked FROM promotion_versions WHERE name = $1 ORDER BY version",
+                self.name)
+            rejected = await conn.fetch(
+                "SELECT version FROM model_versions WHERE name = $1 AND status = 'rejected'", self.name)
+            from services.audit import store as audit_store
+
+            verification = await audit_store.verify(conn)
+        finally:
+            await conn.close()
+        _say(f"where {self.name}'s versions are now:")
+        for row in rows:
+            note = f" ({row['blocked']})" if row["blocked"] else ""
+            print(f"    v{row['version']}: {row['stage']}{note}")
+        for row in rejected:
+            print(f"    v{row['version']}: rejected at ingest/validation")
+        status = "intact" if not verification.problems else f"BROKEN: {verification.problems[0]}"
+        _say(f"audit chain {status}: {verification.count} records "
+             f"(`modelreg audit tail --model {self.name}` shows them)")
 
 
 def _say(text: str) -> None:
@@ -118,6 +197,7 @@ def _step(data: dict[str, Any]) -> None:
     stages = ""
     if data.get("from_stage") or data.get("to_stage"):
         stages = f" {data.get('from_stage') or '-'} -> {data.get('to_stage') or '-'}"
-    reason = f" ({data['reason']})" if data.get("reason") else ""
-    print(f"    audit: {data['action']:<14} {data['name']} v{data.get('version')}{stages}"
-          f" by {data['actor']}{reason}", flush=True)
+    reason = f": {data['reason']}" if data.get("reason") else ""
+    if len(reason) > 110:
+        reason = reason[:107] + "..."
+    print(f"    {data['action']:<17} v{data.get('version')}{stages:<26} by {data['actor']}{reason}", flush=True)

@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("up", help="the local stack and every service, in the foreground")
     commands.add_parser("demo", help="start everything and play a model's life through it")
 
-    from services.cli import audit
+    from services.cli import audit, tools
     audit.add_parser(commands)
+    tools.add_parsers(commands)
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
     schemas.add_argument("action", choices=("generate", "check"))
@@ -104,6 +105,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
         app = _service_factory(args.service)(settings)
         asyncio.run(app.run_until_signalled())
         return 0
+    if args.command in ("register", "evaluate", "promote"):
+        from services.cli import tools
+        return tools.command(args)
     if args.command == "audit":
         from services.cli import audit
         return audit.command(args)

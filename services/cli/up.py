@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 from shared.stack.launcher import LocalStack
@@ -19,11 +20,14 @@ COLOURS = ("36", "33", "35", "32", "34", "31")
 class ServiceProcesses:
     """Each service as its own OS process (as in production), output prefixed with its name."""
 
-    def __init__(self, services: Sequence[str], env: dict[str, str], *, echo: bool = True) -> None:
+    def __init__(self, services: Sequence[str], env: dict[str, str], *, echo: bool = True,
+                 log_file: Path | None = None) -> None:
         self.services = services
         self.env = env
         self.echo = echo
+        self.log_file = log_file
         self.processes: dict[str, subprocess.Popen[str]] = {}
+        self._log_lock = threading.Lock()
 
     def start(self) -> None:
         for index, name in enumerate(self.services):
@@ -38,10 +42,19 @@ class ServiceProcesses:
         if stream is None:
             return
         tty = sys.stdout.isatty()
-        for line in stream:
-            if self.echo:
-                label = f"\033[{colour}m{name:>10}\033[0m" if tty else f"{name:>10}"
-                sys.stdout.write(f"{label} | {line}")
+        log = open(self.log_file, "a") if self.log_file else None  # noqa: SIM115 (closed below)
+        try:
+            for line in stream:
+                if self.echo:
+                    label = f"\033[{colour}m{name:>10}\033[0m" if tty else f"{name:>10}"
+                    sys.stdout.write(f"{label} | {line}")
+                if log is not None:
+                    with self._log_lock:
+                        log.write(f"{name:>10} | {line}")
+                        log.flush()
+        finally:
+            if log is not None:
+                log.close()
 
     def exited(self) -> str | None:
         for name, process in self.processes.items():
@@ -61,10 +74,20 @@ class ServiceProcesses:
                 process.kill()
 
 
+def default_policy() -> str | None:
+    """The example policy of a source checkout (`infra/policy.yaml`), used when
+    MODELREG_POLICY_FILE is unset; an installed package falls back to the built-in default."""
+    candidate = Path(__file__).resolve().parents[2] / "infra" / "policy.yaml"
+    return str(candidate) if candidate.exists() else None
+
+
 def run(services: Sequence[str]) -> int:
     stack = LocalStack()
     stack.up()
-    processes = ServiceProcesses(services, {**os.environ, **stack.env()})
+    env = {**os.environ, **stack.env()}
+    if not env.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
+        env["MODELREG_POLICY_FILE"] = policy
+    processes = ServiceProcesses(services, env)
     processes.start()
     print(f"modelreg is up: {', '.join(services)}. Ctrl-C stops the services "
           "(the stack keeps running: `modelreg stack down`).", flush=True)

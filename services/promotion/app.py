@@ -106,9 +106,11 @@ class Promotion:
         current = await store.champion(tx.conn, name)
         incumbent = Champion(current.version, await store.results(tx.conn, name, current.version)) \
             if current is not None else None
-        decision = decide_promotion(row.stage, row.blocked, rule, await store.results(tx.conn, name, version),
-                                    incumbent)
+        results = await store.results(tx.conn, name, version)
+        decision = decide_promotion(row.stage, row.blocked, rule, results, incumbent)
         evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
+        if not decision.promote and not results:
+            return  # nothing measured yet: waiting is not a decision worth recording
         if not decision.promote:
             tx.audit("held", name=name, version=version, from_stage=row.stage, to_stage=row.stage,
                      reason="; ".join(g.detail for g in decision.failing) or "not in staging",

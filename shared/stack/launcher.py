@@ -9,12 +9,14 @@ forgets the data but not the download.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,7 +99,23 @@ class LocalStack:
 
     # -- up -----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One `up` or `down` at a time per stack (test sessions may race to start it)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self.state = self._load()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def up(self, ports: Ports | None = None, *, log: Log = print) -> None:
+        with self._exclusive():
+            self._up(ports, log)
+
+    def _up(self, ports: Ports | None, log: Log) -> None:
         if ports is not None and self.running_parts():
             if asdict(ports) != asdict(self.ports):
                 raise StackError(f"the stack in {self.dir} is running on other ports; "
@@ -195,6 +213,10 @@ class LocalStack:
     # -- down and status ----------------------------------------------------------------
 
     def down(self, *, purge: bool = False, log: Log = print) -> None:
+        with self._exclusive():
+            self._down(purge, log)
+
+    def _down(self, purge: bool, log: Log) -> None:
         if alive(self.state.kafka_pid):
             log("stopping Kafka")
         terminate(self.state.kafka_pid, timeout=60)
