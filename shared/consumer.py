@@ -92,11 +92,12 @@ class Tx:
     """
 
     def __init__(self, conn: asyncpg.Connection, service: str, cause: CloudEvent[Any] | None,
-                 correlation: uuid.UUID | None = None) -> None:
+                 correlation: uuid.UUID | None = None, record: Record | None = None) -> None:
         self.conn = conn
         self.service = service
         self.cause = cause
         self.correlation = correlation
+        self.record = record  # the Kafka record `cause` came in, where there is one
         self.rows: list[OutboxRow] = []
 
     @property
@@ -273,7 +274,7 @@ class BatchProcessor:
             return self._dead_letter(delivery.record, delivery.error or InvalidEvent("empty", "no event"),
                                      delivery.event)
         event = delivery.event
-        tx = Tx(conn, self.consumer, event)
+        tx = Tx(conn, self.consumer, event, record=delivery.record)
         try:
             async with conn.transaction():  # a savepoint: a refusal undoes only this event
                 await self._service.handlers[delivery.record.topic](tx, event)
@@ -284,24 +285,30 @@ class BatchProcessor:
     def _dead_letter(self, record: Record, error: InvalidEvent,
                      event: CloudEvent[Any] | None) -> list[OutboxRow]:
         self.dead_lettered += 1
-        key = record.key_text
-        name = event.model_name if event is not None else (key if key and _NAME.match(key) else UNKNOWN_MODEL)
-        source = f"modelreg/{self.consumer}"
-        correlation = event.correlation if event is not None else None
-        causation = event.id if event is not None else None
-        letter = new_event(RegistryDlq, RegistryDlqData(
-            original_topic=record.topic, partition=record.partition, offset=record.offset,
-            key=key[:1024] if key else None,
-            payload_b64=base64.b64encode(record.value or b"").decode(),
-            error=DlqError(kind=error.kind, message=error.message[:10_000]), service=self.consumer,
-        ), source=source, correlationid=correlation, causationid=causation)
-        audit = new_event(RegistryAudit, RegistryAuditData(
-            action="dead_lettered", name=name,
-            version=getattr(event.data, "version", None) if event is not None else None,
-            actor=source, reason=f"{error.kind}: {error.message}"[:10_000],
-            evidence={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                      "dlq_event_id": str(letter.id)},
-        ), source=source, correlationid=correlation or letter.id, causationid=causation or letter.id)
         log.warning("%s: dead-lettered %s[%d]@%d: %s: %s", self.consumer, record.topic,
                     record.partition, record.offset, error.kind, error.message[:200])
-        return [OutboxRow.of(letter, key=key), OutboxRow.of(audit, key=key)]
+        return dead_letter_rows(self.consumer, record, error, event)
+
+
+def dead_letter_rows(service: str, record: Record, error: InvalidEvent,
+                     event: CloudEvent[Any] | None) -> list[OutboxRow]:
+    """A `registry.dlq` record with the original bytes, and the audit record that says so."""
+    key = record.key_text
+    name = event.model_name if event is not None else (key if key and _NAME.match(key) else UNKNOWN_MODEL)
+    source = f"modelreg/{service}"
+    correlation = event.correlation if event is not None else None
+    causation = event.id if event is not None else None
+    letter = new_event(RegistryDlq, RegistryDlqData(
+        original_topic=record.topic, partition=record.partition, offset=record.offset,
+        key=key[:1024] if key else None,
+        payload_b64=base64.b64encode(record.value or b"").decode(),
+        error=DlqError(kind=error.kind, message=error.message[:10_000]), service=service,
+    ), source=source, correlationid=correlation, causationid=causation)
+    audit = new_event(RegistryAudit, RegistryAuditData(
+        action="dead_lettered", name=name,
+        version=getattr(event.data, "version", None) if event is not None else None,
+        actor=source, reason=f"{error.kind}: {error.message}"[:10_000],
+        evidence={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                  "dlq_event_id": str(letter.id)},
+    ), source=source, correlationid=correlation or letter.id, causationid=causation or letter.id)
+    return [OutboxRow.of(letter, key=key), OutboxRow.of(audit, key=key)]

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     allowed_buckets: str = Field("", validation_alias="MODELREG_ALLOWED_BUCKETS")
     archival_sweep_seconds: float = Field(60.0, gt=0, le=86_400,
                                           validation_alias="MODELREG_ARCHIVAL_SWEEP_SECONDS")
+    # How long promotion holds an event about a version it has not seen yet (it may be on
+    # another topic, behind) before dead-lettering it as an unknown version.
+    early_event_grace_seconds: float = Field(10.0, gt=0, le=86_400,
+                                             validation_alias="MODELREG_EARLY_EVENT_GRACE_SECONDS")
     otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 

@@ -44,35 +44,48 @@ class Archival:
         await tx.conn.execute(
             """INSERT INTO archival_versions (name, version, artifact_uri, correlation_id)
                VALUES ($1, $2, $3, $4)
-               ON CONFLICT (name, version) DO UPDATE SET artifact_uri = EXCLUDED.artifact_uri""",
+               ON CONFLICT (name, version) DO UPDATE
+               SET artifact_uri = EXCLUDED.artifact_uri, correlation_id = EXCLUDED.correlation_id""",
             data.name, data.version, data.artifact.uri, event.correlation)
+
+    async def _stage(self, tx: Tx, name: str, version: int, stage: str, at: datetime, *,
+                     staged: bool = False, superseded: bool = False) -> None:
+        """Record a stage change unless a later one is already recorded: the topics that carry
+        them (model.promoted, model.demoted) are not ordered against each other."""
+        await tx.conn.execute(
+            """INSERT INTO archival_versions (name, version, stage, stage_event_time, staged_at, superseded_at,
+                                              correlation_id)
+               VALUES ($1, $2, $3, $4::timestamptz, CASE WHEN $5::boolean THEN $4::timestamptz END,
+                       CASE WHEN $6::boolean THEN $4::timestamptz END, $7)
+               ON CONFLICT (name, version) DO UPDATE
+               SET stage = EXCLUDED.stage, stage_event_time = EXCLUDED.stage_event_time,
+                   staged_at = COALESCE(EXCLUDED.staged_at, archival_versions.staged_at),
+                   superseded_at = EXCLUDED.superseded_at, updated_at = now()
+               WHERE archival_versions.archived_at IS NULL
+                 AND (archival_versions.stage_event_time IS NULL
+                      OR archival_versions.stage_event_time < EXCLUDED.stage_event_time)""",
+            name, version, stage, at, staged, superseded, tx.cause.correlation if tx.cause else None)
 
     async def on_promoted(self, tx: Tx, event: ModelPromoted) -> None:
         data = event.data
-        await tx.conn.execute(
-            """UPDATE archival_versions SET stage = $3, superseded_at = NULL, updated_at = now(),
-                      staged_at = CASE WHEN $3 = 'staging' THEN $4 ELSE staged_at END
-               WHERE name = $1 AND version = $2 AND archived_at IS NULL""",
-            data.name, data.version, data.to_stage, event.time)
+        await self._stage(tx, data.name, data.version, data.to_stage, event.time,
+                          staged=data.to_stage == "staging")
 
     async def on_demoted(self, tx: Tx, event: ModelDemoted) -> None:
         data = event.data
-        await tx.conn.execute(
-            """UPDATE archival_versions SET stage = $3, updated_at = now(),
-                      superseded_at = CASE WHEN $4 THEN $5 ELSE superseded_at END
-               WHERE name = $1 AND version = $2 AND archived_at IS NULL""",
-            data.name, data.version, "none" if data.to_stage == "archived" else data.to_stage,
-            data.reason == "superseded", event.time)
+        superseded = data.reason == "superseded"
+        await self._stage(tx, data.name, data.version, "none", event.time, superseded=superseded)
         if data.to_stage == "archived":
             await self.archive(tx, data.name, data.version, "manual", restorable=True)
-            return
-        if data.reason == "superseded":
-            retention = self.policy.rule_for(data.name).retention
-            rows = await tx.conn.fetch(
-                f"SELECT {_KEPT} FROM archival_versions WHERE name = $1 AND archived_at IS NULL FOR UPDATE",
-                data.name)
-            for item in superseded_beyond_keep([_kept(r) for r in rows], retention):
-                await self.archive(tx, data.name, item.version, item.reason, restorable=item.restorable)
+        elif superseded:
+            await self._trim_superseded(tx, data.name)
+
+    async def _trim_superseded(self, tx: Tx, name: str) -> None:
+        retention = self.policy.rule_for(name).retention
+        rows = await tx.conn.fetch(
+            f"SELECT {_KEPT} FROM archival_versions WHERE name = $1 AND archived_at IS NULL FOR UPDATE", name)
+        for item in superseded_beyond_keep([_kept(r) for r in rows], retention):
+            await self.archive(tx, name, item.version, item.reason, restorable=item.restorable)
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
         data = event.data
@@ -92,6 +105,8 @@ class Archival:
             name, version)
         if row is None or row["archived_at"] is not None:
             return
+        if row["artifact_uri"] is None:
+            return  # model.ingested is still on its way: the sweep archives it once it is here
         archive_uri = await move_to_cold(self.resources.store, row["artifact_uri"]) if row["artifact_uri"] else None
         await tx.conn.execute(
             """UPDATE archival_versions SET stage = 'archived', archived_at = now(), archive_uri = $3,
@@ -148,6 +163,19 @@ class Archival:
                     await self.archive(tx, name, item.version, item.reason, restorable=item.restorable)
                     outbox.extend(tx.rows)
                     archived += 1
+            # Supersessions whose archiving had to wait (the artifact's location arrived late).
+            keep = min(r.keep_restorable for r in retentions)
+            names = await conn.fetch(
+                """SELECT DISTINCT name FROM (
+                       SELECT name, row_number() OVER (PARTITION BY name ORDER BY superseded_at DESC) AS rank
+                       FROM archival_versions
+                       WHERE archived_at IS NULL AND stage = 'none' AND superseded_at IS NOT NULL) ranked
+                   WHERE rank > $1 LIMIT 100""", keep)
+            for row in names:
+                tx = Tx(conn, SERVICE, None)
+                await self._trim_superseded(tx, row["name"])
+                archived += sum(1 for r in tx.rows if r.topic == ModelArchived.topic)
+                outbox.extend(tx.rows)
             await write_outbox(conn, SERVICE, outbox)
             return archived
 

@@ -9,11 +9,11 @@ Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from shared.consumer import ServiceHandlers, Tx
 from shared.events import (
-    InvalidEvent,
     MetricsEvaluated,
     ModelArchived,
     ModelDemoted,
@@ -32,7 +32,7 @@ from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 from shared.storage import parse_s3_uri
 
-from . import store
+from . import early, store
 from .logic import Champion, Result, choose_restore, decide_manual, decide_promotion, decide_rollback
 from .store import VersionRow
 
@@ -48,9 +48,11 @@ class Promotion:
 
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
+        await store.lock_model(tx.conn, data.name)
         await store.add_version(tx.conn, name=data.name, version=data.version, sha256=data.artifact.sha256,
                                 artifact_uri=data.artifact.uri, registered_by=data.registered_by,
                                 correlation_id=event.correlation)
+        await early.replay(tx, data.name, data.version, self.waits_for_version)
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
         if event.data.version is not None and event.source != tx.source:
@@ -64,18 +66,26 @@ class Promotion:
             await store.set_stage(tx.conn, row, "archived", reason=data.reason, actor=event.source,
                                   event_id=event.id, evidence={"restorable": data.restorable})
 
-    async def _version(self, tx: Tx, name: str, version: int) -> VersionRow:
+    async def _version(self, tx: Tx, name: str, version: int) -> VersionRow | None:
+        """The version, locked for this decision; None (the event held for later) if not seen yet."""
         await store.lock_model(tx.conn, name)
         row = await store.get_version(tx.conn, name, version)
         if row is None:
-            raise InvalidEvent("unknown_version", f"{name} v{version} is not a registered version")
+            await early.hold(tx, name, version)
         return row
+
+    @property
+    def waits_for_version(self) -> dict[str, Any]:
+        return {"model.validated": self.on_validated, "metrics.evaluated": self.on_evaluated,
+                "promotion.requested": self.on_requested}
 
     # -- policy ---------------------------------------------------------------------------
 
     async def on_validated(self, tx: Tx, event: ModelValidated) -> None:
         data = event.data
         row = await self._version(tx, data.name, data.version)
+        if row is None:
+            return
         await store.update(tx.conn, row.name, row.version, validated=True)
         rule = self.policy.rule_for(row.name)
         if rule.auto_staging and row.stage == "none" and row.blocked is None:
@@ -86,6 +96,8 @@ class Promotion:
     async def on_evaluated(self, tx: Tx, event: MetricsEvaluated) -> None:
         data = event.data
         row = await self._version(tx, data.name, data.version)
+        if row is None:
+            return
         await store.add_evaluation(
             tx.conn, event_id=event.id, name=data.name, version=data.version, suite=data.suite,
             environment=data.environment, metrics=data.metrics, passed=data.passed,
@@ -178,6 +190,8 @@ class Promotion:
     async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
         data = event.data
         row = await self._version(tx, data.name, data.version)
+        if row is None:
+            return
         rule = self.policy.rule_for(row.name)
         decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
                                  stage=row.stage, blocked=row.blocked,
@@ -247,7 +261,10 @@ class Promotion:
 
 def build(resources: Resources) -> ServiceHandlers:
     promotion = Promotion(resources)
-    return ServiceHandlers(SERVICE, {
+    grace = timedelta(seconds=resources.settings.early_event_grace_seconds)
+    return ServiceHandlers(SERVICE, background=(
+        lambda: early.expire_forever(resources.pool, SERVICE, grace),
+    ), handlers={
         "model.ingested": promotion.on_ingested,
         "model.validated": promotion.on_validated,
         "model.rejected": promotion.on_rejected,

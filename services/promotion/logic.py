@@ -210,7 +210,9 @@ def decide_manual(rule: Rule, *, actor: str, to_stage: str, registered_by: str |
     if stage == to_stage:
         return ManualDecision("refuse", f"the version is already in {to_stage}")
     needed = rule.required_approvals if to_stage == "production" else 1
-    approvers = tuple(sorted(set(approvals) | {actor}))
+    # Only approvals that would count today: a policy that drops an approver drops their votes.
+    valid = {a for a in approvals if a in rule.approvers and a != registered_by}
+    approvers = tuple(sorted(valid | {actor}))
     if len(approvers) < needed:
         return ManualDecision("pending", f"{len(approvers)} of {needed} approvals", approvers, needed)
     return ManualDecision("approve", f"approved by {', '.join(approvers)}", approvers, needed)

@@ -692,24 +692,22 @@ _LEN_KINDS = {
     pickletools.TAKEN_FROM_ARGUMENT8U: _A_LEN8U,
 }
 
-# Opcodes given their own handling below; every other one is a generic stack effect.
-_SPECIAL = frozenset({
-    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP", "PUT", "BINPUT", "LONG_BINPUT",
-    "MEMOIZE", "GET", "BINGET", "LONG_BINGET", "GLOBAL", "INST", "STACK_GLOBAL", "EXT1", "EXT2",
-    "EXT4", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE",
-    "BINUNICODE", "BINUNICODE8",
-})
+# Opcodes given their own handling in _scan_one; every other one is a generic stack effect.
+(_S_GENERIC, _S_STR, _S_BINPUT, _S_BINGET, _S_MEMOIZE, _S_STACK_GLOBAL, _S_GLOBAL, _S_MARK,
+ _S_STOP, _S_PROTO, _S_FRAME, _S_POP, _S_POP_MARK, _S_DUP, _S_PUT, _S_GET, _S_EXT) = range(17)
+_SPECIAL = {
+    "SHORT_BINUNICODE": _S_STR, "BINUNICODE": _S_STR, "BINUNICODE8": _S_STR, "UNICODE": _S_STR,
+    "STRING": _S_STR, "BINSTRING": _S_STR, "SHORT_BINSTRING": _S_STR,
+    "BINPUT": _S_BINPUT, "LONG_BINPUT": _S_BINPUT, "BINGET": _S_BINGET, "LONG_BINGET": _S_BINGET,
+    "MEMOIZE": _S_MEMOIZE, "STACK_GLOBAL": _S_STACK_GLOBAL, "GLOBAL": _S_GLOBAL, "INST": _S_GLOBAL,
+    "MARK": _S_MARK, "STOP": _S_STOP, "PROTO": _S_PROTO, "FRAME": _S_FRAME, "POP": _S_POP,
+    "POP_MARK": _S_POP_MARK, "DUP": _S_DUP, "PUT": _S_PUT, "GET": _S_GET,
+    "EXT1": _S_EXT, "EXT2": _S_EXT, "EXT4": _S_EXT,
+}
 
-
-@dataclass(frozen=True)
-class _Op:
-    name: str
-    arg_kind: int
-    arg_n: int
-    special: bool
-    mark_below: int    # generic: -1 if no MARK consumed, else items consumed below the MARK
-    pops: int          # generic: items popped (no MARK)
-    pushes: int        # generic: items pushed
+# One entry per opcode byte: (name, argument kind, fixed size, special id,
+#   generic effect: items consumed below a MARK (-1: no MARK), items popped, items pushed).
+_Op = tuple[str, int, int, int, int, int, int]
 
 
 def _build_ops() -> list[_Op | None]:
@@ -731,8 +729,9 @@ def _build_ops() -> list[_Op | None]:
             mark_below, pops = before.index(pickletools.markobject), 0
         else:
             mark_below, pops = -1, len(before)
-        table[op.code.encode("latin-1")[0]] = _Op(
-            op.name, kind, n, op.name in _SPECIAL, mark_below, pops, len(op.stack_after))
+        table[op.code.encode("latin-1")[0]] = (
+            op.name, kind, n, _SPECIAL.get(op.name, _S_GENERIC), mark_below, pops,
+            len(op.stack_after))
     return table
 
 
@@ -740,24 +739,27 @@ _OPS = _build_ops()
 # Opcodes a pickle can begin with (they need nothing on the stack).
 _START_OPS = frozenset(
     i for i, op in enumerate(_OPS)
-    if op is not None and op.mark_below < 0 and op.pops == 0 and op.name not in ("PUT", "BINPUT", "LONG_BINPUT"))
+    if op is not None and op[4] < 0 and op[5] == 0 and op[3] not in (_S_BINPUT, _S_PUT))
 
 
 def _decimal(arg: bytes | None, what: str) -> int:
     try:
         if arg is None:
             raise ValueError
-        return int(arg)
+        return int(arg.split(b"\0", 1)[0])  # as the C unpickler parses it: a C string
     except ValueError:
         raise _Invalid(f"{what} argument is not a decimal integer") from None
 
 
+_UTF8_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"})
+
+
 def _string_value(name: str, arg: bytes | None) -> str | None:
     """The str a string-pushing opcode puts on the stack (None: too long to matter / skipped)."""
-    if arg is None:
+    if arg is None or len(arg) > 4 * _MAX_KEPT_STR:
         return None
     try:
-        if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
+        if name in _UTF8_STRINGS:
             value = arg.decode("utf-8", "surrogatepass")
         elif name == "UNICODE":
             value = arg.decode("raw-unicode-escape")
@@ -773,67 +775,92 @@ def _string_value(name: str, arg: bytes | None) -> str | None:
 
 
 def _scan_one(r: _Reader, col: _Collector) -> None:
-    """Scan one pickle, through its STOP opcode."""
+    """Scan one pickle, through its STOP opcode.
+
+    The hot path reads straight from the reader's buffer; the reader's methods take over
+    whenever the buffer runs short."""
     stack = _Stack()
+    entries = stack.e
     memo = _Memo()
     proto = 0
     ops = _OPS
     while True:
-        at = r.offset
-        code = r.read_byte()
-        if code < 0:
-            raise _Invalid(f"truncated at offset {at}: no STOP opcode")
+        buf = r._buf
+        pos = r._pos
+        if pos < len(buf):
+            code = buf[pos]
+            pos += 1
+            r._pos = pos
+        else:
+            code = r.read_byte()
+            if code < 0:
+                raise _Invalid(f"truncated at offset {r.offset}: no STOP opcode")
+            buf = r._buf
+            pos = r._pos
         op = ops[code]
         if op is None:
-            raise _Invalid(f"unknown opcode 0x{code:02x} at offset {at}")
+            raise _Invalid(f"unknown opcode 0x{code:02x} at offset {r.offset - 1}")
+        name, kind, n, sid, mark_below, pops, pushes = op
 
-        kind = op.arg_kind
-        arg = None
+        # --- the argument
         if kind == _A_NONE:
-            pass
+            arg = None
         elif kind == _A_FIXED:
-            arg = r.read(op.arg_n)
+            end = pos + n
+            if end <= len(buf):
+                arg = buf[pos:end]
+                r._pos = end
+            else:
+                arg = r.read(n)
+        elif kind == _A_LEN1:
+            if pos < len(buf) and pos + 1 + buf[pos] <= len(buf):
+                end = pos + 1 + buf[pos]
+                arg = buf[pos + 1:end]
+                r._pos = end
+            else:
+                arg = r.read(r.read(1)[0])
         elif kind == _A_LINE:
             arg = r.readline(MAX_ARG_IN_MEMORY)
         elif kind == _A_LINE2:
             arg = (r.readline(MAX_ARG_IN_MEMORY), r.readline(MAX_ARG_IN_MEMORY))
         else:
-            if kind == _A_LEN1:
-                size = r.read(1)[0]
-            elif kind == _A_LEN8U:
+            if kind == _A_LEN8U:
                 size = int.from_bytes(r.read(8), "little")
             else:
                 size = int.from_bytes(r.read(4), "little", signed=kind == _A_LEN4S)
                 if size < 0:
-                    raise _Invalid(f"{op.name} at offset {at} has a negative length")
+                    raise _Invalid(f"{name} before offset {r.offset} has a negative length")
             if size <= MAX_ARG_IN_MEMORY:
                 arg = r.read(size)
             else:
                 r.skip(size)
+                arg = None
 
-        if not op.special:
-            if op.mark_below >= 0:
+        # --- its effect
+        if sid == _S_GENERIC:
+            if mark_below >= 0:
                 stack.pop_mark()
-                for _ in range(op.mark_below):
+                for _ in range(mark_below):
                     stack.pop()
             else:
-                for _ in range(op.pops):
+                for _ in range(pops):
                     stack.pop()
-            for _ in range(op.pushes):
-                stack.push_unknown()
-            continue
-
-        name = op.name
-        if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
-                    "BINSTRING", "SHORT_BINSTRING"):
-            stack.push(_string_value(name, arg))
-        elif name in ("BINPUT", "LONG_BINPUT"):
-            memo.put(int.from_bytes(arg, "little"), stack.top())
-        elif name in ("BINGET", "LONG_BINGET"):
-            stack.push(memo.get(int.from_bytes(arg, "little")))
-        elif name == "MEMOIZE":
+            if pushes:  # at most one
+                if entries and entries[-1].__class__ is int and entries[-1] > 0:
+                    entries[-1] += 1
+                else:
+                    stack.push_unknown()
+        elif sid == _S_MEMOIZE:
             memo.memoize(stack.top())
-        elif name == "STACK_GLOBAL":
+        elif sid == _S_STR:
+            stack.push(_string_value(name, arg))
+        elif sid == _S_BINPUT:
+            memo.put(int.from_bytes(arg, "little"), stack.top())
+        elif sid == _S_BINGET:
+            stack.push(memo.get(int.from_bytes(arg, "little")))
+        elif sid == _S_MARK:
+            stack.push_mark()
+        elif sid == _S_STACK_GLOBAL:
             qualname = stack.pop()
             module = stack.pop()
             if module is None or qualname is None:
@@ -841,7 +868,7 @@ def _scan_one(r: _Reader, col: _Collector) -> None:
             else:
                 col.global_ref(module, qualname, proto)
             stack.push_unknown()
-        elif name in ("GLOBAL", "INST"):
+        elif sid == _S_GLOBAL:  # GLOBAL and INST
             if name == "INST":
                 stack.pop_mark()
             module_b, name_b = arg
@@ -852,34 +879,32 @@ def _scan_one(r: _Reader, col: _Collector) -> None:
                 try:
                     module, qualname = module_b.decode(encoding), name_b.decode(encoding)
                 except UnicodeDecodeError:
-                    raise _Invalid(f"{name} at offset {at} names a non-{encoding} global") from None
+                    raise _Invalid(f"{name} before offset {r.offset} names a non-{encoding} global") from None
                 col.global_ref(module, qualname, proto)
             stack.push_unknown()
-        elif name == "MARK":
-            stack.push_mark()
-        elif name == "STOP":
+        elif sid == _S_STOP:
             stack.pop()
             return
-        elif name == "PROTO":
+        elif sid == _S_PROTO:
             proto = arg[0]
             if proto > pickle.HIGHEST_PROTOCOL:
                 raise _Invalid(f"unsupported pickle protocol {proto}")
-        elif name == "FRAME":
+        elif sid == _S_FRAME:
             pass  # framing only groups opcodes; they are read the same way
-        elif name == "POP":
+        elif sid == _S_POP:
             stack.pop_value_or_mark()
-        elif name == "POP_MARK":
+        elif sid == _S_POP_MARK:
             stack.pop_mark()
-        elif name == "DUP":
+        elif sid == _S_DUP:
             stack.push(stack.top())
-        elif name == "PUT":
+        elif sid == _S_PUT:
             index = _decimal(arg, "PUT")
             if index < 0:
                 raise _Invalid("negative PUT argument")
             memo.put(index, stack.top())
-        elif name == "GET":
+        elif sid == _S_GET:
             stack.push(memo.get(_decimal(arg, "GET")))
-        elif name in ("EXT1", "EXT2", "EXT4"):
+        elif sid == _S_EXT:
             # Imports whatever the process's copyreg extension registry maps the code to.
             col.finding(f"{name} opcode (global from the copyreg extension registry)", evidence=True)
             stack.push_unknown()

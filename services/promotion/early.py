@@ -1,0 +1,82 @@
+"""Events about a version promotion has not seen yet: held, replayed, or dead-lettered.
+
+Kafka orders one partition, not topics against each other, so `model.validated` or a QA
+result can overtake the `model.ingested` that introduces the version. Such an event is held
+(the consumer still commits it) and replayed in the transaction that records the version;
+one still waiting after the grace period was about a version that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from shared.consumer import Record, Tx, dead_letter_rows, is_retryable
+from shared.events import CloudEvent, InvalidEvent, parse_event
+from shared.outbox import write_outbox
+
+log = logging.getLogger(__name__)
+
+Replay = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
+
+
+async def hold(tx: Tx, name: str, version: int) -> None:
+    record = tx.record
+    assert tx.cause is not None and record is not None
+    await tx.conn.execute(
+        """INSERT INTO promotion_deferred (event_id, topic, name, version, partition, "offset", payload)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING""",
+        tx.cause.id, record.topic, name, version, record.partition, record.offset,
+        record.value or tx.cause.to_json())
+
+
+async def replay(tx: Tx, name: str, version: int, handlers: dict[str, Replay]) -> int:
+    """Apply what waited for this version, in arrival order, inside `tx`."""
+    rows = await tx.conn.fetch(
+        """DELETE FROM promotion_deferred WHERE name = $1 AND version = $2
+           RETURNING event_id, topic, partition, "offset", payload, first_seen""", name, version)
+    for row in sorted(rows, key=lambda r: r["first_seen"]):
+        event = parse_event(row["topic"], row["payload"])
+        record = Record(row["topic"], row["partition"] or 0, row["offset"] or 0, name.encode(), row["payload"])
+        inner = Tx(tx.conn, tx.service, event, record=record)
+        await handlers[row["topic"]](inner, event)
+        tx.rows.extend(inner.rows)
+    return len(rows)
+
+
+async def expire_forever(pool: asyncpg.Pool, service: str, grace: timedelta, interval: float = 1.0) -> None:
+    while True:
+        try:
+            await expire(pool, service, grace)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.log(logging.WARNING if is_retryable(exc) else logging.ERROR,
+                    "expiring held events failed: %s", exc, exc_info=not is_retryable(exc))
+        await asyncio.sleep(interval)
+
+
+async def expire(pool: asyncpg.Pool, service: str, grace: timedelta) -> int:
+    """Dead-letter held events older than `grace`: their version never appeared."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """DELETE FROM promotion_deferred WHERE event_id IN (
+                   SELECT event_id FROM promotion_deferred WHERE first_seen < now() - $1::interval
+                   ORDER BY first_seen LIMIT 500 FOR UPDATE SKIP LOCKED)
+               RETURNING topic, name, version, partition, "offset", payload""", grace)
+        outbox = []
+        for row in rows:
+            record = Record(row["topic"], row["partition"] or 0, row["offset"] or 0, row["name"].encode(),
+                            row["payload"])
+            event = parse_event(row["topic"], row["payload"])
+            error = InvalidEvent("unknown_version", f"{row['name']} v{row['version']} is not a registered "
+                                                    f"version (waited {grace.total_seconds():g}s for it)")
+            log.warning("%s: dead-lettered %s: %s", service, row["topic"], error.message)
+            outbox.extend(dead_letter_rows(service, record, error, event))
+        await write_outbox(conn, service, outbox)
+        return len(rows)
