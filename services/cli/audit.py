@@ -74,7 +74,7 @@ def command(args: argparse.Namespace) -> int:
 
 async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`command` for callers already in an event loop; output goes to `out` (stdout)."""
-    from services.cli.main import UserError
+    from services.cli.errors import UserError
     from shared.settings import load_settings
 
     out = out or sys.stdout
@@ -96,7 +96,7 @@ async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 async def _connect(dsn: str, where: str) -> asyncpg.Connection:
-    from services.cli.main import UserError
+    from services.cli.errors import UserError
 
     try:
         return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT, command_timeout=60)
@@ -204,7 +204,7 @@ def _write(out: TextIO, line: str) -> None:
 
 async def _verify(conn: asyncpg.Connection, args: argparse.Namespace, out: TextIO) -> int:
     from services.audit import store
-    from services.cli.main import UserError
+    from services.cli.errors import UserError
 
     try:
         result = await store.verify(conn)

@@ -13,15 +13,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from services.cli.errors import UserError
 from shared.policy import PolicyError
 from shared.settings import SettingsError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-class UserError(Exception):
-    """An operation failed for a reason the person can act on."""
 
 
 SERVICES = ("ingest", "validation", "promotion", "archival", "audit")

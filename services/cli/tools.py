@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.cli.errors import UserError
+
 from shared.events import STAGES
 
 
@@ -47,7 +49,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
-    from services.cli.main import UserError
+    from services.cli.errors import UserError
 
     pairs = {}
     for item in items:
@@ -59,7 +61,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def _metrics(items: list[str]) -> dict[str, float]:
-    from services.cli.main import UserError
+    from services.cli.errors import UserError
 
     metrics = {}
     for key, value in _pairs(items, "metric").items():
@@ -94,19 +96,32 @@ def _invalid(exc: ValidationError) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
-    from services.cli.main import UserError
+    """Check every argument against the contract first, then connect and publish."""
+    from shared.events import MetricsEvaluatedData, PromotionRequestedData
     from shared.sdk import Registry
     from shared.settings import load_settings
 
+    try:
+        if args.command == "register":
+            request = _register_request(args)
+        elif args.command == "evaluate":
+            metrics = _metrics(args.metric)
+            MetricsEvaluatedData(name=args.name, version=args.version, suite=args.suite,
+                                 environment=args.environment, metrics=metrics, passed=args.passed)
+        else:
+            PromotionRequestedData(name=args.name, version=args.version, to_stage=args.to_stage,
+                                   actor=args.actor, reason=args.reason)
+    except ValidationError as exc:
+        raise UserError(_invalid(exc)) from None
     settings = load_settings()
 
     async def run() -> str:
         async with Registry(settings, source="modelreg/cli") as registry:
             if args.command == "register":
-                return await _register(registry, args)
+                return await _register(registry, args, request)
             if args.command == "evaluate":
                 event_id = await registry.evaluate(
-                    args.name, args.version, suite=args.suite, metrics=_metrics(args.metric),
+                    args.name, args.version, suite=args.suite, metrics=metrics,
                     environment=args.environment, passed=args.passed, evaluator=args.evaluator)
                 return f"published metrics.evaluated {event_id} for {args.name} v{args.version}"
             event_id = await registry.request_promotion(args.name, args.version, to_stage=args.to_stage,
@@ -129,23 +144,30 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _register(registry: Any, args: argparse.Namespace) -> str:
-    from services.cli.main import UserError
+def _register_request(args: argparse.Namespace) -> dict[str, Any]:
+    from shared.events import ArtifactSpec, ModelRegisteredData
 
-    path = Path(args.artifact)
-    if not args.artifact.startswith("s3://") and not path.is_file():
+    if not args.artifact.startswith("s3://") and not Path(args.artifact).is_file():
         raise UserError(f"--artifact {args.artifact!r}: no such file")
     dataset = None
     if args.dataset:
         uri, _, version = args.dataset.partition("@")
         dataset = {"uri": uri, **({"version": version} if version else {})}
+    request = {"version": args.version, "metrics": _metrics(args.metric), "params": _params(args.param),
+               "tags": _pairs(args.tag, "tag"), "dataset": dataset, "description": args.description,
+               "registered_by": args.registered_by, "run_id": args.run_id}
+    placeholder = ArtifactSpec(uri="s3://placeholder/key", sha256="0" * 64, size_bytes=0, format=args.format)
+    ModelRegisteredData(name=args.name, artifact=placeholder,
+                        **{k: v for k, v in request.items() if v is not None})
+    return request
+
+
+async def _register(registry: Any, args: argparse.Namespace, request: dict[str, Any]) -> str:
+    path = Path(args.artifact)
     bar = _progress(path) if path.is_file() else None
     try:
-        event_id = await registry.register(
-            args.name, args.artifact, version=args.version, metrics=_metrics(args.metric),
-            params=_params(args.param), tags=_pairs(args.tag, "tag"), dataset=dataset,
-            description=args.description, registered_by=args.registered_by, run_id=args.run_id,
-            format=args.format, progress=bar.advance if bar else None)
+        event_id = await registry.register(args.name, args.artifact, format=args.format,
+                                           progress=bar.advance if bar else None, **request)
     finally:
         if bar:
             bar.close()

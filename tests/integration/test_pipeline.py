@@ -253,3 +253,26 @@ async def test_superseded_and_rejected_versions_are_archived(settings: Settings,
     await kafka.wait_for("model.rejected", for_model(name, 4))
     swept = (await kafka.wait_for("model.archived", for_model(name, 4), timeout=30))[0]
     assert swept.data["reason"] == "rejected" and swept.data["restorable"] is False
+
+
+async def test_events_about_unknown_versions_are_dead_lettered(settings: Settings, kafka: Kafka, pipeline) -> None:
+    """After the grace period for events that overtook their version on another topic."""
+    name = unique_name("life")
+    await kafka.publish("metrics.evaluated", evaluated(name, 99, {"auc": 0.99}))
+    await kafka.publish("promotion.requested", requested(name, 99, "production", "bob"))
+    letters = await kafka.wait_for("registry.dlq", lambda s: s.key == name, count=2, timeout=30)
+    assert {s.data["error"]["kind"] for s in letters} == {"unknown_version"}
+    assert {s.data["original_topic"] for s in letters} == {"metrics.evaluated", "promotion.requested"}
+    await kafka.wait_for("registry.audit", audit_of(name, "dead_lettered", 99), count=2)
+
+
+async def test_an_event_that_overtakes_its_version_is_applied_when_the_version_arrives(
+        settings: Settings, kafka: Kafka, pipeline) -> None:
+    """QA results published before the registration itself: held, then applied in order."""
+    name = unique_name("life")
+    await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.97}))
+    await asyncio.sleep(0.5)
+    await register(settings, kafka, name, 1)
+    done = (await kafka.wait_for("model.promoted", promoted(name, 1, "production", "policy")))[0]
+    assert {g["gate"] for g in done.data["evidence"]["gates"]} >= {"threshold:auc", "suite:offline-eval"}
+    assert not kafka.matching("registry.dlq", lambda s: s.key == name)
