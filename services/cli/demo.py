@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from services.cli.main import SERVICES
-from services.cli.up import ServiceProcesses, default_policy
+from services.cli.up import ServiceProcesses, service_env
 from shared.sdk import Registry
 from shared.settings import Settings, load_settings
 from shared.stack.launcher import LocalStack
@@ -39,9 +39,8 @@ QA_RESULTS = {1: {"auc": 0.92, "latency_p99_ms": 12.0},
 def run(timeout: float = 90.0) -> int:
     stack = LocalStack()
     stack.up()
-    env = {**os.environ, **stack.env()}
-    if not env.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
-        env["MODELREG_POLICY_FILE"] = policy
+    stack.stop_services()  # the demo runs its own, with the example policy
+    env = {**service_env(), **stack.env()}
     os.environ.update(env)
     settings = load_settings()
     log_file = stack.dir / "logs" / "services.log"

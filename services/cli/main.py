@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kafka-port", type=_port, default=None)
     up.add_argument("--postgres-port", type=_port, default=None)
     up.add_argument("--s3-port", type=_port, default=None)
+    up.add_argument("--infra-only", action="store_true",
+                    help="only Kafka, PostgreSQL and S3; not the registry's services")
     down = stack_commands.add_parser("down", help="stop the stack (data is kept)")
     down.add_argument("--purge", action="store_true", help="also delete every bit of its data")
     stack_commands.add_parser("status", help="what runs, and the env exports that point at it")
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("service", choices=SERVICES)
 
     commands.add_parser("migrate", help="apply database migrations and exit")
-    commands.add_parser("up", help="the local stack and every service, in the foreground")
+    commands.add_parser("up", help="the local stack and every service, in the foreground "
+                                   "(taking over from services `stack up` started in the background)")
     commands.add_parser("demo", help="start everything and play a model's life through it")
 
     from services.cli import audit, tools

@@ -81,13 +81,19 @@ def default_policy() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+def service_env() -> dict[str, str]:
+    """The environment services start with: this one, plus the example policy where unset."""
+    env = dict(os.environ)
+    if not env.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
+        env["MODELREG_POLICY_FILE"] = policy
+    return env
+
+
 def run(services: Sequence[str]) -> int:
     stack = LocalStack()
     stack.up()
-    env = {**os.environ, **stack.env()}
-    if not env.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
-        env["MODELREG_POLICY_FILE"] = policy
-    processes = ServiceProcesses(services, env)
+    stack.stop_services()  # the foreground takes over from background ones
+    processes = ServiceProcesses(services, {**service_env(), **stack.env()})
     processes.start()
     print(f"modelreg is up: {', '.join(services)}. Ctrl-C stops the services "
           "(the stack keeps running: `modelreg stack down`).", flush=True)

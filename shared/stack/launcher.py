@@ -59,6 +59,7 @@ class StackState:
     s3_pid: int | None = None
     postgres_dir: str | None = None
     postgres_user: str | None = None
+    services: dict[str, int] = field(default_factory=dict)  # name -> pid of a background service
 
 
 class LocalStack:
@@ -112,8 +113,34 @@ class LocalStack:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def up(self, ports: Ports | None = None, *, log: Log = print) -> None:
+        """Kafka, PostgreSQL and S3; see `start_services` for the registry on top."""
         with self._exclusive():
             self._up(ports, log)
+
+    def start_services(self, names: tuple[str, ...], env: dict[str, str], *, log: Log = print) -> None:
+        """Each service as a background process (`modelreg run NAME`), logging to logs/NAME.log."""
+        with self._exclusive():
+            for name in names:
+                if alive(self.state.services.get(name)):
+                    continue
+                log(f"starting the {name} service")
+                self.state.services[name] = spawn(
+                    [sys.executable, "-m", "services.cli.main", "run", name], self.dir / "logs" / f"{name}.log",
+                    env={**env, **self.env(), "PYTHONPATH": _import_root()})
+            self._save()
+
+    def stop_services(self, *, log: Log = print) -> None:
+        with self._exclusive():
+            self._stop_services(log)
+
+    def _stop_services(self, log: Log) -> None:
+        running = {n: p for n, p in self.state.services.items() if alive(p)}
+        if running:
+            log(f"stopping {', '.join(running)}")
+        for pid in running.values():
+            terminate(pid, timeout=40)
+        self.state.services = {}
+        self._save()
 
     def _up(self, ports: Ports | None, log: Log) -> None:
         if ports is not None and self.running_parts():
@@ -217,6 +244,7 @@ class LocalStack:
             self._down(purge, log)
 
     def _down(self, purge: bool, log: Log) -> None:
+        self._stop_services(log)
         if alive(self.state.kafka_pid):
             log("stopping Kafka")
         terminate(self.state.kafka_pid, timeout=60)
