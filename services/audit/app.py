@@ -11,15 +11,17 @@ from shared.events import CloudEvent
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 
-from . import store
+from . import store, view
 from .chain import AuditRecord
 
 SERVICE = "audit"
 
 
 async def on_audit_batch(conn: asyncpg.Connection, events: list[CloudEvent[Any]]) -> None:
-    """All of a batch's fresh audit records, appended set-based in the batch's transaction."""
-    await store.append(conn, [AuditRecord.from_event(e) for e in events])
+    """All of a batch's fresh audit records, appended set-based in the batch's transaction,
+    and projected onto the registry view in the same transaction."""
+    rows = await store.append(conn, [AuditRecord.from_event(e) for e in events])
+    await view.apply(conn, [(row.seq, row.record) for row in rows])
 
 
 def build(resources: Resources) -> ServiceHandlers:

@@ -140,7 +140,10 @@ class Ingest:
                  evidence={"sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
                            "artifact_uri": ref.uri, "source_uri": artifact.uri,
                            "already_stored": prepared.copied.already_stored, "run_id": data.run_id,
-                           "metrics": data.metrics, "tags": data.tags, "format": artifact.format})
+                           "metrics": data.metrics, "tags": data.tags, "params": data.params,
+                           "format": artifact.format, "description": data.description,
+                           "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None,
+                           "signature": data.signature})
 
     async def _reject(self, tx: Tx, event: ModelRegistered, version: int | None, reason: Reason, *,
                       evidence: dict[str, Any] | None = None, record: bool) -> None:

@@ -103,6 +103,12 @@ class Promotion:
             environment=data.environment, metrics=data.metrics, passed=data.passed,
             dataset=data.dataset.model_dump() if data.dataset else None, evaluator=data.evaluator,
             evaluated_at=event.time)
+        tx.audit("evaluated", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
+                 actor=data.evaluator or event.source, reason=f"{data.suite} ({data.environment})",
+                 evidence={"suite": data.suite, "environment": data.environment, "metrics": data.metrics,
+                           "passed": data.passed, "evaluator": data.evaluator,
+                           "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None},
+                 correlation=row.correlation_id)
         rule = self.policy.rule_for(row.name)
         if data.environment == "production":
             if row.stage == "production":

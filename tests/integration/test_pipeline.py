@@ -143,6 +143,22 @@ async def test_a_models_life(settings: Settings, kafka: Kafka, pipeline, db, qa)
     for expected in ("ingested", "validated", "promoted", "demoted"):
         assert expected in actions
 
+    # the registry view (what the API reads) is projected from the audit records alone
+    await eventually(lambda: db.fetchval("SELECT champion = 1 FROM view_models WHERE name = $1", name))
+    view = await db.fetch("SELECT version, stage, status FROM view_versions WHERE name = $1 ORDER BY version", name)
+    assert [(r["version"], r["stage"], r["status"]) for r in view] == [
+        (1, "production", "validated"), (2, "none", "validated"), (3, "staging", "validated")]
+    moves = await db.fetch("SELECT version, from_stage, to_stage, reason FROM view_stage_changes "
+                           "WHERE name = $1 ORDER BY seq", name)
+    assert [tuple(m) for m in moves][-2:] == [(2, "production", "none", "rollback"),
+                                              (1, "none", "production", "rollback")]
+    evaluations = await db.fetchval("SELECT count(*) FROM view_evaluations WHERE name = $1", name)
+    assert evaluations == 4  # three QA results and the production monitor's
+    metadata = await db.fetchrow("SELECT sha256, artifact_uri, registered_by, metrics FROM view_versions "
+                                 "WHERE name = $1 AND version = 1", name)
+    assert metadata["sha256"] and metadata["artifact_uri"].startswith("s3://")
+    assert metadata["registered_by"] == "pipelines/train" and metadata["metrics"] == {"auc": 0.9}
+
     # the audit writer stored them in a hash chain that verifies, until a row is altered
     from services.audit import store as audit_store
 

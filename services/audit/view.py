@@ -1,0 +1,226 @@
+"""The registry view: the read tables the API serves, projected from audit records alone.
+
+`project` is pure: it folds audit records (in seq order) into the current rows of the
+versions and models they touch, and returns the rows to write. The audit writer runs it in the
+transaction that appends the records; `modelreg replay` runs it over the whole topic into a
+fresh schema. The same records always give the same tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from .chain import AuditRecord
+
+VERSION_COLUMNS = ("name", "version", "stage", "status", "sha256", "size_bytes", "format", "artifact_uri",
+                   "source_uri", "archive_uri", "run_id", "metrics", "params", "tags", "dataset", "signature",
+                   "description", "registered_by", "correlation_id", "checks", "reasons", "created_at",
+                   "updated_at", "last_seq")
+MODEL_COLUMNS = ("name", "champion", "latest_version", "version_count", "champion_seq", "created_at",
+                 "updated_at")
+STAGE_COLUMNS = ("seq", "name", "version", "from_stage", "to_stage", "reason", "actor", "evidence", "at")
+EVALUATION_COLUMNS = ("seq", "name", "version", "suite", "environment", "metrics", "passed", "evaluator",
+                      "dataset", "at")
+JSON_COLUMNS = frozenset({"metrics", "params", "tags", "dataset", "signature", "checks", "reasons", "evidence"})
+
+# A version's status only moves forward: a late `ingested` record never undoes `validated`.
+_STATUS_RANK = {"registered": 0, "ingested": 1, "validated": 2, "rejected": 3, "quarantined": 3}
+_METADATA = ("sha256", "size_bytes", "format", "artifact_uri", "source_uri", "run_id", "metrics", "params",
+             "tags", "dataset", "signature", "description")
+
+
+@dataclass
+class Changes:
+    versions: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_changes: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def keys_of(records: Iterable[tuple[int, AuditRecord]]) -> tuple[set[tuple[str, int]], set[str]]:
+    versions = {(r.name, r.version) for _, r in records if r.version is not None}
+    return versions, {name for name, _ in versions}
+
+
+def project(records: Sequence[tuple[int, AuditRecord]], versions: dict[tuple[str, int], dict[str, Any]],
+            models: dict[str, dict[str, Any]]) -> Changes:
+    """Fold `(seq, record)` pairs, in seq order, into the given current rows."""
+    changes = Changes(versions=versions, models=models)
+    for seq, record in sorted(records, key=lambda pair: pair[0]):
+        if record.version is None:
+            continue
+        _apply(changes, seq, record)
+    return changes
+
+
+def _version(changes: Changes, seq: int, record: AuditRecord) -> dict[str, Any]:
+    key = (record.name, record.version)
+    row = changes.versions.get(key)
+    if row is None:
+        row = {c: None for c in VERSION_COLUMNS}
+        row.update(name=record.name, version=record.version, stage="none", status="registered", metrics={},
+                   params={}, tags={}, checks=[], reasons=[], created_at=record.occurred_at,
+                   correlation_id=record.correlation_id)
+        changes.versions[key] = row
+        model = _model(changes, record)
+        model["version_count"] += 1
+        model["latest_version"] = max(model["latest_version"], record.version or 0)
+    row["updated_at"] = record.occurred_at
+    row["last_seq"] = seq
+    return row
+
+
+def _model(changes: Changes, record: AuditRecord) -> dict[str, Any]:
+    model = changes.models.get(record.name)
+    if model is None:
+        model = {"name": record.name, "champion": None, "latest_version": 0, "version_count": 0,
+                 "champion_seq": 0, "created_at": record.occurred_at, "updated_at": record.occurred_at}
+        changes.models[record.name] = model
+    model["updated_at"] = record.occurred_at
+    return model
+
+
+def _status(row: dict[str, Any], status: str) -> None:
+    if _STATUS_RANK[status] >= _STATUS_RANK.get(row["status"], 0):
+        row["status"] = status
+
+
+def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
+    evidence = dict(record.evidence)
+    action = record.action
+    if action not in ("ingested", "rejected", "validated", "quarantined", "evaluated", "promoted", "demoted",
+                      "archived"):
+        return  # held, refusals, approvals, dead letters: the audit log has them, the view needs none
+    row = _version(changes, seq, record)
+    if action == "ingested":
+        for column in _METADATA:
+            if column in evidence and evidence[column] is not None:
+                row[column] = evidence[column]
+        row["registered_by"] = record.actor
+        row["correlation_id"] = record.correlation_id
+        _status(row, "ingested")
+    elif action == "rejected":
+        row["reasons"] = [*row["reasons"], {"code": evidence.get("code") or _code(evidence),
+                                            "message": record.reason or ""}]
+        if "checks" in evidence:
+            row["checks"] = evidence["checks"]
+        _status(row, "rejected")
+    elif action == "validated":
+        row["checks"] = evidence.get("checks", [])
+        _status(row, "validated")
+    elif action == "quarantined":
+        row["reasons"] = [*row["reasons"], {"code": "checksum_mismatch", "message": record.reason or ""}]
+        _status(row, "quarantined")
+    elif action == "evaluated":
+        changes.evaluations.append({
+            "seq": seq, "name": record.name, "version": record.version, "suite": evidence.get("suite"),
+            "environment": evidence.get("environment"), "metrics": evidence.get("metrics", {}),
+            "passed": evidence.get("passed"), "evaluator": evidence.get("evaluator"),
+            "dataset": evidence.get("dataset"), "at": record.occurred_at})
+    else:  # promoted, demoted, archived: a stage change
+        to_stage = record.to_stage or "archived"
+        if action == "demoted" and to_stage == "archived":
+            to_stage = "none"  # archived once archival has moved the artifact
+        if action == "archived":
+            row["archive_uri"] = evidence.get("archive_uri")
+        from_stage = row["stage"]
+        row["stage"] = to_stage
+        changes.stage_changes.append({
+            "seq": seq, "name": record.name, "version": record.version, "from_stage": record.from_stage or from_stage,
+            "to_stage": to_stage, "reason": record.reason, "actor": record.actor, "evidence": evidence,
+            "at": record.occurred_at})
+        model = _model(changes, record)
+        if to_stage == "production":
+            model["champion"], model["champion_seq"] = record.version, seq
+        elif model["champion"] == record.version:
+            model["champion"], model["champion_seq"] = None, seq
+
+
+def _code(evidence: dict[str, Any]) -> str:
+    checks = [c for c in evidence.get("checks", []) if isinstance(c, dict) and not c.get("passed")]
+    return str(checks[0]["name"]) if checks else "rejected"
+
+
+# ---------------------------------------------------------------------------- storage
+
+
+async def load(conn: asyncpg.Connection, version_keys: set[tuple[str, int]],
+               names: set[str]) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[str, dict[str, Any]]]:
+    keys = sorted(version_keys)
+    versions = {}
+    if keys:
+        rows = await conn.fetch(
+            f"""SELECT {', '.join('v.' + c for c in VERSION_COLUMNS)} FROM view_versions v
+                JOIN unnest($1::text[], $2::int[]) AS k(name, version) USING (name, version)
+                FOR UPDATE OF v""", [k[0] for k in keys], [k[1] for k in keys])
+        versions = {(r["name"], r["version"]): dict(r) for r in rows}
+    models = {}
+    if names:
+        rows = await conn.fetch(
+            f"SELECT {', '.join(MODEL_COLUMNS)} FROM view_models WHERE name = ANY($1::text[]) FOR UPDATE",
+            sorted(names))
+        models = {r["name"]: dict(r) for r in rows}
+    return versions, models
+
+
+async def save(conn: asyncpg.Connection, changes: Changes) -> None:
+    await _upsert(conn, "view_versions", VERSION_COLUMNS, ("name", "version"), list(changes.versions.values()))
+    await _upsert(conn, "view_models", MODEL_COLUMNS, ("name",), list(changes.models.values()))
+    await _insert(conn, "view_stage_changes", STAGE_COLUMNS, changes.stage_changes)
+    await _insert(conn, "view_evaluations", EVALUATION_COLUMNS, changes.evaluations)
+
+
+_TYPES = {"version": "int", "size_bytes": "bigint", "last_seq": "bigint", "seq": "bigint", "champion": "int",
+          "latest_version": "int", "version_count": "int", "champion_seq": "bigint", "correlation_id": "uuid",
+          "created_at": "timestamptz", "updated_at": "timestamptz", "at": "timestamptz", "passed": "boolean"}
+
+
+def _column_arrays(columns: Sequence[str], rows: list[dict[str, Any]]) -> tuple[list[list[Any]], str, str]:
+    arrays, selects, params = [], [], []
+    for index, column in enumerate(columns, start=1):
+        values = [row[column] for row in rows]
+        if column in JSON_COLUMNS:
+            values = [None if v is None else json.dumps(v, separators=(",", ":"), sort_keys=True) for v in values]
+            params.append(f"${index}::text[]")
+            selects.append(f"t.{column}::jsonb")
+        else:
+            params.append(f"${index}::{_TYPES.get(column, 'text')}[]")
+            selects.append(f"t.{column}")
+        arrays.append(values)
+    return arrays, ", ".join(params), ", ".join(selects)
+
+
+async def _upsert(conn: asyncpg.Connection, table: str, columns: Sequence[str], key: Sequence[str],
+                  rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    arrays, params, selects = _column_arrays(columns, rows)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
+    await conn.execute(
+        f"""INSERT INTO {table} ({', '.join(columns)})
+            SELECT {selects} FROM unnest({params}) AS t({', '.join(columns)})
+            ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}""", *arrays)
+
+
+async def _insert(conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    arrays, params, selects = _column_arrays(columns, rows)
+    await conn.execute(
+        f"""INSERT INTO {table} ({', '.join(columns)})
+            SELECT {selects} FROM unnest({params}) AS t({', '.join(columns)})
+            ON CONFLICT DO NOTHING""", *arrays)
+
+
+async def apply(conn: asyncpg.Connection, records: Sequence[tuple[int, AuditRecord]]) -> Changes:
+    """Project `records` onto the view tables reachable through `conn`'s search_path."""
+    version_keys, names = keys_of(records)
+    versions, models = await load(conn, version_keys, names)
+    changes = project(records, versions, models)
+    await save(conn, changes)
+    return changes
