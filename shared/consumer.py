@@ -22,6 +22,7 @@ import asyncio
 import base64
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ from shared.events import (
     new_event,
     parse_event,
 )
+from opentelemetry.trace import SpanKind
+
+from shared import logs, metrics, telemetry
 from shared.outbox import OutboxRow, write_outbox
 from shared.storage import is_retryable as s3_retryable
 
@@ -82,6 +86,7 @@ class Delivery:
     record: Record
     event: CloudEvent[Any] | None = None
     error: InvalidEvent | None = None
+    trace_parent: Any = None  # the trace this event continues (or starts), once known
 
 
 class Tx:
@@ -112,7 +117,7 @@ class Tx:
         causation = self.cause.id if self.cause is not None else None
         event = new_event(envelope, data, source=self.source, correlationid=correlation,
                           causationid=causation)
-        self.rows.append(OutboxRow.of(event))
+        self.rows.append(OutboxRow.of(event, headers=telemetry.current_traceparent()))
         return event
 
     def audit(self, action: str, *, name: str, version: int | None = None,
@@ -130,7 +135,11 @@ Handler = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
 # Set-based handling of all of a batch's fresh events of one topic, inside the transaction;
 # for handlers that emit nothing and refuse nothing (the audit writer).
 BatchHandler = Callable[[asyncpg.Connection, list[CloudEvent[Any]]], Awaitable[None]]
-Prepare = Callable[[Sequence[CloudEvent[Any]]], Awaitable[None]]
+# I/O for a batch's fresh events before the transaction; gets each event's trace parent.
+Prepare = Callable[[Sequence[CloudEvent[Any]], "TraceParents"], Awaitable[None]]
+TraceParents = dict[uuid.UUID, Any]
+# Where a record carries no trace context: the traceparent the service remembers for it.
+TraceFallback = Callable[[asyncpg.Connection, CloudEvent[Any]], Awaitable[str | None]]
 
 
 @dataclass
@@ -144,6 +153,7 @@ class ServiceHandlers:
     batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
     # Long-running tasks beside consumption (e.g. archival's periodic sweep).
     background: tuple[Callable[[], Awaitable[None]], ...] = ()
+    trace_fallback: TraceFallback | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -181,6 +191,7 @@ class BatchProcessor:
 
     async def process(self, records: Sequence[Record]) -> None:
         """Apply a batch; returns once it is committed (then offsets may be committed)."""
+        started = time.perf_counter()
         deliveries = [self.decode(r) for r in records]
         backoff, failures = 0.1, 0
         while True:
@@ -191,9 +202,11 @@ class BatchProcessor:
                 raise
             except Exception as exc:
                 if self._retryable(exc):
+                    metrics.RETRIES.labels(self.consumer, "infrastructure").inc()
                     log.warning("%s: infrastructure fault (%s: %s); retrying in %.1fs",
                                 self.consumer, type(exc).__name__, exc, backoff)
                 else:
+                    metrics.RETRIES.labels(self.consumer, "unexpected").inc()
                     failures += 1
                     log.exception("%s: unexpected fault in a batch of %d (attempt %d)",
                                   self.consumer, len(deliveries), failures)
@@ -203,6 +216,9 @@ class BatchProcessor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
         self.consumed += len(records)
+        for record in records:
+            metrics.EVENTS_CONSUMED.labels(self.consumer, record.topic).inc()
+        metrics.BATCH_SECONDS.labels(self.consumer).observe(time.perf_counter() - started)
 
     def _retryable(self, exc: BaseException) -> bool:
         return is_retryable(exc) or self._service.retryable(exc)
@@ -230,7 +246,9 @@ class BatchProcessor:
     async def _apply(self, deliveries: list[Delivery]) -> None:
         fresh = await self._unprocessed(deliveries)
         if self._service.prepare is not None and fresh:
-            await self._service.prepare([d.event for d in fresh if d.event is not None])
+            events = [d.event for d in fresh if d.event is not None]
+            parents = {d.event.id: self._parent(d) for d in fresh if d.event is not None}
+            await self._service.prepare(events, parents)
         fresh_ids = {id(d) for d in fresh}
         async with self._pool.acquire() as conn, conn.transaction():
             ids = [d.event.id if d.event is not None else d.record.dead_letter_id
@@ -274,17 +292,44 @@ class BatchProcessor:
             return self._dead_letter(delivery.record, delivery.error or InvalidEvent("empty", "no event"),
                                      delivery.event)
         event = delivery.event
-        tx = Tx(conn, self.consumer, event, record=delivery.record)
+        record = delivery.record
+        parent = self._parent(delivery)
+        if parent is None and self._service.trace_fallback is not None:
+            parent = telemetry.parent_from((), fallback=await self._service.trace_fallback(conn, event)) \
+                or telemetry.new_trace()
+        tx = Tx(conn, self.consumer, event, record=record)
+        started = time.perf_counter()
+        token = logs.correlation.set(str(event.correlation))
         try:
-            async with conn.transaction():  # a savepoint: a refusal undoes only this event
-                await self._service.handlers[delivery.record.topic](tx, event)
+            with telemetry.span(f"{self.consumer} handle {record.topic}", kind=SpanKind.CONSUMER, parent=parent,
+                                attributes={"messaging.system": "kafka", "messaging.destination.name": record.topic,
+                                            "messaging.kafka.partition": record.partition,
+                                            "messaging.kafka.offset": record.offset,
+                                            "cloudevents.event_id": str(event.id),
+                                            "modelreg.model": event.model_name}):
+                async with conn.transaction():  # a savepoint: a refusal undoes only this event
+                    await self._service.handlers[record.topic](tx, event)
         except InvalidEvent as exc:
-            return self._dead_letter(delivery.record, exc, event)
+            return self._dead_letter(record, exc, event)
+        finally:
+            logs.correlation.reset(token)
+            metrics.HANDLER_SECONDS.labels(self.consumer, record.topic).observe(time.perf_counter() - started)
         return tx.rows
+
+    def _parent(self, delivery: Delivery) -> Any:
+        """The record's trace context; without one, a new trace for this event (shared by its
+        I/O and its handling), unless the service remembers the version's own trace."""
+        if delivery.trace_parent is None:
+            extension = (delivery.event.model_extra or {}).get("traceparent") if delivery.event is not None else None
+            delivery.trace_parent = telemetry.parent_from(delivery.record.headers, extension)
+            if delivery.trace_parent is None and self._service.trace_fallback is None:
+                delivery.trace_parent = telemetry.new_trace()
+        return delivery.trace_parent
 
     def _dead_letter(self, record: Record, error: InvalidEvent,
                      event: CloudEvent[Any] | None) -> list[OutboxRow]:
         self.dead_lettered += 1
+        metrics.DEAD_LETTERS.labels(self.consumer, error.kind).inc()
         log.warning("%s: dead-lettered %s[%d]@%d: %s: %s", self.consumer, record.topic,
                     record.partition, record.offset, error.kind, error.message[:200])
         return dead_letter_rows(self.consumer, record, error, event)

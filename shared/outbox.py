@@ -22,6 +22,10 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from shared import metrics, telemetry
 from shared.db import connect
 from shared.events import CONTENT_TYPE, CloudEvent
 
@@ -106,6 +110,7 @@ class OutboxRelay:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             while True:
                 if not await self.relay_once(conn):
+                    await self.backlog(conn)
                     await self._sleep()
         finally:
             await conn.close()
@@ -130,7 +135,16 @@ class OutboxRelay:
             return 0
         # Clear before publishing: a wake-up that arrives meanwhile means another look.
         self._wake.clear()
-        outcomes = await asyncio.gather(*(self._publish(r) for r in rows), return_exceptions=True)
+        spans = [telemetry.tracer.start_span(
+            f"{self._service} publish {r['topic']}", kind=SpanKind.PRODUCER,
+            context=telemetry.parent_from(((k, v.encode()) for k, v in r["headers"].items())),
+            attributes={"messaging.system": "kafka", "messaging.destination.name": r["topic"]}) for r in rows]
+        outcomes = await asyncio.gather(*(self._publish(r, s) for r, s in zip(rows, spans, strict=True)),
+                                        return_exceptions=True)
+        for span, outcome in zip(spans, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                span.record_exception(outcome)
+            span.end()
         refused = {}
         for row, outcome in zip(rows, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -150,11 +164,24 @@ class OutboxRelay:
             await conn.execute("DELETE FROM outbox WHERE service = $1 AND id = ANY($2::bigint[])",
                                self._service, [r["id"] for r in rows])
         self.published += len(rows) - len(refused)
+        for row in rows:
+            if row["id"] not in refused:
+                metrics.EVENTS_EMITTED.labels(self._service, row["topic"]).inc()
         return len(rows)
 
-    async def _publish(self, row: asyncpg.Record) -> Any:
-        future = await self._send(self._topic_of(row["topic"]), row["key"], row["value"], row["headers"])
+    async def _publish(self, row: asyncpg.Record, span: Any) -> Any:
+        """Send with the producer span as the record's trace parent."""
+        headers = dict(row["headers"])
+        headers.pop("tracestate", None)
+        with trace.use_span(span, end_on_exit=False):
+            headers.update(telemetry.current_traceparent())
+        future = await self._send(self._topic_of(row["topic"]), row["key"], row["value"], headers)
         return await future
+
+    async def backlog(self, conn: asyncpg.Connection) -> int:
+        count = await conn.fetchval("SELECT count(*) FROM outbox WHERE service = $1", self._service)
+        metrics.OUTBOX_BACKLOG.labels(self._service).set(count)
+        return count
 
 
 def _refused_for_good(exc: BaseException) -> bool:

@@ -10,19 +10,23 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from shared.broker import ensure_topics, make_broker, subscribe
-from shared.consumer import BatchProcessor, ServiceHandlers
-from shared.db import create_pool, migrate
+from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
+from shared.db import create_pool, migrate, pending_migrations
+from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
+from shared.logs import configure as configure_logging
+from shared.metrics import CONSUMER_LAG
 from shared.outbox import OutboxRelay
 from shared.policy import Policy, load_policy
 from shared.settings import Settings
 from shared.storage import ObjectStore
+from shared.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +54,16 @@ class ServiceApp:
         self.processor: BatchProcessor | None = None
         self.relay: OutboxRelay | None = None
         self.resources: Resources | None = None
+        self.health: HealthServer | None = None
+        self._subscriber: Any = None
 
     async def start(self) -> None:
         settings = self.settings
+        setup_tracing(self.name, settings.otel_exporter_otlp_endpoint)
         try:
             policy = load_policy(settings.policy_file)  # a bad policy stops the service here
-            await migrate(settings.dsn)
-            await ensure_topics(settings)
+            await _when_reachable("PostgreSQL", lambda: migrate(settings.dsn))
+            await _when_reachable("Kafka", lambda: ensure_topics(settings))
             pool = await create_pool(settings.dsn)
             self._stack.push_async_callback(pool.close)
             store = await self._stack.enter_async_context(ObjectStore(settings))
@@ -72,9 +79,13 @@ class ServiceApp:
 
             self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic)
             self.processor = BatchProcessor(pool, handlers, on_commit=self.relay.wake)
-            subscribe(broker, settings, self.processor, handlers.topics)
+            self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
             await broker.start()
             self._stack.push_async_callback(broker.stop)
+            port = settings.health_port if settings.health_port is not None else DEFAULT_PORTS.get(self.name, 0)
+            self.health = HealthServer(self.name, port, self._checks(pool, store), before_scrape=self._refresh_gauges)
+            await self.health.start()
+            self._stack.push_async_callback(self.health.stop)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox"))
             for index, job in enumerate(handlers.background):
                 self._tasks.append(asyncio.create_task(job(), name=f"{self.name}-background-{index}"))
@@ -82,6 +93,38 @@ class ServiceApp:
         except BaseException:
             await self.stop()
             raise
+
+    def _checks(self, pool: asyncpg.Pool, store: ObjectStore) -> dict[str, Any]:
+        async def postgres() -> None:
+            async with pool.acquire(timeout=CHECK_TIMEOUT) as conn:
+                if pending := await pending_migrations(conn):
+                    raise RuntimeError(f"migrations not applied: {pending}")
+
+        async def kafka() -> None:
+            host, _, port = self.settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+
+        async def s3() -> None:
+            await store.client.head_bucket(Bucket=store.bucket)
+
+        return {"postgres": postgres, "kafka": kafka, "s3": s3}
+
+    async def _refresh_gauges(self) -> None:
+        """Consumer lag per partition and outbox backlog, read when Prometheus scrapes."""
+        consumer = getattr(self._subscriber, "consumer", None)
+        if consumer is not None:
+            prefix = len(self.settings.topic_prefix)
+            for partition in consumer.assignment():
+                highwater = consumer.highwater(partition)
+                if highwater is None:
+                    continue
+                position = await consumer.position(partition)
+                CONSUMER_LAG.labels(self.name, partition.topic[prefix:], str(partition.partition)).set(
+                    max(0, highwater - position))
+        if self.relay is not None and self.resources is not None:
+            async with self.resources.pool.acquire(timeout=CHECK_TIMEOUT) as conn:
+                await self.relay.backlog(conn)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -100,6 +143,7 @@ class ServiceApp:
         await self.stop()
 
     async def run_until_signalled(self) -> None:
+        configure_logging(self.name)
         """Run until SIGINT or SIGTERM; a graceful stop commits what is in flight."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -108,3 +152,20 @@ class ServiceApp:
         async with self:
             await stop.wait()
             log.info("%s stopping", self.name)
+
+
+async def _when_reachable(what: str, attempt: Callable[[], Awaitable[Any]], patience: float = 90.0) -> Any:
+    """Start-up waits for infrastructure that is still coming up, rather than dying at once."""
+    deadline = asyncio.get_running_loop().time() + patience
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not is_retryable(exc) and not type(exc).__module__.startswith("aiokafka"):
+                raise
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("waiting for %s (%s: %s)", what, type(exc).__name__, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     # another topic, behind) before dead-lettering it as an unknown version.
     early_event_grace_seconds: float = Field(10.0, gt=0, le=86_400,
                                              validation_alias="MODELREG_EARLY_EVENT_GRACE_SECONDS")
+    # Each service's /healthz, /readyz and /metrics; unset: a port per service (8081-8085);
+    # 0: any free port.
+    health_port: int | None = Field(None, ge=0, le=65535, validation_alias="MODELREG_HEALTH_PORT")
     otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 

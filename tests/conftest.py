@@ -131,6 +131,7 @@ async def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactor
         policy_file=str(Path(__file__).parent / "policy.yaml"),
         archival_sweep_seconds=0.5,
         early_event_grace_seconds=2,
+        health_port=0,
         artifact_roots=str(tmp_path_factory.mktemp("artifact-root")),
     )
     conn = await asyncpg.connect(admin_url)

@@ -23,9 +23,10 @@ VERSION_COLUMNS = ("name", "version", "stage", "status", "sha256", "size_bytes",
                    "updated_at", "last_seq")
 MODEL_COLUMNS = ("name", "champion", "latest_version", "version_count", "champion_seq", "created_at",
                  "updated_at")
-STAGE_COLUMNS = ("seq", "name", "version", "from_stage", "to_stage", "reason", "actor", "evidence", "at")
-EVALUATION_COLUMNS = ("seq", "name", "version", "suite", "environment", "metrics", "passed", "evaluator",
-                      "dataset", "at")
+STAGE_COLUMNS = ("seq", "event_id", "name", "version", "from_stage", "to_stage", "reason", "actor", "evidence",
+                 "at")
+EVALUATION_COLUMNS = ("seq", "event_id", "name", "version", "suite", "environment", "metrics", "passed",
+                      "evaluator", "dataset", "at")
 JSON_COLUMNS = frozenset({"metrics", "params", "tags", "dataset", "signature", "checks", "reasons", "evidence"})
 
 # A version's status only moves forward: a late `ingested` record never undoes `validated`.
@@ -118,7 +119,7 @@ def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
         _status(row, "quarantined")
     elif action == "evaluated":
         changes.evaluations.append({
-            "seq": seq, "name": record.name, "version": record.version, "suite": evidence.get("suite"),
+            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version, "suite": evidence.get("suite"),
             "environment": evidence.get("environment"), "metrics": evidence.get("metrics", {}),
             "passed": evidence.get("passed"), "evaluator": evidence.get("evaluator"),
             "dataset": evidence.get("dataset"), "at": record.occurred_at})
@@ -131,7 +132,7 @@ def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
         from_stage = row["stage"]
         row["stage"] = to_stage
         changes.stage_changes.append({
-            "seq": seq, "name": record.name, "version": record.version, "from_stage": record.from_stage or from_stage,
+            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version, "from_stage": record.from_stage or from_stage,
             "to_stage": to_stage, "reason": record.reason, "actor": record.actor, "evidence": evidence,
             "at": record.occurred_at})
         model = _model(changes, record)
@@ -177,7 +178,8 @@ async def save(conn: asyncpg.Connection, changes: Changes) -> None:
 
 _TYPES = {"version": "int", "size_bytes": "bigint", "last_seq": "bigint", "seq": "bigint", "champion": "int",
           "latest_version": "int", "version_count": "int", "champion_seq": "bigint", "correlation_id": "uuid",
-          "created_at": "timestamptz", "updated_at": "timestamptz", "at": "timestamptz", "passed": "boolean"}
+          "created_at": "timestamptz", "updated_at": "timestamptz", "at": "timestamptz", "passed": "boolean",
+          "event_id": "uuid"}
 
 
 def _column_arrays(columns: Sequence[str], rows: list[dict[str, Any]]) -> tuple[list[list[Any]], str, str]:

@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(taking over from services `stack up` started in the background)")
     commands.add_parser("demo", help="start everything and play a model's life through it")
 
-    from services.cli import audit, tools
+    from services.cli import audit, replay, tools
     audit.add_parser(commands)
+    replay.add_parser(commands)
     tools.add_parsers(commands)
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
@@ -75,9 +76,9 @@ def _port(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from shared.logs import configure
+
+    configure(None, verbose=args.verbose)
     from shared.stack.proc import StackError
 
     try:
@@ -108,6 +109,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command in ("register", "evaluate", "promote"):
         from services.cli import tools
         return tools.command(args)
+    if args.command == "replay":
+        from services.cli import replay
+        return replay.command(args)
     if args.command == "audit":
         from services.cli import audit
         return audit.command(args)

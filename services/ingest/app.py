@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared.consumer import ServiceHandlers, Tx
+from shared import telemetry
+from shared.consumer import ServiceHandlers, TraceParents, Tx
 from shared.events import (
     ArtifactRef,
     CloudEvent,
@@ -51,7 +52,7 @@ class Ingest:
         self.resources = resources
         self.prepared: dict[uuid.UUID, Prepared] = {}
 
-    async def prepare(self, events: Sequence[CloudEvent[Any]]) -> None:
+    async def prepare(self, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
         """Claim version numbers, then copy the artifacts, several at a time."""
         self.prepared.clear()
         sources: dict[uuid.UUID, Any] = {}
@@ -71,7 +72,10 @@ class Ingest:
                 self.prepared[event.id] = Prepared(event.data.version)
                 return
             async with limit:
-                self.prepared[event.id] = await self._copy(event, version, sources[event.id])
+                with telemetry.span("ingest copy artifact", parent=parents.get(event.id),
+                                    attributes={"modelreg.model": event.data.name, "modelreg.version": version,
+                                                "modelreg.artifact.size_bytes": event.data.artifact.size_bytes}):
+                    self.prepared[event.id] = await self._copy(event, version, sources[event.id])
 
         async with asyncio.TaskGroup() as group:
             for event in claimable:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from shared import metrics, telemetry
 from shared.consumer import ServiceHandlers, Tx
 from shared.events import (
     MetricsEvaluated,
@@ -51,7 +52,8 @@ class Promotion:
         await store.lock_model(tx.conn, data.name)
         await store.add_version(tx.conn, name=data.name, version=data.version, sha256=data.artifact.sha256,
                                 artifact_uri=data.artifact.uri, registered_by=data.registered_by,
-                                correlation_id=event.correlation)
+                                correlation_id=event.correlation,
+                                traceparent=telemetry.current_traceparent().get("traceparent"))
         await early.replay(tx, data.name, data.version, self.waits_for_version)
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
@@ -129,6 +131,7 @@ class Promotion:
         evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
         if not decision.promote and not results:
             return  # nothing measured yet: waiting is not a decision worth recording
+        metrics.PROMOTION_DECISIONS.labels("promoted" if decision.promote else "held").inc()
         if not decision.promote:
             tx.audit("held", name=name, version=version, from_stage=row.stage, to_stage=row.stage,
                      reason="; ".join(g.detail for g in decision.failing) or "not in staging",
@@ -154,7 +157,9 @@ class Promotion:
     async def _artifact_intact(self, tx: Tx, row: VersionRow) -> bool:
         """Before any move to production: the stored bytes must still hash to the record."""
         try:
-            found = await self.resources.store.digest(parse_s3_uri(row.artifact_uri))
+            with telemetry.span("promotion verify artifact", attributes={"modelreg.model": row.name,
+                                                                         "modelreg.version": row.version}):
+                found = await self.resources.store.digest(parse_s3_uri(row.artifact_uri))
         except ValueError:
             found = None
         found_sha = found[0] if found else None
@@ -162,6 +167,7 @@ class Promotion:
             return True
         message = (f"stored artifact {row.artifact_uri} hashes to {found_sha or 'nothing (missing)'}; "
                    f"expected {row.sha256}")
+        metrics.PROMOTION_DECISIONS.labels("quarantined").inc()
         await store.update(tx.conn, row.name, row.version, blocked="quarantined")
         tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
                                                  reasons=[Reason(code="checksum_mismatch", message=message)]),
@@ -175,6 +181,7 @@ class Promotion:
         broken = decide_rollback(rule, result)
         if not broken:
             return
+        metrics.PROMOTION_DECISIONS.labels("rolled_back").inc()
         evidence = {"broken": [g.as_dict() for g in broken], "suite": result.suite,
                     "policy_revision": self.policy.revision}
         await self._demote(tx, champion_row, "none", reason="rollback", evidence=evidence, blocked="rolled_back")
@@ -203,6 +210,7 @@ class Promotion:
                                  stage=row.stage, blocked=row.blocked,
                                  approvals=await store.approvals(tx.conn, row.name, row.version, data.to_stage))
         base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
+        metrics.PROMOTION_DECISIONS.labels(f"manual_{decision.outcome}").inc()
         if decision.outcome == "refuse":
             tx.audit("promotion_refused", name=row.name, version=row.version, from_stage=row.stage,
                      to_stage=data.to_stage, actor=data.actor, reason=decision.detail, evidence=base,
@@ -268,7 +276,11 @@ class Promotion:
 def build(resources: Resources) -> ServiceHandlers:
     promotion = Promotion(resources)
     grace = timedelta(seconds=resources.settings.early_event_grace_seconds)
-    return ServiceHandlers(SERVICE, background=(
+    async def version_trace(conn: Any, event: Any) -> str | None:
+        version = getattr(event.data, "version", None)
+        return await store.traceparent(conn, event.data.name, version) if version is not None else None
+
+    return ServiceHandlers(SERVICE, trace_fallback=version_trace, background=(
         lambda: early.expire_forever(resources.pool, SERVICE, grace),
     ), handlers={
         "model.ingested": promotion.on_ingested,

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from shared import metrics
 from shared.consumer import Record, Tx, dead_letter_rows, is_retryable
 from shared.events import CloudEvent, InvalidEvent, parse_event
 from shared.outbox import write_outbox
@@ -77,6 +78,7 @@ async def expire(pool: asyncpg.Pool, service: str, grace: timedelta) -> int:
             error = InvalidEvent("unknown_version", f"{row['name']} v{row['version']} is not a registered "
                                                     f"version (waited {grace.total_seconds():g}s for it)")
             log.warning("%s: dead-lettered %s: %s", service, row["topic"], error.message)
+            metrics.DEAD_LETTERS.labels(service, error.kind).inc()
             outbox.extend(dead_letter_rows(service, record, error, event))
         await write_outbox(conn, service, outbox)
         return len(rows)

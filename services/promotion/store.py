@@ -39,11 +39,18 @@ async def lock_model(conn: asyncpg.Connection, name: str) -> None:
 
 
 async def add_version(conn: asyncpg.Connection, *, name: str, version: int, sha256: str,
-                      artifact_uri: str, registered_by: str | None, correlation_id: uuid.UUID) -> None:
+                      artifact_uri: str, registered_by: str | None, correlation_id: uuid.UUID,
+                      traceparent: str | None) -> None:
     await conn.execute(
-        """INSERT INTO promotion_versions (name, version, sha256, artifact_uri, registered_by, correlation_id)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name, version) DO NOTHING""",
-        name, version, sha256, artifact_uri, registered_by, correlation_id)
+        """INSERT INTO promotion_versions (name, version, sha256, artifact_uri, registered_by, correlation_id,
+                                           traceparent)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name, version) DO NOTHING""",
+        name, version, sha256, artifact_uri, registered_by, correlation_id, traceparent)
+
+
+async def traceparent(conn: asyncpg.Connection, name: str, version: int) -> str | None:
+    return await conn.fetchval("SELECT traceparent FROM promotion_versions WHERE name = $1 AND version = $2",
+                               name, version)
 
 
 async def get_version(conn: asyncpg.Connection, name: str, version: int) -> VersionRow | None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.consumer import ServiceHandlers, Tx
+from shared import telemetry
+from shared.consumer import ServiceHandlers, TraceParents, Tx
 from shared.events import (
     CloudEvent,
     ModelIngested,
@@ -41,14 +42,17 @@ class Validation:
         self.resources = resources
         self.facts: dict[uuid.UUID, ArtifactFacts] = {}
 
-    async def prepare(self, events: Sequence[CloudEvent[Any]]) -> None:
+    async def prepare(self, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
         """Read every stored artifact once: hash it, and scan it where it may be a pickle."""
         self.facts.clear()
         limit = asyncio.Semaphore(READS_IN_FLIGHT)
 
         async def inspect(event: CloudEvent[ModelIngestedData]) -> None:
             async with limit:
-                self.facts[event.id] = await self._inspect(event.data)
+                with telemetry.span("validation inspect artifact", parent=parents.get(event.id),
+                                    attributes={"modelreg.model": event.data.name,
+                                                "modelreg.version": event.data.version}):
+                    self.facts[event.id] = await self._inspect(event.data)
 
         async with asyncio.TaskGroup() as group:
             for event in events:

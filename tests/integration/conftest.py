@@ -7,13 +7,40 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared.broker import ensure_topics
 from shared.db import migrate
 from shared.events import TOPICS
 from shared.runtime import ServiceApp
 from shared.settings import Settings
+from shared.telemetry import instrument_postgres
 from tests.support import Kafka
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _span_exporter() -> InMemorySpanExporter:
+    """Every span of the session's in-process services, recorded (the real SDK, in memory)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    instrument_postgres()
+    return exporter
+
+
+@pytest.fixture
+def spans(_span_exporter: InMemorySpanExporter) -> InMemorySpanExporter:
+    _span_exporter.clear()
+    return _span_exporter
+
+
+@pytest.fixture(autouse=True)
+def _forget_spans(_span_exporter: InMemorySpanExporter) -> None:
+    _span_exporter.clear()  # keeps memory flat over a long session
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

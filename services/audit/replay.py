@@ -1,0 +1,167 @@
+"""`modelreg replay`: rebuild the registry view from the `registry.audit` topic alone, into a
+fresh schema, and report every difference from the live tables.
+
+The audit log is the source of truth; this proves it. Rows are matched by their natural keys
+(model name; name and version; the audit event id of a stage change or evaluation) and every
+column is compared except the live writer's audit sequence numbers.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.db import connect
+from shared.events import InvalidEvent, parse_event
+from shared.settings import Settings
+
+from . import view
+from .chain import AuditRecord
+
+CHUNK = 5000
+# (table, key columns, columns not compared: sequence numbers local to the writer that made them)
+TABLES = (
+    ("view_models", ("name",), {"champion_seq"}),
+    ("view_versions", ("name", "version"), {"last_seq"}),
+    ("view_stage_changes", ("event_id",), {"seq"}),
+    ("view_evaluations", ("event_id",), {"seq"}),
+)
+
+
+@dataclass
+class Difference:
+    table: str
+    key: tuple[Any, ...]
+    kind: str  # "missing in live", "missing in replay", "differs"
+    columns: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # column -> (live, replay)
+
+    def __str__(self) -> str:
+        key = ", ".join(str(k) for k in self.key)
+        if self.kind != "differs":
+            return f"{self.table} ({key}): {self.kind}"
+        detail = "; ".join(f"{c}: live {live!r} != replay {replayed!r}" for c, (live, replayed) in self.columns.items())
+        return f"{self.table} ({key}): {detail}"
+
+
+@dataclass
+class ReplayReport:
+    schema: str
+    events: int
+    duplicates: int
+    skipped: int
+    seconds: float
+    differences: list[Difference]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+async def replay(settings: Settings, *, from_offset: int | None = None, keep: bool = False,
+                 progress: Progress | None = None) -> ReplayReport:
+    conn = await connect(settings.dsn)
+    schema = f"replay_{time.strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    try:
+        await _create_schema(conn, schema)
+        started = time.perf_counter()
+        events, duplicates, skipped = await _rebuild(conn, settings, schema, from_offset, progress)
+        seconds = time.perf_counter() - started
+        differences = [] if from_offset is not None else await compare(conn, "public", schema)
+        return ReplayReport(schema, events, duplicates, skipped, seconds, differences)
+    finally:
+        if not keep:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+async def _create_schema(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    for table, _, _ in TABLES:
+        await conn.execute(f'CREATE TABLE "{schema}".{table} (LIKE public.{table} INCLUDING ALL)')
+
+
+async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, from_offset: int | None,
+                   progress: Progress | None) -> tuple[int, int, int]:
+    topic = settings.topic("registry.audit")
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
+                                fetch_max_bytes=64 * 1024 * 1024)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic seen for the first time
+            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        for partition in partitions:
+            consumer.seek(partition, max(starts[partition], from_offset or 0))
+        total = sum(ends[p] - max(starts[p], from_offset or 0) for p in partitions)
+        remaining = {p for p in partitions if ends[p] > max(starts[p], from_offset or 0)}
+        seen: set[uuid.UUID] = set()
+        pending: list[tuple[int, AuditRecord]] = []
+        done = events = duplicates = skipped = 0
+        await conn.execute(f'SET search_path TO "{schema}"')
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=CHUNK)
+            for partition, records in batches.items():
+                for record in records:
+                    if record.offset >= ends[partition]:
+                        continue
+                    done += 1
+                    try:
+                        event = parse_event("registry.audit", record.value)
+                    except InvalidEvent:
+                        skipped += 1
+                        continue
+                    if event.id in seen:
+                        duplicates += 1  # the outbox relay may publish a record twice
+                        continue
+                    seen.add(event.id)
+                    events += 1
+                    pending.append((events, AuditRecord.from_event(event)))
+                if records and records[-1].offset >= ends[partition] - 1:
+                    remaining.discard(partition)
+            if len(pending) >= CHUNK or not remaining:
+                async with conn.transaction():
+                    await view.apply(conn, pending)
+                pending = []
+            if progress is not None:
+                progress(done, total)
+        return events, duplicates, skipped
+    finally:
+        await conn.execute("SET search_path TO public")
+        await consumer.stop()
+
+
+async def compare(conn: asyncpg.Connection, live: str, rebuilt: str) -> list[Difference]:
+    differences = []
+    for table, key, ignored in TABLES:
+        columns = [r["column_name"] for r in await conn.fetch(
+            """SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2
+               ORDER BY ordinal_position""", live, table) if r["column_name"] not in ignored]
+        left = {tuple(r[k] for k in key): r for r in await conn.fetch(
+            f'SELECT {", ".join(columns)} FROM "{live}".{table}')}
+        right = {tuple(r[k] for k in key): r for r in await conn.fetch(
+            f'SELECT {", ".join(columns)} FROM "{rebuilt}".{table}')}
+        for row_key in sorted(left.keys() | right.keys(), key=str):
+            if row_key not in right:
+                differences.append(Difference(table, row_key, "missing in replay"))
+            elif row_key not in left:
+                differences.append(Difference(table, row_key, "missing in live"))
+            else:
+                changed = {c: (left[row_key][c], right[row_key][c]) for c in columns
+                           if left[row_key][c] != right[row_key][c]}
+                if changed:
+                    differences.append(Difference(table, row_key, "differs", changed))
+    return differences

@@ -1,0 +1,23 @@
+"""Prometheus metrics every service exports on `/metrics` (one registry per process; the
+`service` label tells services apart when tests run several in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter("modelreg_events_consumed_total", "Kafka records consumed, by topic (event type)",
+                          ["service", "topic"])
+EVENTS_EMITTED = Counter("modelreg_events_emitted_total", "Events published to Kafka by the outbox relay",
+                         ["service", "topic"])
+DEAD_LETTERS = Counter("modelreg_dlq_total", "Records sent to registry.dlq, by error kind", ["service", "kind"])
+HANDLER_SECONDS = Histogram("modelreg_handler_seconds", "Time to handle one event inside its batch transaction",
+                            ["service", "topic"],
+                            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+BATCH_SECONDS = Histogram("modelreg_batch_seconds", "Time to apply one consumed batch, commit included",
+                          ["service"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30))
+CONSUMER_LAG = Gauge("modelreg_consumer_lag", "Records not yet consumed, per partition",
+                     ["service", "topic", "partition"])
+OUTBOX_BACKLOG = Gauge("modelreg_outbox_backlog", "Outbox rows waiting to be published", ["service"])
+PROMOTION_DECISIONS = Counter("modelreg_promotion_decisions_total", "Promotion decisions, by outcome",
+                              ["outcome"])
+RETRIES = Counter("modelreg_batch_retries_total", "Batches retried after a fault, by kind", ["service", "kind"])
