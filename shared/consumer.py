@@ -244,6 +244,15 @@ class BatchProcessor:
                     backoff = min(backoff * 2, self._max_backoff)
 
     async def _apply(self, deliveries: list[Delivery]) -> None:
+        """One transaction for the batch. Handlers run without savepoints (two round trips
+        each saved); if one refuses its event after writing, the batch is redone with a
+        savepoint per event, so that only the refused event's writes are undone."""
+        try:
+            await self._apply_once(deliveries, savepoints=False)
+        except _Refused:
+            await self._apply_once(deliveries, savepoints=True)
+
+    async def _apply_once(self, deliveries: list[Delivery], *, savepoints: bool) -> None:
         fresh = await self._unprocessed(deliveries)
         if self._service.prepare is not None and fresh:
             events = [d.event for d in fresh if d.event is not None]
@@ -267,7 +276,7 @@ class BatchProcessor:
                 if delivery.event is not None and delivery.record.topic in self._service.batch_handlers:
                     grouped.setdefault(delivery.record.topic, []).append(delivery.event)
                     continue
-                rows.extend(await self._handle(conn, delivery))
+                rows.extend(await self._handle(conn, delivery, savepoints))
             for topic, events in grouped.items():
                 await self._service.batch_handlers[topic](conn, events)
             await write_outbox(conn, self.consumer, rows)
@@ -287,7 +296,7 @@ class BatchProcessor:
                 fresh.append(delivery)
         return fresh
 
-    async def _handle(self, conn: asyncpg.Connection, delivery: Delivery) -> list[OutboxRow]:
+    async def _handle(self, conn: asyncpg.Connection, delivery: Delivery, savepoints: bool) -> list[OutboxRow]:
         if delivery.error is not None or delivery.event is None:
             return self._dead_letter(delivery.record, delivery.error or InvalidEvent("empty", "no event"),
                                      delivery.event)
@@ -307,9 +316,14 @@ class BatchProcessor:
                                             "messaging.kafka.offset": record.offset,
                                             "cloudevents.event_id": str(event.id),
                                             "modelreg.model": event.model_name}):
-                async with conn.transaction():  # a savepoint: a refusal undoes only this event
+                if savepoints:
+                    async with conn.transaction():  # a refusal undoes only this event's writes
+                        await self._service.handlers[record.topic](tx, event)
+                else:
                     await self._service.handlers[record.topic](tx, event)
         except InvalidEvent as exc:
+            if not savepoints:
+                raise _Refused from exc
             return self._dead_letter(record, exc, event)
         finally:
             logs.correlation.reset(token)
@@ -333,6 +347,10 @@ class BatchProcessor:
         log.warning("%s: dead-lettered %s[%d]@%d: %s: %s", self.consumer, record.topic,
                     record.partition, record.offset, error.kind, error.message[:200])
         return dead_letter_rows(self.consumer, record, error, event)
+
+
+class _Refused(Exception):
+    """A handler refused its event in a batch run without savepoints: redo with them."""
 
 
 def dead_letter_rows(service: str, record: Record, error: InvalidEvent,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
-from botocore.config import Config
+from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -17,6 +18,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from shared.s3lean import LeanS3
 from shared.settings import Settings
 
 # Parts of a multipart transfer: S3's minimum is 5 MiB; 8 MiB keeps memory bounded.
@@ -72,14 +74,21 @@ class ObjectStore:
             region_name=settings.aws_region,
         )
         self._stack = contextlib.AsyncExitStack()
-        self.client: Any = None
+        self.client: Any = None  # aioboto3: multipart, copies, tags, presigning, buckets
+        self.lean: LeanS3 | None = None  # the hot path: get, head, conditional put
 
     async def __aenter__(self) -> ObjectStore:
-        config = Config(retries={"max_attempts": 3, "mode": "standard"},
+        config = AioConfig(retries={"max_attempts": 3, "mode": "standard"},
                         max_pool_connections=32, connect_timeout=5, read_timeout=60,
-                        s3={"addressing_style": "path"})
+                        s3={"addressing_style": "path"}, signature_version="s3v4")
         self.client = await self._stack.enter_async_context(
             self._session.client("s3", endpoint_url=self.settings.s3_endpoint_url, config=config))
+        settings = self.settings
+        self.lean = LeanS3(settings.s3_endpoint_url or f"https://s3.{settings.aws_region}.amazonaws.com",
+                           settings.aws_access_key_id.get_secret_value(),
+                           settings.aws_secret_access_key.get_secret_value(), settings.aws_region,
+                           session_token=os.environ.get("AWS_SESSION_TOKEN"))
+        self._stack.push_async_callback(self.lean.close)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -95,12 +104,13 @@ class ObjectStore:
                 await self.client.create_bucket(Bucket=self.bucket)
 
     async def head(self, location: S3Location) -> dict[str, Any] | None:
-        try:
-            return await self.client.head_object(Bucket=location.bucket, Key=location.key)
-        except ClientError as exc:
-            if is_missing(exc):
-                return None
-            raise
+        assert self.lean is not None
+        return await self.lean.head(location.bucket, location.key)
+
+    async def put_if_absent(self, location: S3Location, body: bytes, sha256: str) -> bool:
+        """One request, never an overwrite; False when the key was taken already."""
+        assert self.lean is not None
+        return await self.lean.put_if_absent(location.bucket, location.key, body, sha256)
 
     async def digest(self, location: S3Location) -> tuple[str, int] | None:
         """sha256 and size of a stored object, streamed; None when it is missing."""
@@ -116,8 +126,6 @@ class ObjectStore:
         return hasher.hexdigest(), size
 
     async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-        response = await self.client.get_object(Bucket=location.bucket, Key=location.key)
-        body = response["Body"]
-        async with body:  # releases the connection; reads go through the StreamingBody
-            async for chunk in body.iter_chunks(chunk_size):
-                yield chunk
+        assert self.lean is not None
+        async for chunk in self.lean.stream(location.bucket, location.key, chunk_size):
+            yield chunk

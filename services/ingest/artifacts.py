@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from botocore.exceptions import ClientError
+
 from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, S3Location, is_missing
 
@@ -105,14 +107,7 @@ async def _read_parts(store: ObjectStore, source: Source, limit: int) -> AsyncIt
                     return
         return
     try:
-        response = await store.client.get_object(Bucket=source.bucket, Key=source.key)
-    except Exception as exc:
-        if is_missing(exc):
-            raise SourceRefused("artifact_missing", f"{source.uri} does not exist") from None
-        raise
-    body = response["Body"]
-    async with body:  # releases the connection; reads go through the StreamingBody
-        async for chunk in body.iter_chunks(1024 * 1024):
+        async for chunk in store.stream(source):
             buffer += chunk
             seen += len(chunk)
             if len(buffer) >= PART_SIZE:
@@ -120,6 +115,10 @@ async def _read_parts(store: ObjectStore, source: Source, limit: int) -> AsyncIt
                 buffer.clear()
             if seen > limit:
                 break
+    except ClientError as exc:
+        if is_missing(exc):
+            raise SourceRefused("artifact_missing", f"{source.uri} does not exist") from None
+        raise
     if buffer:
         yield bytes(buffer)
 
@@ -132,7 +131,7 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
     A digest or size that differs from the event's leaves nothing behind.
     """
     destination = S3Location(store.bucket, dest_key)
-    if await store.head(destination) is not None:
+    if size_bytes > PART_SIZE and await store.head(destination) is not None:
         return Copied(destination.uri, sha256, size_bytes, already_stored=True)
     digest = hashlib.sha256()
     size = 0
@@ -172,8 +171,9 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
                       f"and sha256 {found}; the event said {size_bytes} bytes and {sha256}",
                 None if size > size_bytes else found, size)
         if upload_id is None:
-            await store.client.put_object(Bucket=store.bucket, Key=dest_key, Body=pending or b"",
-                                          ContentType="application/octet-stream")
+            # One request, never an overwrite: the key can only ever hold these bytes.
+            if not await store.put_if_absent(destination, pending or b"", found):
+                return Copied(destination.uri, sha256, size, already_stored=True)
         else:
             parts.sort(key=lambda p: p["PartNumber"])  # type: ignore[arg-type, return-value]
             await store.client.complete_multipart_upload(

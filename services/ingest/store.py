@@ -58,17 +58,31 @@ async def existing_versions(conn: asyncpg.Connection, keys: list[tuple[str, int]
 
 async def claim_next_versions(conn: asyncpg.Connection,
                               requests: list[tuple[uuid.UUID, str]]) -> dict[uuid.UUID, int]:
-    """A version number per registration event, reused when the event is seen again."""
+    """A version number per registration event, in event order per name, reused when the
+    event is seen again. Set-based: three statements whatever the batch's size."""
     if not requests:
         return {}
     claimed = {r["event_id"]: r["version"] for r in await conn.fetch(
         "SELECT event_id, version FROM ingest_claims WHERE event_id = ANY($1::uuid[])",
         [event_id for event_id, _ in requests])}
-    for event_id, name in requests:
-        if event_id in claimed:
-            continue
-        version = await next_version(conn, name)
-        await conn.execute("INSERT INTO ingest_claims (event_id, name, version) VALUES ($1, $2, $3)",
-                           event_id, name, version)
-        claimed[event_id] = version
+    new = [(event_id, name) for event_id, name in dict(requests).items() if event_id not in claimed]
+    if not new:
+        return claimed
+    wanted: dict[str, int] = {}
+    for _, name in new:
+        wanted[name] = wanted.get(name, 0) + 1
+    # The row lock of each name's models row serialises concurrent batches.
+    last = {r["name"]: r["last_version"] for r in await conn.fetch(
+        """INSERT INTO models (name, last_version)
+           SELECT name, n FROM unnest($1::text[], $2::int[]) AS t(name, n) ORDER BY name
+           ON CONFLICT (name) DO UPDATE SET last_version = models.last_version + EXCLUDED.last_version
+           RETURNING name, last_version""", list(wanted), list(wanted.values()))}
+    following = {name: last[name] - count + 1 for name, count in wanted.items()}
+    for event_id, name in new:
+        claimed[event_id] = following[name]
+        following[name] += 1
+    await conn.execute(
+        """INSERT INTO ingest_claims (event_id, name, version)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])""",
+        [e for e, _ in new], [n for _, n in new], [claimed[e] for e, _ in new])
     return claimed

@@ -15,13 +15,14 @@ import json
 import os
 import shutil
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shared.settings import DEFAULT_KAFKA_PORT, DEFAULT_POSTGRES_PORT, DEFAULT_S3_PORT
-from shared.stack import kafka, postgres
+from shared.stack import kafka, postgres, s3
 from shared.stack.proc import StackError, alive, port_open, spawn, tail, terminate, wait_for
 
 S3_ACCESS_KEY = "modelreg"
@@ -60,6 +61,7 @@ class StackState:
     postgres_dir: str | None = None
     postgres_user: str | None = None
     services: dict[str, int] = field(default_factory=dict)  # name -> pid of a background service
+    s3_server: str | None = None
 
 
 class LocalStack:
@@ -179,21 +181,22 @@ class LocalStack:
         if alive(self.state.s3_pid):
             return
         self._check_port_free(self.ports.s3, "s3")
-        try:
-            import moto  # noqa: F401
-        except ImportError:
-            raise StackError("the local S3 server needs moto: pip install 'modelreg[stack]'") from None
-        log(f"starting the S3 server (moto) on 127.0.0.1:{self.ports.s3}")
+        kind, binary = s3.choose(self.cache_dir, log)
+        log(f"starting the S3 server ({kind}) on 127.0.0.1:{self.ports.s3}")
         ready = self.dir / "s3.ready"
         ready.unlink(missing_ok=True)
-        log_file = self.dir / "logs" / "s3.log"
-        self.state.s3_pid = spawn(
-            [sys.executable, "-m", "shared.stack.s3server", "--port", str(self.ports.s3),
-             "--data", str(self.dir / "s3"), "--ready-file", str(ready)], log_file,
-            env={**os.environ, "PYTHONPATH": _import_root()})
+        self.state.s3_server = kind
+        self.state.s3_pid = s3.start(kind, binary, self.dir, self.ports.s3, S3_ACCESS_KEY, S3_SECRET_KEY, ready,
+                                     _import_root())
         self._save()
-        if not wait_for(lambda: ready.exists() or not alive(self.state.s3_pid), 120) or not ready.exists():
-            raise StackError(f"the S3 server did not start:\n{tail(log_file)}")
+
+        def answering() -> bool:
+            if not alive(self.state.s3_pid):
+                return True
+            return ready.exists() if kind == "moto" else _http_answers(f"http://127.0.0.1:{self.ports.s3}/")
+
+        if not wait_for(answering, 120) or not alive(self.state.s3_pid):
+            raise StackError(f"the S3 server did not start:\n{tail(self.dir / 'logs' / 's3.log')}")
 
     def _up_kafka(self, log: Log) -> None:
         if alive(self.state.kafka_pid):
@@ -279,16 +282,19 @@ class LocalStack:
         return {
             "kafka": port_open(self.ports.kafka),
             "postgres": port_open(self.ports.postgres),
-            "s3": _http_ok(f"http://127.0.0.1:{self.ports.s3}/"),
+            "s3": _http_answers(f"http://127.0.0.1:{self.ports.s3}/"),
         }
 
 
-def _http_ok(url: str) -> bool:
+def _http_answers(url: str) -> bool:
+    """Any HTTP answer at all (an S3 server refuses an unsigned request: it is up)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status < 500
-    except Exception as exc:
-        return getattr(exc, "code", 500) < 500
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except Exception:
+        return False
 
 
 def _import_root() -> str:

@@ -1,0 +1,149 @@
+"""A lean S3 client for the registry's hot path: GET, HEAD, conditional PUT and DELETE of
+objects over one keep-alive aiohttp session, signed with AWS Signature Version 4.
+
+botocore spends about 1.5 ms of CPU per request (endpoint rules, hooks, signing); on the two
+cores a registry shares with Kafka and PostgreSQL that capped ingest near 300 small artifacts
+a second. The same requests signed here cost about a quarter of that. Everything else
+(multipart uploads, copies, tagging, presigned URLs, buckets) stays with aioboto3.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
+
+import aiohttp
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_SIGNED_ALWAYS = ("host", "x-amz-content-sha256", "x-amz-date")
+
+
+class LeanS3:
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, region: str, *,
+                 session_token: str | None = None, connections: int = 64) -> None:
+        parts = urlsplit(endpoint)
+        self._base = f"{parts.scheme}://{parts.netloc}"
+        self._host = parts.netloc
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._region = region
+        self._token = session_token
+        self._keys: dict[str, bytes] = {}
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=60), auto_decompress=False)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    # -- signing ------------------------------------------------------------------------
+
+    def _signing_key(self, day: str) -> bytes:
+        key = self._keys.get(day)
+        if key is None:
+            key = hmac.new(f"AWS4{self._secret_key}".encode(), day.encode(), hashlib.sha256).digest()
+            for part in (self._region, "s3", "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._keys = {day: key}
+        return key
+
+    def sign(self, method: str, path: str, payload_sha256: str, headers: dict[str, str] | None = None,
+             now: datetime.datetime | None = None) -> dict[str, str]:
+        """Headers for a SigV4 header-authenticated request (path already URI-encoded)."""
+        now = now or datetime.datetime.now(datetime.UTC)
+        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        signed = {"host": self._host, "x-amz-content-sha256": payload_sha256, "x-amz-date": stamp,
+                  **{k.lower(): v for k, v in (headers or {}).items()}}
+        if self._token:
+            signed["x-amz-security-token"] = self._token
+        names = sorted(signed)
+        canonical = "\n".join([method, path, "", *(f"{n}:{str(signed[n]).strip()}" for n in names), "",
+                               ";".join(names), payload_sha256])
+        scope = f"{day}/{self._region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        signed["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self._access_key}/{scope}, "
+                                   f"SignedHeaders={';'.join(names)}, Signature={signature}")
+        del signed["host"]
+        return signed
+
+    # -- requests -----------------------------------------------------------------------
+
+    @staticmethod
+    def _path(bucket: str, key: str) -> str:
+        return f"/{quote(bucket, safe='')}/{quote(key, safe='/-_.~')}"
+
+    async def _request(self, method: str, bucket: str, key: str, *, body: bytes | None = None,
+                       payload_sha256: str = EMPTY_SHA256, headers: dict[str, str] | None = None,
+                       operation: str) -> aiohttp.ClientResponse:
+        path = self._path(bucket, key)
+        signed = self.sign(method, path, payload_sha256, headers)
+        try:
+            response = await self._session.request(method, self._base + path, data=body, headers=signed)
+        except aiohttp.ClientError as exc:
+            raise EndpointConnectionError(endpoint_url=self._base) from exc
+        if response.status >= 300:
+            text = await response.read()
+            response.release()
+            raise _client_error(response.status, text, operation)
+        return response
+
+    async def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        try:
+            response = await self._request("HEAD", bucket, key, operation="HeadObject")
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+                return None
+            raise
+        response.release()
+        return {"ContentLength": int(response.headers.get("Content-Length", 0)),
+                "ETag": response.headers.get("ETag")}
+
+    async def put_if_absent(self, bucket: str, key: str, body: bytes, sha256: str) -> bool:
+        """Store `body` unless the key exists (S3's If-None-Match); False when it existed."""
+        try:
+            response = await self._request("PUT", bucket, key, body=body, payload_sha256=sha256,
+                                           headers={"if-none-match": "*",
+                                                    "content-type": "application/octet-stream",
+                                                    "content-length": str(len(body))},
+                                           operation="PutObject")
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 412:
+                return False
+            raise
+        response.release()
+        return True
+
+    async def stream(self, bucket: str, key: str, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        response = await self._request("GET", bucket, key, operation="GetObject")
+        try:
+            async for chunk in response.content.iter_chunked(chunk_size):
+                yield chunk
+        finally:
+            response.release()
+
+    async def delete(self, bucket: str, key: str) -> None:
+        response = await self._request("DELETE", bucket, key, operation="DeleteObject")
+        response.release()
+
+
+def _client_error(status: int, body: bytes, operation: str) -> ClientError:
+    """The error botocore would raise, so callers handle both clients alike."""
+    code, message = str(status), ""
+    if body:
+        try:
+            root = ElementTree.fromstring(body)
+            code = root.findtext("Code") or code
+            message = root.findtext("Message") or ""
+        except ElementTree.ParseError:
+            message = body[:200].decode(errors="replace")
+    elif status == 404:
+        code = "NoSuchKey"
+    return ClientError({"Error": {"Code": code, "Message": message},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
