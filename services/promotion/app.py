@@ -9,6 +9,7 @@ Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -50,11 +51,12 @@ class Promotion:
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
         await store.lock_model(tx.conn, data.name)
-        await store.add_version(tx.conn, name=data.name, version=data.version, sha256=data.artifact.sha256,
-                                artifact_uri=data.artifact.uri, registered_by=data.registered_by,
-                                correlation_id=event.correlation,
-                                traceparent=telemetry.current_traceparent().get("traceparent"))
-        await early.replay(tx, data.name, data.version, self.waits_for_version)
+        waited = await store.add_version(
+            tx.conn, name=data.name, version=data.version, sha256=data.artifact.sha256,
+            artifact_uri=data.artifact.uri, registered_by=data.registered_by, correlation_id=event.correlation,
+            traceparent=telemetry.current_traceparent().get("traceparent"))
+        if waited:
+            await early.replay(tx, data.name, waited, self.waits_for_version)
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
         if event.data.version is not None and event.source != tx.source:
@@ -62,16 +64,14 @@ class Promotion:
 
     async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
         data = event.data
-        await store.lock_model(tx.conn, data.name)
-        row = await store.get_version(tx.conn, data.name, data.version)
+        row = await store.locked_version(tx.conn, data.name, data.version)
         if row is not None and row.stage != "archived":
             await store.set_stage(tx.conn, row, "archived", reason=data.reason, actor=event.source,
                                   event_id=event.id, evidence={"restorable": data.restorable})
 
     async def _version(self, tx: Tx, name: str, version: int) -> VersionRow | None:
         """The version, locked for this decision; None (the event held for later) if not seen yet."""
-        await store.lock_model(tx.conn, name)
-        row = await store.get_version(tx.conn, name, version)
+        row = await store.locked_version(tx.conn, name, version)
         if row is None:
             await early.hold(tx, name, version)
         return row
@@ -88,12 +88,13 @@ class Promotion:
         row = await self._version(tx, data.name, data.version)
         if row is None:
             return
-        await store.update(tx.conn, row.name, row.version, validated=True)
         rule = self.policy.rule_for(row.name)
         if rule.auto_staging and row.stage == "none" and row.blocked is None:
-            await self._move(tx, row, "staging", reason="policy",
-                             evidence={"checks": [c.model_dump() for c in data.checks]})
-            await self._consider(tx, data.name, data.version, rule)
+            staged = await self._move(tx, row, "staging", reason="policy", validated=True,
+                                      evidence={"checks": [c.model_dump() for c in data.checks]})
+            await self._consider(tx, staged, rule)
+        else:
+            await store.update(tx.conn, row.name, row.version, validated=True)
 
     async def on_evaluated(self, tx: Tx, event: MetricsEvaluated) -> None:
         data = event.data
@@ -118,15 +119,12 @@ class Promotion:
                 await self._maybe_roll_back(tx, row, rule, result)
             return
         if row.stage == "staging":
-            await self._consider(tx, row.name, row.version, rule)
+            await self._consider(tx, row, rule)
 
-    async def _consider(self, tx: Tx, name: str, version: int, rule: Rule) -> None:
-        row = await store.get_version(tx.conn, name, version)
-        assert row is not None
-        current = await store.champion(tx.conn, name)
-        incumbent = Champion(current.version, await store.results(tx.conn, name, current.version)) \
-            if current is not None else None
-        results = await store.results(tx.conn, name, version)
+    async def _consider(self, tx: Tx, row: VersionRow, rule: Rule) -> None:
+        name, version = row.name, row.version
+        results, current, champion_results = await store.results_with_champion(tx.conn, name, version)
+        incumbent = Champion(current.version, champion_results) if current is not None else None
         decision = decide_promotion(row.stage, row.blocked, rule, results, incumbent)
         evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
         if not decision.promote and not results:
@@ -241,12 +239,15 @@ class Promotion:
     # -- stage changes ----------------------------------------------------------------------
 
     async def _move(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
-                    actor: str | None = None, previous_champion: int | None = None) -> None:
+                    actor: str | None = None, previous_champion: int | None = None,
+                    **columns: Any) -> VersionRow:
+        """Up a stage: the event, the new stage with its history, the audit record; returns
+        the row as it now is."""
         event = tx.emit(ModelPromoted, ModelPromotedData(
             name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage, reason=reason,
             policy_revision=self.policy.revision, evidence=evidence, previous_champion=previous_champion),
             correlation=row.correlation_id)
-        fields: dict[str, Any] = {"superseded_at": None}
+        fields: dict[str, Any] = {"superseded_at": None, **columns}
         if to_stage == "production":
             fields["previous_champion"] = previous_champion
         await store.set_stage(tx.conn, row, to_stage, reason=reason, actor=actor or tx.source,
@@ -255,6 +256,8 @@ class Promotion:
                  actor=actor, reason=reason,
                  evidence={**evidence, "previous_champion": previous_champion,
                            "policy_revision": self.policy.revision}, correlation=row.correlation_id)
+        return dataclasses.replace(row, stage=to_stage, **{k: v for k, v in fields.items()
+                                                           if k in VersionRow.__dataclass_fields__})
 
     async def _demote(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
                       actor: str | None = None, superseded: bool = False, blocked: str | None = None) -> None:

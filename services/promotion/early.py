@@ -36,11 +36,9 @@ async def hold(tx: Tx, name: str, version: int) -> None:
         record.value or tx.cause.to_json())
 
 
-async def replay(tx: Tx, name: str, version: int, handlers: dict[str, Replay]) -> int:
-    """Apply what waited for this version, in arrival order, inside `tx`."""
-    rows = await tx.conn.fetch(
-        """DELETE FROM promotion_deferred WHERE name = $1 AND version = $2
-           RETURNING event_id, topic, partition, "offset", payload, first_seen""", name, version)
+async def replay(tx: Tx, name: str, rows: list[asyncpg.Record], handlers: dict[str, Replay]) -> int:
+    """Apply what waited for this version (taken from the table by the caller), in arrival
+    order, inside `tx`."""
     for row in sorted(rows, key=lambda r: r["first_seen"]):
         event = parse_event(row["topic"], row["payload"])
         record = Record(row["topic"], row["partition"] or 0, row["offset"] or 0, name.encode(), row["payload"])

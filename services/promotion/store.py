@@ -38,13 +38,28 @@ async def lock_model(conn: asyncpg.Connection, name: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('promotion:' || $1, 0))", name)
 
 
+async def locked_version(conn: asyncpg.Connection, name: str, version: int) -> VersionRow | None:
+    """`lock_model` and `get_version` in one round trip."""
+    row = await conn.fetchrow(
+        f"""SELECT {", ".join("v." + c for c in VersionRow.__dataclass_fields__)}
+            FROM (SELECT pg_advisory_xact_lock(hashtextextended('promotion:' || $1, 0))) AS lock
+            LEFT JOIN promotion_versions v ON v.name = $1 AND v.version = $2""", name, version)
+    return VersionRow.of(row) if row is not None and row["name"] is not None else None
+
+
 async def add_version(conn: asyncpg.Connection, *, name: str, version: int, sha256: str,
                       artifact_uri: str, registered_by: str | None, correlation_id: uuid.UUID,
-                      traceparent: str | None) -> None:
-    await conn.execute(
-        """INSERT INTO promotion_versions (name, version, sha256, artifact_uri, registered_by, correlation_id,
-                                           traceparent)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name, version) DO NOTHING""",
+                      traceparent: str | None) -> list[asyncpg.Record]:
+    """Record a version and take back the events that waited for it, in one statement."""
+    return await conn.fetch(
+        """WITH added AS (
+               INSERT INTO promotion_versions (name, version, sha256, artifact_uri, registered_by,
+                                               correlation_id, traceparent)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name, version) DO NOTHING),
+           waited AS (
+               DELETE FROM promotion_deferred WHERE name = $1 AND version = $2
+               RETURNING event_id, topic, partition, "offset", payload, first_seen)
+           SELECT * FROM waited""",
         name, version, sha256, artifact_uri, registered_by, correlation_id, traceparent)
 
 
@@ -74,16 +89,17 @@ async def update(conn: asyncpg.Connection, name: str, version: int, **fields: An
 
 async def set_stage(conn: asyncpg.Connection, row: VersionRow, to_stage: str, *, reason: str, actor: str,
                     event_id: uuid.UUID, evidence: dict[str, Any], **fields: Any) -> None:
+    """Move `row` and record the move in the stage history: one statement."""
+    assignments = "".join(f", {column} = ${i}" for i, column in enumerate(fields, start=10))
     await conn.execute(
-        """UPDATE promotion_versions SET stage = $3, stage_changed_at = now()
-           WHERE name = $1 AND version = $2""", row.name, row.version, to_stage)
-    if fields:
-        await update(conn, row.name, row.version, **fields)
-    await conn.execute(
-        """INSERT INTO stage_history (name, version, from_stage, to_stage, reason, actor, event_id,
-                                      correlation_id, evidence)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
-        row.name, row.version, row.stage, to_stage, reason, actor, event_id, row.correlation_id, evidence)
+        f"""WITH moved AS (
+                UPDATE promotion_versions SET stage = $4, stage_changed_at = now(){assignments}
+                WHERE name = $1 AND version = $2 RETURNING name)
+            INSERT INTO stage_history (name, version, from_stage, to_stage, reason, actor, event_id,
+                                       correlation_id, evidence)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM moved""",
+        row.name, row.version, row.stage, to_stage, reason, actor, event_id, row.correlation_id, evidence,
+        *fields.values())
 
 
 async def add_evaluation(conn: asyncpg.Connection, *, event_id: uuid.UUID, name: str, version: int,
@@ -94,6 +110,21 @@ async def add_evaluation(conn: asyncpg.Connection, *, event_id: uuid.UUID, name:
                                     dataset, evaluator, evaluated_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING""",
         event_id, name, version, suite, environment, metrics, passed, dataset, evaluator, evaluated_at)
+
+
+async def results_with_champion(conn: asyncpg.Connection, name: str,
+                                version: int) -> tuple[list[Result], VersionRow | None, list[Result]]:
+    """A candidate's results, the champion, and the champion's results: two round trips."""
+    champion_row = await champion(conn, name)
+    versions = [version] + ([champion_row.version] if champion_row and champion_row.version != version else [])
+    rows = await conn.fetch(
+        """SELECT version, id, suite, environment, metrics, passed FROM evaluations
+           WHERE name = $1 AND version = ANY($2::int[]) ORDER BY id""", name, versions)
+    mine = [Result(r["suite"], r["environment"], r["metrics"], r["passed"], r["id"]) for r in rows
+            if r["version"] == version]
+    theirs = [Result(r["suite"], r["environment"], r["metrics"], r["passed"], r["id"]) for r in rows
+              if champion_row is not None and r["version"] == champion_row.version]
+    return mine, champion_row, theirs
 
 
 async def results(conn: asyncpg.Connection, name: str, version: int) -> list[Result]:
