@@ -178,6 +178,7 @@ class BatchProcessor:
         self._max_backoff = max_backoff
         self.consumed = 0
         self.dead_lettered = 0
+        self.busy = False  # a batch is being applied
 
     @property
     def consumer(self) -> str:
@@ -192,6 +193,16 @@ class BatchProcessor:
     async def process(self, records: Sequence[Record]) -> None:
         """Apply a batch; returns once it is committed (then offsets may be committed)."""
         started = time.perf_counter()
+        self.busy = True
+        try:
+            await self._process(records)
+        finally:
+            self.busy = False
+        for record in records:
+            metrics.EVENTS_CONSUMED.labels(self.consumer, record.topic).inc()
+        metrics.BATCH_SECONDS.labels(self.consumer).observe(time.perf_counter() - started)
+
+    async def _process(self, records: Sequence[Record]) -> None:
         deliveries = [self.decode(r) for r in records]
         backoff, failures = 0.1, 0
         while True:
@@ -216,9 +227,6 @@ class BatchProcessor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
         self.consumed += len(records)
-        for record in records:
-            metrics.EVENTS_CONSUMED.labels(self.consumer, record.topic).inc()
-        metrics.BATCH_SECONDS.labels(self.consumer).observe(time.perf_counter() - started)
 
     def _retryable(self, exc: BaseException) -> bool:
         return is_retryable(exc) or self._service.retryable(exc)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -31,6 +31,10 @@ from shared.telemetry import setup_tracing
 log = logging.getLogger(__name__)
 
 
+async def _unknown_lag(topic: str) -> int | None:
+    return None
+
+
 @dataclass
 class Resources:
     """What a service's handlers may use; owned and closed by the `ServiceApp`."""
@@ -39,6 +43,9 @@ class Resources:
     pool: asyncpg.Pool
     store: ObjectStore
     policy: Policy
+    # Records of a topic this instance has not processed yet (None: not known); set once the
+    # consumer runs.
+    consumer_lag: Callable[[str], Awaitable[int | None]] = field(default=_unknown_lag)
 
 
 ServiceBuilder = Callable[[Resources], ServiceHandlers]
@@ -81,6 +88,7 @@ class ServiceApp:
             self.processor = BatchProcessor(pool, handlers, on_commit=self.relay.wake)
             self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
             await broker.start()
+            self.resources.consumer_lag = self._lag
             self._stack.push_async_callback(broker.stop)
             port = settings.health_port if settings.health_port is not None else DEFAULT_PORTS.get(self.name, 0)
             self.health = HealthServer(self.name, port, self._checks(pool, store), before_scrape=self._refresh_gauges)
@@ -109,6 +117,24 @@ class ServiceApp:
             await store.client.head_bucket(Bucket=store.bucket)
 
         return {"postgres": postgres, "kafka": kafka, "s3": s3}
+
+    async def _lag(self, topic: str) -> int | None:
+        """How far behind this instance is on `topic` (its assigned partitions): from the
+        high-water marks of the last fetches, and counting a batch in progress as not done.
+        None until every partition has been fetched once."""
+        consumer = getattr(self._subscriber, "consumer", None)
+        if consumer is None or self.processor is None:
+            return None
+        name = self.settings.topic(topic)
+        total = 1 if self.processor.busy else 0
+        for partition in consumer.assignment():
+            if partition.topic != name:
+                continue
+            highwater = consumer.highwater(partition)
+            if highwater is None:
+                return None
+            total += max(0, highwater - await consumer.position(partition))
+        return total
 
     async def _refresh_gauges(self) -> None:
         """Consumer lag per partition and outbox backlog, read when Prometheus scrapes."""

@@ -284,7 +284,7 @@ def build(resources: Resources) -> ServiceHandlers:
         return await store.traceparent(conn, event.data.name, version) if version is not None else None
 
     return ServiceHandlers(SERVICE, trace_fallback=version_trace, background=(
-        lambda: early.expire_forever(resources.pool, SERVICE, grace),
+        lambda: early.expire_forever(resources.pool, SERVICE, grace, resources.consumer_lag),
     ), handlers={
         "model.ingested": promotion.on_ingested,
         "model.validated": promotion.on_validated,

@@ -48,10 +48,14 @@ async def replay(tx: Tx, name: str, rows: list[asyncpg.Record], handlers: dict[s
     return len(rows)
 
 
-async def expire_forever(pool: asyncpg.Pool, service: str, grace: timedelta, interval: float = 1.0) -> None:
+async def expire_forever(pool: asyncpg.Pool, service: str, grace: timedelta,
+                         lag: Callable[[str], Awaitable[int | None]], interval: float = 1.0) -> None:
+    """Expire held events, but only while this instance is caught up on `model.ingested`:
+    behind a backlog, the version an event waits for may still be on its way."""
     while True:
         try:
-            await expire(pool, service, grace)
+            if await lag("model.ingested") == 0:
+                await expire(pool, service, grace)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
