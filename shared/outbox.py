@@ -135,13 +135,17 @@ class OutboxRelay:
             return 0
         # Clear before publishing: a wake-up that arrives meanwhile means another look.
         self._wake.clear()
+        # Producer spans, where spans are recorded; otherwise the rows' own trace context goes out.
         spans = [telemetry.tracer.start_span(
             f"{self._service} publish {r['topic']}", kind=SpanKind.PRODUCER,
             context=telemetry.parent_from(((k, v.encode()) for k, v in r["headers"].items())),
-            attributes={"messaging.system": "kafka", "messaging.destination.name": r["topic"]}) for r in rows]
+            attributes={"messaging.system": "kafka", "messaging.destination.name": r["topic"]})
+            if telemetry.recording() else None for r in rows]
         outcomes = await asyncio.gather(*(self._publish(r, s) for r, s in zip(rows, spans, strict=True)),
                                         return_exceptions=True)
         for span, outcome in zip(spans, outcomes, strict=True):
+            if span is None:
+                continue
             if isinstance(outcome, BaseException):
                 span.record_exception(outcome)
             span.end()
@@ -171,10 +175,12 @@ class OutboxRelay:
 
     async def _publish(self, row: asyncpg.Record, span: Any) -> Any:
         """Send with the producer span as the record's trace parent."""
-        headers = dict(row["headers"])
-        headers.pop("tracestate", None)
-        with trace.use_span(span, end_on_exit=False):
-            headers.update(telemetry.current_traceparent())
+        headers = row["headers"]
+        if span is not None:
+            headers = dict(headers)
+            headers.pop("tracestate", None)
+            with trace.use_span(span, end_on_exit=False):
+                headers.update(telemetry.current_traceparent())
         future = await self._send(self._topic_of(row["topic"]), row["key"], row["value"], headers)
         return await future
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.broker import ensure_topics, make_broker, subscribe
+from shared.broker import ensure_topics, make_broker, make_producer, subscribe
 from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
 from shared.db import create_pool, migrate, pending_migrations
 from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
@@ -79,10 +79,13 @@ class ServiceApp:
             handlers = self._build(self.resources)
 
             broker = make_broker(settings, client_id=f"modelreg-{self.name}")
+            producer = make_producer(settings, client_id=f"modelreg-{self.name}-outbox")
+            await _when_reachable("Kafka", producer.start)
+            self._stack.push_async_callback(producer.stop)
 
             async def send(topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
-                return await broker.publish(value, topic, key=key.encode() if key else None,
-                                            headers=headers, no_confirm=True)
+                return await producer.send(topic, value, key=key.encode() if key else None,
+                                           headers=[(k, v.encode()) for k, v in headers.items()])
 
             self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic)
             self.processor = BatchProcessor(pool, handlers, on_commit=self.relay.wake)

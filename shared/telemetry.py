@@ -87,6 +87,11 @@ def current_traceparent() -> dict[str, str]:
     return carrier
 
 
+def recording() -> bool:
+    """Whether an SDK records spans (tests, or an OTLP endpoint): otherwise skip the work."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def trace_id() -> str | None:
     span_context = trace.get_current_span().get_span_context()
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
