@@ -441,9 +441,23 @@ def parse_event(topic: str, value: bytes | None) -> CloudEvent[Any]:
     if len(value) > MAX_MESSAGE_BYTES:
         raise InvalidEvent("too_large", f"the message is {len(value)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
-        return spec.envelope.model_validate_json(value)
+        event = spec.envelope.model_validate_json(value)
     except ValueError as exc:
         raise _classify(topic, value, exc) from None
+    if b"\\u0000" in value and _has_nul(json.loads(value)):
+        raise InvalidEvent("schema_violation", "text may not contain NUL characters (\\u0000)")
+    return event
+
+
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL cannot store NUL in text: refuse it at the boundary, not in a handler."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _classify(topic: str, value: bytes, exc: ValueError) -> InvalidEvent:

@@ -21,7 +21,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
+SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "api")
 
 
 def _service_factory(name: str) -> Callable:  # type: ignore[type-arg]
@@ -56,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(taking over from services `stack up` started in the background)")
     commands.add_parser("demo", help="start everything and play a model's life through it")
 
-    from services.cli import audit, replay, tools
+    from services.cli import audit, bench, replay, tools
     audit.add_parser(commands)
     replay.add_parser(commands)
+    bench.add_parser(commands)
     tools.add_parsers(commands)
+    from services.cli import api, people
+    api.add_parser(commands)
+    people.add_parsers(commands)
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
     schemas.add_argument("action", choices=("generate", "check"))
@@ -112,9 +116,18 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "replay":
         from services.cli import replay
         return replay.command(args)
+    if args.command == "bench":
+        from services.cli import bench
+        return bench.command(args)
     if args.command == "audit":
         from services.cli import audit
         return audit.command(args)
+    if args.command == "token":
+        from services.cli import api
+        return api.command(args)
+    if args.command in ("models", "versions", "show", "explain", "policy"):
+        from services.cli import people
+        return people.command(args)
     if args.command == "up":
         from services.cli import up
         return up.run(SERVICES)

@@ -115,7 +115,8 @@ def _env(settings: Settings) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key.get_secret_value(),
             "MODELREG_TOPIC_PREFIX": settings.topic_prefix,
             "MODELREG_TOPIC_PARTITIONS": str(settings.topic_partitions),
-            "MODELREG_POLICY_FILE": str(settings.policy_file)}
+            "MODELREG_POLICY_FILE": str(settings.policy_file),
+            "MODELREG_HEALTH_PORT": "0"}  # beside a running stack's services
 
 
 class Fleet:

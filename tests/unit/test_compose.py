@@ -156,11 +156,23 @@ def test_service_gets_every_setting(compose, name, monkeypatch):
     assert urlsplit(settings.s3_endpoint_url or "").hostname == "minio"
 
 
+def _shared(env: dict) -> dict:
+    """What every service must agree on: all but its own name and the API's listener."""
+    return {k: v for k, v in env.items() if k != "OTEL_SERVICE_NAME" and not k.startswith("MODELREG_API_")}
+
+
 def test_services_share_one_environment(compose):
     envs = {name: environment(compose["services"][name]) for name in SERVICES}
-    common = {k: v for k, v in envs["ingest"].items() if k != "OTEL_SERVICE_NAME"}
+    common = _shared(envs["ingest"])
     for name, env in envs.items():
-        assert {k: v for k, v in env.items() if k != "OTEL_SERVICE_NAME"} == common, name
+        assert _shared(env) == common, name
+
+
+def test_the_api_listens_where_its_port_is_published(compose):
+    api = compose["services"]["api"]
+    env = environment(api)
+    assert env["MODELREG_API_HOST"] == "0.0.0.0"  # reachable from outside its container
+    assert f"{env['MODELREG_API_PORT']}:{env['MODELREG_API_PORT']}" in api["ports"]
 
 
 def test_aws_credentials_are_minios_root_user(compose):

@@ -138,3 +138,10 @@ def test_a_pipeline_may_omit_correlation_attributes() -> None:
     del event["correlationid"], event["causationid"]
     parsed = parse(event)
     assert parsed.correlation == uuid.UUID(event["id"])
+
+
+def test_nul_characters_are_refused_at_the_boundary() -> None:
+    """PostgreSQL cannot store them; a literal backslash-u sequence is fine."""
+    text = json.dumps(registered(description="bad\x00text")).encode()
+    assert kind_of(text) == "schema_violation"
+    assert parse(registered(description="a \\u0000 literal")).data.description == "a \\u0000 literal"

@@ -1,0 +1,151 @@
+"""Run the benchmark: prepare the stack, run the chosen phases in order, report.
+
+A failing phase is reported (and makes the exit code 1) without stopping the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bench import config as config_module
+from bench import large, latency, lookup, pipeline, replayrate, report, resources, targets
+from bench.config import BenchConfig
+from bench.context import Context
+from bench.tap import wait_caught_up
+from bench.target import Target, describe_machine, prepare
+
+MIB = 1024 * 1024
+
+
+def log(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def idle_resources(target: Target) -> tuple[dict[str, Any], list[resources.Proc]]:
+    """Each part's memory now (before any load), and the parts whose CPU time the throughput
+    phase measures."""
+    procs = target.procs()
+    processes = {}
+    for proc in procs:
+        pids = proc.pids()
+        processes[proc.name] = {"pid": proc.pid, "idle_mib": round(proc.memory_bytes() / MIB, 1),
+                                "note": f"PSS summed over {len(pids)} processes" if proc.with_children else None}
+    return {"processes": processes, "s3_server": target.s3_server}, procs
+
+
+async def warm_up(ctx: Context) -> None:
+    """A few versions through the whole pipeline first: the services are up and consuming, the QA
+    responder is heard, and nothing is measured cold."""
+    progress = await pipeline.push(ctx, ctx.names("w"), 5, 1, timeout=min(240.0, ctx.config.timeout),
+                                   auc_seed=ctx.config.seed, label="warm-up")
+    if not progress.done(5):
+        raise RuntimeError(f"only {len(progress.decided)} of 5 warm-up versions were decided in time: are the "
+                           f"services healthy? (logs in {ctx.target.stack.dir / 'logs'})")
+
+
+async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
+    config = ctx.config
+    errors: dict[str, str] = results["errors"]
+
+    async def phase(name: str, body: Any) -> Any:
+        log(f"--- {name}")
+        try:
+            results[name] = await body
+        except Exception as exc:  # noqa: BLE001 - reported, and the other phases still run
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            log(f"{name} failed: {errors[name]}\n{traceback.format_exc()}")
+
+    await ctx.target.wait_started(log)
+    idle, procs = idle_resources(ctx.target) if config.has("resources") else (None, None)
+    needs_pipeline = config.has("throughput") or config.has("latency")
+    if needs_pipeline:
+        left = await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
+        if left > 0:
+            log(f"the services still have {left:,} events to consume from before this run")
+        await phase("warm-up", warm_up(ctx))
+        results.pop("warm-up", None)
+    if config.has("throughput") and "warm-up" not in errors:
+        await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
+        await phase("throughput", pipeline.run(ctx, procs))
+    if config.has("latency") and "warm-up" not in errors:
+        await wait_caught_up(ctx.settings, resources.SERVICES, timeout=120)
+        await phase("latency", latency.run(ctx))
+    if config.has("lookup"):
+        await phase("lookup", lookup.run(ctx))
+    if config.has("large"):
+        await phase("large", large.run(ctx))
+    if config.has("replay"):
+        await phase("replay", replayrate.run(ctx))
+    if idle is not None:
+        cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
+        versions = config.versions if cpu else None
+        for name, proc in idle["processes"].items():
+            if name in cpu and versions:
+                proc["cpu_seconds"] = cpu[name]
+                proc["cpu_seconds_per_1000_versions"] = round(cpu[name] / versions * 1000, 3)
+        idle["per_versions"] = versions
+        results["resources"] = idle
+    if config.compare_mlflow:
+        from bench import mlflow_compare
+
+        await phase("mlflow", mlflow_compare.run(ctx))
+
+
+def run(config: BenchConfig) -> dict[str, Any]:
+    """Everything: returns the results (also printed and written under `config.out`)."""
+    started = datetime.now(UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    run_id = uuid.uuid4().hex[:6]
+    machine = describe_machine()
+    target = prepare(log)
+    results: dict[str, Any] = {
+        "run_id": run_id, "started_at": started.isoformat(timespec="seconds"), "machine": machine,
+        "config": config.as_dict(),
+        "stack": {"dir": str(target.stack.dir), "s3_server": target.s3_server,
+                  "kafka": target.settings.kafka_bootstrap_servers,
+                  "services": dict(target.services), "services_started_by_bench": list(target.started)},
+        "errors": {},
+        "notes": ["figures are from one run on this machine; the benchmark shares its CPUs with what it measures",
+                  "the MLflow figures marked as the issue's reference were not measured here"],
+    }
+    ctx = Context(config=config, target=target, run_id=run_id, log=log)
+    began = time.monotonic()
+    try:
+        asyncio.run(run_phases(ctx, results))
+    finally:
+        target.close(log)
+    results["seconds"] = round(time.monotonic() - began, 1)
+    results["targets"] = targets.judge_all(results)
+    results["mlflow_comparison"] = targets.comparisons(results)
+    json_path = config.out / f"{stamp}.json"
+    png_path = config.out / f"{stamp}.png"
+    results["files"] = {"json": str(json_path), "png": str(png_path)}
+    try:
+        report.draw_chart(results, png_path)
+    except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
+        results["errors"]["chart"] = f"{type(exc).__name__}: {exc}"
+        results["files"]["png"] = None
+    report.write_json(results, json_path)
+    report.print_report(results)
+    print(f"results: {json_path}" + (f" and {png_path}" if results["files"]["png"] else ""))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="modelreg's benchmark")
+    config_module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_module.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    results = run(config)
+    return 1 if results["errors"] else 0

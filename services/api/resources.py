@@ -1,0 +1,47 @@
+"""What the API's handlers use; opened in the app's lifespan and closed in its `finally`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+from fastapi import Request
+
+from shared.policy import Policy
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+from .cache import ChampionCache
+from .settings import ApiSettings
+
+
+class Publisher(Protocol):
+    """The SDK calls the API's writes use (`shared.sdk.Registry`, or a fake in tests)."""
+
+    async def register(self, name: str, artifact: str | Path, **fields: Any) -> uuid.UUID: ...
+
+    async def evaluate(self, name: str, version: int, *, suite: str, metrics: Mapping[str, float],
+                       **fields: Any) -> uuid.UUID: ...
+
+    async def request_promotion(self, name: str, version: int, *, to_stage: str, actor: str,
+                                reason: str) -> uuid.UUID: ...
+
+
+@dataclass
+class ApiResources:
+    settings: Settings
+    api: ApiSettings
+    pool: asyncpg.Pool
+    store: ObjectStore
+    registry: Publisher
+    policy: Policy
+    cursor_key: bytes
+    cache: ChampionCache
+
+
+def resources_of(request: Request) -> ApiResources:
+    return request.app.state.resources  # type: ignore[no-any-return]
