@@ -25,7 +25,7 @@ class BenchConfig:
     lookup_versions: int = 100_000
     lookup_models: int = 1000
     lookup_requests: int = 20_000  # per measured series (200 and 304)
-    concurrency: int = 4          # keep-alive connections driving the API
+    concurrency: int = 1          # keep-alive connections driving the API (one poller: latency, not queueing)
     large_bytes: int = 2 * 1024**3
     replay_max_events: int | None = None  # None: the whole registry.audit topic
     timeout: float = 600.0        # the longest any phase waits for the pipeline

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, S3Location, is_missing
 
-PARTS_IN_FLIGHT = 4
+PARTS_IN_FLIGHT = 2
 
 
 class SourceRefused(Exception):
