@@ -56,3 +56,7 @@ def configure(service: str | None, *, verbose: bool = False, json_lines: bool | 
     root.setLevel(level)
     for noisy in ("aiokafka", "faststream", "botocore", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not use_json:
+        # A person at a terminal: the client's retries while a fresh broker elects its group
+        # coordinator are noise; failures still reach them as one line from the command.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from services.cli.main import SERVICES
-from services.cli.up import ServiceProcesses, service_env
+from services.cli.up import service_env
 from shared.sdk import Registry
 from shared.settings import Settings, load_settings
 from shared.stack.launcher import LocalStack
@@ -39,19 +39,15 @@ QA_RESULTS = {1: {"auc": 0.92, "latency_p99_ms": 12.0},
 def run(timeout: float = 90.0) -> int:
     stack = LocalStack()
     stack.up()
-    stack.stop_services()  # the demo runs its own, with the example policy
+    stack.stop_services()  # restarted with the example policy (unless MODELREG_POLICY_FILE says otherwise)
     env = {**service_env(), **stack.env()}
+    stack.start_services(SERVICES, env)
     os.environ.update(env)
-    settings = load_settings()
-    log_file = stack.dir / "logs" / "services.log"
-    processes = ServiceProcesses(SERVICES, env, echo=bool(os.environ.get("MODELREG_DEMO_LOGS")),
-                                 log_file=log_file)
-    processes.start()
-    _say(f"services started: {', '.join(SERVICES)} (logs: {log_file})")
-    try:
-        return asyncio.run(Demo(settings, timeout).play())
-    finally:
-        processes.stop()
+    _say(f"services running: {', '.join(SERVICES)} (logs in {stack.dir / 'logs'})")
+    code = asyncio.run(Demo(load_settings(), timeout).play())
+    _say("the registry keeps running: the UI is at http://127.0.0.1:8080/, `modelreg stack status` shows "
+         "the rest, `modelreg stack down` stops it all")
+    return code
 
 
 class Demo:
@@ -77,7 +73,7 @@ class Demo:
                 return 0
             except TimeoutError as exc:
                 _say(f"the registry did not get there within {self.timeout:.0f}s: {exc}")
-                _say("the services' logs are in .modelreg/logs/services.log")
+                _say("the services' logs are in .modelreg/logs/")
                 return 1
             finally:
                 listener.cancel()
@@ -164,9 +160,13 @@ class Demo:
     async def _summary(self) -> None:
         import asyncpg
 
-        await asyncio.sleep(1.0)  # the audit writer stores what was just published
         conn = await asyncpg.connect(self.settings.dsn)
         try:
+            seen = len(self.audit)
+            for _ in range(100):  # until the audit writer has stored what the demo saw
+                if await conn.fetchval("SELECT count(*) FROM audit_log WHERE name = $1", self.name) >= seen:
+                    break
+                await asyncio.sleep(0.1)
             rows = await conn.fetch(
                 "SELECT version, stage, blocked FROM promotion_versions WHERE name = $1 ORDER BY version",
                 self.name)
@@ -184,7 +184,7 @@ class Demo:
         for row in rejected:
             print(f"    v{row['version']}: rejected at ingest/validation")
         status = "intact" if not verification.problems else f"BROKEN: {verification.problems[0]}"
-        _say(f"audit chain {status}: {verification.count} records "
+        _say(f"audit chain {status}: {verification.count} records, {seen} of them about {self.name} "
              f"(`modelreg audit tail --model {self.name}` shows them)")
 
 

@@ -9,6 +9,7 @@ and manages a few hundred requests a second.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -32,11 +33,9 @@ def choose(cache_dir: Path, log: Callable[[str], None]) -> tuple[str, Path | Non
         if binary is not None:
             return "versitygw", binary
         log("no Go toolchain to build versitygw: falling back to moto (slower; install Go for speed)")
-    try:
-        import moto  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("moto") is None:
         raise StackError("no S3 server available: install Go (for versitygw) or pip install 'modelreg[stack]' "
-                         "(for moto)") from None
+                         "(for moto)")
     return "moto", None
 
 

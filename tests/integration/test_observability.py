@@ -17,7 +17,7 @@ import pytest
 from services.audit.replay import replay
 from shared.settings import Settings
 from tests.integration.test_pipeline import QA, evaluated, promoted, register
-from tests.support import Kafka, cloudevent, eventually, for_model, put_artifact, unique_name
+from tests.support import Kafka, cloudevent, eventually, put_artifact, unique_name
 
 
 async def test_one_trace_spans_every_service_a_promoted_version_went_through(

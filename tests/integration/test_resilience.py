@@ -22,7 +22,7 @@ from shared.db import migrate
 from shared.events import TOPICS
 from shared.settings import Settings
 from tests.conftest import Endpoints, _with_database
-from tests.support import Kafka, cloudevent, eventually, put_artifact, unique_name
+from tests.support import Kafka, cloudevent, eventually, put_artifact
 
 SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
 
