@@ -25,6 +25,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,10 @@ class ServiceHandlers:
     # Long-running tasks beside consumption (e.g. archival's periodic sweep).
     background: tuple[Callable[[], Awaitable[None]], ...] = ()
     trace_fallback: TraceFallback | None = None
+    # Wraps the batch's handlers inside its transaction (a service that reads and writes its
+    # tables set-based per batch). Such handlers must not refuse events: they cannot be undone
+    # one at a time.
+    batch_scope: Callable[[asyncpg.Connection, list[CloudEvent[Any]]], AbstractAsyncContextManager[None]] | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -261,7 +266,9 @@ class BatchProcessor:
             await self._apply_once(deliveries, savepoints=True)
 
     async def _apply_once(self, deliveries: list[Delivery], *, savepoints: bool) -> None:
-        fresh = await self._unprocessed(deliveries)
+        # Without I/O to spare for events already applied, the transaction's own insert of
+        # processed ids is the only check needed: one round trip fewer per batch.
+        fresh = await self._unprocessed(deliveries) if self._service.prepare is not None else deliveries
         if self._service.prepare is not None and fresh:
             events = [d.event for d in fresh if d.event is not None]
             parents = {d.event.id: self._parent(d) for d in fresh if d.event is not None}
@@ -274,21 +281,32 @@ class BatchProcessor:
                 """INSERT INTO processed_events (consumer, event_id)
                    SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id""",
                 self.consumer, ids)}
-            rows: list[OutboxRow] = []
-            grouped: dict[str, list[CloudEvent[Any]]] = {}
+            todo = []
             for delivery in deliveries:
                 key = delivery.event.id if delivery.event is not None else delivery.record.dead_letter_id
-                if key not in inserted:
-                    continue  # already applied, or a duplicate within this batch
-                inserted.discard(key)
-                if delivery.event is not None and delivery.record.topic in self._service.batch_handlers:
-                    grouped.setdefault(delivery.record.topic, []).append(delivery.event)
-                    continue
-                rows.extend(await self._handle(conn, delivery, savepoints))
-            for topic, events in grouped.items():
-                await self._service.batch_handlers[topic](conn, events)
+                if key in inserted:  # else already applied, or a duplicate within this batch
+                    inserted.discard(key)
+                    todo.append(delivery)
+            scope = self._service.batch_scope
+            if scope is None:
+                rows = await self._handle_all(conn, todo, savepoints)
+            else:
+                async with scope(conn, [d.event for d in todo if d.event is not None]):
+                    rows = await self._handle_all(conn, todo, savepoints)
             await write_outbox(conn, self.consumer, rows)
         self._on_commit()
+
+    async def _handle_all(self, conn: asyncpg.Connection, todo: list[Delivery], savepoints: bool) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        grouped: dict[str, list[CloudEvent[Any]]] = {}
+        for delivery in todo:
+            if delivery.event is not None and delivery.record.topic in self._service.batch_handlers:
+                grouped.setdefault(delivery.record.topic, []).append(delivery.event)
+                continue
+            rows.extend(await self._handle(conn, delivery, savepoints))
+        for topic, events in grouped.items():
+            await self._service.batch_handlers[topic](conn, events)
+        return rows
 
     async def _unprocessed(self, deliveries: list[Delivery]) -> list[Delivery]:
         ids = [d.event.id if d.event else d.record.dead_letter_id for d in deliveries]
@@ -330,6 +348,9 @@ class BatchProcessor:
                 else:
                     await self._service.handlers[record.topic](tx, event)
         except InvalidEvent as exc:
+            if self._service.batch_scope is not None:
+                raise RuntimeError(f"{self.consumer} handles batches in memory and cannot refuse "
+                                   f"one event: {exc}") from exc
             if not savepoints:
                 raise _Refused from exc
             return self._dead_letter(record, exc, event)

@@ -54,14 +54,15 @@ async def write_outbox(conn: asyncpg.Connection, service: str, rows: Sequence[Ou
     if not rows:
         return
     await conn.execute(
-        """INSERT INTO outbox (service, topic, key, value, headers)
-           SELECT $1, t.topic, t.key, t.value, t.headers
-           FROM unnest($2::text[], $3::text[], $4::bytea[], $5::jsonb[])
-                AS t(topic, key, value, headers)""",
+        """WITH written AS (
+               INSERT INTO outbox (service, topic, key, value, headers)
+               SELECT $1, t.topic, t.key, t.value, t.headers
+               FROM unnest($2::text[], $3::text[], $4::bytea[], $5::jsonb[]) AS t(topic, key, value, headers)
+               RETURNING 1)
+           SELECT pg_notify($6, $1) FROM (SELECT 1 FROM written LIMIT 1) AS any_row""",
         service, [r.topic for r in rows], [r.key for r in rows], [r.value for r in rows],
-        [r.headers for r in rows],
+        [r.headers for r in rows], NOTIFY_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, service)
 
 
 # (topic, key, value, headers) -> a future resolved when Kafka acknowledged the record.

@@ -9,7 +9,8 @@ Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -34,9 +35,10 @@ from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 from shared.storage import parse_s3_uri
 
-from . import early, store
+from . import early
 from .logic import Champion, Result, choose_restore, decide_manual, decide_promotion, decide_rollback
 from .store import VersionRow
+from .unit_of_work import PromotionBatch
 
 SERVICE = "promotion"
 
@@ -45,14 +47,30 @@ class Promotion:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.policy = resources.policy
+        self._batch: PromotionBatch | None = None
+
+    @property
+    def batch(self) -> PromotionBatch:
+        assert self._batch is not None, "promotion handlers run inside a batch"
+        return self._batch
+
+    @contextlib.asynccontextmanager
+    async def batch_scope(self, conn: Any, events: list[Any]) -> AsyncIterator[None]:
+        """Load the batch's models, let the handlers decide in memory, write it all back."""
+        self._batch = PromotionBatch(conn)
+        try:
+            await self._batch.load(events)
+            yield
+            await self._batch.flush()
+        finally:
+            self._batch = None
 
     # -- what the other services tell us ------------------------------------------------
 
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
-        await store.lock_model(tx.conn, data.name)
-        waited = await store.add_version(
-            tx.conn, name=data.name, version=data.version, sha256=data.artifact.sha256,
+        waited = self.batch.add_version(
+            name=data.name, version=data.version, sha256=data.artifact.sha256,
             artifact_uri=data.artifact.uri, registered_by=data.registered_by, correlation_id=event.correlation,
             traceparent=telemetry.current_traceparent().get("traceparent"))
         if waited:
@@ -60,20 +78,23 @@ class Promotion:
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
         if event.data.version is not None and event.source != tx.source:
-            await store.update(tx.conn, event.data.name, event.data.version, blocked="rejected")
+            self.batch.update(event.data.name, event.data.version, blocked="rejected")
 
     async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
         data = event.data
-        row = await store.locked_version(tx.conn, data.name, data.version)
+        row = self.batch.get(data.name, data.version)
         if row is not None and row.stage != "archived":
-            await store.set_stage(tx.conn, row, "archived", reason=data.reason, actor=event.source,
-                                  event_id=event.id, evidence={"restorable": data.restorable})
+            self.batch.set_stage(row, "archived", reason=data.reason, actor=event.source, event_id=event.id,
+                                 evidence={"restorable": data.restorable}, at=event.time)
 
     async def _version(self, tx: Tx, name: str, version: int) -> VersionRow | None:
-        """The version, locked for this decision; None (the event held for later) if not seen yet."""
-        row = await store.locked_version(tx.conn, name, version)
+        """The version (its model locked by the batch); None, the event held for later, if not seen yet."""
+        row = self.batch.get(name, version)
         if row is None:
-            await early.hold(tx, name, version)
+            assert tx.cause is not None and tx.record is not None
+            self.batch.hold(event_id=tx.cause.id, topic=tx.record.topic, name=name, version=version,
+                            partition=tx.record.partition, offset=tx.record.offset,
+                            payload=tx.record.value or tx.cause.to_json())
         return row
 
     @property
@@ -94,15 +115,15 @@ class Promotion:
                                       evidence={"checks": [c.model_dump() for c in data.checks]})
             await self._consider(tx, staged, rule)
         else:
-            await store.update(tx.conn, row.name, row.version, validated=True)
+            self.batch.update(row.name, row.version, validated=True)
 
     async def on_evaluated(self, tx: Tx, event: MetricsEvaluated) -> None:
         data = event.data
         row = await self._version(tx, data.name, data.version)
         if row is None:
             return
-        await store.add_evaluation(
-            tx.conn, event_id=event.id, name=data.name, version=data.version, suite=data.suite,
+        self.batch.add_evaluation(
+            event_id=event.id, name=data.name, version=data.version, suite=data.suite,
             environment=data.environment, metrics=data.metrics, passed=data.passed,
             dataset=data.dataset.model_dump() if data.dataset else None, evaluator=data.evaluator,
             evaluated_at=event.time)
@@ -123,8 +144,10 @@ class Promotion:
 
     async def _consider(self, tx: Tx, row: VersionRow, rule: Rule) -> None:
         name, version = row.name, row.version
-        results, current, champion_results = await store.results_with_champion(tx.conn, name, version)
-        incumbent = Champion(current.version, champion_results) if current is not None else None
+        results = self.batch.results(name, version)
+        current = self.batch.champion(name)
+        incumbent = Champion(current.version, self.batch.results(name, current.version)) \
+            if current is not None else None
         decision = decide_promotion(row.stage, row.blocked, rule, results, incumbent)
         evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
         if not decision.promote and not results:
@@ -166,7 +189,7 @@ class Promotion:
         message = (f"stored artifact {row.artifact_uri} hashes to {found_sha or 'nothing (missing)'}; "
                    f"expected {row.sha256}")
         metrics.PROMOTION_DECISIONS.labels("quarantined").inc()
-        await store.update(tx.conn, row.name, row.version, blocked="quarantined")
+        self.batch.update(row.name, row.version, blocked="quarantined")
         tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
                                                  reasons=[Reason(code="checksum_mismatch", message=message)]),
                 correlation=row.correlation_id)
@@ -183,14 +206,14 @@ class Promotion:
         evidence = {"broken": [g.as_dict() for g in broken], "suite": result.suite,
                     "policy_revision": self.policy.revision}
         await self._demote(tx, champion_row, "none", reason="rollback", evidence=evidence, blocked="rolled_back")
-        target = choose_restore(await store.restorable(tx.conn, champion_row.name), champion_row.previous_champion)
+        target = choose_restore(self.batch.restorable(champion_row.name), champion_row.previous_champion)
         if target is None:
             tx.audit("rollback_without_restore", name=champion_row.name, version=champion_row.version,
                      reason="production metrics broke the rollback thresholds and no earlier version is "
                             "restorable: the model has no champion now", evidence=evidence,
                      correlation=champion_row.correlation_id)
             return
-        restored = await store.get_version(tx.conn, champion_row.name, target)
+        restored = self.batch.get(champion_row.name, target)
         assert restored is not None
         await self._to_production(tx, restored, None, reason="rollback",
                                   evidence={**evidence, "rolled_back": champion_row.version},
@@ -206,7 +229,7 @@ class Promotion:
         rule = self.policy.rule_for(row.name)
         decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
                                  stage=row.stage, blocked=row.blocked,
-                                 approvals=await store.approvals(tx.conn, row.name, row.version, data.to_stage))
+                                 approvals=self.batch.approvals(row.name, row.version, data.to_stage))
         base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
         metrics.PROMOTION_DECISIONS.labels(f"manual_{decision.outcome}").inc()
         if decision.outcome == "refuse":
@@ -214,8 +237,8 @@ class Promotion:
                      to_stage=data.to_stage, actor=data.actor, reason=decision.detail, evidence=base,
                      correlation=row.correlation_id)
             return
-        await store.add_approval(tx.conn, name=row.name, version=row.version, to_stage=data.to_stage,
-                                 actor=data.actor, reason=data.reason, event_id=event.id)
+        self.batch.add_approval(name=row.name, version=row.version, to_stage=data.to_stage,
+                                actor=data.actor, reason=data.reason, event_id=event.id)
         if decision.outcome == "pending":
             tx.audit("approval_recorded", name=row.name, version=row.version, from_stage=row.stage,
                      to_stage=data.to_stage, actor=data.actor, reason=decision.detail,
@@ -225,7 +248,7 @@ class Promotion:
         evidence = {**base, "approvers": list(decision.approvers), "policy_revision": self.policy.revision}
         actor = data.actor
         if data.to_stage == "production":
-            done = await self._to_production(tx, row, await store.champion(tx.conn, row.name), reason="manual",
+            done = await self._to_production(tx, row, self.batch.champion(row.name), reason="manual",
                                              evidence=evidence, actor=actor)
         elif data.to_stage == "staging" and row.stage == "none":
             await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=actor)
@@ -234,7 +257,7 @@ class Promotion:
             await self._demote(tx, row, data.to_stage, reason="manual", evidence=evidence, actor=actor)
             done = True
         if done:
-            await store.clear_approvals(tx.conn, row.name, row.version, data.to_stage)
+            self.batch.clear_approvals(row.name, row.version, data.to_stage)
 
     # -- stage changes ----------------------------------------------------------------------
 
@@ -250,14 +273,13 @@ class Promotion:
         fields: dict[str, Any] = {"superseded_at": None, **columns}
         if to_stage == "production":
             fields["previous_champion"] = previous_champion
-        await store.set_stage(tx.conn, row, to_stage, reason=reason, actor=actor or tx.source,
-                              event_id=event.id, evidence=evidence, **fields)
+        moved = self.batch.set_stage(row, to_stage, reason=reason, actor=actor or tx.source, event_id=event.id,
+                                     evidence=evidence, at=event.time, **fields)
         tx.audit("promoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
                  actor=actor, reason=reason,
                  evidence={**evidence, "previous_champion": previous_champion,
                            "policy_revision": self.policy.revision}, correlation=row.correlation_id)
-        return dataclasses.replace(row, stage=to_stage, **{k: v for k, v in fields.items()
-                                                           if k in VersionRow.__dataclass_fields__})
+        return moved
 
     async def _demote(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
                       actor: str | None = None, superseded: bool = False, blocked: str | None = None) -> None:
@@ -270,7 +292,7 @@ class Promotion:
         if blocked is not None:
             fields["blocked"] = blocked
         stage = "none" if to_stage == "archived" else to_stage  # archived once archival has moved it
-        await store.set_stage(tx.conn, row, stage, reason=reason, actor=actor or tx.source, event_id=event.id,
+        self.batch.set_stage(row, stage, reason=reason, actor=actor or tx.source, event_id=event.id, at=event.time,
                               evidence=evidence, **fields)
         tx.audit("demoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
                  actor=actor, reason=reason, evidence=evidence, correlation=row.correlation_id)
@@ -281,9 +303,9 @@ def build(resources: Resources) -> ServiceHandlers:
     grace = timedelta(seconds=resources.settings.early_event_grace_seconds)
     async def version_trace(conn: Any, event: Any) -> str | None:
         version = getattr(event.data, "version", None)
-        return await store.traceparent(conn, event.data.name, version) if version is not None else None
+        return promotion.batch.traceparent(event.data.name, version) if version is not None else None
 
-    return ServiceHandlers(SERVICE, trace_fallback=version_trace, background=(
+    return ServiceHandlers(SERVICE, trace_fallback=version_trace, batch_scope=promotion.batch_scope, background=(
         lambda: early.expire_forever(resources.pool, SERVICE, grace, resources.consumer_lag),
     ), handlers={
         "model.ingested": promotion.on_ingested,

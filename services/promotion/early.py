@@ -26,16 +26,6 @@ log = logging.getLogger(__name__)
 Replay = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
 
 
-async def hold(tx: Tx, name: str, version: int) -> None:
-    record = tx.record
-    assert tx.cause is not None and record is not None
-    await tx.conn.execute(
-        """INSERT INTO promotion_deferred (event_id, topic, name, version, partition, "offset", payload)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING""",
-        tx.cause.id, record.topic, name, version, record.partition, record.offset,
-        record.value or tx.cause.to_json())
-
-
 async def replay(tx: Tx, name: str, rows: list[asyncpg.Record], handlers: dict[str, Replay]) -> int:
     """Apply what waited for this version (taken from the table by the caller), in arrival
     order, inside `tx`."""
