@@ -61,12 +61,18 @@ class PromotionBatch:
         await self.conn.execute(
             """SELECT pg_advisory_xact_lock(hashtextextended('promotion:' || n, 0))
                FROM unnest($1::text[]) AS n ORDER BY n""", names)
+        columns = f"{', '.join('v.' + c for c in _ROW)}, v.superseded_at, v.traceparent, v.stage_changed_at"
+        # Three index scans (a union, not an OR that would read the whole table): the batch's
+        # versions, its models' champions, and their rollback targets.
         rows = await self.conn.fetch(
-            f"""SELECT {", ".join(_ROW)}, superseded_at, traceparent, stage_changed_at FROM promotion_versions
-                WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-                   OR (name = ANY($3::text[])
-                       AND (stage = 'production' OR (stage = 'none' AND superseded_at IS NOT NULL
-                                                     AND blocked IS NULL)))""",
+            f"""SELECT {columns} FROM promotion_versions v
+                    JOIN unnest($1::text[], $2::int[]) AS k(name, version) USING (name, version)
+                UNION
+                SELECT {columns} FROM promotion_versions v WHERE v.name = ANY($3::text[]) AND v.stage = 'production'
+                UNION
+                SELECT {columns} FROM promotion_versions v
+                WHERE v.name = ANY($3::text[]) AND v.stage = 'none' AND v.superseded_at IS NOT NULL
+                  AND v.blocked IS NULL""",
             [k[0] for k in keys], [k[1] for k in keys], names)
         for r in rows:
             self._versions[(r["name"], r["version"])] = _Version(
