@@ -101,7 +101,8 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         max_records=500,
-        batch_timeout_ms=25,
+        # FastStream sleeps this long after an empty poll: keep it short, for latency.
+        batch_timeout_ms=5,
         fetch_max_wait_ms=25,
         max_partition_fetch_bytes=MAX_RECORD_BYTES * 2,
         max_poll_interval_ms=10 * 60 * 1000,
