@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import asyncpg
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -18,13 +18,22 @@ _MIGRATION_LOCK = 0x6D6F64656C726567  # "modelreg"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    for json_type in ("json", "jsonb"):
-        await conn.set_type_codec(json_type, encoder=_json_dumps, decoder=json.loads,
-                                  schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_dumps, decoder=orjson.loads, schema="pg_catalog")
+    # jsonb in its binary wire format (a version byte, then the text): COPY needs it.
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog",
+                              format="binary")
 
 
 def _json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return orjson.dumps(value, default=str).decode()
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value, default=str)
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:

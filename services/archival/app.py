@@ -8,8 +8,11 @@ instances may sweep: rows are taken `FOR UPDATE SKIP LOCKED`, so none is archive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -33,10 +36,23 @@ def _kept(row: asyncpg.Record) -> Kept:
     return Kept(row["version"], row["stage"], row["staged_at"], row["superseded_at"], row["rejected_at"])
 
 
+async def _try_lock(conn: asyncpg.Connection, name: str) -> bool:
+    return await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('archival:' || $1, 0))", name)
+
+
 class Archival:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.policy = resources.policy
+
+    @contextlib.asynccontextmanager
+    async def batch_scope(self, conn: asyncpg.Connection, events: list[Any]) -> AsyncIterator[None]:
+        """A batch's models, locked in name order before any of their rows: the sweep only
+        ever tries these locks, so the two never wait on each other in a circle."""
+        await conn.execute(
+            """SELECT pg_advisory_xact_lock(hashtextextended('archival:' || n, 0))
+               FROM unnest($1::text[]) AS n ORDER BY n""", sorted({e.data.name for e in events}))
+        yield
 
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
@@ -155,6 +171,8 @@ class Archival:
             for row in rows:
                 by_model.setdefault(row["name"], []).append(row)
             for name, model_rows in by_model.items():
+                if not await _try_lock(conn, name):
+                    continue  # a consumer is deciding about this model: next sweep
                 retention = self.policy.rule_for(name).retention
                 correlations = {r["version"]: r["correlation_id"] for r in model_rows}
                 for item in due_by_time([_kept(r) for r in model_rows], retention, now):
@@ -171,6 +189,8 @@ class Archival:
                        WHERE archived_at IS NULL AND stage = 'none' AND superseded_at IS NOT NULL) ranked
                    WHERE rank > $1 LIMIT 100""", keep)
             for row in names:
+                if not await _try_lock(conn, row["name"]):
+                    continue
                 tx = Tx(conn, SERVICE, None)
                 await self._trim_superseded(tx, row["name"])
                 archived += sum(1 for r in tx.rows if r.topic == ModelArchived.topic)
@@ -186,7 +206,7 @@ def build(resources: Resources) -> ServiceHandlers:
         "model.promoted": archival.on_promoted,
         "model.demoted": archival.on_demoted,
         "model.rejected": archival.on_rejected,
-    }, background=(archival.sweep_forever,))
+    }, background=(archival.sweep_forever,), batch_scope=archival.batch_scope)
 
 
 def create_app(settings: Settings) -> ServiceApp:

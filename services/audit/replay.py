@@ -24,7 +24,7 @@ from shared.settings import Settings
 from . import view
 from .chain import AuditRecord
 
-CHUNK = 5000
+CHUNK = 10_000
 # (table, key columns, columns not compared: sequence numbers local to the writer that made them)
 TABLES = (
     ("view_models", ("name",), {"champion_seq"}),
@@ -110,6 +110,10 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
         remaining = {p for p in partitions if ends[p] > max(starts[p], from_offset or 0)}
         seen: set[uuid.UUID] = set()
         pending: list[tuple[int, AuditRecord]] = []
+        # The rebuilt state stays in memory (a fresh schema has nothing to read back), and
+        # each chunk writes only the rows it touched.
+        versions: dict[tuple[str, int], dict[str, Any]] = {}
+        models: dict[str, dict[str, Any]] = {}
         done = events = duplicates = skipped = 0
         await conn.execute(f'SET search_path TO "{schema}"')
         while remaining:
@@ -133,11 +137,16 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
                 if records and records[-1].offset >= ends[partition] - 1:
                     remaining.discard(partition)
             if len(pending) >= CHUNK or not remaining:
-                async with conn.transaction():
-                    await view.apply(conn, pending)
+                # History rows are final once projected: copy them in now. Version and model
+                # rows change until the end: they are copied in once, then.
+                changes = view.project(pending, versions, models)
+                await view.copy_rows(conn, "view_stage_changes", view.STAGE_COLUMNS, changes.stage_changes)
+                await view.copy_rows(conn, "view_evaluations", view.EVALUATION_COLUMNS, changes.evaluations)
                 pending = []
             if progress is not None:
                 progress(done, total)
+        await view.copy_rows(conn, "view_versions", view.VERSION_COLUMNS, list(versions.values()))
+        await view.copy_rows(conn, "view_models", view.MODEL_COLUMNS, list(models.values()))
         return events, duplicates, skipped
     finally:
         await conn.execute("SET search_path TO public")

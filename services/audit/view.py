@@ -8,12 +8,12 @@ fresh schema. The same records always give the same tables.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 
 from .chain import AuditRecord
 
@@ -169,9 +169,13 @@ async def load(conn: asyncpg.Connection, version_keys: set[tuple[str, int]],
     return versions, models
 
 
-async def save(conn: asyncpg.Connection, changes: Changes) -> None:
-    await _upsert(conn, "view_versions", VERSION_COLUMNS, ("name", "version"), list(changes.versions.values()))
-    await _upsert(conn, "view_models", MODEL_COLUMNS, ("name",), list(changes.models.values()))
+async def save(conn: asyncpg.Connection, changes: Changes, *, versions: set[tuple[str, int]] | None = None,
+               models: set[str] | None = None) -> None:
+    """Write `changes`; with `versions`/`models`, only those rows (the rest are unchanged)."""
+    version_rows = [row for key, row in changes.versions.items() if versions is None or key in versions]
+    model_rows = [row for name, row in changes.models.items() if models is None or name in models]
+    await _upsert(conn, "view_versions", VERSION_COLUMNS, ("name", "version"), version_rows)
+    await _upsert(conn, "view_models", MODEL_COLUMNS, ("name",), model_rows)
     await _insert(conn, "view_stage_changes", STAGE_COLUMNS, changes.stage_changes)
     await _insert(conn, "view_evaluations", EVALUATION_COLUMNS, changes.evaluations)
 
@@ -187,7 +191,8 @@ def _column_arrays(columns: Sequence[str], rows: list[dict[str, Any]]) -> tuple[
     for index, column in enumerate(columns, start=1):
         values = [row[column] for row in rows]
         if column in JSON_COLUMNS:
-            values = [None if v is None else json.dumps(v, separators=(",", ":"), sort_keys=True) for v in values]
+            values = [None if v is None else orjson.dumps(v, default=str, option=orjson.OPT_SORT_KEYS).decode()
+                      for v in values]
             params.append(f"${index}::text[]")
             selects.append(f"t.{column}::jsonb")
         else:
@@ -217,6 +222,14 @@ async def _insert(conn: asyncpg.Connection, table: str, columns: Sequence[str], 
         f"""INSERT INTO {table} ({', '.join(columns)})
             SELECT {selects} FROM unnest({params}) AS t({', '.join(columns)})
             ON CONFLICT DO NOTHING""", *arrays)
+
+
+async def copy_rows(conn: asyncpg.Connection, table: str, columns: Sequence[str],
+                    rows: list[dict[str, Any]]) -> None:
+    """COPY rows into an empty table (a rebuild): the fastest way in, no conflicts to resolve."""
+    if rows:
+        await conn.copy_records_to_table(table, columns=list(columns),
+                                         records=[tuple(row[c] for c in columns) for row in rows])
 
 
 async def apply(conn: asyncpg.Connection, records: Sequence[tuple[int, AuditRecord]]) -> Changes:
