@@ -100,7 +100,9 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor
         group_id=settings.group_id(processor.consumer),
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        max_records=500,
+        # Batches big enough to amortise a transaction, small enough that the services of the
+        # pipeline work on consecutive batches at once.
+        max_records=200,
         # FastStream sleeps this long after an empty poll: keep it short, for latency.
         batch_timeout_ms=5,
         fetch_max_wait_ms=25,
