@@ -172,15 +172,39 @@ class ServiceApp:
         await self.stop()
 
     async def run_until_signalled(self) -> None:
-        configure_logging(self.name)
         """Run until SIGINT or SIGTERM; a graceful stop commits what is in flight."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        configure_logging(self.name)
         async with self:
-            await stop.wait()
+            await until_signalled()
             log.info("%s stopping", self.name)
+
+
+async def until_signalled(*also: asyncio.Future[Any]) -> None:
+    """Wait for SIGINT or SIGTERM, or for one of `also` to end."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiting = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiting, *also}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Run `job` every `seconds`, for ever; a failure is logged (a passing fault as a warning)
+    and the next round tries again."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            passing = is_retryable(exc)
+            log.log(logging.WARNING if passing else logging.ERROR, "%s failed: %s", what, exc,
+                    exc_info=not passing)
+        await asyncio.sleep(seconds)
 
 
 async def _when_reachable(what: str, attempt: Callable[[], Awaitable[Any]], patience: float = 90.0) -> Any:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
 
 # Default ports of the local stack; `modelreg stack up --*-port` changes them and `stack status`
 # prints the matching exports.
@@ -129,16 +132,19 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value()
 
 
-_ALIASES = {name: str(field.validation_alias) for name, field in Settings.model_fields.items()}
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Read the environment; a wrong value raises `SettingsError` naming the variable."""
+def read_settings(model: type[S], **overrides: object) -> S:
+    """Read a settings class from the environment; a wrong value raises `SettingsError`
+    naming the variable, in one line."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return model(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
-        variable = _ALIASES.get(field, field.upper())
+        declared = model.model_fields.get(field)
+        variable = str(declared.validation_alias) if declared and declared.validation_alias else field.upper()
         message = str(first["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{variable}: {message}") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    return read_settings(Settings, **overrides)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from shared.broker import ensure_topics
 from shared.db import create_pool, migrate, pending_migrations
 from shared.health import CHECK_TIMEOUT, HealthServer
 from shared.policy import load_policy
+from shared.runtime import until_signalled
 from shared.sdk import Registry
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -304,15 +304,9 @@ class ApiService:
         await self.stop()
 
     async def run_until_signalled(self) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         async with self:
-            waiting = asyncio.create_task(stop.wait())
             assert self._task is not None
-            await asyncio.wait({waiting, self._task}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
+            await until_signalled(self._task)  # or until the server itself stops
             log.info("api stopping")
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.settings import SettingsError
+from shared.settings import read_settings
 
 
 class ApiSettings(BaseSettings):
@@ -21,15 +21,5 @@ class ApiSettings(BaseSettings):
     presign_seconds: int = Field(900, ge=1, le=7 * 86_400, validation_alias="MODELREG_API_PRESIGN_SECONDS")
 
 
-_ALIASES = {name: str(field.validation_alias) for name, field in ApiSettings.model_fields.items()}
-
-
 def load_api_settings(**overrides: object) -> ApiSettings:
-    """Read the environment; a wrong value raises `SettingsError` naming the variable."""
-    try:
-        return ApiSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise SettingsError(f"{_ALIASES.get(field, field.upper())}: {message}") from None
+    return read_settings(ApiSettings, **overrides)

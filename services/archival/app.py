@@ -7,7 +7,6 @@ instances may sweep: rows are taken `FOR UPDATE SKIP LOCKED`, so none is archive
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -16,11 +15,11 @@ from typing import Any
 
 import asyncpg
 
-from shared.consumer import ServiceHandlers, Tx, is_retryable
+from shared.consumer import ServiceHandlers, Tx
 from shared.events import ModelArchived, ModelArchivedData, ModelDemoted, ModelIngested, ModelPromoted, ModelRejected
 from shared.outbox import write_outbox
 from shared.policy import Retention
-from shared.runtime import Resources, ServiceApp
+from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
 
 from .cold import move_to_cold
@@ -138,18 +137,11 @@ class Archival:
     # -- the periodic sweep ------------------------------------------------------------------
 
     async def sweep_forever(self) -> None:
-        interval = self.resources.settings.archival_sweep_seconds
-        while True:
-            try:
-                archived = await self.sweep(datetime.now(UTC))
-                if archived:
-                    log.info("archival sweep archived %d version(s)", archived)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.log(logging.WARNING if is_retryable(exc) else logging.ERROR,
-                        "archival sweep failed: %s", exc, exc_info=not is_retryable(exc))
-            await asyncio.sleep(interval)
+        async def once() -> None:
+            if archived := await self.sweep(datetime.now(UTC)):
+                log.info("archival sweep archived %d version(s)", archived)
+
+        await every(self.resources.settings.archival_sweep_seconds, once, "archival sweep")
 
     async def sweep(self, now: datetime, limit: int = 200) -> int:
         """Archive what is due by time; returns how many were archived."""

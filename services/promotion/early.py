@@ -8,7 +8,6 @@ one still waiting after the grace period was about a version that does not exist
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -17,9 +16,10 @@ from typing import Any
 import asyncpg
 
 from shared import metrics
-from shared.consumer import Record, Tx, dead_letter_rows, is_retryable
+from shared.consumer import Record, Tx, dead_letter_rows
 from shared.events import CloudEvent, InvalidEvent, parse_event
 from shared.outbox import write_outbox
+from shared.runtime import every
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,11 @@ async def expire_forever(pool: asyncpg.Pool, service: str, grace: timedelta,
                          lag: Callable[[str], Awaitable[int | None]], interval: float = 1.0) -> None:
     """Expire held events, but only while this instance is caught up on `model.ingested`:
     behind a backlog, the version an event waits for may still be on its way."""
-    while True:
-        try:
-            if await lag("model.ingested") == 0:
-                await expire(pool, service, grace)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.log(logging.WARNING if is_retryable(exc) else logging.ERROR,
-                    "expiring held events failed: %s", exc, exc_info=not is_retryable(exc))
-        await asyncio.sleep(interval)
+    async def once() -> None:
+        if await lag("model.ingested") == 0:
+            await expire(pool, service, grace)
+
+    await every(interval, once, "expiring held events")
 
 
 async def expire(pool: asyncpg.Pool, service: str, grace: timedelta) -> int:
