@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -99,6 +100,9 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor
         batch=True,
         group_id=settings.group_id(processor.consumer),
         auto_offset_reset="earliest",
+        # Range, not round robin: partition p of every input topic goes to the same member, so
+        # one model's events (same key, same partition number) meet in one instance.
+        partition_assignment_strategy=(RangePartitionAssignor,),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         # Batches big enough to amortise a transaction, small enough that the services of the
         # pipeline work on consecutive batches at once.

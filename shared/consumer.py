@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -155,6 +157,8 @@ class ServiceHandlers:
     # Long-running tasks beside consumption (e.g. archival's periodic sweep).
     background: tuple[Callable[[], Awaitable[None]], ...] = ()
     trace_fallback: TraceFallback | None = None
+    # Called once a batch's transaction has committed (clean-up that must not run earlier).
+    after_commit: Callable[[], Awaitable[None]] | None = None
     # Wraps the batch's handlers inside its transaction (a service that reads and writes its
     # tables set-based per batch). Such handlers must not refuse events: they cannot be undone
     # one at a time.
@@ -165,12 +169,20 @@ class ServiceHandlers:
         return (*self.handlers, *self.batch_handlers)
 
 
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                             errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE, errno.ETIMEDOUT, errno.EADDRNOTAVAIL})
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Infrastructure faults: wait them out rather than dead-letter anything."""
-    return isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                            asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                            asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError,
-                            asyncpg.SerializationError)) or s3_retryable(exc)
+    """Infrastructure faults: wait them out rather than dead-letter anything. A file that
+    cannot be read is not one (it will not be readable next time either)."""
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
+        return True
+    return isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                            asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                            asyncpg.DeadlockDetectedError, asyncpg.SerializationError)) or s3_retryable(exc)
 
 
 class BatchProcessor:
@@ -295,6 +307,8 @@ class BatchProcessor:
                     rows = await self._handle_all(conn, todo, savepoints)
             await write_outbox(conn, self.consumer, rows)
         self._on_commit()
+        if self._service.after_commit is not None:
+            await self._service.after_commit()
 
     async def _handle_all(self, conn: asyncpg.Connection, todo: list[Delivery], savepoints: bool) -> list[OutboxRow]:
         rows: list[OutboxRow] = []

@@ -230,7 +230,9 @@ def _got(value: object) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    text = repr(value)
+    # Errors reach logs: a file given by mistake (a key, a password file) must not follow.
+    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} characters)"
 
 
 class _Problems:
@@ -558,7 +560,10 @@ class _Reader:
             self.p.add((), "the policy is empty; expected a mapping with a 'rules' list")
             return ()
         if not isinstance(value, dict):
-            self.p.add((), f"expected a mapping with a 'rules' list, got {_got(value)}")
+            # Only the kind of thing: this may not be a policy at all, and its text must not leak.
+            kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) \
+                else f"{type(value).__name__} ({len(str(value))} characters)"
+            self.p.add((), f"expected a mapping with a 'rules' list, got {kind}")
             return ()
         data = self.mapping(value, (), ("rules",))
         if data is None:

@@ -31,7 +31,7 @@ from shared.telemetry import setup_tracing
 log = logging.getLogger(__name__)
 
 
-async def _unknown_lag(topic: str) -> int | None:
+async def _unknown_lag(topic: str) -> dict[int, int] | None:
     return None
 
 
@@ -43,9 +43,9 @@ class Resources:
     pool: asyncpg.Pool
     store: ObjectStore
     policy: Policy
-    # Records of a topic this instance has not processed yet (None: not known); set once the
-    # consumer runs.
-    consumer_lag: Callable[[str], Awaitable[int | None]] = field(default=_unknown_lag)
+    # Per partition of a topic that this instance consumes, the records it has not processed
+    # yet (None: not known right now); set once the consumer runs.
+    consumer_lag: Callable[[str], Awaitable[dict[int, int] | None]] = field(default=_unknown_lag)
 
 
 ServiceBuilder = Callable[[Resources], ServiceHandlers]
@@ -121,23 +121,23 @@ class ServiceApp:
 
         return {"postgres": postgres, "kafka": kafka, "s3": s3}
 
-    async def _lag(self, topic: str) -> int | None:
-        """How far behind this instance is on `topic` (its assigned partitions): from the
-        high-water marks of the last fetches, and counting a batch in progress as not done.
-        None until every partition has been fetched once."""
+    async def _lag(self, topic: str) -> dict[int, int] | None:
+        """How far behind this instance is on each partition of `topic` it is assigned, from
+        the high-water marks of the last fetches. None while that is not known: no assignment
+        yet (starting, rebalancing), a partition never fetched, or a batch in progress."""
         consumer = getattr(self._subscriber, "consumer", None)
-        if consumer is None or self.processor is None:
+        if consumer is None or self.processor is None or self.processor.busy:
             return None
         name = self.settings.topic(topic)
-        total = 1 if self.processor.busy else 0
+        lags = {}
         for partition in consumer.assignment():
             if partition.topic != name:
                 continue
             highwater = consumer.highwater(partition)
             if highwater is None:
                 return None
-            total += max(0, highwater - await consumer.position(partition))
-        return total
+            lags[partition.partition] = max(0, highwater - await consumer.position(partition))
+        return lags or None
 
     async def _refresh_gauges(self) -> None:
         """Consumer lag per partition and outbox backlog, read when Prometheus scrapes."""

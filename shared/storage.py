@@ -107,6 +107,10 @@ class ObjectStore:
         assert self.lean is not None
         return await self.lean.head(location.bucket, location.key)
 
+    async def delete(self, location: S3Location) -> None:
+        assert self.lean is not None
+        await self.lean.delete(location.bucket, location.key)
+
     async def put_if_absent(self, location: S3Location, body: bytes, sha256: str) -> bool:
         """One request, never an overwrite; False when the key was taken already."""
         assert self.lean is not None

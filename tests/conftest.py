@@ -130,7 +130,7 @@ async def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactor
         topic_partitions=3,
         policy_file=str(Path(__file__).parent / "policy.yaml"),
         archival_sweep_seconds=0.5,
-        early_event_grace_seconds=2,
+        early_event_grace_seconds=5,
         health_port=0,
         artifact_roots=str(tmp_path_factory.mktemp("artifact-root")),
     )

@@ -60,14 +60,15 @@ VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION, description="version nu
 
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {400: "invalid input", 401: "no token, or an unknown one", 403: "the token's role may not",
-                 404: "not found", 413: "request too large", 503: "Kafka or S3 did not answer; try again"}
+                 404: "not found", 411: "an upload without Content-Length", 413: "request too large",
+                 503: "Kafka or S3 did not answer; try again"}
     return {status: {"description": described.get(status, "error"),
                      "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             for status in statuses}
 
 
 READ_ERRORS = _problem_responses(400, 401, 404)
-WRITE_ERRORS = _problem_responses(400, 401, 403, 404, 413, 503)
+WRITE_ERRORS = _problem_responses(400, 401, 403, 404, 411, 413, 503)
 
 
 # ---------------------------------------------------------------------------- callers
@@ -416,6 +417,9 @@ def _safe_filename(filename: str | None) -> str:
     return base or "artifact"
 
 
+UPLOAD_OVERHEAD = 1024 * 1024  # multipart framing and metadata fields around the artifact
+
+
 async def _spool(upload: UploadFile, target: FilePath) -> tuple[str, int]:
     """Copy the upload to a file in bounded chunks, hashing as it goes."""
     hasher, size = hashlib.sha256(), 0
@@ -432,6 +436,16 @@ async def _spool(upload: UploadFile, target: FilePath) -> tuple[str, int]:
              summary="Register a version: upload the artifact (multipart) and publish model.registered")
 async def register(name: NameParam, request: Request, res: Resources,
                    identity: Identity = Depends(requires(auth.PUBLISH))) -> dict[str, Any]:
+    # The policy's size limit holds before anything is spooled: the body's declared length.
+    limit = res.policy.rule_for(name).validation.max_size_bytes
+    declared = request.headers.get("content-length")
+    if limit is not None:
+        if declared is None or not declared.isdigit():
+            raise Problem(411, "uploads need a Content-Length header (the artifact's size is checked first)",
+                          kind="length-required")
+        if int(declared) > limit + UPLOAD_OVERHEAD:
+            raise Problem(413, f"the upload is {int(declared)} bytes; {name}'s policy allows artifacts of "
+                               f"at most {limit}", kind="too-large")
     # Parsed here, after the token is checked: an unauthorised upload is never spooled.
     async with request.form(max_files=1, max_fields=len(_JSON_FIELDS) + len(_TEXT_FIELDS),
                             max_part_size=1024 * 1024) as form:
@@ -455,15 +469,18 @@ async def register(name: NameParam, request: Request, res: Resources,
              responses=WRITE_ERRORS, tags=["writes"], summary="Report a QA or monitoring result (metrics.evaluated)")
 async def evaluate(name: NameParam, version: VersionParam, body: EvaluationRequest, res: Resources,
                    identity: Identity = Depends(requires(auth.PUBLISH))) -> dict[str, Any]:
+    # The evaluator on record is the token's identity, never a name the caller picks.
+    if body.evaluator is not None and body.evaluator != identity.name:
+        raise Problem(403, f"evaluator is the token's identity ({identity.name!r}), not {body.evaluator[:80]!r}",
+                      kind="evaluator-mismatch")
     row = await queries.get_version(res.pool, name, version)
     async with _publishing("publish metrics.evaluated"):
         event_id = await res.registry.evaluate(
             name, version, suite=body.suite, metrics=body.metrics, environment=body.environment,
             passed=body.passed, dataset=body.dataset.model_dump(exclude_none=True) if body.dataset else None,
-            evaluator=body.evaluator or identity.name,
-            correlationid=row["correlation_id"] if row else None)
+            evaluator=identity.name, correlationid=row["correlation_id"] if row else None)
     return {"event_id": event_id, "topic": "metrics.evaluated", "name": name, "version": version,
-            "actor": body.evaluator or identity.name}
+            "actor": identity.name}
 
 
 @router.post("/models/{name}/versions/{version}/promotion-requests", status_code=202, response_model=Accepted,

@@ -56,7 +56,7 @@ class EvaluationRequest(RequestBody):
     metrics: Annotated[Metrics, Field(min_length=1)]
     passed: bool | None = None
     dataset: Dataset | None = None
-    evaluator: ShortText | None = Field(None, description="default: the token's name")
+    evaluator: ShortText | None = Field(None, description="the token's name (the default); any other is refused")
 
 
 class PromotionRequest(RequestBody):

@@ -112,15 +112,17 @@ class Archival:
                SET rejected_at = COALESCE(archival_versions.rejected_at, EXCLUDED.rejected_at), updated_at = now()""",
             data.name, data.version, event.time, event.correlation)
 
-    async def archive(self, tx: Tx, name: str, version: int, reason: str, *, restorable: bool) -> None:
+    async def archive(self, tx: Tx, name: str, version: int, reason: str, *, restorable: bool) -> bool:
+        """Archive one version; False when there is nothing to do (yet)."""
         row = await tx.conn.fetchrow(
             """SELECT stage, artifact_uri, archived_at, correlation_id FROM archival_versions
                WHERE name = $1 AND version = $2""",
             name, version)
         if row is None or row["archived_at"] is not None:
-            return
-        if row["artifact_uri"] is None:
-            return  # model.ingested is still on its way: the sweep archives it once it is here
+            return False
+        if row["artifact_uri"] is None and reason != "rejected":
+            return False  # model.ingested is still on its way: the sweep archives it once it is here
+        # A version ingest refused never had an artifact stored: archived with nothing to move.
         archive_uri = await move_to_cold(self.resources.store, row["artifact_uri"]) if row["artifact_uri"] else None
         await tx.conn.execute(
             """UPDATE archival_versions SET stage = 'archived', archived_at = now(), archive_uri = $3,
@@ -133,6 +135,7 @@ class Archival:
         tx.audit("archived", name=name, version=version, from_stage=from_stage, to_stage="archived",
                  reason=reason, evidence={"archive_uri": archive_uri, "artifact_uri": row["artifact_uri"],
                                           "restorable": restorable}, correlation=correlation)
+        return True
 
     # -- the periodic sweep ------------------------------------------------------------------
 
@@ -169,9 +172,9 @@ class Archival:
                 correlations = {r["version"]: r["correlation_id"] for r in model_rows}
                 for item in due_by_time([_kept(r) for r in model_rows], retention, now):
                     tx = Tx(conn, SERVICE, None, correlation=correlations[item.version])
-                    await self.archive(tx, name, item.version, item.reason, restorable=item.restorable)
-                    outbox.extend(tx.rows)
-                    archived += 1
+                    if await self.archive(tx, name, item.version, item.reason, restorable=item.restorable):
+                        outbox.extend(tx.rows)
+                        archived += 1
             # Supersessions whose archiving had to wait (the artifact's location arrived late).
             keep = min(r.keep_restorable for r in retentions)
             names = await conn.fetch(

@@ -7,6 +7,7 @@ transaction (`prepare`); the transaction then records each outcome and emits its
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ from shared.events import (
 )
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
+from shared.storage import S3Location
 
 from . import store
 from .artifacts import ArtifactMismatch, Copied, SourceRefused, copy_artifact, registry_key, resolve_source
 from .logic import VersionClaim, claim_version
 
 SERVICE = "ingest"
+log = logging.getLogger(__name__)
+UPLOADS_PREFIX = "uploads/"  # where the SDK and the API stage artifacts they upload
 COPIES_IN_FLIGHT = 16
 
 
@@ -51,6 +55,7 @@ class Ingest:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.prepared: dict[uuid.UUID, Prepared] = {}
+        self.staged: list[S3Location] = []
 
     async def prepare(self, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
         """Claim version numbers, then copy the artifacts, several at a time."""
@@ -89,6 +94,8 @@ class Ingest:
         claims: dict[uuid.UUID, int | None] = {}
         async with self.resources.pool.acquire() as conn, conn.transaction():
             explicit = [e for e in events if e.data.version is not None]
+            # Explicit numbers first, so automatic ones in the same batch never take them.
+            await store.reserve_versions(conn, [(e.data.name, e.data.version) for e in explicit])
             taken = await store.existing_versions(conn, [(e.data.name, e.data.version) for e in explicit])
             for event in explicit:
                 claims[event.id] = None if (event.data.name, event.data.version) in taken else event.data.version
@@ -108,7 +115,19 @@ class Ingest:
             return Prepared(version, refusal=Reason(code=mismatch.code, message=mismatch.message),
                             evidence={"expected_sha256": artifact.sha256, "found_sha256": mismatch.found_sha256,
                                       "expected_size": artifact.size_bytes, "found_size": mismatch.found_size})
+        if isinstance(source, S3Location) and source.bucket == self.resources.store.bucket \
+                and source.key.startswith(UPLOADS_PREFIX):
+            self.staged.append(source)  # the SDK's or the API's staging copy: dropped after commit
         return Prepared(version, copied=copied)
+
+    async def after_commit(self) -> None:
+        """The registry's copies are recorded: the staging copies they came from can go."""
+        staged, self.staged = self.staged, []
+        for location in staged:
+            try:
+                await self.resources.store.delete(location)
+            except Exception as exc:  # a leftover upload is untidy, not wrong
+                log.warning("could not delete the staged upload %s: %s", location.uri, exc)
 
     async def on_registered(self, tx: Tx, event: ModelRegistered) -> None:
         data = event.data
@@ -121,10 +140,12 @@ class Ingest:
             if claim is VersionClaim.DUPLICATE:
                 return  # the same artifact again: no new state, no new events
             if claim is VersionClaim.CONFLICT:
-                await self._reject(tx, event, data.version, Reason(
+                # The rejection names no version: that number belongs to the artifact that holds
+                # it, and must not be blocked or archived on this registration's account.
+                await self._reject(tx, event, None, Reason(
                     code="version_conflict",
                     message=f"version {data.version} of {data.name} is already registered with a "
-                            "different artifact"), record=False)
+                            "different artifact"), evidence={"requested_version": data.version}, record=False)
                 return
         if prepared.refusal is not None or prepared.copied is None:
             refusal = prepared.refusal or Reason(code="artifact_missing", message="the artifact was not copied")
@@ -173,7 +194,8 @@ class Ingest:
 
 def build(resources: Resources) -> ServiceHandlers:
     ingest = Ingest(resources)
-    return ServiceHandlers(SERVICE, {"model.registered": ingest.on_registered}, prepare=ingest.prepare)
+    return ServiceHandlers(SERVICE, {"model.registered": ingest.on_registered}, prepare=ingest.prepare,
+                           after_commit=ingest.after_commit)
 
 
 def create_app(settings: Settings) -> ServiceApp:

@@ -99,13 +99,22 @@ async def _read_parts(store: ObjectStore, source: Source, limit: int) -> AsyncIt
     seen = 0
     buffer = bytearray()
     if isinstance(source, FileSource):
-        with open(source.path, "rb") as handle:
-            while chunk := await asyncio.to_thread(handle.read, PART_SIZE):
+        try:
+            handle = open(source.path, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise SourceRefused("artifact_unreadable", f"{source.path} cannot be read: {exc.strerror}") from None
+        with handle:
+            while True:
+                try:
+                    chunk = await asyncio.to_thread(handle.read, PART_SIZE)
+                except OSError as exc:
+                    raise SourceRefused("artifact_unreadable", f"{source.path}: {exc.strerror}") from None
+                if not chunk:
+                    return
                 seen += len(chunk)
                 yield chunk
                 if seen > limit:
                     return
-        return
     try:
         async for chunk in store.stream(source):
             buffer += chunk

@@ -32,6 +32,20 @@ async def reserve_version(conn: asyncpg.Connection, name: str, version: int) -> 
         name, version)
 
 
+async def reserve_versions(conn: asyncpg.Connection, keys: list[tuple[str, int]]) -> None:
+    """`reserve_version` for many, in one statement (in name order: concurrent batches lock
+    the same rows in the same order)."""
+    highest: dict[str, int] = {}
+    for name, version in keys:
+        highest[name] = max(version, highest.get(name, 0))
+    if highest:
+        await conn.execute(
+            """INSERT INTO models (name, last_version)
+               SELECT name, v FROM unnest($1::text[], $2::int[]) AS t(name, v) ORDER BY name
+               ON CONFLICT (name) DO UPDATE SET last_version = GREATEST(models.last_version, EXCLUDED.last_version)""",
+            list(highest), list(highest.values()))
+
+
 async def find_version(conn: asyncpg.Connection, name: str, version: int) -> StoredVersion | None:
     row = await conn.fetchrow(
         "SELECT version, sha256, status FROM model_versions WHERE name = $1 AND version = $2 FOR UPDATE",

@@ -77,7 +77,11 @@ class Promotion:
             await early.replay(tx, data.name, waited, self.waits_for_version)
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
-        if event.data.version is not None and event.source != tx.source:
+        """Validation refused an ingested version: it may never be promoted, not even by hand.
+        (Ingest's rejections concern versions that never reached us; our own we have applied.)"""
+        if event.data.version is None or event.source != "modelreg/validation":
+            return
+        if await self._version(tx, event.data.name, event.data.version) is not None:  # else held
             self.batch.update(event.data.name, event.data.version, blocked="rejected")
 
     async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
@@ -100,7 +104,7 @@ class Promotion:
     @property
     def waits_for_version(self) -> dict[str, Any]:
         return {"model.validated": self.on_validated, "metrics.evaluated": self.on_evaluated,
-                "promotion.requested": self.on_requested}
+                "promotion.requested": self.on_requested, "model.rejected": self.on_rejected}
 
     # -- policy ---------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ Replay = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
 async def replay(tx: Tx, name: str, rows: list[asyncpg.Record], handlers: dict[str, Replay]) -> int:
     """Apply what waited for this version (taken from the table by the caller), in arrival
     order, inside `tx`."""
-    for row in sorted(rows, key=lambda r: r["first_seen"]):
+    for row in sorted(rows, key=lambda r: (r["first_seen"], r["offset"] or 0)):
         event = parse_event(row["topic"], row["payload"])
         record = Record(row["topic"], row["partition"] or 0, row["offset"] or 0, name.encode(), row["payload"])
         inner = Tx(tx.conn, tx.service, event, record=record)
@@ -39,24 +39,30 @@ async def replay(tx: Tx, name: str, rows: list[asyncpg.Record], handlers: dict[s
 
 
 async def expire_forever(pool: asyncpg.Pool, service: str, grace: timedelta,
-                         lag: Callable[[str], Awaitable[int | None]], interval: float = 1.0) -> None:
-    """Expire held events, but only while this instance is caught up on `model.ingested`:
-    behind a backlog, the version an event waits for may still be on its way."""
+                         lag: Callable[[str], Awaitable[dict[int, int] | None]], interval: float = 1.0) -> None:
+    """Expire held events of the partitions this instance consumes and has caught up on in
+    `model.ingested` (a model's events share a partition number on every topic): behind a
+    backlog, or on another replica's partitions, the awaited version may still be coming."""
     async def once() -> None:
-        if await lag("model.ingested") == 0:
-            await expire(pool, service, grace)
+        lags = await lag("model.ingested")
+        caught_up = sorted(p for p, behind in (lags or {}).items() if behind == 0)
+        if caught_up:
+            await expire(pool, service, grace, caught_up)
 
     await every(interval, once, "expiring held events")
 
 
-async def expire(pool: asyncpg.Pool, service: str, grace: timedelta) -> int:
-    """Dead-letter held events older than `grace`: their version never appeared."""
+async def expire(pool: asyncpg.Pool, service: str, grace: timedelta, partitions: list[int]) -> int:
+    """Dead-letter held events of `partitions` older than `grace`: their version never
+    appeared. A model a batch is deciding about right now (its lock taken) is left alone."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             """DELETE FROM promotion_deferred WHERE event_id IN (
-                   SELECT event_id FROM promotion_deferred WHERE first_seen < now() - $1::interval
+                   SELECT event_id FROM promotion_deferred
+                   WHERE first_seen < now() - $1::interval AND partition = ANY($2::int[])
+                     AND pg_try_advisory_xact_lock(hashtextextended('promotion:' || name, 0))
                    ORDER BY first_seen LIMIT 500 FOR UPDATE SKIP LOCKED)
-               RETURNING topic, name, version, partition, "offset", payload""", grace)
+               RETURNING topic, name, version, partition, "offset", payload""", grace, partitions)
         outbox = []
         for row in rows:
             record = Record(row["topic"], row["partition"] or 0, row["offset"] or 0, row["name"].encode(),

@@ -131,7 +131,7 @@ class PromotionBatch:
         # Events held earlier in this very batch wait in memory, not yet in the table.
         held_here = [h for h in self._holds if (h[2], h[3]) == key]
         self._holds = [h for h in self._holds if (h[2], h[3]) != key]
-        waited = sorted(self._waiting.pop(key, []), key=lambda r: r["first_seen"])
+        waited = sorted(self._waiting.pop(key, []), key=lambda r: (r["first_seen"], r["offset"] or 0))
         now = datetime.now(UTC)
         return [*waited, *({"event_id": h[0], "topic": h[1], "name": h[2], "version": h[3], "partition": h[4],
                             "offset": h[5], "payload": h[6], "first_seen": now} for h in held_here)]

@@ -30,11 +30,12 @@ from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 from shared.storage import is_missing, parse_s3_uri
 
-from .logic import ArtifactFacts, needs_scan, rejection_reasons, run_checks
+from .logic import ArtifactFacts, needs_scan, only_not_a_pickle, rejection_reasons, run_checks
 from .pickle_scan import scan_file
 
 SERVICE = "validation"
 READS_IN_FLIGHT = 8
+HEAD_BYTES = 4096  # read before deciding whether an artifact needs the pickle scan
 
 
 class Validation:
@@ -65,19 +66,34 @@ class Validation:
             return ArtifactFacts(present=False)
         rule = self.resources.policy.rule_for(data.name).validation
         hasher, size = hashlib.sha256(), 0
+        head = b""  # the first bytes, enough to tell whether a pickle could be in there
+        decided = False
         spool = None
         try:
             async for chunk in self.resources.store.stream(location):
-                if size == 0 and needs_scan(data.artifact.format, chunk):
-                    spool = tempfile.NamedTemporaryFile(prefix="modelreg-scan-", delete=False)
                 hasher.update(chunk)
                 size += len(chunk)
                 if spool is not None:
                     await asyncio.to_thread(spool.write, chunk)
+                    continue
+                if not decided:
+                    head += chunk
+                    if len(head) < HEAD_BYTES:
+                        continue
+                    decided = True
+                    if needs_scan(data.artifact.format, head):
+                        spool = tempfile.NamedTemporaryFile(prefix="modelreg-scan-", delete=False)
+                        await asyncio.to_thread(spool.write, head)
+                    head = b""
+            if not decided and needs_scan(data.artifact.format, head):  # a file shorter than HEAD_BYTES
+                spool = tempfile.NamedTemporaryFile(prefix="modelreg-scan-", delete=False)
+                await asyncio.to_thread(spool.write, head)
             if spool is None:
                 return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size)
             spool.close()
             scan = await asyncio.to_thread(scan_file, spool.name, rule.pickle_allow)
+            if only_not_a_pickle(data.artifact.format, scan.imports, scan.disallowed):
+                return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size)
             return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size,
                                  scanned=scan.is_pickle, pickle_safe=scan.safe, pickle_detail=scan.detail())
         except ClientError as exc:

@@ -1072,6 +1072,15 @@ def scan_stream(stream: BinaryIO, extra_allowed: Iterable[str] = ()) -> PickleSc
     return col.result(True)
 
 
+def might_hold_pickle(head: bytes) -> bool:
+    """Whether bytes starting with `head` could be (or contain) a pickle: a zip or .npy
+    container, or a first byte an unpickler would accept (protocol 0 and 1 pickles start
+    with plain ASCII opcodes, not the PROTO byte). Decide on at least a few KiB."""
+    if not head:
+        return False
+    return head[:4] in _ZIP_MAGICS or head.startswith(_NPY_MAGIC) or head[0] in _START_OPS
+
+
 def scan_file(path: str | os.PathLike, extra_allowed: Iterable[str] = ()) -> PickleScan:
     """Scan a file on disk. I/O errors (missing file, permissions) propagate."""
     with open(path, "rb") as f:

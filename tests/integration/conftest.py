@@ -58,6 +58,21 @@ async def kafka(settings: Settings) -> AsyncIterator[Kafka]:
     await tap.stop()
 
 
+async def _delete_run_topics(settings: Settings) -> None:
+    """This run's topics (its prefix, and the prefixes its tests derived from it): a stack
+    reused across runs does not collect them."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await migrate(settings.dsn)
@@ -87,6 +102,7 @@ async def _stop_services(settings: Settings) -> AsyncIterator[None]:
     for app in _running.values():
         await app.stop()
     _running.clear()
+    await _delete_run_topics(settings)
 
 
 @pytest.fixture(scope="session")

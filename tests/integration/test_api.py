@@ -353,6 +353,10 @@ async def test_register_by_upload_and_report_an_evaluation(client: httpx.AsyncCl
     too_big = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(publisher),
                                 content=b"{" + b" " * (2 * 1024 * 1024) + b"}")
     _is_problem(too_big, 413)
+    # a publisher cannot pass its results off as another evaluator's
+    forged = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(publisher),
+                               json={"suite": "smoke", "metrics": {"auc": 0.99}, "evaluator": "qa/official"})
+    _is_problem(forged, 403)
 
 
 async def test_reads_can_require_a_token(settings: Settings, db: asyncpg.Pool, life: dict[str, Any]) -> None:

@@ -71,8 +71,11 @@ async def test_versions_duplicates_and_conflicts(settings: Settings, kafka: Kafk
     await kafka.publish("model.registered", registered(name, b, version=7))  # same artifact: a duplicate
     await kafka.wait_for("model.ingested", for_model(name, 7))
     await kafka.publish("model.registered", registered(name, a, version=7))  # taken by another artifact
-    rejected = await kafka.wait_for("model.rejected", for_model(name, 7))
+    rejected = await kafka.wait_for("model.rejected", for_model(name))
     assert rejected[0].data["reasons"][0]["code"] == "version_conflict"
+    assert rejected[0].data.get("version") is None  # v7 stays the other artifact's, unblocked
+    conflict = await kafka.wait_for("registry.audit", lambda s: for_model(name)(s) and s.data["action"] == "rejected")
+    assert conflict[0].data["evidence"]["requested_version"] == 7
     nxt = registered(name, a)
     await kafka.publish("model.registered", nxt)
     newest = await kafka.wait_for("model.ingested", for_model(name, 8))

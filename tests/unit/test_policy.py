@@ -327,7 +327,7 @@ R = "rules:\n  - match: x\n"  # a valid start: the cases below add the mistake
 
 REJECTIONS = {
     "root is a list": ("- match: x  # <-\n", "expected a mapping with a 'rules' list, got a list"),
-    "root is a string": ("just text  # <-\n", "expected a mapping with a 'rules' list, got 'just text'"),
+    "root is a string": ("just text  # <-\n", "expected a mapping with a 'rules' list, got str (9 characters)"),
     "rules missing": ("# a comment first\n{}  # <-\n", "missing required key 'rules'"),
     "rules misspelt": ("# a comment first\nrule:  # <-\n  - match: x\n",
                        "rule: unknown key 'rule'; expected one of rules"),

@@ -248,8 +248,8 @@ def test_the_pickle_formats_include_the_common_ones() -> None:
     (b"\x80\x04\x95\x00", True),      # pickle protocol 2+
     (b"\x80", True),
     (b"PK\x03\x04rest", True),        # zip (torch.save, joblib archives)
-    (b"PK\x03", False),               # too short to be a zip header
-    (b"PK\x05\x06", False),           # an empty zip's end record is not a local header
+    (b"PK\x03", True),                # 'P' is an opcode (PERSID): the scanner decides
+    (b"PK\x05\x06", True),            # an empty zip: the scanner decides
     (b"\x08\x07onnx", False),
     (b"", False),
     (b"x\x80", False),                # the marker must be the first byte
@@ -257,3 +257,26 @@ def test_the_pickle_formats_include_the_common_ones() -> None:
 def test_other_formats_are_scanned_when_their_head_looks_like_a_pickle_or_zip(
         format: str | None, head: bytes, scan: bool) -> None:
     assert needs_scan(format, head) is scan
+
+
+def test_protocol_0_and_1_pickles_are_scanned_whatever_format_they_claim() -> None:
+    """They start with plain ASCII opcodes, not the PROTO byte."""
+    import os
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, ("true",))
+
+    for protocol in (0, 1):
+        payload = pickle.dumps(Exploit(), protocol=protocol)
+        for declared in (None, "onnx", "safetensors"):
+            assert needs_scan(declared, payload[:4096]), (protocol, declared)
+
+
+def test_a_text_file_that_only_looks_like_a_pickle_is_not_one() -> None:
+    from services.validation.logic import only_not_a_pickle
+
+    assert only_not_a_pickle("txt", (), ("not a valid pickle: unknown opcode 0x77 at offset 19",))
+    assert not only_not_a_pickle("pickle", (), ("not a valid pickle: truncated",))  # claimed a pickle
+    assert not only_not_a_pickle("txt", ("posix.system",), ("posix.system",))  # a polyglot with imports
