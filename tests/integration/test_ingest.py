@@ -194,3 +194,19 @@ async def test_poison_messages_go_to_the_dlq_and_consumption_goes_on(
     assert {a.data["evidence"]["offset"] for a in audits} == {s.data["offset"] for s in letters}
     count = await eventually(lambda: db.fetchval("SELECT count(*) FROM model_versions WHERE name = $1", name))
     assert count == 1
+
+
+async def test_an_explicit_version_is_never_handed_out_to_a_versionless_registration(
+        settings: Settings, kafka: Kafka, ingest, db) -> None:
+    name = unique_name()
+    a = await put_artifact(settings, f"inbox/{name}-a", b"model a")
+    b = await put_artifact(settings, f"inbox/{name}-b", b"model b")
+    await kafka.publish("model.registered", registered(name, a))
+    await kafka.wait_for("model.ingested", for_model(name, 1))
+    # back to back, likely in one batch: the explicit v2 and one the registry numbers
+    await kafka.publish("model.registered", registered(name, b, version=2))
+    await kafka.publish("model.registered", registered(name, a))
+    await kafka.wait_for("model.ingested", for_model(name), count=3)
+    rows = await db.fetch("SELECT version, sha256 FROM model_versions WHERE name = $1 ORDER BY version", name)
+    assert [(r["version"], r["sha256"]) for r in rows] == [(1, a["sha256"]), (2, b["sha256"]), (3, a["sha256"])]
+    assert not kafka.matching("model.rejected", for_model(name))
