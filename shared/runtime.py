@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -175,8 +176,18 @@ class ServiceApp:
         """Run until SIGINT or SIGTERM; a graceful stop commits what is in flight."""
         configure_logging(self.name)
         async with self:
+            tune_garbage_collection()
             await until_signalled()
             log.info("%s stopping", self.name)
+
+
+def tune_garbage_collection() -> None:
+    """A service process allocates many short-lived objects per event and keeps what it
+    loaded at start-up for good: freeze the latter out of the collector's sight, and collect
+    the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def until_signalled(*also: asyncio.Future[Any]) -> None:
