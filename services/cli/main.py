@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -79,6 +80,11 @@ def _port(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Every command of a source checkout reads the same policy the services it starts use.
+    from services.cli.up import default_policy
+
+    if not os.environ.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
+        os.environ["MODELREG_POLICY_FILE"] = policy
     from shared.logs import configure
 
     configure(None, verbose=args.verbose)
