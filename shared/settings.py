@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     health_port: int | None = Field(None, ge=0, le=65535, validation_alias="MODELREG_HEALTH_PORT")
     otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    # Trust (shared/keys.py): this process's Ed25519 private key and the public keyring (JWKS).
+    signing_key_file: Path | None = Field(None, validation_alias="MODELREG_SIGNING_KEY_FILE")
+    keyring_file: Path | None = Field(None, validation_alias="MODELREG_KEYRING_FILE")
+    # The PostgreSQL role a service's connections SET ROLE to (unset: modelreg_<service>);
+    # "none" keeps the login user's own rights.
+    db_role: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias="MODELREG_DB_ROLE")
+    # The audit writer signs a checkpoint of the chain head every N records or T seconds.
+    audit_checkpoint_records: int = Field(1000, ge=1, le=10_000_000,
+                                          validation_alias="MODELREG_AUDIT_CHECKPOINT_RECORDS")
+    audit_checkpoint_seconds: float = Field(60.0, gt=0, le=86_400,
+                                            validation_alias="MODELREG_AUDIT_CHECKPOINT_SECONDS")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

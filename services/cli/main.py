@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     from services.cli import api, people
     api.add_parser(commands)
     people.add_parsers(commands)
+    from services.cli import keys
+    keys.add_parser(commands)
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
     schemas.add_argument("action", choices=("generate", "check"))
@@ -127,6 +129,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "audit":
         from services.cli import audit
         return audit.command(args)
+    if args.command == "keys":
+        from services.cli import keys
+        return keys.command(args)
     if args.command == "token":
         from services.cli import api
         return api.command(args)

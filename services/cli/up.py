@@ -21,9 +21,10 @@ class ServiceProcesses:
     """Each service as its own OS process (as in production), output prefixed with its name."""
 
     def __init__(self, services: Sequence[str], env: dict[str, str], *, echo: bool = True,
-                 log_file: Path | None = None) -> None:
+                 log_file: Path | None = None, key_files: dict[str, Path] | None = None) -> None:
         self.services = services
         self.env = env
+        self.key_files = key_files or {}  # service -> its private signing key
         self.echo = echo
         self.log_file = log_file
         self.processes: dict[str, subprocess.Popen[str]] = {}
@@ -32,11 +33,15 @@ class ServiceProcesses:
     def start(self) -> None:
         for index, name in enumerate(self.services):
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "run", name], env=self.env,
+                [sys.executable, "-m", "services.cli.main", "run", name], env=self._env(name),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             self.processes[name] = process
             colour = COLOURS[index % len(COLOURS)]
             threading.Thread(target=self._pump, args=(name, colour, process.stdout), daemon=True).start()
+
+    def _env(self, service: str) -> dict[str, str]:
+        key = self.key_files.get(service)
+        return {**self.env, "MODELREG_SIGNING_KEY_FILE": str(key)} if key else self.env
 
     def _pump(self, name: str, colour: str, stream: IO[str] | None) -> None:
         if stream is None:
@@ -93,7 +98,8 @@ def run(services: Sequence[str]) -> int:
     stack = LocalStack()
     stack.up()
     stack.stop_services()  # the foreground takes over from background ones
-    processes = ServiceProcesses(services, {**service_env(), **stack.env()})
+    processes = ServiceProcesses(services, {**service_env(), **stack.env()},
+                                 key_files={name: stack.signing_key_file(name) for name in services})
     processes.start()
     print(f"modelreg is up: {', '.join(services)}. Ctrl-C stops the services "
           "(the stack keeps running: `modelreg stack down`).", flush=True)

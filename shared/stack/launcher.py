@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from shared import keys
 from shared.settings import DEFAULT_KAFKA_PORT, DEFAULT_POSTGRES_PORT, DEFAULT_S3_PORT
 from shared.stack import kafka, postgres, s3
 from shared.stack.proc import StackError, alive, port_open, spawn, tail, terminate, wait_for
@@ -88,6 +89,18 @@ class LocalStack:
     def ports(self) -> Ports:
         return self.state.ports
 
+    # Per-service signing keys (shared/keys.py): private files 0600, and the public keyring.
+    @property
+    def keys_dir(self) -> Path:
+        return self.dir / "keys"
+
+    @property
+    def keyring_file(self) -> Path:
+        return self.keys_dir / keys.KEYRING_FILE_NAME
+
+    def signing_key_file(self, service: str) -> Path:
+        return keys.key_file(self.keys_dir, service)
+
     def env(self) -> dict[str, str]:
         """The settings that point modelreg at this stack."""
         return {
@@ -98,6 +111,7 @@ class LocalStack:
             "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
             "AWS_REGION": "us-east-1",
+            "MODELREG_KEYRING_FILE": str(self.keyring_file),
         }
 
     # -- up -----------------------------------------------------------------------------
@@ -128,7 +142,8 @@ class LocalStack:
                 log(f"starting the {name} service")
                 self.state.services[name] = spawn(
                     [sys.executable, "-m", "services.cli.main", "run", name], self.dir / "logs" / f"{name}.log",
-                    env={**env, **self.env(), "PYTHONPATH": _import_root()})
+                    env={**env, **self.env(), "PYTHONPATH": _import_root(),
+                         "MODELREG_SIGNING_KEY_FILE": str(self.signing_key_file(name))})
             self._save()
 
     def stop_services(self, *, log: Log = print) -> None:
@@ -153,6 +168,7 @@ class LocalStack:
             self.state.ports = ports
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save()
+        keys.write_keyring(self.keys_dir)
         self._up_postgres(log)
         self._up_s3(log)
         self._up_kafka(log)

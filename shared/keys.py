@@ -1,0 +1,335 @@
+"""The registry's signing keys: one Ed25519 key per service, and the public keyring.
+
+Every event a service emits is signed (detached, Ed25519) over the RFC 8785 canonical JSON of
+the whole CloudEvent without its signature attributes. Anyone holding the keyring (a JWKS
+document, `modelreg keys export`) can check who signed an event and whether that service may
+emit its type: only promotion's key may sign `model.promoted`.
+
+Private keys are files `<service>.ed25519.pem` (PKCS#8, mode 0600) outside the repository
+(`modelreg stack up` writes them under the stack directory's `keys/`); a process finds its own
+key through `MODELREG_SIGNING_KEY_FILE` and the keyring through `MODELREG_KEYRING_FILE`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# Which service may sign which event type: the one table every check derives from. It follows
+# what each service emits (services/*/app.py and shared/events.py CATALOGUE); promotion also
+# emits `model.rejected` when it quarantines a version whose stored artifact no longer hashes
+# to what was validated.
+EVERY_SERVICE_EVENT_TYPES: tuple[str, ...] = ("registry.audit", "registry.dlq")
+SERVICE_EVENT_TYPES: dict[str, tuple[str, ...]] = {
+    "ingest": ("model.ingested", "model.rejected"),
+    "validation": ("model.validated", "model.rejected", "qa.requested"),
+    "promotion": ("model.promoted", "model.demoted", "model.rejected"),
+    "archival": ("model.archived",),
+    "audit": (),  # the audit writer signs its checkpoints, which are registry.audit records
+    "api": (),
+}
+SERVICES: tuple[str, ...] = tuple(SERVICE_EVENT_TYPES)
+
+# CloudEvents extension attributes that carry the signature; they are not signed themselves.
+SIGNATURE_ATTRIBUTE = "signature"
+KEY_ID_ATTRIBUTE = "signingkey"
+SIGNATURE_ATTRIBUTES: tuple[str, ...] = (SIGNATURE_ATTRIBUTE, KEY_ID_ATTRIBUTE)
+
+KEY_FILE_SUFFIX = ".ed25519.pem"
+KEYRING_FILE_NAME = "keyring.json"
+KEY_ID_HEX_CHARS = 16
+
+
+class KeyFileError(ValueError):
+    """A key file or keyring is missing or malformed; the message names the file."""
+
+
+def event_types_for(service: str) -> frozenset[str]:
+    """The event types `service`'s key may sign; an unknown service may sign nothing."""
+    if service not in SERVICE_EVENT_TYPES:
+        return frozenset()
+    return frozenset(SERVICE_EVENT_TYPES[service]) | frozenset(EVERY_SERVICE_EVENT_TYPES)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """First 16 hex characters of the SHA-256 of the raw 32-byte public key."""
+    return hashlib.sha256(_raw(public_key)).hexdigest()[:KEY_ID_HEX_CHARS]
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Base64url without padding (as JOSE writes it); raises ValueError on anything else."""
+    if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
+        raise ValueError("not base64url without padding")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not base64url: {exc}") from None
+
+
+def canonical_event_bytes(event: Mapping[str, Any]) -> bytes:
+    """The bytes a signature covers: the RFC 8785 canonical JSON of the CloudEvent (as a JSON
+    object, e.g. `json.loads` of the message) without its signature attributes, so that key
+    order, spacing and number formatting on the wire do not matter."""
+    unsigned = {k: v for k, v in event.items() if k not in SIGNATURE_ATTRIBUTES}
+    try:
+        return rfc8785.dumps(unsigned)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise ValueError(f"the event cannot be canonicalised: {exc}") from None
+
+
+def _raw(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+# ---------------------------------------------------------------------------- private keys
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """This process's private key, and the service it speaks for."""
+
+    service: str
+    private_key: Ed25519PrivateKey
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self.private_key.public_key()
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.public_key)
+
+    def sign(self, payload: bytes) -> str:
+        """A detached Ed25519 signature of `payload`, base64url without padding."""
+        return b64url(self.private_key.sign(payload))
+
+    def sign_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """`event` (a CloudEvent as a JSON object) with `signature` and `signingkey` set."""
+        unsigned = {k: v for k, v in event.items() if k not in SIGNATURE_ATTRIBUTES}
+        signature = self.sign(canonical_event_bytes(unsigned))
+        return {**unsigned, SIGNATURE_ATTRIBUTE: signature, KEY_ID_ATTRIBUTE: self.key_id}
+
+    def public(self) -> PublicKey:
+        return PublicKey(self.service, self.public_key, event_types_for(self.service))
+
+    def __repr__(self) -> str:  # never the key material
+        return f"SigningKey(service={self.service!r}, key_id={self.key_id!r})"
+
+
+def key_file(directory: Path, service: str) -> Path:
+    return Path(directory) / f"{service}{KEY_FILE_SUFFIX}"
+
+
+def load_signing_key(path: Path, service: str | None = None) -> SigningKey:
+    """The key in `path`; its service is `service` or else the file name's `<service>` part."""
+    path = Path(path)
+    if service is None:
+        if not path.name.endswith(KEY_FILE_SUFFIX):
+            raise KeyFileError(f"{path}: a signing key file is named <service>{KEY_FILE_SUFFIX}")
+        service = path.name.removesuffix(KEY_FILE_SUFFIX)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the signing key {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path} is not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+    return SigningKey(service, key)
+
+
+def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    # Created 0600 from the start (O_EXCL): the key is never readable by others, not even
+    # between create and chmod, and a concurrent `stack up` cannot overwrite a key in use.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+
+
+def ensure_service_keys(directory: Path, services: Iterable[str] = SERVICES) -> dict[str, SigningKey]:
+    """A key per service in `directory` (mode 0700), generating the missing ones (mode 0600);
+    existing keys are kept, so a restart does not invalidate events already signed."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    keys: dict[str, SigningKey] = {}
+    for service in services:
+        path = key_file(directory, service)
+        if not path.exists():
+            try:
+                _write_private(path, Ed25519PrivateKey.generate())
+            except FileExistsError:
+                pass  # another process made it just now: use theirs
+        keys[service] = load_signing_key(path, service)
+    return keys
+
+
+def write_keyring(directory: Path, services: Iterable[str] = SERVICES,
+                  path: Path | None = None) -> Path:
+    """Generate missing keys and write their public keyring (JWKS) beside them."""
+    keys = ensure_service_keys(directory, services)
+    keyring = Keyring(key.public() for key in keys.values())
+    target = Path(path) if path is not None else Path(directory) / KEYRING_FILE_NAME
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.write_text(json.dumps(keyring.to_jwks(), indent=2) + "\n")
+    os.chmod(temporary, 0o644)  # public by design
+    temporary.replace(target)
+    return target
+
+
+# ---------------------------------------------------------------------------- public keyring
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    service: str
+    key: Ed25519PublicKey
+    event_types: frozenset[str]
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.key)
+
+    def to_jwk(self) -> dict[str, Any]:
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(_raw(self.key)), "kid": self.key_id,
+                "use": "sig", "alg": "EdDSA", "modelreg_service": self.service,
+                "modelreg_event_types": sorted(self.event_types)}
+
+    @classmethod
+    def from_jwk(cls, jwk: Mapping[str, Any]) -> PublicKey:
+        if not isinstance(jwk, Mapping):
+            raise KeyFileError("a JWKS key must be a JSON object")
+        if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+            raise KeyFileError(f"key {jwk.get('kid')!r} is not an Ed25519 (OKP) key")
+        service = jwk.get("modelreg_service")
+        types = jwk.get("modelreg_event_types", [])
+        if not isinstance(service, str) or not service:
+            raise KeyFileError(f"key {jwk.get('kid')!r} names no modelreg_service")
+        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+            raise KeyFileError(f"key {jwk.get('kid')!r}: modelreg_event_types must be a list of strings")
+        try:
+            raw = b64url_decode(jwk.get("x", ""))
+            key = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError as exc:
+            raise KeyFileError(f"key {jwk.get('kid')!r} has a bad 'x': {exc}") from None
+        public = cls(service, key, frozenset(types))
+        if jwk.get("kid") not in (None, public.key_id):
+            # A kid that is not the key's own would let one key pose as another.
+            raise KeyFileError(f"key {jwk.get('kid')!r}: kid does not match its key ({public.key_id})")
+        return public
+
+
+class Keyring:
+    """Key id -> the service it speaks for, its public key and the event types it may sign."""
+
+    def __init__(self, keys: Iterable[PublicKey] = ()) -> None:
+        self._keys: dict[str, PublicKey] = {}
+        for key in keys:
+            self._keys[key.key_id] = key
+
+    @classmethod
+    def from_jwks(cls, document: Mapping[str, Any]) -> Keyring:
+        keys = document.get("keys") if isinstance(document, Mapping) else None
+        if not isinstance(keys, list):
+            raise KeyFileError('a keyring is a JWKS document: {"keys": [...]}')
+        return cls(PublicKey.from_jwk(jwk) for jwk in keys)
+
+    @classmethod
+    def load(cls, path: Path) -> Keyring:
+        try:
+            document = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise KeyFileError(f"cannot read the keyring {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise KeyFileError(f"the keyring {path} is not JSON: {exc}") from None
+        try:
+            return cls.from_jwks(document)
+        except KeyFileError as exc:
+            raise KeyFileError(f"{path}: {exc}") from None
+
+    def to_jwks(self) -> dict[str, Any]:
+        return {"keys": [key.to_jwk() for key in sorted(self._keys.values(),
+                                                          key=lambda k: (k.service, k.key_id))]}
+
+    def get(self, kid: str) -> PublicKey | None:
+        return self._keys.get(kid)
+
+    def service_of(self, kid: str) -> str | None:
+        key = self._keys.get(kid)
+        return key.service if key else None
+
+    def verify(self, kid: str, payload: bytes, signature: str) -> bool:
+        """Whether `signature` (base64url) is `kid`'s signature of `payload`."""
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            return False
+        try:
+            key.key.verify(b64url_decode(signature), payload)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def may_sign(self, kid: str, event_type: str) -> bool:
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        return key is not None and event_type in key.event_types
+
+    def event_problem(self, event: Mapping[str, Any]) -> str | None:
+        """Why `event` (a CloudEvent as a JSON object) is not an authentic registry event, or
+        None when it is signed by a key in this keyring that may sign its type."""
+        kid, signature = event.get(KEY_ID_ATTRIBUTE), event.get(SIGNATURE_ATTRIBUTE)
+        if not kid or not signature:
+            return "the event is not signed"
+        if not isinstance(kid, str) or kid not in self._keys:
+            return f"the event is signed by an unknown key {str(kid)[:32]!r}"
+        try:
+            payload = canonical_event_bytes(event)
+        except ValueError as exc:
+            return str(exc)
+        if not isinstance(signature, str) or not self.verify(kid, payload, signature):
+            return f"the signature does not match the event (key {kid}, service {self.service_of(kid)})"
+        if not self.may_sign(kid, str(event.get("type"))):
+            return f"key {kid} of service {self.service_of(kid)} may not sign {event.get('type')!r} events"
+        return None
+
+    def __contains__(self, kid: object) -> bool:
+        return kid in self._keys
+
+    def __iter__(self) -> Iterator[PublicKey]:
+        return iter(self._keys.values())
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def load_keyring(path: Path | None) -> Keyring:
+    """The keyring at `path` (MODELREG_KEYRING_FILE); none set is an error naming the setting."""
+    if path is None:
+        raise KeyFileError("MODELREG_KEYRING_FILE is not set: it names the public keyring (JWKS) "
+                           "file (`modelreg stack up` writes one; `modelreg keys export` prints it)")
+    return Keyring.load(path)
+
+
+def load_own_key(path: Path | None) -> SigningKey:
+    """This process's key from MODELREG_SIGNING_KEY_FILE; none set is an error naming it."""
+    if path is None:
+        raise KeyFileError("MODELREG_SIGNING_KEY_FILE is not set: it names this service's "
+                           "private key file (<service>.ed25519.pem)")
+    return load_signing_key(path)
