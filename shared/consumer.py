@@ -180,8 +180,11 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
         return True
+    # A server shutting down or restarting, or out of disk or connections, will be back (a
+    # query cancelled by a timeout is not infrastructure: it would time out again).
     return isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                            asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                            asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+                            asyncpg.CannotConnectNowError, asyncpg.exceptions.InsufficientResourcesError,
                             asyncpg.DeadlockDetectedError, asyncpg.SerializationError)) or s3_retryable(exc)
 
 
@@ -202,10 +205,16 @@ class BatchProcessor:
         return self._service.name
 
     def decode(self, record: Record) -> Delivery:
+        """Never raises: a record that cannot become an event, for whatever reason (a bug in
+        a validator included), is a dead letter, not a reason to stop the partition."""
         try:
             return Delivery(record, event=parse_event(record.topic, record.value))
         except InvalidEvent as exc:
             return Delivery(record, error=exc)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.exception("%s: could not decode %s[%d]@%d", self.consumer, record.topic,
+                          record.partition, record.offset)
+            return Delivery(record, error=InvalidEvent("undecodable", f"{type(exc).__name__}: {exc}"[:1000]))
 
     async def process(self, records: Sequence[Record]) -> None:
         """Apply a batch; returns once it is committed (then offsets may be committed)."""
@@ -262,11 +271,28 @@ class BatchProcessor:
                     if not self._retryable(exc):
                         failures += 1
                         if failures >= UNEXPECTED_FAULT_ATTEMPTS:
-                            await self._apply([Delivery(delivery.record, error=InvalidEvent(
-                                "handler_error", f"{type(exc).__name__}: {exc}"))])
+                            log.error("%s: %s[%d]@%d failed %d times; dead-lettering it as handler_error",
+                                      self.consumer, delivery.record.topic, delivery.record.partition,
+                                      delivery.record.offset, failures, exc_info=exc)
+                            await self._dead_letter_alone(delivery, InvalidEvent(
+                                "handler_error", f"{type(exc).__name__}: {exc}"[:10_000]))
                             break
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff)
+
+    async def _dead_letter_alone(self, delivery: Delivery, error: InvalidEvent) -> None:
+        """Dead-letter one record in a transaction of its own. Should even that fail for
+        something other than infrastructure, the letter goes without the event's details
+        (the original bytes are all that matter), so that nothing can stop the partition."""
+        try:
+            await self._apply([Delivery(delivery.record, event=delivery.event, error=error)])
+        except Exception as exc:
+            if self._retryable(exc):
+                raise
+            log.exception("%s: dead-lettering %s[%d]@%d with its event failed; without it",
+                          self.consumer, delivery.record.topic, delivery.record.partition,
+                          delivery.record.offset)
+            await self._apply([Delivery(delivery.record, error=error)])
 
     async def _apply(self, deliveries: list[Delivery]) -> None:
         """One transaction for the batch. Handlers run without savepoints (two round trips
@@ -282,8 +308,9 @@ class BatchProcessor:
         # processed ids is the only check needed: one round trip fewer per batch.
         fresh = await self._unprocessed(deliveries) if self._service.prepare is not None else deliveries
         if self._service.prepare is not None and fresh:
-            events = [d.event for d in fresh if d.event is not None]
-            parents = {d.event.id: self._parent(d) for d in fresh if d.event is not None}
+            ready = [d for d in fresh if d.event is not None and d.error is None]
+            events = [d.event for d in ready if d.event is not None]
+            parents = {d.event.id: self._parent(d) for d in ready if d.event is not None}
             await self._service.prepare(events, parents)
         fresh_ids = {id(d) for d in fresh}
         async with self._pool.acquire() as conn, conn.transaction():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass
+from itertools import accumulate
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -29,6 +31,12 @@ CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE = "application/json"
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_MAP_ENTRIES = 256
+# No contract event nests deeper than a dozen levels; a parser meeting thousands recurses into
+# a RecursionError. Checked on the raw bytes, before any parser sees them.
+MAX_JSON_DEPTH = 64
+# CloudEvents extension attributes are free: bounded here, so none can carry a payload.
+MAX_EXTENSIONS = 32
+MAX_EXTENSION_CHARS = 4096
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 # Stands in for the model name where a poison message carried none; the name pattern can
 # never produce it, so it cannot collide with a real model.
@@ -268,9 +276,16 @@ class CloudEvent(BaseModel, Generic[D]):
         name = getattr(self.data, "name", None)
         if name is not None and name != UNKNOWN_MODEL and self.subject not in (None, name):
             raise ValueError(f"subject {self.subject!r} differs from data.name {name!r}")
-        for attribute in self.model_extra or {}:
+        extensions = self.model_extra or {}
+        if len(extensions) > MAX_EXTENSIONS:
+            raise ValueError(f"{len(extensions)} extension attributes; at most {MAX_EXTENSIONS}")
+        for attribute, value in extensions.items():
             if not attribute.isascii() or not attribute.isalnum() or attribute != attribute.lower():
                 raise ValueError(f"extension attribute {attribute!r} must be lower-case letters and digits")
+            if not isinstance(value, str | int | bool) or (
+                    isinstance(value, str) and len(value) > MAX_EXTENSION_CHARS):
+                raise ValueError(f"extension attribute {attribute!r} must be a string of at most "
+                                 f"{MAX_EXTENSION_CHARS} characters, an integer or a boolean")
         return self
 
     @property
@@ -440,6 +455,8 @@ def parse_event(topic: str, value: bytes | None) -> CloudEvent[Any]:
         raise InvalidEvent("empty", "the message has no value")
     if len(value) > MAX_MESSAGE_BYTES:
         raise InvalidEvent("too_large", f"the message is {len(value)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise InvalidEvent("too_deep", f"the message nests arrays or objects more than {MAX_JSON_DEPTH} deep")
     try:
         event = spec.envelope.model_validate_json(value)
     except ValueError as exc:
@@ -460,9 +477,28 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# +1 for an opening bracket, -1 for a closing one, 0 for any other byte.
+_NESTING = [0] * 256
+_NESTING[ord("[")] = _NESTING[ord("{")] = 1
+_NESTING[ord("]")] = _NESTING[ord("}")] = -1
+_NOT_BRACKETS = bytes(b for b in range(256) if not _NESTING[b])
+
+
+def json_depth(value: bytes, limit: int) -> int:
+    """How deep a JSON text nests arrays and objects, as far as `limit` is concerned: above
+    it exactly when the text nests deeper. Counting brackets is cheap; the strings (whose
+    brackets do not nest) are only stripped when the count says it might be too deep."""
+    brackets = value.translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return max(accumulate(_NESTING[b] for b in brackets), default=0)
+    brackets = _STRINGS.sub(b"", value).translate(None, _NOT_BRACKETS)
+    return max(accumulate(_NESTING[b] for b in brackets), default=0)
+
+
 def _classify(topic: str, value: bytes, exc: ValueError) -> InvalidEvent:
     try:
-        raw = json.loads(value)
+        raw = json.loads(value)  # the nesting is bounded by now: no RecursionError
     except ValueError as not_json:
         return InvalidEvent("not_json", f"the message is not JSON: {not_json}")
     if not isinstance(raw, dict) or "specversion" not in raw or "type" not in raw:

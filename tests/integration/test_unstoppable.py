@@ -1,0 +1,140 @@
+"""No input can stop a partition: hostile records are dead-lettered with their bytes, a handler
+bug is retried a few times and then dead-lettered, and a batch that fails never loses the
+records of the other partitions it spans."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared.broker import ensure_topics, make_broker, subscribe
+from shared.consumer import BatchProcessor, Record, ServiceHandlers, Tx
+from shared.events import ModelRegistered
+from shared.settings import Settings
+from tests.support import Kafka, cloudevent, eventually, for_model, put_artifact, unique_name
+
+DEEP = b'{"specversion": "1.0", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def registration(name: str, artifact: dict[str, Any]) -> dict[str, Any]:
+    return cloudevent("model.registered", {"name": name, "artifact": artifact, "registered_by": "pipelines/t"})
+
+
+async def test_hostile_records_are_dead_lettered_and_everything_around_them_is_handled(
+        settings: Settings, kafka: Kafka, ingest, db: asyncpg.Pool) -> None:
+    """The reported stall: 200 KB of nested arrays among good registrations (one of them sent
+    twice) on several partitions, all in one burst so they share batches."""
+    names = [unique_name("burst") for _ in range(6)]
+    artifacts = {name: await put_artifact(settings, f"inbox/{name}", name.encode()) for name in names}
+    duplicate = registration(names[0], artifacts[names[0]])
+    too_many_extensions = registration(names[1], artifacts[names[1]]) | {f"x{i}": "v" for i in range(40)}
+    huge_extension = registration(names[1], artifacts[names[1]]) | {"note": "n" * 100_000}
+    poison = {
+        "too_deep": DEEP,
+        "not_json": b'{"specversion": "1.0", "id": "\xff\xfe"}',
+        "schema_violation": json.dumps(too_many_extensions).encode(),
+    }
+    poison_keys = {kind: unique_name("poison") for kind in poison}
+    await kafka.publish("model.registered", duplicate)
+    for kind, value in poison.items():
+        await kafka.publish_raw("model.registered", value, key=poison_keys[kind])
+    await kafka.publish_raw("model.registered", json.dumps(huge_extension).encode(), key=names[1])
+    for name in names[1:]:
+        await kafka.publish("model.registered", registration(name, artifacts[name]))
+    await kafka.publish("model.registered", duplicate)  # the same event id again: one version
+
+    for name in names:
+        await kafka.wait_for("model.ingested", for_model(name))
+    for kind, key in poison_keys.items():
+        [letter] = await kafka.wait_for("registry.dlq", lambda s, key=key: s.key == key)
+        assert letter.data["error"]["kind"] == kind
+        assert base64.b64decode(letter.data["payload_b64"]) == poison[kind]
+        await kafka.wait_for("registry.audit", lambda s, key=key: s.key == key and s.data["action"] == "dead_lettered")
+    [letter] = await kafka.wait_for("registry.dlq", lambda s: s.key == names[1])
+    assert letter.data["error"]["kind"] == "schema_violation"
+    assert "at most 4096 characters" in letter.data["error"]["message"]
+    partitions = {s.partition for s in kafka.matching("model.registered") if s.key in set(names) | set(poison_keys.values())}
+    assert len(partitions) > 1, "the burst should span partitions"
+    counts = await db.fetch("SELECT name, count(*) AS n FROM model_versions WHERE name = ANY($1) GROUP BY name", names)
+    assert {r["name"]: r["n"] for r in counts} == dict.fromkeys(names, 1)
+
+
+async def test_a_handler_bug_is_retried_then_dead_lettered_with_its_traceback(
+        db: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
+    service = f"buggy-{uuid.uuid4().hex[:6]}"
+    attempts: dict[str, int] = {}
+    handled: list[str] = []
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        attempts[event.data.name] = attempts.get(event.data.name, 0) + 1
+        if event.data.name == "buggy":
+            raise KeyError("a bug, not bad input")
+        handled.append(event.data.name)
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    batch = [Record("model.registered", p, o, name.encode(),
+                    json.dumps(cloudevent("model.registered", {"name": name, "artifact": artifact})).encode())
+             for p, o, name in ((0, 0, "before"), (1, 0, "buggy"), (2, 0, "after"))]
+    processor = BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle}), max_backoff=0.05)
+    with caplog.at_level(logging.ERROR, logger="shared.consumer"):
+        await processor.process(batch)
+
+    assert sorted(set(handled)) == ["after", "before"]
+    assert 3 <= attempts["buggy"] <= 10, "retried a bounded number of times"
+    rows = await db.fetch("SELECT topic, value FROM outbox WHERE service = $1 AND topic = 'registry.dlq'", service)
+    [letter] = [json.loads(r["value"])["data"] for r in rows]
+    assert letter["error"]["kind"] == "handler_error"
+    assert letter["error"]["message"] == "KeyError: 'a bug, not bad input'"
+    assert (letter["partition"], letter["offset"]) == (1, 0)
+    assert any(r.exc_info and "a bug, not bad input" in str(r.exc_info[1]) for r in caplog.records)
+    await processor.process(batch)  # redelivered: nothing is applied or dead-lettered again
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE service = $1 AND topic = 'registry.dlq'",
+                             service) == 1
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
+async def test_a_failed_batch_spanning_partitions_is_redelivered_whole(settings: Settings, kafka: Kafka) -> None:
+    """The batch's first delivery fails outright (as on shutdown or a crash in the glue): every
+    partition it spans must be delivered again, none committed past an unhandled record."""
+    await ensure_topics(settings)
+    group_service = f"rewind-{uuid.uuid4().hex[:6]}"
+    names = [unique_name("rewind") for _ in range(12)]
+    for name in names:
+        await kafka.publish("model.registered", registration(name, {"uri": "s3://b/k", "sha256": "0" * 64,
+                                                                    "size_bytes": 1}))
+    mine = await kafka.wait_for("model.registered", lambda s: s.key in names, count=len(names))
+    spanned = {s.partition for s in mine}
+    assert len(spanned) > 1
+
+    class FailsFirstBatch:
+        consumer = group_service
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.first_batch: set[int] = set()
+            self.handled: set[tuple[int, int]] = set()
+
+        async def process(self, records: list[Record]) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                self.first_batch = {r.partition for r in records}
+                raise RuntimeError("the first batch fails")
+            self.handled.update((r.partition, r.offset) for r in records)
+
+    processor = FailsFirstBatch()
+    broker = make_broker(settings, client_id=group_service)
+    subscribe(broker, settings, processor, ("model.registered",))  # type: ignore[arg-type]
+    await broker.start()
+    try:
+        wanted = {(s.partition, s.offset) for s in mine}
+        await eventually(lambda: wanted <= processor.handled, timeout=30)
+    finally:
+        await broker.stop()
+    assert len(processor.first_batch) > 1, "the failed batch should have spanned partitions"
