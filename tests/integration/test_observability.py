@@ -47,14 +47,19 @@ async def test_one_trace_spans_every_service_a_promoted_version_went_through(
     assert {"ingest", "validation", "promotion"} <= services
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
+def _samples(text: str, name: str, **labels: str) -> dict[str, float]:
+    """Every exported series of `name` whose labels include `labels`: label text -> value."""
+    found = {}
     for line in text.splitlines():
         match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
         if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
-            total += float(match.group(2))
-    return total if wanted else total
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum over matching series (a counter never incremented is not exported yet: 0)."""
+    return sum(_samples(text, name, **labels).values())
 
 
 async def _scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
@@ -78,8 +83,12 @@ async def test_metrics_count_what_was_sent_and_lag_drains(settings: Settings, ka
     async def drained() -> bool:
         _, text = await _scrape(port)
         consumed = _metric(text, "modelreg_events_consumed_total", service="ingest", topic="model.registered")
-        lag = _metric(text, "modelreg_consumer_lag", service="ingest", topic="model.registered")
-        return consumed - consumed_before == 60 and lag == 0
+        # one lag series per partition ingest consumes, each exported and at zero: a gauge that
+        # is never exported is a failure, not a lag of 0
+        lags = _samples(text, "modelreg_consumer_lag", service="ingest", topic="model.registered")
+        partitions = {re.search(r'partition="(\d+)"', labels).group(1) for labels in lags}  # type: ignore[union-attr]
+        return (consumed - consumed_before == 60 and partitions == {str(p) for p in range(settings.topic_partitions)}
+                and all(value == 0 for value in lags.values()))
 
     assert await eventually(drained, timeout=20)
     _, text = await _scrape(port)
