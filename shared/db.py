@@ -36,10 +36,24 @@ def _jsonb_decode(data: bytes) -> Any:
     return orjson.loads(data[1:])
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
-    """A pool sized for a 2-core service: batches, not connections, carry the throughput."""
+def service_role(configured: str | None, service: str) -> str | None:
+    """The PostgreSQL role `service`'s connections act as (migration 0009 creates them):
+    MODELREG_DB_ROLE when set ("none": the login user's own rights), else modelreg_<service>."""
+    if configured == "none":
+        return None
+    return configured or f"modelreg_{service}"
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4,
+                      role: str | None = None) -> asyncpg.Pool:
+    """A pool sized for a 2-core service: batches, not connections, carry the throughput.
+
+    With `role`, every connection acts as that role from its start: it is sent as the `role`
+    startup parameter, so it is the session default that RESET ALL / RESET ROLE (the pool's
+    reset on release) return to, not a SET a reset could undo."""
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                     init=_init_connection, command_timeout=60)
+                                     init=_init_connection, command_timeout=60,
+                                     server_settings={"role": role} if role else None)
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

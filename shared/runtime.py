@@ -19,7 +19,7 @@ import asyncpg
 
 from shared.broker import ensure_topics, make_broker, make_producer, subscribe
 from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
-from shared.db import create_pool, migrate, pending_migrations
+from shared.db import create_pool, migrate, pending_migrations, service_role
 from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
 from shared.logs import configure as configure_logging
 from shared.metrics import CONSUMER_LAG
@@ -72,7 +72,7 @@ class ServiceApp:
             policy = load_policy(settings.policy_file)  # a bad policy stops the service here
             await _when_reachable("PostgreSQL", lambda: migrate(settings.dsn))
             await _when_reachable("Kafka", lambda: ensure_topics(settings))
-            pool = await create_pool(settings.dsn)
+            pool = await create_pool(settings.dsn, role=service_role(settings.db_role, self.name))
             self._stack.push_async_callback(pool.close)
             store = await self._stack.enter_async_context(ObjectStore(settings))
             await store.ensure_bucket()

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Histogram
 
 from shared.broker import ensure_topics
-from shared.db import create_pool, migrate, pending_migrations
+from shared.db import create_pool, migrate, pending_migrations, service_role
 from shared.health import CHECK_TIMEOUT, HealthServer
 from shared.policy import load_policy
 from shared.runtime import until_signalled
@@ -61,7 +61,7 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
         async with contextlib.AsyncExitStack() as stack:
             policy = load_policy(settings.policy_file)
             await migrate(settings.dsn)
-            pool = await create_pool(settings.dsn, max_size=8)
+            pool = await create_pool(settings.dsn, max_size=8, role=service_role(settings.db_role, "api"))
             stack.push_async_callback(pool.close)
             store = await stack.enter_async_context(ObjectStore(settings))
             registry = publisher
