@@ -30,12 +30,12 @@ from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 from shared.storage import is_missing, parse_s3_uri
 
-from .logic import ArtifactFacts, needs_scan, only_not_a_pickle, rejection_reasons, run_checks
-from .pickle_scan import scan_file
+from .logic import ArtifactFacts, artifact_label, needs_scan, rejection_reasons, run_checks
+from .scan import scan_file
 
 SERVICE = "validation"
 READS_IN_FLIGHT = 8
-HEAD_BYTES = 4096  # read before deciding whether an artifact needs the pickle scan
+HEAD_BYTES = 4096  # read before deciding whether an artifact needs the safety scan
 
 
 class Validation:
@@ -91,11 +91,10 @@ class Validation:
             if spool is None:
                 return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size)
             spool.close()
-            scan = await asyncio.to_thread(scan_file, spool.name, rule.pickle_allow)
-            if only_not_a_pickle(data.artifact.format, scan.imports, scan.disallowed):
-                return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size)
+            scan = await asyncio.to_thread(scan_file, spool.name, declared_format=data.artifact.format,
+                                           label=artifact_label(data), extra_allowed=rule.pickle_allow)
             return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size,
-                                 scanned=scan.is_pickle, pickle_safe=scan.safe, pickle_detail=scan.detail())
+                                 scanned=scan.examined, pickle_safe=scan.safe, pickle_detail=scan.detail())
         except ClientError as exc:
             if is_missing(exc):
                 return ArtifactFacts(present=False)

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from shared.events import Check, ModelIngestedData, Reason
 from shared.policy import ValidationRule
 
-from .pickle_scan import might_hold_pickle
+from .scan import PICKLE_FORMATS, might_hold_pickle
 
-# Formats whose artifacts are (or contain) pickles and so get the safety scan; artifacts of
-# unknown format are scanned too when their first bytes look like a pickle or a zip.
-PICKLE_FORMATS = frozenset({"pickle", "pkl", "joblib", "pt", "pth", "torch", "dill", "cloudpickle"})
+__all__ = ["PICKLE_FORMATS", "ArtifactFacts", "artifact_label", "needs_scan", "rejection_reasons", "run_checks"]
 
 # The reason code a failed check rejects a version with.
 REJECTION_CODES = {
@@ -71,14 +69,12 @@ def rejection_reasons(checks: list[Check]) -> list[Reason]:
 
 
 def needs_scan(declared_format: str | None, head: bytes) -> bool:
-    """Scan declared pickle formats, and anything whose first bytes could start a pickle
-    (any protocol) or a container of one, whatever format it claims."""
-    return declared_format in PICKLE_FORMATS or might_hold_pickle(head)
+    """Scan declared pickle formats (strictly), and anything whose first bytes could start a
+    pickle, a compressed stream or an archive, whatever format it claims."""
+    return (declared_format or "").lower() in PICKLE_FORMATS or might_hold_pickle(head)
 
 
-def only_not_a_pickle(declared_format: str | None, imports: tuple[str, ...], findings: tuple[str, ...]) -> bool:
-    """A file of another declared format whose first byte merely looked like an opcode: it
-    imports nothing and does not parse as a pickle, so it is not one (a polyglot that does
-    import globals is still reported)."""
-    return (declared_format not in PICKLE_FORMATS and not imports and bool(findings)
-            and all(f.startswith("not a valid pickle") for f in findings))
+def artifact_label(ingested: ModelIngestedData) -> str:
+    """How rejection reasons name the artifact: `fraud-scorer.joblib (zlib stream)`."""
+    fmt = ingested.artifact.format
+    return f"{ingested.name}.{fmt}" if fmt else ingested.name

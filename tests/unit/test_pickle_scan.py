@@ -1,4 +1,6 @@
-"""The pickle safety scan: malicious payloads are named, ordinary ML pickles pass, nothing is loaded."""
+"""The pickle opcode walk: malicious payloads are named, ordinary ML pickles pass, nothing is loaded.
+
+(Layers around pickles, compression, archives, joblib and torch layouts: test_artifact_scan.py.)"""
 
 from __future__ import annotations
 
@@ -16,20 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from services.validation.pickle_scan import (
-    DEFAULT_ALLOWED,
-    PickleScan,
-    scan_file,
-    scan_stream,
-)
+from services.validation.scan import DEFAULT_ALLOWED, ArtifactScan, scan_file, scan_stream
 
 UNRESOLVED = "STACK_GLOBAL with non-constant operands"
 
 
 # --- helpers -------------------------------------------------------------------------------
 
-def scan(data: bytes, extra_allowed=()) -> PickleScan:
-    return scan_stream(io.BytesIO(data), extra_allowed)
+def scan(data: bytes, extra_allowed=(), declared: str | None = "pickle") -> ArtifactScan:
+    return scan_stream(io.BytesIO(data), declared_format=declared, label="test.pkl", extra_allowed=extra_allowed)
+
+
+def texts(result: ArtifactScan) -> tuple[str, ...]:
+    """The findings' texts, without where they were found."""
+    return tuple(f.text for f in result.findings)
 
 
 def wellformed(data: bytes) -> bytes:
@@ -98,12 +100,11 @@ TARGETS = [
 @pytest.mark.parametrize(("func", "args"), TARGETS)
 def test_reduce_payloads_are_named(func, args, protocol):
     result = scan(pickle.dumps(Payload(func, *args), protocol=protocol))
-    assert result.is_pickle
+    assert result.examined
     assert not result.safe
     assert name_of(func) in result.imports
     assert name_of(func) in result.disallowed
-    assert result.detail().startswith("disallowed imports: ")
-    assert name_of(func) in result.detail()
+    assert result.detail() == f"disallowed import {name_of(func)} in test.pkl"
 
 
 def test_os_system_is_reported_as_the_module_pickle_records():
@@ -118,7 +119,7 @@ def test_handwritten_protocol0_global():
     result = scan(data)
     assert result.imports == ("os.system",)
     assert result.disallowed == ("os.system",)
-    assert result.detail() == "disallowed imports: os.system"
+    assert result.detail() == "disallowed import os.system in test.pkl"
 
 
 def test_python2_module_names_are_mapped_like_the_unpickler_does():
@@ -194,14 +195,14 @@ def test_stack_global_with_computed_operands_is_unresolved():
         + sbu("system") + STACK_GLOBAL + sbu("id") + TUPLE1 + REDUCE + STOP)
     result = scan(data)
     assert result.imports == ("builtins.str",)
-    assert result.disallowed == (UNRESOLVED,)
+    assert texts(result) == (UNRESOLVED,)
     assert not result.safe
-    assert result.detail() == UNRESOLVED
+    assert result.detail() == f"{UNRESOLVED} in test.pkl"
 
 
 def test_stack_global_operand_too_long_to_track_is_unresolved():
     data = PROTO4 + bu("m" * 100_000) + sbu("x") + STACK_GLOBAL + POP + b"N" + STOP
-    assert scan(data).disallowed == (UNRESOLVED,)
+    assert texts(scan(data)) == (UNRESOLVED,)
 
 
 def test_concatenated_pickles_second_one_malicious():
@@ -218,7 +219,7 @@ def test_concatenated_memo_is_per_pickle():
     second = PROTO4 + b"h\x00" + sbu("system") + STACK_GLOBAL + STOP
     result = scan(first + second)
     assert not result.safe
-    assert any(d.startswith("not a valid pickle: memo key 0 not found") for d in result.disallowed)
+    assert any(d.startswith("not a valid pickle: memo key 0 not found") for d in texts(result))
 
 
 def test_inst_opcode():
@@ -229,13 +230,13 @@ def test_inst_opcode():
 
 def test_ext_opcodes_are_refused():
     result = scan(b"\x80\x02\x82\x01)R.")
-    assert len(result.disallowed) == 1
-    assert "extension registry" in result.disallowed[0]
+    assert len(result.findings) == 1
+    assert "extension registry" in texts(result)[0]
 
 
 def test_oversized_global_line():
     result = scan(b"c" + b"a" * 70_000 + b"\nsystem\n.")
-    assert "GLOBAL with oversized operands" in result.disallowed
+    assert "GLOBAL with oversized operands" in texts(result)
 
 
 # --- safe pickles ----------------------------------------------------------------------------
@@ -254,8 +255,8 @@ SAFE_OBJECTS = [
 @pytest.mark.parametrize("obj", SAFE_OBJECTS, ids=lambda o: type(o).__name__)
 def test_safe_pickles(obj, protocol):
     result = scan(pickle.dumps(obj, protocol=protocol))
-    assert result.is_pickle
-    assert result.safe, result.disallowed
+    assert result.examined
+    assert result.safe, result.findings
     assert result.disallowed == ()
     assert "all allowed" in result.detail() or result.detail() == "no imports"
 
@@ -299,7 +300,7 @@ def test_ml_library_classes_are_allowed_by_default():
                          ("numpy.dtypes", "Float64DType"), ("torch", "FloatStorage"),
                          ("torch.storage", "UntypedStorage")]:
         result = scan(wellformed(PROTO4 + sbu(module) + sbu(name) + STACK_GLOBAL + STOP))
-        assert result.safe, (module, name, result.disallowed)
+        assert result.safe, (module, name, result.findings)
 
 
 def test_default_allow_list_has_nothing_that_executes_code():
@@ -337,9 +338,10 @@ def test_torch_like_zip_with_malicious_data_pkl(tmp_path):
         "archive/version": b"3\n",
         "archive/data/0": b"\x00" * 64,
     })
-    result = scan_file(path)
-    assert result.is_pickle
+    result = scan_file(path, declared_format="pt")
+    assert result.examined
     assert result.disallowed == (name_of(os.system),)
+    assert result.detail() == f"disallowed import {name_of(os.system)} in model.pt > archive/data.pkl"
 
 
 def test_torch_like_zip_benign(tmp_path):
@@ -349,8 +351,8 @@ def test_torch_like_zip_benign(tmp_path):
         "archive/data/0": struct.pack("<4f", 1, 2, 3, 4),
         "archive/version": b"3\n",
     })
-    result = scan_file(str(path))
-    assert result.safe, result.disallowed
+    result = scan_file(str(path), declared_format="pt")
+    assert result.safe, result.findings
     assert result.imports == ("collections.OrderedDict", "torch.FloatStorage",
                               "torch._utils._rebuild_tensor_v2")
 
@@ -368,15 +370,16 @@ def test_zip_from_a_non_seekable_stream(tmp_path):
 def test_zip_member_that_is_not_a_pickle(tmp_path):
     path = build_zip(tmp_path / "a.zip", {"data.pkl": b"\x00\x01garbage"})
     result = scan_file(path)
-    assert result.is_pickle and not result.safe
-    assert result.disallowed[0].startswith("not a valid pickle: data.pkl: ")
+    assert result.examined and not result.safe
+    assert str(result.findings[0]).startswith("declared a pickle but is neither a pickle nor a container")
+    assert result.findings[0].where == "a.zip > data.pkl"
 
 
 def test_zip_without_pickles_is_not_a_pickle(tmp_path):
     path = build_zip(tmp_path / "model.keras", {"config.json": b"{}", "model.weights.h5": b"\x89HDF"})
     result = scan_file(path)
-    assert not result.is_pickle and result.safe
-    assert result.detail() == "not a pickle"
+    assert result.safe, result.findings
+    assert result.imports == ()
 
 
 def npy(descr: str, payload: bytes) -> bytes:
@@ -388,7 +391,7 @@ def npy(descr: str, payload: bytes) -> bytes:
 def test_npy_with_object_dtype_carries_a_pickle(tmp_path):
     bad = npy("|O", pickle.dumps(Payload(builtins.eval, "1"), protocol=3))
     assert scan(bad).disallowed == ("builtins.eval",)
-    assert not scan(npy("<f8", b"\x00" * 8)).is_pickle
+    assert scan(npy("<f8", b"\x00" * 8)).safe
     path = build_zip(tmp_path / "arrays.npz", {"a.npy": npy("<f8", b"\x00" * 8), "b.npy": bad})
     assert scan_file(path).disallowed == ("builtins.eval",)
 
@@ -399,22 +402,22 @@ def test_npy_with_object_dtype_carries_a_pickle(tmp_path):
 def test_truncated_pickles_are_unsafe(cut):
     data = pickle.dumps({"a": [1.0, 2.0, "text" * 10]}, protocol=4)
     result = scan(data[:-cut])
-    assert result.is_pickle
+    assert result.examined
     assert not result.safe
-    assert any(d.startswith("not a valid pickle: ") for d in result.disallowed)
+    assert any(d.startswith("not a valid pickle: ") for d in texts(result))
 
 
 def test_truncated_malicious_pickle_still_names_the_import():
     data = pickle.dumps(Payload(os.system, "echo"), protocol=4)
     result = scan(data[:-1])  # REDUCE still runs before the missing STOP is noticed
     assert name_of(os.system) in result.disallowed
-    assert any(d.startswith("not a valid pickle: ") for d in result.disallowed)
+    assert any(d.startswith("not a valid pickle: ") for d in texts(result))
 
 
 def test_length_past_the_end_is_truncation():
     data = PROTO4 + b"\x8e" + struct.pack("<Q", 10**12) + b"tiny"
     result = scan(data)
-    assert result.disallowed and result.disallowed[0].startswith("not a valid pickle: truncated")
+    assert texts(result) and texts(result)[0].startswith("not a valid pickle: truncated")
 
 
 @pytest.mark.parametrize("data", [
@@ -430,9 +433,9 @@ def test_length_past_the_end_is_truncation():
 ])
 def test_garbage_is_reported_not_raised(data):
     result = scan(data)
-    assert result.is_pickle
+    assert result.examined
     assert not result.safe
-    assert any(d.startswith("not a valid pickle: ") for d in result.disallowed), result.disallowed
+    assert any(d.startswith("not a valid pickle: ") for d in texts(result)), result.findings
     assert "not a valid pickle" in result.detail()
 
 
@@ -445,11 +448,11 @@ def test_garbage_is_reported_not_raised(data):
     b"\x89HDF\r\n\x1a\n" + b"\x00" * 32,
     b"# a README, not a model\n",
 ])
-def test_non_pickles(data):
-    result = scan(data)
-    assert result == PickleScan(False, (), ())
+def test_non_pickles_of_other_formats(data):
+    result = scan(data, declared=None)
+    assert result == ArtifactScan(False, (), ())
     assert result.safe
-    assert result.detail() == "not a pickle"
+    assert result.detail() == "no pickle or container found"
 
 
 @pytest.mark.parametrize("first", [b"N", b"c", b"K", b"X"])
@@ -458,14 +461,14 @@ def test_safetensors_whose_header_length_looks_like_an_opcode(first):
     header += b" " * (first[0] - len(header))
     data = struct.pack("<Q", len(header)) + header + struct.pack("<2f", 1.0, 2.0) + b"\n\n"
     assert data[:1] == first
-    assert not scan(data).is_pickle
+    assert not scan(data, declared="safetensors").examined
 
 
 def test_gguf_pickle_polyglot_is_caught():
     # GGUF magic, but read as a pickle: BINFLOAT eats "GUF" + 5 bytes, POP, then os.system
     data = b"GGUF" + b"\x00" * 5 + POP + glob("os", "system") + STOP
-    result = scan(data)
-    assert result.is_pickle
+    result = scan(data, declared="gguf")
+    assert result.examined
     assert "os.system" in result.disallowed
 
 
@@ -516,7 +519,7 @@ def peak_during(fn):
 def test_huge_payload_is_skipped_with_bounded_memory(tmp_path, opcode, protocol):
     path = sparse_pickle(tmp_path / "big.pkl", opcode, protocol)
     result, peak = peak_during(lambda: scan_file(path))
-    assert result.is_pickle and result.safe, result.disallowed
+    assert result.examined and result.safe, result.findings
     assert peak < 16 * 1024 * 1024, peak
 
 
@@ -556,5 +559,5 @@ def test_numpy_array_pickle_is_safe():
         obj = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "s": np.float64(1.5),
                "dt": np.dtype("int16"), "o": np.array(["a", None], dtype=object)}
         result = scan(pickle.dumps(obj, protocol=protocol))
-        assert result.safe, (protocol, result.disallowed)
+        assert result.safe, (protocol, result.findings)
         assert result.imports

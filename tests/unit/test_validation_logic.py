@@ -10,6 +10,7 @@ from services.validation.logic import (
     PICKLE_FORMATS,
     REJECTION_CODES,
     ArtifactFacts,
+    artifact_label,
     needs_scan,
     rejection_reasons,
     run_checks,
@@ -274,9 +275,20 @@ def test_protocol_0_and_1_pickles_are_scanned_whatever_format_they_claim() -> No
             assert needs_scan(declared, payload[:4096]), (protocol, declared)
 
 
-def test_a_text_file_that_only_looks_like_a_pickle_is_not_one() -> None:
-    from services.validation.logic import only_not_a_pickle
+@pytest.mark.parametrize("head", [
+    b"\x1f\x8b\x08\x00",            # gzip
+    b"\x78\x9c\x01\x02",            # zlib (joblib compress=3)
+    b"BZh9",                          # bz2
+    b"\xfd7zXZ\x00",                  # xz
+    b"\x28\xb5\x2f\xfd",            # zstd
+    b"\x04\x22\x4d\x18",            # lz4 frame
+    b"sys_info".ljust(257, b"\x00") + b"ustar",  # tar (the legacy torch.save layout)
+])
+def test_compressed_streams_and_archives_are_scanned_whatever_format_they_claim(head: bytes) -> None:
+    for declared in (None, "onnx", "safetensors"):
+        assert needs_scan(declared, head)
 
-    assert only_not_a_pickle("txt", (), ("not a valid pickle: unknown opcode 0x77 at offset 19",))
-    assert not only_not_a_pickle("pickle", (), ("not a valid pickle: truncated",))  # claimed a pickle
-    assert not only_not_a_pickle("txt", ("posix.system",), ("posix.system",))  # a polyglot with imports
+
+def test_an_artifact_is_labelled_by_name_and_format() -> None:
+    assert artifact_label(ingested(format="joblib")) == "m.joblib"
+    assert artifact_label(ingested(format=None)) == "m"
