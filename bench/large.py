@@ -19,7 +19,7 @@ from bench.context import Context
 from bench.resources import MIB, RssSampler
 from bench.tap import Publisher, Seen, Tap
 from shared.events import ArtifactSpec, ModelRegistered, ModelRegisteredData, new_event
-from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
+from shared.storage import PART_SIZE, ObjectStore, S3Location, parse_s3_uri
 
 BLOCK = 8 * MIB
 
@@ -52,6 +52,7 @@ async def run(ctx: Context) -> dict[str, Any]:
     path = directory / "large.bin"
     stored: str | None = None
     outcome: dict[str, Seen] = {}
+    left_behind: list[str] = []
     async with ObjectStore(settings) as store:
         try:
             ctx.log(f"large: writing a {config.large_bytes / MIB:,.0f} MiB artifact to {path}")
@@ -110,15 +111,19 @@ async def run(ctx: Context) -> dict[str, Any]:
         finally:
             path.unlink(missing_ok=True)
             directory.rmdir()
-            await store.client.delete_object(Bucket=settings.s3_bucket, Key=key)
-            if stored:
-                location = parse_s3_uri(stored)
+            staged = [S3Location(settings.s3_bucket, key)] + ([parse_s3_uri(stored)] if stored else [])
+            for location in staged:
                 await store.client.delete_object(Bucket=location.bucket, Key=location.key)
+            # checked, not assumed: a server that ignored the deletes leaves gigabytes behind
+            left_behind = [location.uri for location in staged if await store.head(location) is not None]
+            if left_behind:
+                ctx.log(f"large: objects still present after deleting them: {', '.join(left_behind)}")
     return {
         "bytes": config.large_bytes, "model": name, "write_seconds": round(write_seconds, 2),
         "upload_seconds": round(upload_seconds, 2), "seconds": round(seconds, 3),
         "mb_per_second": round(config.large_bytes / 1000**2 / seconds, 1),
         "rss_baseline_mib": round(sampler.baseline / MIB, 1), "rss_peak_mib": round(sampler.peak / MIB, 1),
         "rss_growth_mib": round(sampler.growth / MIB, 1), "rss_samples": sampler.samples,
-        "validated": "model.validated" in outcome, "objects_deleted": True,
+        "validated": "model.validated" in outcome,
+        "objects_deleted": stored is not None and not left_behind, "objects_left": left_behind,
     }
