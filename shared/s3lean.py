@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 from xml.etree import ElementTree
 
 import aiohttp
+import yarl
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -84,8 +85,11 @@ class LeanS3:
                        operation: str) -> aiohttp.ClientResponse:
         path = self._path(bucket, key)
         signed = self.sign(method, path, payload_sha256, headers)
+        # encoded=True: the path is sent exactly as signed (yarl would otherwise drop the `.`
+        # segment of a key such as `a/./b`, and the server's signature would not match).
+        url = yarl.URL(self._base + path, encoded=True)
         try:
-            response = await self._session.request(method, self._base + path, data=body, headers=signed)
+            response = await self._session.request(method, url, data=body, headers=signed)
         except aiohttp.ClientError as exc:
             raise EndpointConnectionError(endpoint_url=self._base) from exc
         if response.status >= 300:

@@ -1,0 +1,86 @@
+"""s3lean's AWS Signature Version 4, checked by a server that verifies signatures: keys with
+spaces, unicode, `+`, `=`, `/./` and `%` are written, read back (by s3lean and by botocore),
+and deleted. A request signed with the wrong secret must be refused, which shows the server
+really checks: versitygw and MinIO do; moto (the local stack's fallback where Go is missing)
+does not, and then the test says that signing was NOT verified instead of passing."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+import warnings
+
+import pytest
+from botocore.exceptions import ClientError
+
+from shared.s3lean import LeanS3
+from shared.settings import Settings
+from shared.storage import ObjectStore
+from tests.conftest import Endpoints
+
+AWKWARD_KEYS = (
+    "with space/model v1.bin",
+    "unicodé/模型/ünïcode.bin",
+    "plus+sign/a+b.bin",
+    "equals=/k=v.bin",
+    "dot/./segment.bin",
+    "percent%/100%25 done.bin",
+    "all of it/ é+=%/./x.bin",
+)
+
+
+def _s3_server(endpoints: Endpoints) -> str:
+    """Which S3 server the run talks to, as far as the test infrastructure knows."""
+    if endpoints.origin == "local stack":
+        from shared.stack.launcher import LocalStack
+
+        return LocalStack().state.s3_server or "unknown (the stack did not record it)"
+    if endpoints.origin == "testcontainers":
+        return "minio"
+    return f"unknown ({endpoints.origin}: {endpoints.s3_endpoint})"
+
+
+async def _refuses_a_forged_signature(settings: Settings, key: str) -> bool:
+    forged = LeanS3(settings.s3_endpoint_url or "", settings.aws_access_key_id.get_secret_value(),
+                    "not-the-secret", settings.aws_region)
+    try:
+        await forged.put_if_absent(settings.s3_bucket, key, b"forged", hashlib.sha256(b"forged").hexdigest())
+    except ClientError as exc:
+        return exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    finally:
+        await forged.close()
+    return False
+
+
+async def test_s3lean_signs_awkward_keys_and_the_server_verifies_them(
+        settings: Settings, endpoints: Endpoints) -> None:
+    prefix = f"signing-{uuid.uuid4().hex[:8]}/"
+    async with ObjectStore(settings) as store:
+        await store.ensure_bucket()
+        lean = store.lean
+        assert lean is not None
+        for key in (prefix + k for k in AWKWARD_KEYS):
+            body = f"bytes of {key}".encode()
+            assert await lean.put_if_absent(settings.s3_bucket, key, body, hashlib.sha256(body).hexdigest()), key
+            assert await lean.put_if_absent(settings.s3_bucket, key, b"other", hashlib.sha256(b"other").hexdigest()) \
+                is False, key  # the same key, found: the name was not mangled into another one
+            assert b"".join([chunk async for chunk in lean.stream(settings.s3_bucket, key)]) == body, key
+            head = await lean.head(settings.s3_bucket, key)
+            assert head is not None and head["ContentLength"] == len(body), key
+            # botocore (its own signing and encoding) finds the same object under the same key
+            got = await store.client.get_object(Bucket=settings.s3_bucket, Key=key)
+            assert await got["Body"].read() == body, key
+            await lean.delete(settings.s3_bucket, key)
+            assert await lean.head(settings.s3_bucket, key) is None, key
+
+    server = _s3_server(endpoints)
+    if not await _refuses_a_forged_signature(settings, prefix + "forged.bin"):
+        if server in ("versitygw", "minio"):
+            pytest.fail(f"the S3 server ({server}) accepted a request signed with the wrong secret")
+        message = (f"s3lean request signing NOT verified: the S3 server ({server}) accepted a request signed "
+                   "with the wrong secret, so it checks no signatures (moto, the local stack's fallback where "
+                   "Go is missing, does not); the keys round-tripped, but only a server that checks signatures "
+                   "proves the signing (install Go: the stack then runs versitygw)")
+        print(message)
+        warnings.warn(message, stacklevel=1)
+        pytest.skip(message)
