@@ -242,18 +242,16 @@ class _Scanner:
         is walked too); when strict, a stream that is not entirely pickles is refused."""
         col = self.root.child(where)
         col.on_build = JoblibArrays(col)
-        index = 0
+        index = 1
         try:
-            while True:
+            value = walk_pickle(r, col)
+            if value.__class__ is int and value == TORCH_LEGACY_MAGIC:
+                scan_torch_legacy(r, col)
+                if not r.at_eof():  # torch.load stops here, but another loader may not
+                    col.finding("data appended after the storages of a legacy torch file")
+            while not r.at_eof():
                 index += 1
-                value = walk_pickle(r, col)
-                if index == 1 and value == TORCH_LEGACY_MAGIC and value.__class__ is int:
-                    scan_torch_legacy(r, col)
-                    if not r.at_eof():
-                        raise Invalid("data after the last storage of a legacy torch file")
-                    break
-                if r.at_eof():
-                    break
+                walk_pickle(r, col)
         except Invalid as exc:
             if not strict and not col.evidence:
                 return False  # never a pickle: nothing it holds could be imported

@@ -6,8 +6,9 @@
 - legacy `torch.save` (`_use_new_zipfile_serialization=False`): a magic-number pickle, the
   protocol version, sys_info, the object pickle (whose persistent ids name each storage's type
   and size), the sorted storage keys, then each storage as an int64 element count + raw bytes.
-- the older tar `torch.save`: members `sys_info` and `pickle` are pickles; `storages` and
-  `tensors` interleave small pickles with raw records.
+- the older tar `torch.save`: members `sys_info` and `pickle` are pickles; `storages` (count,
+  then per storage a pickle + int64 count + raw bytes, then a views pickle) and `tensors`
+  (count, then per tensor a pickle + a fixed-size record) interleave pickles with raw data.
 
 Whatever does not fit the layout raises `Invalid`, so the file is refused (fail closed).
 """
@@ -142,6 +143,7 @@ def scan_torch_tar_member(name: str, r: Reader, col: Collector) -> None:
             if count < 0:
                 raise Invalid("legacy torch storage with a negative size")
             r.skip(count * itemsize)
+        walk_pickle(r, col)  # the storage views
     else:  # tensors
         for _ in range(_record_count(walk_pickle(r, col), name)):
             walk_pickle(r, col)

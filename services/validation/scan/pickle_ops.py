@@ -37,6 +37,7 @@ _MEMO_MAX_EXTRA = 100_000           # out-of-order memo keys before giving up (f
 _MEMO_MAX_VALUES = 200_000          # memoized non-string values kept
 _MAX_SMALL = 64                     # items kept in a tracked tuple or dict
 _MAX_LIST = 1 << 16                 # items kept in a tracked list (legacy torch storage keys)
+_MAX_BOXED_DEPTH = 50_000           # past this stack depth small values are no longer tracked
 
 UNRESOLVED_STACK_GLOBAL = "STACK_GLOBAL with non-constant operands"
 
@@ -127,8 +128,8 @@ class _Stack:
                 return
             self._append(value)
             self.cost += cost
-        elif value is UNKNOWN:
-            self.push_unknown()
+        elif value is UNKNOWN or len(self.e) > _MAX_BOXED_DEPTH:
+            self.push_unknown()  # deep in a huge flat run (a giant tuple): values matter no more
         else:
             self._append(_Box(value))
 
