@@ -27,6 +27,7 @@ from shared.events import (
     MetricsEvaluatedData,
     new_event,
 )
+from shared.kafka_security import kafka_client_options
 from shared.settings import Settings
 
 SOURCE = "modelreg/bench"
@@ -60,7 +61,7 @@ Handler = Callable[[Seen], Awaitable[None] | None]
 class Publisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
+        self.producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all",
                                          enable_idempotence=True, linger_ms=2, max_batch_size=512 * 1024)
         self._pending: list[asyncio.Future[Any]] = []
 
@@ -96,7 +97,7 @@ class Tap:
         self.prefix = prefix.encode()
         self.handler = handler
         self.topics = tuple(topics)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+        self.consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False,
                                          auto_offset_reset="latest", fetch_max_wait_ms=20,
                                          max_partition_fetch_bytes=4 * 1024 * 1024)
         self._task: asyncio.Task[None] | None = None
@@ -197,8 +198,8 @@ async def lag(settings: Settings, services: Iterable[str]) -> int:
     have committed on."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:

@@ -87,7 +87,7 @@ class Target:
         with open(log_file, "ab") as out:
             self.api = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", "run", "api"], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**self.env, "MODELREG_API_PORT": port,
+                stdin=subprocess.DEVNULL, env={**self.env, **self.stack.kafka_env("api"), "MODELREG_API_PORT": port,
                                                "MODELREG_HEALTH_PORT": "0"}, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -9,20 +9,26 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from shared.consumer import BatchProcessor, Record
 from shared.events import MAX_MESSAGE_BYTES, TOPICS
+from shared.kafka_security import faststream_security, kafka_client_options
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The audit topic is the registry's source of truth (replay rebuilds from it): keep it forever.
+# The audit topic is the registry's source of truth (replay rebuilds from it): keep it forever,
+# whole: never compacted (a compaction keeps one record per key) nor trimmed by time or size.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
-    "registry.audit": {"retention.ms": "-1"},
+    "registry.audit": {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
     # A dead letter carries the refused message base64-encoded: up to 4/3 of the largest
     # record the other topics accept, plus its envelope.
     "registry.dlq": {"retention.ms": str(90 * 24 * 3600 * 1000), "max.message.bytes": str(4 * 1024 * 1024)},
@@ -36,6 +42,7 @@ def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
     """FastStream's broker, for consuming: the outbox relay publishes with its own producer."""
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
+        security=faststream_security(settings),
         client_id=client_id,
         consumer_only=True,
         allow_auto_create_topics=False,
@@ -48,7 +55,7 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     """The outbox relay's producer: idempotent, acknowledged by every replica, batching a
     relay's burst into few requests (a short linger: latency matters more than bytes)."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_options(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -60,28 +67,52 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
 
 async def ensure_topics(settings: Settings, topics: tuple[str, ...] = TOPICS) -> None:
     """Create every contract topic that is missing; a concurrent creator is no error."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                client_id="modelreg-admin")
+    admin = make_admin(settings, "modelreg-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        wanted = [t for t in topics if settings.topic(t) not in existing]
+        if not wanted:
+            return
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replicas, min_insync = replication(settings, brokers)
         missing = [NewTopic(settings.topic(t), num_partitions=settings.topic_partitions,
-                            replication_factor=1 if _single_node(settings) else 3,
+                            replication_factor=replicas,
                             topic_configs={"max.message.bytes": str(MAX_RECORD_BYTES),
+                                           "min.insync.replicas": str(min_insync),
                                            **TOPIC_CONFIGS.get(t, {})})
-                   for t in topics if settings.topic(t) not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-            await _wait_for_topics(admin, [t.name for t in missing])
+                   for t in wanted]
+        try:
+            await admin.create_topics(missing)
+        except TopicAlreadyExistsError:
+            pass
+        except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):
+            raise TopicsMissingError(
+                f"Kafka topics {', '.join(t.name for t in missing)} do not exist and "
+                f"{settings.kafka_sasl_username or 'this client'} may not create them: an admin "
+                "creates them (`modelreg stack up` does, for the local stack)") from None
+        await _wait_for_topics(admin, [t.name for t in missing])
     finally:
         await admin.close()
 
 
-def _single_node(settings: Settings) -> bool:
-    return len(settings.kafka_bootstrap_servers.split(",")) == 1
+class TopicsMissingError(RuntimeError):
+    """The registry's topics are missing and this principal may not create them."""
+
+
+def make_admin(settings: Settings, client_id: str) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**kafka_client_options(settings), client_id=client_id)
+
+
+def replication(settings: Settings, brokers: int) -> tuple[int, int]:
+    """Replication factor and min.insync.replicas of new topics: the settings, else 3 and 2
+    on a cluster of three or more brokers (a write survives one broker down), else 1 and 1."""
+    replicas = settings.topic_replication_factor or (3 if brokers >= 3 else 1)
+    min_insync = settings.topic_min_insync_replicas or (2 if replicas >= 3 else 1)
+    if min_insync > replicas:
+        raise ValueError(f"MODELREG_TOPIC_MIN_INSYNC_REPLICAS: {min_insync} is more than the "
+                         f"replication factor {replicas}: no write could ever be acknowledged")
+    return replicas, min_insync
 
 
 async def _wait_for_topics(admin: AIOKafkaAdminClient, names: list[str]) -> None:

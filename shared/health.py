@@ -22,8 +22,9 @@ Check = Callable[[], Awaitable[Any]]
 
 class HealthServer:
     def __init__(self, service: str, port: int, checks: dict[str, Check],
-                 before_scrape: Callable[[], Awaitable[None]] | None = None) -> None:
+                 before_scrape: Callable[[], Awaitable[None]] | None = None, host: str = "127.0.0.1") -> None:
         self.service = service
+        self._host = host  # loopback unless told otherwise (MODELREG_HEALTH_HOST): metrics tell a lot
         self._port = port
         self._checks = checks
         self._before_scrape = before_scrape
@@ -37,7 +38,7 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "0.0.0.0", self._port)
+        site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else self._port

@@ -95,7 +95,8 @@ class ServiceApp:
             self.resources.consumer_lag = self._lag
             self._stack.push_async_callback(broker.stop)
             port = settings.health_port if settings.health_port is not None else DEFAULT_PORTS.get(self.name, 0)
-            self.health = HealthServer(self.name, port, self._checks(pool, store), before_scrape=self._refresh_gauges)
+            self.health = HealthServer(self.name, port, self._checks(pool, store), before_scrape=self._refresh_gauges,
+                                       host=settings.health_host)
             await self.health.start()
             self._stack.push_async_callback(self.health.stop)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox"))

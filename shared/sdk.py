@@ -37,6 +37,7 @@ from shared.events import (
     new_event,
 )
 from shared.settings import Settings
+from shared.kafka_security import kafka_client_options
 from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
 
 Progress = Callable[[int], None]  # called with the bytes done since the last call
@@ -46,7 +47,7 @@ class Registry:
     def __init__(self, settings: Settings, *, source: str = "modelreg/sdk") -> None:
         self.settings = settings
         self.source = source
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
+        self._producer = AIOKafkaProducer(**kafka_client_options(settings),
                                           acks="all", enable_idempotence=True, linger_ms=1)
         self._store = ObjectStore(settings)
 

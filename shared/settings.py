@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
@@ -34,6 +34,24 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(f"127.0.0.1:{DEFAULT_KAFKA_PORT}",
                                          validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    # How Kafka clients authenticate (shared/kafka_security.py builds every client from these);
+    # `modelreg stack credentials ROLE` prints a local stack's.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", validation_alias="KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+    kafka_ssl_cafile: Path | None = Field(None, validation_alias="KAFKA_SSL_CAFILE")
+    kafka_ssl_certfile: Path | None = Field(None, validation_alias="KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: Path | None = Field(None, validation_alias="KAFKA_SSL_KEYFILE")
+    # Topics the registry creates; unset: 3 and 2 on a cluster of three or more brokers, else 1.
+    topic_replication_factor: int | None = Field(None, ge=1, le=32,
+                                                 validation_alias="MODELREG_TOPIC_REPLICATION_FACTOR")
+    topic_min_insync_replicas: int | None = Field(None, ge=1, le=32,
+                                                  validation_alias="MODELREG_TOPIC_MIN_INSYNC_REPLICAS")
+    # "production" refuses default credentials and an unauthenticated or unencrypted bus.
+    environment: Literal["development", "production"] = Field("development", validation_alias="MODELREG_ENV")
     database_url: SecretStr = Field(SecretStr(LOCAL_DATABASE_URL), validation_alias="DATABASE_URL")
     s3_endpoint_url: str | None = Field(f"http://127.0.0.1:{DEFAULT_S3_PORT}",
                                         validation_alias="S3_ENDPOINT_URL")
@@ -58,6 +76,8 @@ class Settings(BaseSettings):
     # Each service's /healthz, /readyz and /metrics; unset: a port per service (8081-8085);
     # 0: any free port.
     health_port: int | None = Field(None, ge=0, le=65535, validation_alias="MODELREG_HEALTH_PORT")
+    # Where they listen: loopback unless told otherwise (a container sets 0.0.0.0 for its probes).
+    health_host: str = Field("127.0.0.1", min_length=1, validation_alias="MODELREG_HEALTH_HOST")
     otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     # Trust (shared/keys.py): this process's Ed25519 private key and the public keyring (JWKS).
@@ -71,6 +91,21 @@ class Settings(BaseSettings):
                                           validation_alias="MODELREG_AUDIT_CHECKPOINT_RECORDS")
     audit_checkpoint_seconds: float = Field(60.0, gt=0, le=86_400,
                                             validation_alias="MODELREG_AUDIT_CHECKPOINT_SECONDS")
+
+    @field_validator("kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile",
+                     "kafka_ssl_certfile", "kafka_ssl_keyfile", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        problem = kafka_security_problem(self)
+        if problem:
+            raise ValueError(problem)
+        if self.environment == "production" and (refused := production_refusals(self)):
+            raise ValueError(refused[0])
+        return self
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -143,6 +178,48 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value()
 
 
+def kafka_security_problem(settings: Settings) -> str | None:
+    """What is missing for the chosen KAFKA_SECURITY_PROTOCOL, naming the variable."""
+    protocol = settings.kafka_security_protocol
+    if protocol.startswith("SASL_"):
+        if not settings.kafka_sasl_username:
+            return f"KAFKA_SASL_USERNAME: required when KAFKA_SECURITY_PROTOCOL is {protocol}"
+        if settings.kafka_sasl_password is None or not settings.kafka_sasl_password.get_secret_value():
+            return f"KAFKA_SASL_PASSWORD: required when KAFKA_SECURITY_PROTOCOL is {protocol}"
+    if bool(settings.kafka_ssl_certfile) != bool(settings.kafka_ssl_keyfile):
+        return "KAFKA_SSL_KEYFILE: KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together (mTLS)"
+    return None
+
+
+# Credentials that ship with the local stack: anyone can read them here, so production refuses them.
+DEFAULT_CREDENTIALS: dict[str, str] = {
+    "DATABASE_URL": "modelreg",  # the password in LOCAL_DATABASE_URL
+    "AWS_ACCESS_KEY_ID": "modelreg",
+    "AWS_SECRET_ACCESS_KEY": "modelreg-secret",
+}
+
+
+def production_refusals(settings: Settings) -> list[str]:
+    """Why these settings may not run with MODELREG_ENV=production, each naming its variable:
+    an unauthenticated or unencrypted Kafka connection, or a default credential."""
+    refusals = []
+    protocol = settings.kafka_security_protocol
+    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+        refusals.append(f"KAFKA_SECURITY_PROTOCOL: {protocol} is refused with MODELREG_ENV=production "
+                        "(events and credentials would cross the network in clear); use SASL_SSL or SSL")
+    elif protocol == "SSL" and not settings.kafka_ssl_certfile:
+        refusals.append("KAFKA_SSL_CERTFILE: SSL without a client certificate is unauthenticated; "
+                        "MODELREG_ENV=production needs SASL_SSL or a client certificate (mTLS)")
+    given = {"DATABASE_URL": urlsplit(settings.dsn).password or "",
+             "AWS_ACCESS_KEY_ID": settings.aws_access_key_id.get_secret_value(),
+             "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key.get_secret_value()}
+    for variable, default in DEFAULT_CREDENTIALS.items():
+        if given[variable] == default:
+            refusals.append(f"{variable}: the local stack's default credential is refused with "
+                            "MODELREG_ENV=production; set a real one")
+    return refusals
+
+
 def read_settings(model: type[S], **overrides: object) -> S:
     """Read a settings class from the environment; a wrong value raises `SettingsError`
     naming the variable, in one line."""
@@ -154,6 +231,8 @@ def read_settings(model: type[S], **overrides: object) -> S:
         declared = model.model_fields.get(field)
         variable = str(declared.validation_alias) if declared and declared.validation_alias else field.upper()
         message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:
+            raise SettingsError(message) from None  # a check across settings names its variable
         raise SettingsError(f"{variable}: {message}") from None
 
 

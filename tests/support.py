@@ -13,7 +13,26 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from shared.settings import Settings
+from shared.kafka_security import kafka_client_options
+from shared.settings import Settings, load_settings
+
+
+def settings_for(settings: Settings, env: dict[str, str]) -> Settings:
+    """`settings` with the given settings (by variable name, e.g. KAFKA_SASL_USERNAME) replaced."""
+    return load_settings(**{**settings.model_dump(), **{name.lower(): value for name, value in env.items()}})
+
+
+def kafka_env(settings: Settings) -> dict[str, str]:
+    """The Kafka settings of `settings` as environment variables, for a child process."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+           "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism}
+    optional = {"KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+                "KAFKA_SASL_PASSWORD": settings.kafka_sasl_password.get_secret_value()
+                if settings.kafka_sasl_password else None,
+                "KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile, "KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+                "KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile}
+    return {**env, **{name: str(value) for name, value in optional.items() if value}}
 
 
 def unique_name(prefix: str = "model") -> str:
@@ -56,7 +75,7 @@ class Kafka:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
+        self.producer = AIOKafkaProducer(**kafka_client_options(settings),
                                          acks="all", linger_ms=1,
                                          max_request_size=4 * 1024 * 1024)
         self.consumer: AIOKafkaConsumer | None = None
@@ -65,7 +84,7 @@ class Kafka:
 
     async def start(self, topics: tuple[str, ...]) -> None:
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+        self.consumer = AIOKafkaConsumer(**kafka_client_options(self.settings),
                                          enable_auto_commit=False, auto_offset_reset="earliest")
         await self.consumer.start()
         partitions = []

@@ -265,7 +265,7 @@ class ApiService:
         log.info("api listening on %s (UI at /, OpenAPI at /openapi.json)", self.url)
         # /metrics (and the probes again) on the health port, as every service has one
         health_port = self.settings.health_port if self.settings.health_port is not None else 0
-        self.health = HealthServer("api", health_port, {"api": self._ready_check})
+        self.health = HealthServer("api", health_port, {"api": self._ready_check}, host=self.settings.health_host)
         try:
             await self.health.start()
         except BaseException:

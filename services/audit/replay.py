@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.db import connect
 from shared.events import InvalidEvent, parse_event
+from shared.kafka_security import kafka_client_options
 from shared.settings import Settings
 
 from . import view
@@ -100,7 +101,7 @@ async def _create_schema(conn: asyncpg.Connection, schema: str) -> None:
 async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, from_offset: int | None,
                    progress: Progress | None, seen: set[uuid.UUID]) -> tuple[int, int, int]:
     topic = settings.topic("registry.audit")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
                                 fetch_max_bytes=64 * 1024 * 1024)
     await consumer.start()

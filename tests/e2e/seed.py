@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from services.audit.app import on_audit_batch
 from shared.broker import ensure_topics
 from shared.events import CONTENT_TYPE, RegistryAudit, RegistryAuditData, new_event
+from shared.kafka_security import kafka_client_options
 from shared.settings import Settings
 
 CHECKS = [{"name": "artifact_present", "passed": True, "detail": "s3 object found"},
@@ -99,7 +100,7 @@ async def write(settings: Settings, db: asyncpg.Pool, life: Life) -> None:
     """Publish the records to `registry.audit`, then append them as the audit writer does: one
     transaction, chain and view together."""
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     await producer.start()
     try:
         for event in life.events:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,7 +19,7 @@ from shared.events import TOPICS
 from shared.runtime import ServiceApp
 from shared.settings import Settings
 from shared.telemetry import instrument_postgres
-from tests.support import Kafka
+from tests.support import Kafka, settings_for
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,7 +51,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-async def kafka(settings: Settings) -> AsyncIterator[Kafka]:
+async def kafka(settings: Settings, endpoints: Any) -> AsyncIterator[Kafka]:
+    # Services started by `running` connect as their own Kafka principals, held to their ACLs.
+    _principal_env.update(endpoints.kafka_principal_env)
     await ensure_topics(settings)
     tap = Kafka(settings)
     await tap.start(TOPICS)
@@ -61,9 +64,9 @@ async def kafka(settings: Settings) -> AsyncIterator[Kafka]:
 async def _delete_run_topics(settings: Settings) -> None:
     """This run's topics (its prefix, and the prefixes its tests derived from it): a stack
     reused across runs does not collect them."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from shared.broker import make_admin
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = make_admin(settings, "modelreg-tests")
     await admin.start()
     try:
         mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
@@ -84,13 +87,20 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 _running: dict[str, ServiceApp] = {}
+_principal_env: dict[str, dict[str, str]] = {}
+
+
+def as_principal(settings: Settings, principal: str) -> Settings:
+    """`settings` connecting to Kafka as `principal` (unchanged on a cluster without them)."""
+    env = _principal_env.get(principal)
+    return settings_for(settings, env) if env else settings
 
 
 async def running(settings: Settings, *names: str) -> dict[str, ServiceApp]:
     """Start services in-process once per session (each its own pool, consumer and relay)."""
     for name in names:
         if name not in _running:
-            app = importlib.import_module(f"services.{name}.app").create_app(settings)
+            app = importlib.import_module(f"services.{name}.app").create_app(as_principal(settings, name))
             await app.start()
             _running[name] = app
     return {name: _running[name] for name in names}

@@ -22,7 +22,7 @@ from shared.db import migrate
 from shared.events import TOPICS
 from shared.settings import Settings
 from tests.conftest import Endpoints, _with_database
-from tests.support import Kafka, cloudevent, eventually, put_artifact
+from tests.support import Kafka, cloudevent, eventually, kafka_env, put_artifact
 
 SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
 
@@ -108,7 +108,7 @@ async def isolated(endpoints: Endpoints, settings: Settings) -> AsyncIterator[Se
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+    return {**os.environ, **kafka_env(settings),
             "DATABASE_URL": settings.dsn, "S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
             "S3_BUCKET": settings.s3_bucket,
             "AWS_ACCESS_KEY_ID": settings.aws_access_key_id.get_secret_value(),
