@@ -50,7 +50,9 @@ from shared.events import (
 from opentelemetry.trace import SpanKind
 
 from shared import logs, metrics, telemetry
+from shared.keys import Keyring
 from shared.outbox import OutboxRow, write_outbox
+from shared.signing import forgery
 from shared.storage import is_retryable as s3_retryable
 
 log = logging.getLogger(__name__)
@@ -190,10 +192,14 @@ def is_retryable(exc: BaseException) -> bool:
 
 class BatchProcessor:
     def __init__(self, pool: asyncpg.Pool, service: ServiceHandlers, *,
+                 keyring: Keyring | None = None,
                  on_commit: Callable[[], None] = lambda: None,
                  max_backoff: float = 5.0) -> None:
         self._pool = pool
         self._service = service
+        # Events on internal topics are believed only when signed by a key of the keyring
+        # that may sign their type (ServiceApp always passes one; None checks nothing).
+        self._keyring = keyring
         self._on_commit = on_commit
         self._max_backoff = max_backoff
         self.consumed = 0
@@ -208,7 +214,10 @@ class BatchProcessor:
         """Never raises: a record that cannot become an event, for whatever reason (a bug in
         a validator included), is a dead letter, not a reason to stop the partition."""
         try:
-            return Delivery(record, event=parse_event(record.topic, record.value))
+            event = parse_event(record.topic, record.value)
+            if self._keyring is not None and (problem := forgery(self._keyring, record.topic, record.value)):
+                raise InvalidEvent("forged", problem)
+            return Delivery(record, event=event)
         except InvalidEvent as exc:
             return Delivery(record, error=exc)
         except Exception as exc:  # noqa: BLE001 - see above

@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind
 from shared import metrics, telemetry
 from shared.db import connect
 from shared.events import CONTENT_TYPE, CloudEvent
+from shared.signing import sign_value
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class OutboxRow:
 
 
 async def write_outbox(conn: asyncpg.Connection, service: str, rows: Sequence[OutboxRow]) -> None:
-    """Insert rows in one statement and wake the relay (NOTIFY fires at commit)."""
+    """Insert rows, each signed by `service`, in one statement and wake the relay (NOTIFY
+    fires at commit). Signed before they are stored: a row edited in the table is a forgery."""
     if not rows:
         return
     await conn.execute(
@@ -60,7 +62,7 @@ async def write_outbox(conn: asyncpg.Connection, service: str, rows: Sequence[Ou
                FROM unnest($2::text[], $3::text[], $4::bytea[], $5::jsonb[]) AS t(topic, key, value, headers)
                RETURNING 1)
            SELECT pg_notify($6, $1) FROM (SELECT 1 FROM written LIMIT 1) AS any_row""",
-        service, [r.topic for r in rows], [r.key for r in rows], [r.value for r in rows],
+        service, [r.topic for r in rows], [r.key for r in rows], [sign_value(service, r.value) for r in rows],
         [r.headers for r in rows], NOTIFY_CHANNEL,
     )
 

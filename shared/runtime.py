@@ -20,7 +20,9 @@ import asyncpg
 from shared.broker import ensure_topics, make_broker, make_producer, subscribe
 from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
 from shared.db import create_pool, migrate, pending_migrations, service_role
+from shared import signing
 from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
+from shared.keys import load_keyring
 from shared.logs import configure as configure_logging
 from shared.metrics import CONSUMER_LAG
 from shared.outbox import OutboxRelay
@@ -70,6 +72,9 @@ class ServiceApp:
         setup_tracing(self.name, settings.otel_exporter_otlp_endpoint)
         try:
             policy = load_policy(settings.policy_file)  # a bad policy stops the service here
+            # Without its key a service could only emit what others dead-letter as forged.
+            keyring = load_keyring(settings.keyring_file)
+            signing.register(self.name, signing.service_key(settings.signing_key_file, self.name))
             await _when_reachable("PostgreSQL", lambda: migrate(settings.dsn))
             await _when_reachable("Kafka", lambda: ensure_topics(settings))
             pool = await create_pool(settings.dsn, role=service_role(settings.db_role, self.name))
@@ -89,7 +94,7 @@ class ServiceApp:
                                            headers=[(k, v.encode()) for k, v in headers.items()])
 
             self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic)
-            self.processor = BatchProcessor(pool, handlers, on_commit=self.relay.wake)
+            self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
             self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
             await broker.start()
             self.resources.consumer_lag = self._lag

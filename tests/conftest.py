@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,6 +35,12 @@ class Endpoints:
     aws_access_key_id: str
     aws_secret_access_key: str
     origin: str
+    # Kafka security settings (KAFKA_SECURITY_PROTOCOL, ...) of a super user, which creates the
+    # run's topics and ACLs; empty: Settings' own (the environment's, else PLAINTEXT).
+    kafka_admin_env: dict[str, str] = field(default_factory=dict)
+    # Per principal (each service, each outside role) its Kafka security settings; empty when
+    # the cluster has no per-principal credentials to hand out (then every client is the same).
+    kafka_principal_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def _from_env() -> Endpoints | None:
@@ -80,14 +87,27 @@ def _local_stack() -> Iterator[Endpoints]:
     if started_here:
         stack.up(log=lambda line: print(f"[stack] {line}"))
     env = stack.env()
+    principals: dict[str, dict[str, str]] = {}
+    if stack.kafka_secured:
+        from shared.stack.kafka_auth import PRINCIPALS
+        principals = {name: _kafka_security(stack.kafka_env(name)) for name in PRINCIPALS}
+    else:
+        warnings.warn(f"the local stack in {stack.dir} runs Kafka PLAINTEXT, without ACLs (it was created "
+                      "before Kafka security): `modelreg stack down --purge` then `up` secures it", stacklevel=1)
     try:
         yield Endpoints(env["KAFKA_BOOTSTRAP_SERVERS"], env["DATABASE_URL"], env["S3_ENDPOINT_URL"],
-                        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "local stack")
+                        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], "local stack",
+                        kafka_admin_env=_kafka_security(env), kafka_principal_env=principals)
     finally:
         # CI stops what it started; a developer's stack stays up for the next run (and for
         # other test sessions sharing it): `modelreg stack down` stops it.
         if started_here and os.environ.get("CI"):
             stack.down(log=lambda line: print(f"[stack] {line}"))
+
+
+def _kafka_security(env: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items()
+            if name.startswith("KAFKA_") and name != "KAFKA_BOOTSTRAP_SERVERS"}
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +139,8 @@ async def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactor
         await conn.execute(f'CREATE DATABASE "{database}"')
     finally:
         await conn.close()
-    yield load_settings(
+    run_settings = load_settings(
+        **{name.lower(): value for name, value in endpoints.kafka_admin_env.items()},
         kafka_bootstrap_servers=endpoints.kafka,
         database_url=_with_database(endpoints.database_url, database),
         s3_endpoint_url=endpoints.s3_endpoint,
@@ -134,6 +155,13 @@ async def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactor
         health_port=0,
         artifact_roots=str(tmp_path_factory.mktemp("artifact-root")),
     )
+    if endpoints.kafka_principal_env:
+        from shared.kafka_acls import apply_acls, remove_acls
+
+        await apply_acls(run_settings, run_settings.topic_prefix)  # the run's topics, per principal
+    yield run_settings
+    if endpoints.kafka_principal_env:
+        await remove_acls(run_settings, run_settings.topic_prefix)
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

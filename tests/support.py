@@ -17,6 +17,19 @@ from shared.kafka_security import kafka_client_options
 from shared.settings import Settings, load_settings
 
 
+def signing_service(prefix: str) -> str:
+    """A service name, unique to the test, with a fresh signing key registered for it (for
+    tests that drive a `BatchProcessor` of their own)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from shared import signing
+    from shared.keys import SigningKey
+
+    service = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    signing.register(service, SigningKey(service, Ed25519PrivateKey.generate()))
+    return service
+
+
 def settings_for(settings: Settings, env: dict[str, str]) -> Settings:
     """`settings` with the given settings (by variable name, e.g. KAFKA_SASL_USERNAME) replaced."""
     return load_settings(**{**settings.model_dump(), **{name.lower(): value for name, value in env.items()}})
@@ -33,6 +46,13 @@ def kafka_env(settings: Settings) -> dict[str, str]:
                 "KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile, "KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
                 "KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile}
     return {**env, **{name: str(value) for name, value in optional.items() if value}}
+
+
+def signed(settings: Settings, event: Any, service: str = "promotion") -> bytes:
+    """`event` (a CloudEvent model) as `service` would publish it: signed with its key."""
+    from shared.signing import service_key
+
+    return service_key(settings.signing_key_file, service).sign_event_bytes(event.to_json())
 
 
 def unique_name(prefix: str = "model") -> str:

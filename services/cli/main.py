@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from services.cli.errors import UserError
 from shared.policy import PolicyError
+from shared.keys import KeyFileError
 from shared.settings import SettingsError
 
 EXIT_FAILED = 1
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return dispatch(args) or 0
-    except (SettingsError, PolicyError) as exc:
+    except (SettingsError, PolicyError, KeyFileError) as exc:
         print(f"modelreg: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (UserError, StackError) as exc:

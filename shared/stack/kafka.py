@@ -3,6 +3,13 @@
 The release's `kafka_2.13` artifact plus a log4j binding is the classpath the release
 tarball's `libs/` holds; `kafka.tools.StorageTool format --standalone` and `kafka.Kafka` are
 what its scripts run.
+
+Secured (the default for a new stack): clients connect with SASL SCRAM-SHA-512 over TLS and
+the KRaft StandardAuthorizer checks every request against ACLs; the SCRAM credentials are
+written into the metadata log when the storage is formatted, so they exist before the broker
+first starts. The broker reaches its own controller over SASL PLAIN on 127.0.0.1 (SCRAM
+credentials live in the metadata the controller serves, so they cannot authenticate it).
+A stack whose storage was formatted before security existed keeps running PLAINTEXT.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from shared.stack.kafka_auth import BROKER, SASL_MECHANISM, SUPER_USERS, KafkaAuth
 from shared.stack.proc import StackError, spawn
+
+SECURED_MARKER = "sasl_ssl"  # in the Kafka home: the storage was formatted with SCRAM users
 
 KAFKA_VERSION = os.environ.get("MODELREG_KAFKA_VERSION", "4.4.0")
 LOG4J_VERSION = "2.26.1"
@@ -96,16 +106,48 @@ def resolve_jars(cache_dir: Path) -> Path:
     return libs
 
 
-def _properties(data_dir: Path, port: int, controller_port: int) -> str:
+def _listeners(port: int, controller_port: int, auth: KafkaAuth | None) -> list[str]:
+    if auth is None:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+    broker_password = auth.password(BROKER)
+    return [
+        f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+        "inter.broker.listener.name=SASL_SSL",
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
+        f"sasl.enabled.mechanisms={SASL_MECHANISM}",
+        f"sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}",
+        f"listener.name.sasl_ssl.{SASL_MECHANISM.lower()}.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{BROKER}" password="{broker_password}";',
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{BROKER}" password="{broker_password}" user_{BROKER}="{broker_password}";',
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={auth.broker_keystore}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={auth.ca_file}",
+        "ssl.endpoint.identification.algorithm=https",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users=" + ";".join(f"User:{name}" for name in SUPER_USERS),
+        "allow.everyone.if.no.acl.found=false",
+    ]
+
+
+def _properties(data_dir: Path, port: int, controller_port: int, auth: KafkaAuth | None) -> str:
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        *_listeners(port, controller_port, auth),
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         f"log.dirs={data_dir}",
         "num.partitions=6",
         "auto.create.topics.enable=false",
@@ -122,27 +164,48 @@ def _properties(data_dir: Path, port: int, controller_port: int) -> str:
     ])
 
 
-def start(home: Path, cache_dir: Path, port: int, controller_port: int) -> int:
-    """Format storage on first start, then launch the broker; returns its pid."""
+def formatted(home: Path) -> bool:
+    return (home / "data" / "meta.properties").exists()
+
+
+def secured(home: Path) -> bool:
+    """Whether this Kafka runs SASL_SSL: a new one does; one formatted before stays PLAINTEXT."""
+    return (home / SECURED_MARKER).exists() or not formatted(home)
+
+
+def start(home: Path, cache_dir: Path, port: int, controller_port: int, auth: KafkaAuth | None) -> int:
+    """Format storage on first start (with every principal's SCRAM credentials when `auth` is
+    given), then launch the broker; returns its pid."""
     java = java_binary()
     libs = resolve_jars(cache_dir)
     home.mkdir(parents=True, exist_ok=True)
     data_dir = home / "data"
     config = home / "server.properties"
-    config.write_text(_properties(data_dir, port, controller_port))
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the broker's password
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(_properties(data_dir, port, controller_port, auth))
     (home / "log4j2.yaml").write_text(_LOG4J2)
     classpath = f"{libs}/*"
     if not (data_dir / "meta.properties").exists():
         cluster_id_file = home / "cluster.id"
         if not cluster_id_file.exists():
             cluster_id_file.write_text(_cluster_id())
+        scram = [] if auth is None else [
+            arg for name, password in auth.passwords().items()
+            for arg in ("--add-scram", f"{SASL_MECHANISM}=[name={name},password={password}]")]
         result = subprocess.run(
             [java, "-cp", classpath, f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
              "kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted",
-             "-t", cluster_id_file.read_text().strip(), "-c", str(config)],
+             "-t", cluster_id_file.read_text().strip(), "-c", str(config), *scram],
             capture_output=True, text=True)
         if result.returncode != 0:
-            raise StackError(f"formatting Kafka's storage failed:\n{(result.stdout + result.stderr)[-2000:]}")
+            output = result.stdout + result.stderr
+            for password in (auth.passwords().values() if auth else ()):
+                output = output.replace(password, "***")
+            raise StackError(f"formatting Kafka's storage failed:\n{output[-2000:]}")
+        if auth is not None:
+            (home / SECURED_MARKER).write_text(f"{SASL_MECHANISM} over TLS; super users: {', '.join(SUPER_USERS)}\n")
     heap = os.environ.get("MODELREG_KAFKA_HEAP", "-Xms256m -Xmx768m").split()
     return spawn(
         [java, *heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",

@@ -24,6 +24,7 @@ from pathlib import Path
 from shared import keys
 from shared.settings import DEFAULT_KAFKA_PORT, DEFAULT_POSTGRES_PORT, DEFAULT_S3_PORT
 from shared.stack import kafka, postgres, s3
+from shared.stack.kafka_auth import ADMIN, KafkaAuth
 from shared.stack.proc import StackError, alive, port_open, spawn, tail, terminate, wait_for
 
 S3_ACCESS_KEY = "modelreg"
@@ -101,10 +102,33 @@ class LocalStack:
     def signing_key_file(self, service: str) -> Path:
         return keys.key_file(self.keys_dir, service)
 
-    def env(self) -> dict[str, str]:
-        """The settings that point modelreg at this stack."""
+    # Kafka's identities (shared/stack/kafka_auth.py): a CA, the broker's certificate, SCRAM users.
+    @property
+    def kafka_home(self) -> Path:
+        return self.dir / "kafka"
+
+    @property
+    def kafka_auth(self) -> KafkaAuth:
+        return KafkaAuth(self.dir / "kafka-auth")
+
+    @property
+    def kafka_secured(self) -> bool:
+        """SASL_SSL with ACLs; False only for a stack formatted before that existed."""
+        return kafka.secured(self.kafka_home)
+
+    def kafka_env(self, principal: str = ADMIN) -> dict[str, str]:
+        """The Kafka settings of a client authenticating as `principal` (a service, an
+        outside role, or the admin super user the stack itself uses)."""
+        env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports.kafka}"}
+        if self.kafka_secured:
+            self.kafka_auth.ensure()
+            env.update(self.kafka_auth.client_env(principal))
+        return env
+
+    def env(self, principal: str = ADMIN) -> dict[str, str]:
+        """The settings that point modelreg at this stack; Kafka as `principal`."""
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports.kafka}",
+            **self.kafka_env(principal),
             "DATABASE_URL": postgres.dsn(self.ports.postgres),
             "S3_ENDPOINT_URL": f"http://127.0.0.1:{self.ports.s3}",
             "S3_BUCKET": S3_BUCKET,
@@ -142,7 +166,7 @@ class LocalStack:
                 log(f"starting the {name} service")
                 self.state.services[name] = spawn(
                     [sys.executable, "-m", "services.cli.main", "run", name], self.dir / "logs" / f"{name}.log",
-                    env={**env, **self.env(), "PYTHONPATH": _import_root(),
+                    env={**env, **self.env(name), "PYTHONPATH": _import_root(),
                          "MODELREG_SIGNING_KEY_FILE": str(self.signing_key_file(name))})
             self._save()
 
@@ -222,8 +246,15 @@ class LocalStack:
         if not (self.cache_dir / f"kafka-{kafka.KAFKA_VERSION}" / ".resolved").exists():
             log(f"fetching Apache Kafka {kafka.KAFKA_VERSION} jars with Maven (first run only)")
         log(f"starting Apache Kafka {kafka.KAFKA_VERSION} (KRaft) on 127.0.0.1:{self.ports.kafka}")
-        home = self.dir / "kafka"
-        self.state.kafka_pid = kafka.start(home, self.cache_dir, self.ports.kafka, self.ports.kafka_controller)
+        home = self.kafka_home
+        auth = self.kafka_auth if self.kafka_secured else None
+        if auth is None:
+            log(f"warning: this stack's Kafka was created before it had security and runs PLAINTEXT: "
+                f"anyone on this machine can forge events; `modelreg stack down --purge` and `up` "
+                f"make a secured one (SASL_SSL, ACLs)")
+        else:
+            auth.ensure()
+        self.state.kafka_pid = kafka.start(home, self.cache_dir, self.ports.kafka, self.ports.kafka_controller, auth)
         self._save()
         if not wait_for(lambda: port_open(self.ports.kafka) or not alive(self.state.kafka_pid), 120):
             raise StackError(f"Kafka did not open its port:\n{tail(home / 'kafka.log')}")
@@ -235,6 +266,7 @@ class LocalStack:
         import asyncpg
 
         from shared.broker import ensure_topics
+        from shared.kafka_acls import apply_acls
         from shared.settings import load_settings
         from shared.storage import ObjectStore
 
@@ -250,11 +282,13 @@ class LocalStack:
         for attempt in range(60):
             try:
                 await ensure_topics(settings)
-                return
+                break
             except Exception:
                 if attempt == 59:
                     raise
                 await asyncio.sleep(1)
+        if self.kafka_secured:
+            await apply_acls(settings, "")
 
     # -- down and status ----------------------------------------------------------------
 

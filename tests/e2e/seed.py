@@ -21,6 +21,7 @@ from shared.broker import ensure_topics
 from shared.events import CONTENT_TYPE, RegistryAudit, RegistryAuditData, new_event
 from shared.kafka_security import kafka_client_options
 from shared.settings import Settings
+from tests.support import signed
 
 CHECKS = [{"name": "artifact_present", "passed": True, "detail": "s3 object found"},
           {"name": "checksum", "passed": True, "detail": "sha256 matches"},
@@ -104,7 +105,7 @@ async def write(settings: Settings, db: asyncpg.Pool, life: Life) -> None:
     await producer.start()
     try:
         for event in life.events:
-            await producer.send(settings.topic(RegistryAudit.topic), event.to_json(), key=life.name.encode(),
+            await producer.send(settings.topic(RegistryAudit.topic), signed(settings, event), key=life.name.encode(),
                                 headers=[("content-type", CONTENT_TYPE.encode())])
         await producer.flush()
     finally:

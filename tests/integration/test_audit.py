@@ -23,7 +23,7 @@ from services.audit.chain import ALTERED, GENESIS, PREDECESSOR_MISSING, TRUNCATE
 from services.cli import audit as audit_cli
 from shared.events import CloudEvent, RegistryAudit, RegistryAuditData, new_event
 from shared.settings import Settings
-from tests.support import Kafka, eventually, unique_name
+from tests.support import Kafka, eventually, signed, unique_name
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def audit_event(name: str, action: str = "promoted", version: int | None = 1,
 
 async def publish(kafka: Kafka, *events: CloudEvent[Any]) -> None:
     for event in events:
-        await kafka.publish_raw("registry.audit", event.to_json(), key=event.data.name)
+        await kafka.publish_raw("registry.audit", signed(kafka.settings, event), key=event.data.name)
 
 
 async def rows_for(db: asyncpg.Pool, *names: str) -> list[asyncpg.Record]:

@@ -10,7 +10,7 @@ import asyncpg
 
 from shared.consumer import BatchProcessor, Record, ServiceHandlers, Tx
 from shared.events import InvalidEvent, ModelRegistered
-from tests.support import cloudevent
+from tests.support import cloudevent, signing_service
 
 
 def record(offset: int, event: dict | bytes, topic: str = "model.registered") -> Record:
@@ -19,7 +19,7 @@ def record(offset: int, event: dict | bytes, topic: str = "model.registered") ->
 
 
 async def test_a_refusal_undoes_only_its_own_writes_and_redelivery_changes_nothing(db: asyncpg.Pool) -> None:
-    service = f"probe-{uuid.uuid4().hex[:6]}"
+    service = signing_service("probe")
     await db.execute(f'CREATE TABLE "{service}" (name text PRIMARY KEY)')
 
     async def handle(tx: Tx, event: ModelRegistered) -> None:

@@ -18,7 +18,7 @@ from shared.broker import ensure_topics, make_broker, subscribe
 from shared.consumer import BatchProcessor, Record, ServiceHandlers, Tx
 from shared.events import ModelRegistered
 from shared.settings import Settings
-from tests.support import Kafka, cloudevent, eventually, for_model, put_artifact, unique_name
+from tests.support import Kafka, cloudevent, eventually, for_model, put_artifact, signing_service, unique_name
 
 DEEP = b'{"specversion": "1.0", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
@@ -68,7 +68,7 @@ async def test_hostile_records_are_dead_lettered_and_everything_around_them_is_h
 
 async def test_a_handler_bug_is_retried_then_dead_lettered_with_its_traceback(
         db: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
-    service = f"buggy-{uuid.uuid4().hex[:6]}"
+    service = signing_service("buggy")
     attempts: dict[str, int] = {}
     handled: list[str] = []
 

@@ -1,0 +1,80 @@
+"""Signed events on the bus: services sign what they emit, consumers check what they read.
+
+Every event a service writes to its outbox is signed with the service's Ed25519 key (see
+`shared/keys.py` for the keys, the keyring and the canonical form), so a record on an internal
+topic is only believed when a key of the keyring that may sign its type signed it. What fails
+the check is dead-lettered as `forged` and changes nothing. Outside producers' topics
+(`model.registered`, `metrics.evaluated`, `promotion.requested`) are guarded by the broker's
+ACLs instead; they are not required to carry a registry signature.
+
+A process may host several services (the tests run them all in one), so the keys are held per
+service name: `ServiceApp` registers its key at start, and the outbox signs with the key of
+the service that writes the rows. Writing rows for a service without a key is refused: an
+unsigned event would only be dead-lettered downstream.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shared.keys import KeyFileError, Keyring, SigningKey, key_file, load_own_key
+
+# Topics only the registry's services write; every record on them must be signed.
+INTERNAL_TOPICS: frozenset[str] = frozenset({
+    "model.ingested", "model.validated", "model.rejected", "qa.requested", "model.promoted",
+    "model.demoted", "model.archived", "registry.audit", "registry.dlq",
+})
+
+_keys: dict[str, SigningKey] = {}
+
+
+class MissingSigningKey(RuntimeError):
+    """A service emitted events without a signing key registered for it."""
+
+
+def register(service: str, key: SigningKey) -> None:
+    """Sign `service`'s events with `key` from now on (in this process)."""
+    if key.service != service:
+        raise ValueError(f"the key of {key.service!r} cannot sign for {service!r}")
+    _keys[service] = key
+
+
+def forget(service: str) -> None:
+    _keys.pop(service, None)
+
+
+def sign_value(service: str, value: bytes) -> bytes:
+    """A CloudEvent's JSON bytes with `signature` and `signingkey` set by `service`'s key."""
+    key = _keys.get(service)
+    if key is None:
+        raise MissingSigningKey(f"no signing key is registered for {service!r}: set "
+                                "MODELREG_SIGNING_KEY_FILE (`modelreg stack up` makes one per service)")
+    return key.sign_event_bytes(value)
+
+
+def forgery(keyring: Keyring, topic: str, value: bytes | None) -> str | None:
+    """Why a parsed record of `topic` is not believed, or None. Only internal topics are
+    checked: what outside producers may write is the broker's ACLs' business."""
+    if topic not in INTERNAL_TOPICS:
+        return None
+    try:
+        document: Any = json.loads(value or b"")
+    except ValueError:
+        return "the event is not JSON"
+    if not isinstance(document, dict):
+        return "the event is not a JSON object"
+    return keyring.event_problem(document)
+
+
+def service_key(configured: Path | None, service: str) -> SigningKey:
+    """`service`'s key from MODELREG_SIGNING_KEY_FILE: the key file itself, or a directory
+    holding `<service>.ed25519.pem` (one host running several services)."""
+    if configured is not None and Path(configured).is_dir():
+        configured = key_file(Path(configured), service)
+    key = load_own_key(configured)
+    if key.service != service:
+        raise KeyFileError(f"MODELREG_SIGNING_KEY_FILE names {key.service!r}'s key; "
+                           f"the {service} service signs with its own")
+    return key
