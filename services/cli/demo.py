@@ -25,6 +25,8 @@ from aiokafka import AIOKafkaConsumer
 
 from services.cli.main import SERVICES
 from services.cli.up import service_env
+from shared.kafka_acls import role_group_prefix
+from shared.kafka_security import kafka_client_options
 from shared.sdk import Registry
 from shared.settings import Settings, load_settings
 from shared.stack.launcher import LocalStack
@@ -44,31 +46,39 @@ def run(timeout: float = 90.0) -> int:
     stack.start_services(SERVICES, env)
     os.environ.update(env)
     _say(f"services running: {', '.join(SERVICES)} (logs in {stack.dir / 'logs'})")
-    code = asyncio.run(Demo(load_settings(), timeout).play())
+    # Each part played by its own Kafka principal: the pipeline registers, QA evaluates, the
+    # audit trail is watched as a reader (on a stack without them, all are the same client).
+    settings = load_settings()
+    roles = {role: load_settings(**stack.kafka_env(role)) for role in ("pipeline", "qa", "reader")}
+    code = asyncio.run(Demo(settings, timeout, roles).play())
     _say("the registry keeps running: the UI is at http://127.0.0.1:8080/, `modelreg stack status` shows "
          "the rest, `modelreg stack down` stops it all")
     return code
 
 
 class Demo:
-    def __init__(self, settings: Settings, timeout: float) -> None:
+    def __init__(self, settings: Settings, timeout: float, roles: dict[str, Settings] | None = None) -> None:
         self.settings = settings
+        self.roles = roles or {}
         self.timeout = timeout
         self.name = f"demo-fraud-{uuid.uuid4().hex[:6]}"
         self.audit: list[dict[str, Any]] = []
         self.versions: dict[uuid.UUID, int] = {}
 
     async def play(self) -> int:
+        reader = self.roles.get("reader", self.settings)
         consumer = AIOKafkaConsumer(
             self.settings.topic("registry.audit"), self.settings.topic("qa.requested"),
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, auto_offset_reset="latest",
-            enable_auto_commit=False, group_id=f"modelreg-demo-{uuid.uuid4().hex[:8]}")
+            **kafka_client_options(reader), auto_offset_reset="latest",
+            enable_auto_commit=False, group_id=f"{role_group_prefix(self.settings.topic_prefix, 'reader')}"
+                                               f"demo-{uuid.uuid4().hex[:8]}")
         await consumer.start()
-        async with Registry(self.settings, source="pipelines/demo-train") as registry:
-            listener = asyncio.create_task(self._listen(consumer, registry))
+        async with Registry(self.roles.get("pipeline", self.settings), source="pipelines/demo-train") as registry, \
+                Registry(self.roles.get("qa", self.settings), source="qa/demo-runner") as qa:
+            listener = asyncio.create_task(self._listen(consumer, qa))
             try:
                 await self._wait_assigned(consumer)
-                await self._script(registry)
+                await self._script(registry, qa)
                 await self._summary()
                 return 0
             except TimeoutError as exc:
@@ -79,7 +89,7 @@ class Demo:
                 listener.cancel()
                 await consumer.stop()
 
-    async def _script(self, registry: Registry) -> None:
+    async def _script(self, registry: Registry, qa: Registry) -> None:
         name = self.name
         _say(f"1. a training pipeline registers {name} v1; QA measures auc 0.92")
         await self._register(registry, 1)
@@ -97,8 +107,8 @@ class Demo:
                           and "champion" in (a.get("reason") or ""), "v3 held in staging")
 
         _say("4. the production monitor sees v2's auc fall to 0.80: the registry rolls back to v1")
-        await registry.evaluate(name, 2, suite="live-monitor", metrics={"auc": 0.80},
-                                environment="production", evaluator="monitors/demo")
+        await qa.evaluate(name, 2, suite="live-monitor", metrics={"auc": 0.80},
+                          environment="production", evaluator="monitors/demo")
         await self._until(lambda a: a["action"] == "promoted" and a.get("version") == 1
                           and a.get("reason") == "rollback", "v1 restored")
 
@@ -120,7 +130,7 @@ class Demo:
                                     run_id=f"demo-run-{seed}", description=f"demo model, run {seed}",
                                     dataset={"uri": "s3://datasets/fraud", "version": "2026-11"})
 
-    async def _listen(self, consumer: AIOKafkaConsumer, registry: Registry) -> None:
+    async def _listen(self, consumer: AIOKafkaConsumer, qa: Registry) -> None:
         """Print the audit trail as it arrives, and answer qa.requested like a QA system."""
         answered: set[int] = set()
         while True:
@@ -135,10 +145,10 @@ class Demo:
                         version = data["version"]
                         if version in QA_RESULTS and version not in answered:
                             answered.add(version)
-                            await registry.evaluate(self.name, version, suite="offline-eval",
-                                                    metrics=QA_RESULTS[version], passed=True,
-                                                    evaluator="qa/demo-runner",
-                                                    correlationid=uuid.UUID(event["correlationid"]))
+                            await qa.evaluate(self.name, version, suite="offline-eval",
+                                              metrics=QA_RESULTS[version], passed=True,
+                                              evaluator="qa/demo-runner",
+                                              correlationid=uuid.UUID(event["correlationid"]))
                         continue
                     self.audit.append(data)
                     _step(data)

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     down = stack_commands.add_parser("down", help="stop the stack (data is kept)")
     down.add_argument("--purge", action="store_true", help="also delete every bit of its data")
     stack_commands.add_parser("status", help="what runs, and the env exports that point at it")
+    credentials = stack_commands.add_parser(
+        "credentials", help="one Kafka principal's client settings, as export lines: "
+                            "eval \"$(modelreg stack credentials pipeline)\"")
+    credentials.add_argument("role", help="an outside role (pipeline, qa, ops, reader), a service, or admin")
 
     run = commands.add_parser("run", help="run one service in the foreground")
     run.add_argument("service", choices=SERVICES)
@@ -88,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not os.environ.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
         os.environ["MODELREG_POLICY_FILE"] = policy
+    # ... and beside the local stack, connects to Kafka as the principal the command acts as.
+    from services.cli.stack import local_kafka_defaults
+
+    os.environ.update(local_kafka_defaults(args.command, getattr(args, "service", None)))
     from shared.logs import configure
 
     configure(None, verbose=args.verbose)

@@ -1,11 +1,23 @@
-"""`modelreg stack up | down | status`."""
+"""`modelreg stack up | down | status | credentials ROLE`."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 
+from services.cli.errors import UserError
+from shared.kafka_acls import OUTSIDE_ROLE_READS, OUTSIDE_ROLE_WRITES, OUTSIDE_ROLES
+from shared.stack.kafka_auth import BROKER, PRINCIPALS
 from shared.stack.launcher import LocalStack, Ports
 from shared.stack.proc import alive
+
+CLIENT_PRINCIPALS = tuple(p for p in PRINCIPALS if p != BROKER)
+# Who a command of a source checkout connects as, when no KAFKA_* setting says otherwise.
+COMMAND_PRINCIPALS = {"register": "pipeline", "evaluate": "qa", "promote": "ops", "replay": "reader",
+                      "bench": "admin"}
+
+# Settings every client shares; the Kafka ones differ per principal (`credentials ROLE`).
+_KAFKA_PREFIX = "KAFKA_"
 
 
 def command(args: argparse.Namespace) -> int:
@@ -26,7 +38,50 @@ def command(args: argparse.Namespace) -> int:
     if args.stack_command == "down":
         stack.down(purge=args.purge)
         return 0
+    if args.stack_command == "credentials":
+        return print_credentials(stack, args.role)
     return print_status(stack)
+
+
+def export_lines(env: dict[str, str]) -> list[str]:
+    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+
+
+def print_credentials(stack: LocalStack, role: str) -> int:
+    """One principal's Kafka client settings, as lines a shell can eval."""
+    if role not in CLIENT_PRINCIPALS:
+        raise UserError(f"unknown role {role!r}; one of: {', '.join(CLIENT_PRINCIPALS)}")
+    if not stack.kafka_secured:
+        raise UserError(f"the stack in {stack.dir} runs Kafka PLAINTEXT (it predates Kafka security): "
+                        "no credentials to hand out; `modelreg stack down --purge` then `up` secures it")
+    for line in export_lines(stack.kafka_env(role)):
+        print(line)
+    return 0
+
+
+def local_kafka_defaults(command: str, service: str | None = None) -> dict[str, str]:
+    """For a command run beside the default local stack with no Kafka security settings of its
+    own: the settings of the principal that command acts as (a pipeline registers, QA
+    evaluates, ops promote, a service runs as itself). Empty when anything is set, or the
+    stack is not there or not secured."""
+    import os
+
+    if any(name.startswith(_KAFKA_PREFIX) and name != "KAFKA_BOOTSTRAP_SERVERS" for name in os.environ):
+        return {}
+    principal = service if command == "run" else COMMAND_PRINCIPALS.get(command)
+    stack = LocalStack()
+    if principal is None or not stack.state_file.exists() or not stack.kafka_secured:
+        return {}
+    env = stack.kafka_env(principal)
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS", env["KAFKA_BOOTSTRAP_SERVERS"]) != env["KAFKA_BOOTSTRAP_SERVERS"]:
+        return {}  # pointed at another cluster
+    return env
+
+
+def _role_summary(role: str) -> str:
+    writes = ", ".join(OUTSIDE_ROLE_WRITES[role]) or "nothing"
+    reads = "every topic" if role == "reader" else (", ".join(OUTSIDE_ROLE_READS[role]) or "nothing")
+    return f"writes {writes}; reads {reads}"
 
 
 def print_status(stack: LocalStack) -> int:
@@ -38,6 +93,20 @@ def print_status(stack: LocalStack) -> int:
     for name, pid in sorted(stack.state.services.items()):
         print(f"#   service {name:<11} {'running' if alive(pid) else 'STOPPED'} (pid {pid}, log: "
               f"{stack.dir / 'logs' / (name + '.log')})")
-    for name, value in stack.env().items():
-        print(f"export {name}={value}")
+    env = stack.env()
+    for line in export_lines({k: v for k, v in env.items() if not k.startswith(_KAFKA_PREFIX)}):
+        print(line)
+    print(export_lines({"KAFKA_BOOTSTRAP_SERVERS": env["KAFKA_BOOTSTRAP_SERVERS"]})[0])
+    if not stack.kafka_secured:
+        print("# Kafka runs PLAINTEXT, without ACLs (this stack predates Kafka security): "
+              "`modelreg stack down --purge` then `up` secures it")
+        return 0 if all(answers.values()) else 1
+    print("# Kafka: SASL_SSL (SCRAM-SHA-512), ACLs per principal. Each role's client settings, for")
+    print("# this shell (eval \"$(modelreg stack credentials ROLE)\") or a librdkafka client")
+    print("# (bootstrap.servers, security.protocol, sasl.mechanisms, sasl.username, sasl.password,")
+    print("# ssl.ca.location):")
+    for role in OUTSIDE_ROLES:
+        print(f"# -- {role}: {_role_summary(role)}")
+        for line in export_lines(stack.kafka_env(role)):
+            print(f"#   {line}")
     return 0 if all(answers.values()) else 1

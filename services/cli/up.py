@@ -21,10 +21,12 @@ class ServiceProcesses:
     """Each service as its own OS process (as in production), output prefixed with its name."""
 
     def __init__(self, services: Sequence[str], env: dict[str, str], *, echo: bool = True,
-                 log_file: Path | None = None, key_files: dict[str, Path] | None = None) -> None:
+                 log_file: Path | None = None, key_files: dict[str, Path] | None = None,
+                 own_env: dict[str, dict[str, str]] | None = None) -> None:
         self.services = services
         self.env = env
         self.key_files = key_files or {}  # service -> its private signing key
+        self.own_env = own_env or {}  # service -> its own settings (its Kafka principal's)
         self.echo = echo
         self.log_file = log_file
         self.processes: dict[str, subprocess.Popen[str]] = {}
@@ -41,7 +43,8 @@ class ServiceProcesses:
 
     def _env(self, service: str) -> dict[str, str]:
         key = self.key_files.get(service)
-        return {**self.env, "MODELREG_SIGNING_KEY_FILE": str(key)} if key else self.env
+        env = {**self.env, **self.own_env.get(service, {})}
+        return {**env, "MODELREG_SIGNING_KEY_FILE": str(key)} if key else env
 
     def _pump(self, name: str, colour: str, stream: IO[str] | None) -> None:
         if stream is None:
@@ -99,7 +102,8 @@ def run(services: Sequence[str]) -> int:
     stack.up()
     stack.stop_services()  # the foreground takes over from background ones
     processes = ServiceProcesses(services, {**service_env(), **stack.env()},
-                                 key_files={name: stack.signing_key_file(name) for name in services})
+                                 key_files={name: stack.signing_key_file(name) for name in services},
+                                 own_env={name: stack.kafka_env(name) for name in services})
     processes.start()
     print(f"modelreg is up: {', '.join(services)}. Ctrl-C stops the services "
           "(the stack keeps running: `modelreg stack down`).", flush=True)
