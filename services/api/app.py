@@ -32,6 +32,7 @@ from shared.runtime import until_signalled
 from shared.sdk import Registry
 from shared.settings import Settings
 from shared.storage import ObjectStore
+from shared.keys import load_keyring
 
 from . import auth, problems, routes, ui
 from .cache import ChampionCache
@@ -60,6 +61,7 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             policy = load_policy(settings.policy_file)
+            load_keyring(settings.keyring_file)  # no keyring: stop here, in one line
             await migrate(settings.dsn)
             pool = await create_pool(settings.dsn, max_size=8, role=service_role(settings.db_role, "api"))
             stack.push_async_callback(pool.close)
@@ -73,7 +75,8 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
             stack.push_async_callback(cache.stop)
             app.state.resources = ApiResources(settings=settings, api=api_settings, pool=pool, store=store,
                                                registry=registry, policy=policy,
-                                               cursor_key=await auth.signing_key(pool), cache=cache)
+                                               cursor_key=await auth.signing_key(pool), cache=cache,
+                                               keyring=load_keyring(settings.keyring_file))
             log.info("api ready: policy %s, reads %s", policy.revision,
                      "open" if api_settings.open_reads else "need a token")
             try:

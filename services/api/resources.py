@@ -14,6 +14,7 @@ from fastapi import Request
 from shared.policy import Policy
 from shared.settings import Settings
 from shared.storage import ObjectStore
+from shared.keys import Keyring
 
 from .cache import ChampionCache
 from .settings import ApiSettings
@@ -41,6 +42,7 @@ class ApiResources:
     policy: Policy
     cursor_key: bytes
     cache: ChampionCache
+    keyring: Keyring  # the services' public keys, served as JWKS for deployment systems
 
 
 def resources_of(request: Request) -> ApiResources:

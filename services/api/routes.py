@@ -165,6 +165,15 @@ async def health(res: Resources) -> dict[str, Any]:
     return {"status": "ok", "policy_revision": res.policy.revision}
 
 
+@router.get("/keys", tags=["service"], summary="The services' public signing keys (JWKS)",
+            description="Every event a registry service emits is signed (Ed25519 over the RFC 8785 "
+                        "canonical JSON of the CloudEvent without `signature` and `signingkey`); "
+                        "`modelreg_event_types` says which types each key may sign. Public: no token.")
+async def signing_keys(res: Resources, response: Response) -> dict[str, Any]:
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return res.keyring.to_jwks()
+
+
 @router.get("/models", response_model=ModelPage, responses=READ_ERRORS, tags=["models"],
             summary="Search models by name prefix, tag or stage")
 async def list_models(

@@ -8,14 +8,29 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
+import pytest
+from cryptography.exceptions import InvalidSignature
+
+from services.api.app import ApiService
+from services.api.settings import ApiSettings
 
 from shared.events import ModelValidated, ModelValidatedData, RegistryAudit, RegistryAuditData, new_event
 from shared.keys import Keyring
 from shared.settings import Settings
 from tests.integration.test_pipeline import QA, promoted, register
 from tests.support import Kafka, eventually, for_model, signed, unique_name
+
+
+@pytest.fixture(scope="module")
+async def api_service(settings: Settings, pipeline) -> AsyncIterator[ApiService]:
+    service = ApiService(settings, ApiSettings(port=0))
+    await service.start()
+    yield service
+    await service.stop()
 
 
 async def test_forged_records_are_dead_lettered_and_the_champion_stays(
@@ -64,3 +79,34 @@ async def test_forged_records_are_dead_lettered_and_the_champion_stays(
     assert await eventually(champion) == [(1, "production")]
     assert not await db.fetchval("SELECT count(*) FROM audit_log WHERE name = $1 AND reason = 'forged'", name)
 
+
+
+def readme_snippet(marker: str) -> str:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    block = text.split(marker, 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_a_deployment_system_verifies_model_promoted_with_the_published_keyring(
+        settings: Settings, kafka: Kafka, pipeline, api_service: ApiService) -> None:
+    """The README's few lines, run as written against the running API's JWKS."""
+    name = unique_name("life-deploy")
+    qa = asyncio.create_task(QA(kafka, name, {1: {"auc": 0.95}}).run())
+    try:
+        await register(settings, kafka, name, 1)
+        [real] = await kafka.wait_for("model.promoted", promoted(name, 1, "production"))
+    finally:
+        qa.cancel()
+    namespace: dict = {"REGISTRY": api_service.url}
+    await asyncio.to_thread(exec, readme_snippet("<!-- verify-promoted -->"), namespace)
+    verified = namespace["verified"]
+
+    assert verified(real.value)["data"]["version"] == 1
+    tampered = json.loads(real.value)
+    tampered["data"]["to_stage"] = "staging"
+    with pytest.raises(InvalidSignature):
+        verified(json.dumps(tampered).encode())
+    [ingested] = kafka.matching("model.ingested", for_model(name, 1))
+    relabelled = dict(json.loads(ingested.value), type="model.promoted")  # ingest's key, wrong type
+    with pytest.raises(ValueError, match="ingest may not sign model.promoted"):
+        verified(json.dumps(relabelled).encode())
