@@ -1,20 +1,26 @@
-"""audit: `registry.audit` -> one row per record in the hash-chained, append-only `audit_log`."""
+"""audit: `registry.audit` -> one row per record in the hash-chained, append-only `audit_log`,
+and signed checkpoints of the chain head (checkpointer.py) every N records or T seconds."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from shared.consumer import ServiceHandlers
 from shared.events import CloudEvent
-from shared.runtime import Resources, ServiceApp
+from shared.keys import KEY_FILE_SUFFIX, KeyFileError, SigningKey, key_file, load_signing_key
+from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
 
 from . import store, view
 from .chain import AuditRecord
+from .checkpointer import CheckpointObjects, Checkpointer
 
 SERVICE = "audit"
+log = logging.getLogger(__name__)
 
 
 async def on_audit_batch(conn: asyncpg.Connection, events: list[CloudEvent[Any]]) -> None:
@@ -24,8 +30,31 @@ async def on_audit_batch(conn: asyncpg.Connection, events: list[CloudEvent[Any]]
     await view.apply(conn, [(row.seq, row.record) for row in rows])
 
 
+def checkpoint_key(configured: Path | None) -> SigningKey | None:
+    """The audit writer's key (MODELREG_SIGNING_KEY_FILE: the file, or a directory holding
+    audit.ed25519.pem), or None when none is configured."""
+    if configured is None:
+        return None
+    path = key_file(configured, SERVICE) if Path(configured).is_dir() else Path(configured)
+    if path.name.endswith(KEY_FILE_SUFFIX) and path.name != key_file(path.parent, SERVICE).name:
+        raise KeyFileError(f"MODELREG_SIGNING_KEY_FILE names another service's key ({path.name}); "
+                           f"the audit writer signs with {SERVICE}{KEY_FILE_SUFFIX}")
+    return load_signing_key(path, SERVICE)
+
+
 def build(resources: Resources) -> ServiceHandlers:
-    return ServiceHandlers(SERVICE, batch_handlers={"registry.audit": on_audit_batch})
+    settings = resources.settings
+    background: tuple[Any, ...] = ()
+    key = checkpoint_key(settings.signing_key_file)
+    if key is None:
+        log.warning("MODELREG_SIGNING_KEY_FILE is not set: the audit writer signs no checkpoints, "
+                    "so `modelreg audit verify` can only check the chain against itself")
+    else:
+        checkpointer = Checkpointer(resources.pool, CheckpointObjects(resources.store), key,
+                                    every_records=settings.audit_checkpoint_records,
+                                    every_seconds=settings.audit_checkpoint_seconds)
+        background = (lambda: every(checkpointer.poll_seconds, checkpointer.tick, "audit checkpoint"),)
+    return ServiceHandlers(SERVICE, batch_handlers={"registry.audit": on_audit_batch}, background=background)
 
 
 def create_app(settings: Settings) -> ServiceApp:

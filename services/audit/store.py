@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from .chain import AuditRecord, ChainHead, ChainRow, Problem, Verifier, chain
+from .checkpoint import Checkpoint, CheckpointAudit
 
 _CONTENT = ("event_id, action, name, version, from_stage, to_stage, actor, reason, evidence, "
             "correlation_id, causation_id, source, occurred_at")
@@ -111,9 +112,13 @@ def _row(r: asyncpg.Record) -> ChainRow:
     return ChainRow(r["seq"], r["prev_hash"], r["hash"], record)
 
 
-async def rows(conn: asyncpg.Connection, *, prefetch: int = 1000) -> AsyncIterator[ChainRow]:
-    """Every row in seq order through a server-side cursor (call inside a transaction)."""
-    async for r in conn.cursor(f"SELECT {_ROW} FROM audit_log ORDER BY seq", prefetch=prefetch):
+async def rows(conn: asyncpg.Connection, *, prefetch: int = 1000, after: int = 0,
+               upto: int | None = None) -> AsyncIterator[ChainRow]:
+    """Every row (with `after` < seq <= `upto`) in seq order through a server-side cursor
+    (call inside a transaction)."""
+    async for r in conn.cursor(
+            f"SELECT {_ROW} FROM audit_log WHERE seq > $1 AND ($2::bigint IS NULL OR seq <= $2) ORDER BY seq",
+            after, upto, prefetch=prefetch):
         yield _row(r)
 
 
@@ -128,16 +133,18 @@ class Verification:
         return not self.problems
 
 
-async def verify(conn: asyncpg.Connection) -> Verification:
-    """Walk the whole chain against its head, in one snapshot, in constant memory."""
+async def verify(conn: asyncpg.Connection, checkpoints: Sequence[Checkpoint] = ()) -> Verification:
+    """Walk the whole chain against its head, and against the signed `checkpoints` (already
+    checked authentic), in one snapshot, in constant memory."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         head = await read_head(conn)
         if head is None:
             raise MissingHead("the audit chain head is missing")
-        verifier = Verifier()
+        verifier, against = Verifier(), CheckpointAudit(checkpoints)
         async for row in rows(conn):
             verifier.feed(row)
-        return Verification(verifier.finish(head), head, verifier.count)
+            against.feed(row)
+        return Verification(verifier.finish(head) + against.finish(head), head, verifier.count)
 
 
 _TAIL = ("seq, occurred_at, recorded_at, event_id, action, name, version, from_stage, to_stage, "

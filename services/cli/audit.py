@@ -204,25 +204,70 @@ def _write(out: TextIO, line: str) -> None:
 
 async def _verify(conn: asyncpg.Connection, args: argparse.Namespace, out: TextIO) -> int:
     from services.audit import store
+    from services.audit.checkpoint import authentic
     from services.cli.errors import UserError
+    from shared.settings import load_settings
 
+    settings = load_settings()
+    checkpoints, unreadable = await _checkpoints(settings)
+    forged: list[Any] = []
+    if checkpoints:
+        checkpoints, forged = authentic(checkpoints, _keyring(settings))
     try:
-        result = await store.verify(conn)
+        result = await store.verify(conn, checkpoints)
     except store.MissingHead as exc:
         raise UserError(f"{exc}: run `modelreg migrate`") from None
+    problems = [*unreadable, *forged, *result.problems]
+    newest = max(checkpoints, key=lambda c: c.seq) if checkpoints else None
     if args.json:
         _write(out, json.dumps({
-            "intact": result.intact, "records": result.count,
+            "intact": not problems, "records": result.count,
             "head": {"seq": result.head.last_seq, "hash": result.head.last_hash,
                      "records": result.head.row_count},
-            "problems": [p.as_dict() for p in result.problems],
+            "checkpoints": {"count": len(checkpoints), "newest_seq": newest.seq if newest else None},
+            "problems": [p.as_dict() for p in problems],
         }, separators=(",", ":")))
-    elif result.intact:
+    elif not problems:
+        if newest is None:
+            coverage = "no signed checkpoints yet: the chain was checked against itself only"
+        else:
+            coverage = (f"{len(checkpoints)} signed checkpoint(s) agree, the newest at seq {newest.seq} "
+                        f"({newest.time.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)")
         _write(out, f"audit chain intact: {result.count} records, "
-                    f"head {result.head.last_hash[:HASH_PREFIX]}")
+                    f"head {result.head.last_hash[:HASH_PREFIX]}; {coverage}")
     else:
-        for problem in result.problems:
+        for problem in problems:
             _write(out, str(problem))
-        print(f"audit chain broken: {len(result.problems)} problem(s) in {result.count} records",
+        print(f"audit chain broken: {len(problems)} problem(s) in {result.count} records",
               file=sys.stderr)
-    return 0 if result.intact else 1
+    return 0 if not problems else 1
+
+
+async def _checkpoints(settings: Any) -> tuple[list[Any], list[Any]]:
+    """The signed checkpoints in the registry bucket (and problems with unreadable ones)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from services.audit.checkpointer import CheckpointObjects
+    from services.cli.errors import UserError
+    from shared.storage import ObjectStore
+
+    try:
+        async with ObjectStore(settings) as objects:
+            return await CheckpointObjects(objects).all()
+    except (BotoCoreError, ClientError, OSError) as exc:
+        raise UserError(f"cannot read the audit checkpoints in s3://{settings.s3_bucket}/checkpoints/ "
+                        f"({settings.s3_endpoint_url or 'AWS'}): {_why(exc)}") from None
+
+
+def _keyring(settings: Any) -> Any:
+    """The keyring to check checkpoint signatures with: MODELREG_KEYRING_FILE, else the local
+    stack's."""
+    from services.cli.errors import UserError
+    from services.cli.keys import keyring_path
+    from shared.keys import KeyFileError, Keyring
+
+    try:
+        return Keyring.load(keyring_path(settings.keyring_file))
+    except KeyFileError as exc:
+        raise UserError(f"signed checkpoints exist but the keyring to check them is not available: {exc} "
+                        "(set MODELREG_KEYRING_FILE)") from None

@@ -55,7 +55,14 @@ def _shared_starter(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The CLI pointed at this run's database, and its bucket and keyring (the checkpoints)."""
     monkeypatch.setenv("DATABASE_URL", settings.dsn)
+    monkeypatch.setenv("S3_ENDPOINT_URL", settings.s3_endpoint_url or "")
+    monkeypatch.setenv("S3_BUCKET", settings.s3_bucket)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", settings.aws_access_key_id.get_secret_value())
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", settings.aws_secret_access_key.get_secret_value())
+    if settings.keyring_file:
+        monkeypatch.setenv("MODELREG_KEYRING_FILE", str(settings.keyring_file))
     return settings
 
 

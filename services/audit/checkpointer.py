@@ -1,0 +1,183 @@
+"""The audit writer's checkpoints: signed in the writer, kept write-once in S3, announced on
+`registry.audit`; and read back for `modelreg audit verify`.
+
+Write-once: each checkpoint is its own object `checkpoints/<seq>.json`, put with
+`If-None-Match: *` (refused when the key exists; versitygw and AWS honour it). Where the
+bucket was created with S3 Object Lock, each one also gets a COMPLIANCE retention, so not even
+the bucket's owner can delete or overwrite it before `RETENTION` ends (versitygw supports this
+on buckets created with object lock enabled; the local stack's bucket is not, so there the
+conditional put is the guard). Checkpoint objects live under a prefix a deployment can also
+protect with a bucket policy that denies s3:DeleteObject on `checkpoints/*`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from botocore.exceptions import ClientError
+
+from shared.consumer import Tx
+from shared.events import UNKNOWN_MODEL
+from shared.keys import SigningKey
+from shared.outbox import write_outbox
+from shared.storage import ObjectStore, S3Location, is_missing
+
+from . import store
+from .chain import Problem
+from .checkpoint import ACTION, PREFIX, Checkpoint, SegmentCheck, due, record_evidence, sign
+
+log = logging.getLogger(__name__)
+
+SERVICE = "audit"
+RETENTION = timedelta(days=3650)
+# One checkpoint writer at a time across instances (pg_try_advisory_xact_lock key).
+CHECKPOINT_LOCK = 0x6D72_6175_6463_6B70  # "mraudckp"
+# How often the writer looks whether a checkpoint is due, at most.
+POLL_SECONDS = 1.0
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CheckpointObjects:
+    """Checkpoints as write-once objects in the registry bucket."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+        self.bucket = objects.bucket
+        self._locked_bucket: bool | None = None
+
+    async def put(self, checkpoint: Checkpoint) -> bool:
+        """Store `checkpoint` unless its key exists (False then: another writer made it)."""
+        body = checkpoint.to_json()
+        location = S3Location(self.bucket, checkpoint.key)
+        if not await self.objects.put_if_absent(location, body, hashlib.sha256(body).hexdigest()):
+            return False
+        if await self._object_lock():
+            await self.objects.client.put_object_retention(
+                Bucket=self.bucket, Key=checkpoint.key,
+                Retention={"Mode": "COMPLIANCE", "RetainUntilDate": checkpoint.time + RETENTION})
+        return True
+
+    async def _object_lock(self) -> bool:
+        if self._locked_bucket is None:
+            try:
+                config = await self.objects.client.get_object_lock_configuration(Bucket=self.bucket)
+                enabled = config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            except ClientError:
+                enabled = False  # no object lock on this bucket (or this server)
+            if not enabled:
+                log.info("bucket %s has no S3 Object Lock: audit checkpoints are write-once by "
+                         "conditional put only", self.bucket)
+            self._locked_bucket = enabled
+        return self._locked_bucket
+
+    async def keys(self) -> list[str]:
+        found: list[str] = []
+        paginator = self.objects.client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=PREFIX):
+                found.extend(item["Key"] for item in page.get("Contents", []))
+        except ClientError as exc:
+            if is_missing(exc):
+                return []
+            raise
+        return sorted(found)
+
+    async def read(self, key: str) -> Checkpoint:
+        response = await self.objects.client.get_object(Bucket=self.bucket, Key=key)
+        async with response["Body"] as body:
+            data = await body.read()
+        checkpoint = Checkpoint.from_json(data)
+        if checkpoint.key != key:
+            raise ValueError(f"{key} holds the checkpoint of seq {checkpoint.seq}")
+        return checkpoint
+
+    async def all(self) -> tuple[list[Checkpoint], list[Problem]]:
+        """Every checkpoint in the bucket, and a problem for each object that is not one."""
+        checkpoints, problems = [], []
+        for key in await self.keys():
+            try:
+                checkpoints.append(await self.read(key))
+            except ValueError as exc:
+                problems.append(Problem(None, None, "checkpoint not readable", f"{key}: {exc}"))
+        return checkpoints, problems
+
+    async def latest(self) -> Checkpoint | None:
+        for key in reversed(await self.keys()):
+            try:
+                return await self.read(key)
+            except ValueError as exc:
+                log.error("skipping unreadable audit checkpoint %s: %s", key, exc)
+        return None
+
+
+class Checkpointer:
+    """Signs the chain head every N records or T seconds, if the rows since its last
+    checkpoint link on from it; otherwise it refuses, loudly, and signs nothing."""
+
+    def __init__(self, pool: asyncpg.Pool, objects: CheckpointObjects, key: SigningKey, *,
+                 every_records: int, every_seconds: float, clock: Clock = _utcnow) -> None:
+        self.pool = pool
+        self.objects = objects
+        self.key = key
+        self.every_records = every_records
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self.started = clock()
+        self.last: Checkpoint | None = None
+        self.refused: str | None = None  # why the last due checkpoint was not signed
+        self._loaded = False
+
+    @property
+    def poll_seconds(self) -> float:
+        return min(POLL_SECONDS, self.every_seconds)
+
+    async def tick(self, *, force: bool = False) -> Checkpoint | None:
+        """Sign and store a checkpoint if one is due (`force`: whenever there is anything new)."""
+        if not self._loaded:
+            self.last = await self.objects.latest()
+            self._loaded = True
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", CHECKPOINT_LOCK):
+                return None  # another instance is at it
+            head = await store.read_head(conn)
+            after = self.last.seq if self.last else 0
+            if head is None or head.last_seq <= after:
+                return None
+            fresh = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM audit_log WHERE seq > $1 AND seq <= $2 AND action <> $3)",
+                after, head.last_seq, ACTION)
+            now = self.clock()
+            if not force and not due(head, self.last, since=self.last.time if self.last else self.started,
+                                     now=now, fresh=fresh, every_records=self.every_records,
+                                     every_seconds=self.every_seconds):
+                return None
+            segment = SegmentCheck(self.last)
+            async for row in store.rows(conn, after=after, upto=head.last_seq):
+                segment.feed(row)
+            if (problem := segment.finish(head)) is not None:
+                if problem != self.refused:
+                    log.error("not signing the audit chain head at seq %s: %s; the log was changed "
+                              "outside the audit writer (run `modelreg audit verify`)", head.last_seq, problem)
+                self.refused = problem
+                return None
+            self.refused = None
+            checkpoint = sign(self.key, head, now)
+            if not await self.objects.put(checkpoint):
+                self.last = await self.objects.latest()
+                return None
+            tx = Tx(conn, SERVICE, None)
+            tx.audit(ACTION, name=UNKNOWN_MODEL, reason=f"signed checkpoint of the audit chain at seq {head.last_seq}",
+                     evidence=record_evidence(checkpoint, self.objects.bucket))
+            await write_outbox(conn, SERVICE, tx.rows)
+        self.last = checkpoint
+        log.info("signed audit checkpoint at seq %s (%s records)", checkpoint.seq, checkpoint.records)
+        return checkpoint
