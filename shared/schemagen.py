@@ -9,13 +9,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.events import CATALOGUE, CONTENT_TYPE, MODEL_NAME_PATTERN, EventSpec
+from shared.keys import KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, SigningKey
+from shared.signing import INTERNAL_TOPICS
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE = "https://modelreg.dev/schemas/"
@@ -114,7 +118,23 @@ def json_schema(spec: EventSpec) -> dict[str, Any]:
               **schema, "title": spec.topic, "description": spec.summary}
     schema["properties"]["type"] = {"const": spec.topic, "type": "string",
                                     "description": "The event type: the topic it travels on."}
+    if spec.topic in INTERNAL_TOPICS:
+        schema["properties"][SIGNATURE_ATTRIBUTE] = {
+            "type": "string", "pattern": "^[A-Za-z0-9_-]{86}$",
+            "description": "Ed25519 signature (base64url, no padding) of the RFC 8785 canonical JSON "
+                           "of this event without `signature` and `signingkey`."}
+        schema["properties"][KEY_ID_ATTRIBUTE] = {
+            "type": "string", "pattern": "^[0-9a-f]{16}$",
+            "description": "Id of the signing key in the registry's keyring (GET /api/v1/keys): the "
+                           "first 16 hex digits of the SHA-256 of the raw public key."}
+        schema["required"] = [*schema["required"], SIGNATURE_ATTRIBUTE, KEY_ID_ATTRIBUTE]
     return schema
+
+
+# Examples of the registry's own events are signed with this published, well-known key, so
+# that they show (and tests check) the signature's form; it is in no keyring.
+_EXAMPLE_KEY = SigningKey("example", Ed25519PrivateKey.from_private_bytes(
+    hashlib.sha256(b"modelreg example signing key: not secret, never trusted").digest()))
 
 
 def example(spec: EventSpec) -> dict[str, Any]:
@@ -128,6 +148,8 @@ def example(spec: EventSpec) -> dict[str, Any]:
     }
     if "name" in data:
         event["subject"] = data["name"]
+    if spec.topic in INTERNAL_TOPICS:
+        event = _EXAMPLE_KEY.sign_event(event)
     spec.envelope.model_validate_json(json.dumps(event))  # an example that does not parse is a bug
     return event
 
