@@ -1,14 +1,21 @@
 """`modelreg replay`: rebuild the registry view from the `registry.audit` topic alone, into a
-fresh schema, and report every difference from the live tables.
+fresh schema, and report every difference from the live tables, `audit_log` included.
 
 The audit log is the source of truth; this proves it. Rows are matched by their natural keys
 (model name; name and version; the audit event id of a stage change or evaluation) and every
-column is compared except the live writer's audit sequence numbers.
+column is compared except the live writer's audit sequence numbers. `audit_log` itself is
+held to the topic record by record: a row no event on the topic accounts for, an event the
+audit writer has consumed but the log lacks, or a row whose content differs from its event is
+named, whatever its hashes say. Records on the topic that no key of the keyring may have signed
+(MODELREG_KEYRING_FILE) are left out, as the consumers leave them out.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,13 +25,17 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.broker import make_admin
 from shared.db import connect
 from shared.events import InvalidEvent, parse_event
+from shared.keys import Keyring, load_keyring
 from shared.kafka_security import kafka_client_options
 from shared.settings import Settings
 
-from . import view
-from .chain import AuditRecord
+from . import store, view
+from .chain import FIELDS, AuditRecord, canonical
+
+log = logging.getLogger(__name__)
 
 CHUNK = 10_000
 # (table, key columns, columns not compared: sequence numbers local to the writer that made them)
@@ -59,6 +70,7 @@ class ReplayReport:
     skipped: int
     seconds: float
     differences: list[Difference]
+    forged: int = 0  # records no key of the keyring may have signed: left out
 
     @property
     def rate(self) -> float:
@@ -68,24 +80,48 @@ class ReplayReport:
 Progress = Callable[[int, int], None]  # (done, total)
 
 
+@dataclass(frozen=True)
+class TopicEvent:
+    """Where an audit event is on the topic, and a digest of the content its row must hold."""
+
+    partition: int
+    offset: int
+    digest: bytes
+
+
+def content_digest(record: AuditRecord) -> bytes:
+    return hashlib.sha256(canonical(record)).digest()
+
+
 async def replay(settings: Settings, *, from_offset: int | None = None, keep: bool = False,
                  progress: Progress | None = None) -> ReplayReport:
     conn = await connect(settings.dsn)
     schema = f"replay_{time.strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:6]}"
     try:
         await _create_schema(conn, schema)
+        keyring = load_keyring(settings.keyring_file) if settings.keyring_file else None
+        if keyring is None:
+            log.warning("MODELREG_KEYRING_FILE is not set: replay cannot tell forged audit records from real ones")
+        # Every row up to here was written for an event already on the topic.
+        head = await store.read_head(conn)
+        logged_before = head.last_seq if head else 0
         started = time.perf_counter()
-        consumed: set[uuid.UUID] = set()
+        consumed: dict[uuid.UUID, TopicEvent] = {}
+        counts = {"forged": 0}
         # Hundreds of thousands of live objects make every cyclic collection walk them all;
         # the rebuild creates no cycles worth collecting.
         gc.disable()
         try:
-            events, duplicates, skipped = await _rebuild(conn, settings, schema, from_offset, progress, consumed)
+            events, duplicates, skipped = await _rebuild(conn, settings, schema, from_offset, progress, consumed,
+                                                         keyring, counts)
         finally:
             gc.enable()
         seconds = time.perf_counter() - started
-        differences = [] if from_offset is not None else await compare(conn, "public", schema, consumed)
-        return ReplayReport(schema, events, duplicates, skipped, seconds, differences)
+        differences: list[Difference] = []
+        if from_offset is None:
+            differences = await compare(conn, "public", schema, consumed)
+            differences += await compare_log(conn, settings, consumed, logged_before)
+        return ReplayReport(schema, events, duplicates, skipped, seconds, differences, counts["forged"])
     finally:
         if not keep:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -99,7 +135,8 @@ async def _create_schema(conn: asyncpg.Connection, schema: str) -> None:
 
 
 async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, from_offset: int | None,
-                   progress: Progress | None, seen: set[uuid.UUID]) -> tuple[int, int, int]:
+                   progress: Progress | None, seen: dict[uuid.UUID, TopicEvent], keyring: Keyring | None,
+                   counts: dict[str, int]) -> tuple[int, int, int]:
     topic = settings.topic("registry.audit")
     consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
@@ -139,9 +176,13 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
                     if event.id in seen:
                         duplicates += 1  # the outbox relay may publish a record twice
                         continue
-                    seen.add(event.id)
+                    if keyring is not None and keyring.event_problem(json.loads(record.value)) is not None:
+                        counts["forged"] += 1  # the audit writer dead-letters these: so does the rebuild
+                        continue
+                    audit_record = AuditRecord.from_event(event)
+                    seen[event.id] = TopicEvent(partition.partition, record.offset, content_digest(audit_record))
                     events += 1
-                    pending.append((events, AuditRecord.from_event(event)))
+                    pending.append((events, audit_record))
                 if records and records[-1].offset >= ends[partition] - 1:
                     remaining.discard(partition)
             if len(pending) >= CHUNK or not remaining:
@@ -161,7 +202,8 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
         await consumer.stop()
 
 
-async def newer_than(conn: asyncpg.Connection, live: str, consumed: set[uuid.UUID]) -> dict[str, set[Any]]:
+async def newer_than(conn: asyncpg.Connection, live: str,
+                     consumed: set[uuid.UUID] | dict[uuid.UUID, Any]) -> dict[str, set[Any]]:
     """Live rows that audit events the replay did not read have changed since (the writer
     keeps going while a replay runs): they are not compared. Keys per table."""
     later: dict[str, set[Any]] = {"view_stage_changes": set(), "view_evaluations": set(),
@@ -185,7 +227,7 @@ async def newer_than(conn: asyncpg.Connection, live: str, consumed: set[uuid.UUI
 
 
 async def compare(conn: asyncpg.Connection, live: str, rebuilt: str,
-                  consumed: set[uuid.UUID] | None = None) -> list[Difference]:
+                  consumed: set[uuid.UUID] | dict[uuid.UUID, Any] | None = None) -> list[Difference]:
     """Every difference between the live tables and the rebuilt ones; with `consumed` (the
     audit events the rebuild read), rows the live writer changed after those are left out."""
     later = await newer_than(conn, live, consumed) if consumed is not None else {}
@@ -212,3 +254,73 @@ async def compare(conn: asyncpg.Connection, live: str, rebuilt: str,
                 if changed:
                     differences.append(Difference(table, row_key, "differs", changed))
     return differences
+
+
+async def committed_offsets(settings: Settings) -> dict[int, int]:
+    """Per partition of registry.audit, how far the audit writer has committed (every event
+    before that offset is in `audit_log`, or was refused)."""
+    admin = make_admin(settings, "modelreg-replay")
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(settings.group_id("audit"))
+    finally:
+        await admin.close()
+    topic = settings.topic("registry.audit")
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+
+async def compare_log(conn: asyncpg.Connection, settings: Settings, consumed: dict[uuid.UUID, TopicEvent],
+                      logged_before: int) -> list[Difference]:
+    """`audit_log` held to the topic: rows up to seq `logged_before` that no event accounts
+    for, events the writer has consumed that have no row, and rows whose content differs from
+    their event (the columns named)."""
+    committed = await committed_offsets(settings)  # before reading the log: all of these are in it
+    differences: list[Difference] = []
+    differing: list[tuple[Any, TopicEvent]] = []
+    logged: set[uuid.UUID] = set()
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        async for row in store.rows(conn):
+            event = consumed.get(row.event_id)
+            if event is None:
+                if row.seq <= logged_before:
+                    differences.append(Difference("audit_log", (row.event_id,), "missing in replay",
+                                                  {"seq": (row.seq, None)}))
+                continue
+            logged.add(row.event_id)
+            if content_digest(row.record) != event.digest:
+                differing.append((row, event))
+    for event_id, event in consumed.items():
+        if event_id not in logged and event.offset < committed.get(event.partition, 0):
+            differences.append(Difference("audit_log", (event_id,), "missing in live",
+                                          {"offset": (None, f"{event.partition}:{event.offset}")}))
+    if differing:
+        differences += await _column_differences(settings, differing)
+    return differences
+
+
+async def _column_differences(settings: Settings, differing: list[tuple[Any, TopicEvent]]) -> list[Difference]:
+    """Which fields of each differing row disagree with its event, read again from the topic."""
+    topic = settings.topic("registry.audit")
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        differences = []
+        for row, where in differing:
+            partition = TopicPartition(topic, where.partition)
+            consumer.assign([partition])
+            consumer.seek(partition, where.offset)
+            record = await consumer.getone(partition)
+            replayed = AuditRecord.from_event(parse_event("registry.audit", record.value))
+            columns = {name: (getattr(row.record, name), getattr(replayed, name)) for name in FIELDS
+                       if canonical_field(row.record, name) != canonical_field(replayed, name)}
+            differences.append(Difference("audit_log", (row.event_id,), "differs",
+                                          columns or {"content": ("?", "?")}))
+        return differences
+    finally:
+        await consumer.stop()
+
+
+def canonical_field(record: AuditRecord, name: str) -> bytes:
+    """One field as the chain hashes it (so 2 and 2.0 in evidence compare equal)."""
+    return canonical({**{f: None for f in FIELDS}, "event_id": record.event_id,
+                      "occurred_at": record.occurred_at, name: getattr(record, name)})

@@ -12,7 +12,7 @@ from services.cli.errors import UserError
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser("replay", help="rebuild the read tables from registry.audit and report "
-                                                "any difference from the live ones")
+                                                "any difference from the live ones and from audit_log")
     parser.add_argument("--from-offset", type=int, default=None, metavar="N",
                         help="start each partition at offset N (no comparison: a partial rebuild)")
     parser.add_argument("--keep", action="store_true", help="keep the rebuilt schema for inspection")
@@ -48,17 +48,18 @@ def command(args: argparse.Namespace) -> int:
         raise
     if args.json:
         print(json.dumps({"events": report.events, "duplicates_skipped": report.duplicates,
-                          "invalid_skipped": report.skipped, "seconds": round(report.seconds, 3),
+                          "invalid_skipped": report.skipped, "forged_skipped": report.forged, "seconds": round(report.seconds, 3),
                           "events_per_second": round(report.rate), "schema": report.schema if args.keep else None,
                           "differences": [str(d) for d in report.differences]}, indent=2))
     else:
         print(f"replayed {report.events:,} audit events in {report.seconds:.2f}s ({report.rate:,.0f} events/s)"
               + (f"; skipped {report.duplicates} re-sent duplicates" if report.duplicates else "")
+              + (f"; left out {report.forged} forged records" if report.forged else "")
               + (f"; kept in schema {report.schema}" if args.keep else ""))
         if args.from_offset is not None:
             print("a partial rebuild (--from-offset): not compared with the live tables")
         elif not report.differences:
-            print("no difference: the live read tables are exactly what the audit log says")
+            print("no difference: audit_log and the live read tables are exactly what registry.audit says")
         for difference in report.differences:
             print(f"DIFFERENCE {difference}")
     return 1 if report.differences else 0

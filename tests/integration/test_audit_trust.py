@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -30,7 +32,7 @@ from shared.db import create_pool
 from shared.keys import Keyring, write_keyring
 from shared.settings import Settings
 from shared.storage import ObjectStore, S3Location
-from tests.integration.test_audit import audit_app, cli_env, seeded  # noqa: F401 - fixtures and helpers
+from tests.integration.test_audit import audit_app, cli_env, seeded, tamper  # noqa: F401 - fixtures and helpers
 from tests.support import Kafka, eventually
 
 
@@ -314,3 +316,45 @@ async def test_each_service_role_writes_only_its_own_tables(settings: Settings, 
             assert await conn.fetchval("SELECT current_user") == role
     finally:
         await pool.close()
+
+
+# ---------------------------------------------------------------------------- replay
+
+
+async def test_replay_holds_audit_log_itself_to_the_topic(
+        kafka: Kafka, db: asyncpg.Pool, settings: Settings, keyed: Settings, audit_app) -> None:  # noqa: F811
+    from services.audit.replay import committed_offsets, replay
+
+    name, rows = await seeded(kafka, db)
+    edited, deleted = rows[1], rows[2]
+    on_topic = kafka.matching("registry.audit", lambda s: s.event["id"] == str(deleted["event_id"]))[0]
+
+    async def consumed_past_deleted() -> bool:  # the writer has committed past that event
+        return (await committed_offsets(settings)).get(on_topic.partition, 0) > on_topic.offset
+    await eventually(consumed_past_deleted)
+
+    def mine(report) -> list[str]:  # type: ignore[no-untyped-def]
+        ids = {str(r["event_id"]) for r in rows} | {str(invented)}
+        return sorted(str(d) for d in report.differences if d.table == "audit_log" and str(d.key[0]) in ids)
+
+    invented = uuid.uuid4()
+    assert mine(await replay(keyed)) == []
+    async with checkpoints_held(db):
+        await tamper(db, "UPDATE audit_log SET reason = 'edited by hand' WHERE seq = $1", edited["seq"])
+        await tamper(db, "DELETE FROM audit_log WHERE seq = $1", deleted["seq"])
+        await tamper(db, "INSERT INTO audit_log SELECT $2, $3, action, name, version, from_stage, to_stage, actor, "
+                         "reason, evidence, correlation_id, causation_id, source, occurred_at, recorded_at, "
+                         "prev_hash, $4 FROM audit_log WHERE seq = $1",
+                     rows[0]["seq"], deleted["seq"], invented, hashlib.sha256(invented.bytes).hexdigest())
+        try:
+            report = await replay(keyed)
+        finally:
+            await tamper(db, "DELETE FROM audit_log WHERE seq = $1", deleted["seq"])
+            await relink(db, deleted["seq"], insert=[deleted])
+            await tamper(db, "UPDATE audit_log SET reason = $2 WHERE seq = $1", edited["seq"], edited["reason"])
+    assert mine(report) == sorted([
+        f"audit_log ({edited['event_id']}): reason: live 'edited by hand' != replay {edited['reason']!r}",
+        f"audit_log ({deleted['event_id']}): missing in live",
+        f"audit_log ({invented}): missing in replay",
+    ])
+    assert (await chain_alone(db)).intact
