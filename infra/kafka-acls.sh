@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The registry's Kafka ACLs, for an existing cluster (the local stack applies the same table
+# itself: shared/kafka_acls.py, whose unit test checks this script grants exactly that table).
+#
+#   KAFKA_ACLS=/opt/kafka/bin/kafka-acls.sh \
+#   BOOTSTRAP=kafka-0.kafka:9093 COMMAND_CONFIG=admin.properties \
+#   PREFIX="" infra/kafka-acls.sh [--dry-run]
+#
+# COMMAND_CONFIG is a client config of a principal allowed to ALTER the cluster's ACLs, e.g.
+#   security.protocol=SASL_SSL
+#   sasl.mechanism=SCRAM-SHA-512
+#   sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="...";
+#   ssl.truststore.type=PEM
+#   ssl.truststore.location=/etc/kafka/ca.pem
+# PREFIX is the deployment's MODELREG_TOPIC_PREFIX (topics and groups are named with it).
+# The principals are User:<name> for each service (ingest, validation, promotion, archival,
+# audit, api) and each outside role (pipeline, qa, ops, reader); create their SCRAM
+# credentials first, e.g.
+#   kafka-configs.sh --bootstrap-server "$BOOTSTRAP" --command-config "$COMMAND_CONFIG" \
+#     --alter --entity-type users --entity-name ingest --add-config 'SCRAM-SHA-512=[password=...]'
+# (or with Strimzi, the KafkaUser resources of infra/k8s/kafka-users.yaml).
+# --dry-run prints the commands instead of running them.
+set -euo pipefail
+
+KAFKA_ACLS=${KAFKA_ACLS:-kafka-acls.sh}
+BOOTSTRAP=${BOOTSTRAP:?set BOOTSTRAP to the cluster bootstrap servers}
+COMMAND_CONFIG=${COMMAND_CONFIG:?set COMMAND_CONFIG to an admin client config file}
+PREFIX=${PREFIX:-}
+DRY_RUN=0
+[[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
+
+ALL_TOPICS="model.registered model.ingested model.validated model.rejected qa.requested
+metrics.evaluated promotion.requested model.promoted model.demoted model.archived
+registry.audit registry.dlq"
+
+# allow PRINCIPAL OPERATION TOPIC... : one call for all the topics.
+allow() {
+  local principal=$1 operation=$2
+  shift 2
+  [[ $# -eq 0 ]] && return 0
+  local args=(--bootstrap-server "$BOOTSTRAP" --command-config "$COMMAND_CONFIG" --add
+              --allow-principal "User:$principal" --operation "$operation")
+  for t in "$@"; do args+=(--topic "$PREFIX$t"); done
+  run "${args[@]}"
+}
+
+# group PRINCIPAL NAME [--resource-pattern-type prefixed]: READ on a consumer group.
+group() {
+  local principal=$1 name=$2
+  shift 2
+  run --bootstrap-server "$BOOTSTRAP" --command-config "$COMMAND_CONFIG" --add \
+      --allow-principal "User:$principal" --operation READ --group "$PREFIX$name" "$@"
+}
+
+run() {
+  if [[ $DRY_RUN == 1 ]]; then
+    echo "$KAFKA_ACLS $*"
+  else
+    "$KAFKA_ACLS" "$@"
+  fi
+}
+
+# principal | reads | writes (besides registry.audit and registry.dlq for every service)
+service() {
+  local name=$1 reads=$2 writes=$3
+  # shellcheck disable=SC2086 # word splitting of the topic lists is intended
+  allow "$name" DESCRIBE $ALL_TOPICS
+  # shellcheck disable=SC2086
+  allow "$name" READ $reads
+  # shellcheck disable=SC2086
+  allow "$name" WRITE $writes registry.audit registry.dlq
+  [[ -n "$reads" ]] && group "$name" "modelreg-$name"
+  return 0
+}
+
+service ingest     "model.registered" "model.ingested model.rejected"
+service validation "model.ingested" "model.validated model.rejected qa.requested"
+service promotion  "model.ingested model.validated model.rejected metrics.evaluated promotion.requested model.archived" \
+                   "model.promoted model.demoted model.rejected"
+service archival   "model.ingested model.promoted model.demoted model.rejected" "model.archived"
+service audit      "registry.audit" ""
+# The API publishes what people ask for over HTTP: registrations, evaluations, promotion requests.
+service api        "" "model.registered metrics.evaluated promotion.requested"
+
+# Outside roles: each writes its one topic; QA reads its requests; the reader reads everything.
+# Their consumer groups are named <role>-anything.
+for role in pipeline qa ops reader; do
+  # shellcheck disable=SC2086
+  allow "$role" DESCRIBE $ALL_TOPICS
+done
+allow pipeline WRITE model.registered
+allow qa WRITE metrics.evaluated
+allow qa READ qa.requested
+group qa "qa-" --resource-pattern-type prefixed
+allow ops WRITE promotion.requested
+# shellcheck disable=SC2086
+allow reader READ $ALL_TOPICS
+group reader "reader-" --resource-pattern-type prefixed
