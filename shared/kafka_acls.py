@@ -26,9 +26,12 @@ SERVICE_READS: dict[str, tuple[str, ...]] = {
     "promotion": ("model.ingested", "model.validated", "model.rejected", "metrics.evaluated",
                   "promotion.requested", "model.archived"),
     "archival": ("model.ingested", "model.promoted", "model.demoted", "model.rejected"),
-    "audit": ("registry.audit",),
+    "audit": ("registry.audit", "registry.dlq"),
     "api": (),
 }
+# The audit writer performs dead-letter redrives: it republishes a record's original bytes to
+# the topic a service refused it on (services/audit/dlq.py says why it, and not ops, does).
+REDRIVE_TOPICS: tuple[str, ...] = tuple(dict.fromkeys(t for reads in SERVICE_READS.values() for t in reads))
 # The API publishes what people ask for over HTTP (register, evaluate, request promotion);
 # those are outside producers' events, attributed to the caller's token.
 API_PUBLISHES: tuple[str, ...] = ("model.registered", "metrics.evaluated", "promotion.requested")
@@ -66,7 +69,8 @@ class AclRule:
 
 
 def service_writes(service: str) -> tuple[str, ...]:
-    own = SERVICE_EVENT_TYPES.get(service, ()) + (API_PUBLISHES if service == "api" else ())
+    own = SERVICE_EVENT_TYPES.get(service, ()) + (API_PUBLISHES if service == "api" else ()) \
+        + (REDRIVE_TOPICS if service == "audit" else ())
     return tuple(dict.fromkeys(own + EVERY_SERVICE_EVENT_TYPES))
 
 

@@ -34,7 +34,7 @@ from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.keys import load_keyring
 
-from . import auth, problems, routes, ui
+from . import auth, dlq, problems, routes, ui
 from .cache import ChampionCache
 from .fastpath import ProductionFastPath
 from .resources import ApiResources, Publisher
@@ -108,6 +108,8 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
 
     app.include_router(routes.router)
     app.include_router(ui.router)
+    app.include_router(dlq.router)  # admin: dead letters (API and /dlq page)
+    app.include_router(dlq.pages)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestMetrics)

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     people.add_parsers(commands)
     from services.cli import keys
     keys.add_parser(commands)
+    from services.cli import dlq
+    dlq.add_parser(commands)
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
     schemas.add_argument("action", choices=("generate", "check"))
@@ -138,6 +140,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "audit":
         from services.cli import audit
         return audit.command(args)
+    if args.command == "dlq":
+        from services.cli import dlq
+        return dlq.command(args)
     if args.command == "keys":
         from services.cli import keys
         return keys.command(args)
