@@ -14,6 +14,7 @@ from shared.broker import TOPIC_CONFIGS, replication
 from shared.events import TOPICS
 from shared.kafka_acls import (
     OUTSIDE_ROLES,
+    REDRIVE_TOPICS,
     SERVICE_PRINCIPALS,
     SERVICE_READS,
     AclRule,
@@ -177,11 +178,14 @@ def test_services_write_only_what_they_emit_plus_audit_and_dead_letters():
     assert writes("promotion") == {"model.promoted", "model.demoted", "model.rejected", "registry.audit",
                                    "registry.dlq"}
     assert writes("archival") == {"model.archived", "registry.audit", "registry.dlq"}
-    assert writes("audit") == {"registry.audit", "registry.dlq"}
+    # The audit writer redrives dead letters to the topic they were refused on (any a service
+    # consumes); a redriven event keeps its signature, which consumers check.
+    assert writes("audit") == {"registry.audit", "registry.dlq", *REDRIVE_TOPICS}
+    assert set(REDRIVE_TOPICS) == {t for reads in SERVICE_READS.values() for t in reads}
     # The API publishes what people ask for over HTTP, never what the services decide.
     assert writes("api") == {"model.registered", "metrics.evaluated", "promotion.requested",
                              "registry.audit", "registry.dlq"}
-    assert [s for s in SERVICE_PRINCIPALS if may_write(s, "model.promoted")] == ["promotion"]
+    assert [s for s in SERVICE_PRINCIPALS if may_write(s, "model.promoted")] == ["promotion", "audit"]
 
 
 def test_services_read_what_they_consume_in_their_own_group():
@@ -217,3 +221,14 @@ def test_the_documented_acl_script_grants_the_same_table():
             granted |= {AclRule(principal, kind, words[i + 1], operation, pattern)
                         for i, word in enumerate(words) if word == flag}
     assert granted == set(acl_plan("p."))
+
+
+def test_the_strimzi_users_grant_the_same_table():
+    import yaml
+
+    users = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "strimzi" / "kafka-users.yaml").read_text()))
+    granted = {AclRule(user["metadata"]["name"], acl["resource"]["type"], acl["resource"]["name"],
+                       operation.upper(), acl["resource"]["patternType"].upper())
+               for user in users for acl in user["spec"]["authorization"]["acls"] for operation in acl["operations"]}
+    assert granted == set(acl_plan(""))
+    assert {user["spec"]["authentication"]["type"] for user in users} == {"scram-sha-512"}
