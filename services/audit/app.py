@@ -9,9 +9,10 @@ from typing import Any
 
 import asyncpg
 
+from shared import signing
 from shared.consumer import ServiceHandlers
 from shared.events import CloudEvent
-from shared.keys import KEY_FILE_SUFFIX, KeyFileError, SigningKey, key_file, load_signing_key
+from shared.keys import SigningKey
 from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
 
@@ -33,13 +34,7 @@ async def on_audit_batch(conn: asyncpg.Connection, events: list[CloudEvent[Any]]
 def checkpoint_key(configured: Path | None) -> SigningKey | None:
     """The audit writer's key (MODELREG_SIGNING_KEY_FILE: the file, or a directory holding
     audit.ed25519.pem), or None when none is configured."""
-    if configured is None:
-        return None
-    path = key_file(configured, SERVICE) if Path(configured).is_dir() else Path(configured)
-    if path.name.endswith(KEY_FILE_SUFFIX) and path.name != key_file(path.parent, SERVICE).name:
-        raise KeyFileError(f"MODELREG_SIGNING_KEY_FILE names another service's key ({path.name}); "
-                           f"the audit writer signs with {SERVICE}{KEY_FILE_SUFFIX}")
-    return load_signing_key(path, SERVICE)
+    return None if configured is None else signing.service_key(configured, SERVICE)
 
 
 def build(resources: Resources) -> ServiceHandlers:

@@ -258,7 +258,7 @@ def test_a_declared_pickle_that_does_not_parse_is_refused(data, expected):
     zip_of({"config.json": b"{}", "weights.h5": b"\x89HDF\r\n\x1a\n"}),
 ])
 def test_other_formats_are_not_refused_for_not_being_pickles(data):
-    assert scan(data, declared="onnx").safe
+    assert scan(data, declared="tflite").safe
 
 
 def test_bin_format_holding_a_plain_pickle_is_parsed_strictly():

@@ -444,8 +444,6 @@ def test_garbage_is_reported_not_raised(data):
     b"\x08\x07\x12\x07pytorch\x1a\x052.1.0:\xa2\x01\n\x1e\n\x05input\x12\x06output",  # ONNX-like
     bytes(range(256)) * 4,        # bytes starting with 0x00, not an opcode
     b"\xde\xad\xbe\xef" * 100,
-    b"GGUF\x03\x00\x00\x00" + b"\x00" * 32,
-    b"\x89HDF\r\n\x1a\n" + b"\x00" * 32,
     b"# a README, not a model\n",
 ])
 def test_non_pickles_of_other_formats(data):
@@ -455,13 +453,24 @@ def test_non_pickles_of_other_formats(data):
     assert result.detail() == "no pickle or container found"
 
 
+@pytest.mark.parametrize("data", [
+    b"GGUF\x03\x00\x00\x00" + b"\x00" * 32,
+    b"\x89HDF\r\n\x1a\n" + b"\x00" * 32,
+])
+def test_model_formats_whose_first_byte_is_an_opcode_are_checked_not_refused(data):
+    result = scan(data, declared=None)
+    assert result.examined and result.safe, result.findings
+    assert result.imports == ()
+
+
 @pytest.mark.parametrize("first", [b"N", b"c", b"K", b"X"])
 def test_safetensors_whose_header_length_looks_like_an_opcode(first):
     header = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
     header += b" " * (first[0] - len(header))
-    data = struct.pack("<Q", len(header)) + header + struct.pack("<2f", 1.0, 2.0) + b"\n\n"
+    data = struct.pack("<Q", len(header)) + header + struct.pack("<2f", 1.0, 2.0)
     assert data[:1] == first
-    assert not scan(data, declared="safetensors").examined
+    result = scan(data, declared="safetensors")
+    assert result.safe and result.imports == (), result.findings
 
 
 def test_gguf_pickle_polyglot_is_caught():

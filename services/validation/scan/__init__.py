@@ -28,8 +28,10 @@ def is_pickle_format(declared_format: str | None) -> bool:
 
 def scan_stream(stream: BinaryIO, *, declared_format: str | None = None, label: str = "artifact",
                 extra_allowed: Iterable[str] = (), limits: Limits = Limits(),
-                stored_bytes: int | None = None) -> ArtifactScan:
-    """Scan a binary stream (seekable or not) from its current position, without unpickling."""
+                stored_bytes: int | None = None, siblings: frozenset[str] | None = None) -> ArtifactScan:
+    """Scan a binary stream (seekable or not) from its current position, without unpickling.
+    `siblings`: the artifact's other files, relative to this one's folder (None: this file is
+    the whole artifact); an ONNX model's external data must be one of them."""
     if isinstance(extra_allowed, str):
         extra_allowed = (extra_allowed,)
     col = Collector(allow_list(tuple(extra_allowed)), label)
@@ -38,15 +40,17 @@ def scan_stream(stream: BinaryIO, *, declared_format: str | None = None, label: 
     except (AttributeError, OSError, ValueError):
         seekable = False
     examined = scan_layers(stream, col, strict=is_pickle_format(declared_format), limits=limits,
-                           stored_bytes=stored_bytes, seekable=seekable)
+                           stored_bytes=stored_bytes, seekable=seekable,
+                           fmt=(declared_format or "").lower() or None, siblings=siblings)
     return col.result(examined)
 
 
 def scan_file(path: str | os.PathLike, *, declared_format: str | None = None, label: str | None = None,
-              extra_allowed: Iterable[str] = (), limits: Limits = Limits()) -> ArtifactScan:
+              extra_allowed: Iterable[str] = (), limits: Limits = Limits(),
+              siblings: frozenset[str] | None = None) -> ArtifactScan:
     """Scan a file on disk. I/O errors (missing file, permissions) propagate."""
     with open(path, "rb") as f:
         return scan_stream(f, declared_format=declared_format,
                            label=label if label is not None else os.path.basename(path),
                            extra_allowed=extra_allowed, limits=limits,
-                           stored_bytes=os.fstat(f.fileno()).st_size)
+                           stored_bytes=os.fstat(f.fileno()).st_size, siblings=siblings)

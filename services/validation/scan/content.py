@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import bz2
 import gzip
+import json
 import lzma
 import tarfile
 import tempfile
@@ -30,6 +31,7 @@ from pathlib import PurePosixPath
 from typing import BinaryIO
 
 from .findings import Collector, printable
+from .formats import check_gguf, check_hdf5_keras, check_keras_config, check_onnx, check_safetensors
 from .layouts import TORCH_LEGACY_MAGIC, TORCH_TAR_MEMBERS, JoblibArrays, scan_torch_legacy, scan_torch_tar_member
 from .pickle_ops import MAX_ARG_IN_MEMORY, START_OPS, walk_pickle
 from .reader import CHUNK, Invalid, Limit, Reader
@@ -54,6 +56,7 @@ _STRICT_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".dill
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _NPY_MAGIC = b"\x93NUMPY"
 HEAD_BYTES = 512  # enough to recognise every format here (tar's magic is at 257)
+_MAX_KERAS_CONFIG = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -189,9 +192,12 @@ class _Scanner:
 
     # --- one layer ---------------------------------------------------------------------------
 
-    def layer(self, stream: BinaryIO, where: str, strict: bool, depth: int, seekable: bool) -> bool:
+    def layer(self, stream: BinaryIO, where: str, strict: bool, depth: int, seekable: bool,
+              fmt: str | None = None, siblings: frozenset[str] | None = None) -> bool:
         """Sniff and scan one stream; findings go to the root collector. Returns whether a
-        pickle or a container was examined."""
+        pickle, a container or a model format was examined. `fmt`: the declared format (or the
+        member's suffix); `siblings`: the artifact's other files, for ONNX external data."""
+        start = stream.tell() if seekable else None
         r = Reader(stream, seekable=seekable)
         try:
             head = r.peek(HEAD_BYTES)
@@ -221,11 +227,11 @@ class _Scanner:
         if head.startswith(_NPY_MAGIC):
             return self._npy(r, where)
         other = _other_format(head)
-        if other is not None:
-            if strict:
-                self.root.finding(f"declared a pickle but holds {other}", where=where)
-                return True
-            return self._pickle(r, where, strict=False)
+        if other is not None and strict:
+            self.root.finding(f"declared a pickle but holds {other}", where=where)
+            return True
+        if other is not None or fmt == "onnx":
+            return self._model_format(stream, r, start, where, other or "onnx", siblings)
         if head[0] in START_OPS:
             plainly_pickle = head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5
             return self._pickle(r, where, strict=strict or plainly_pickle)
@@ -234,6 +240,29 @@ class _Scanner:
                               f"(first bytes {_describe(head)})", where=where)
             return True
         return False
+
+    # --- other model formats -----------------------------------------------------------------
+
+    def _model_format(self, stream: BinaryIO, r: Reader, start: int | None, where: str, kind: str,
+                      siblings: frozenset[str] | None) -> bool:
+        if start is not None and kind != "onnx":
+            # Read as a pickle too: a polyglot must not pass as "not a pickle". (A stream read
+            # once cannot be read twice; a well-formed safetensors or GGUF file cannot also be a
+            # pickle that imports anything: their framing bytes are not opcodes.)
+            self._pickle(r, where, strict=False)
+            stream.seek(start)
+            r = Reader(stream, seekable=True)
+        if kind == "safetensors":
+            findings = check_safetensors(r)
+        elif kind == "GGUF":
+            findings = check_gguf(r)
+        elif kind == "HDF5":
+            findings = check_hdf5_keras(r)
+        else:
+            findings = check_onnx(r, siblings)
+        for text in findings:
+            self.root.finding(text, where=where)
+        return True
 
     # --- pickles -----------------------------------------------------------------------------
 
@@ -332,9 +361,16 @@ class _Scanner:
             return False
         return True
 
-    def _member(self, stream: BinaryIO, name: str, where: str, depth: int) -> bool:
-        strict = name.lower().endswith(_STRICT_SUFFIXES)
-        return self.layer(stream, f"{where} > {printable(name)}", strict, depth, seekable=False)
+    def _member(self, stream: BinaryIO, name: str, where: str, depth: int,
+                names: frozenset[str] = frozenset()) -> bool:
+        lower = name.lower()
+        strict = lower.endswith(_STRICT_SUFFIXES)
+        fmt = "onnx" if lower.endswith(".onnx") else None
+        folder = PurePosixPath(name).parent
+        siblings = frozenset(str(PurePosixPath(n).relative_to(folder)) for n in names
+                             if n != name and PurePosixPath(n).is_relative_to(folder))
+        return self.layer(stream, f"{where} > {printable(name)}", strict, depth, seekable=False,
+                          fmt=fmt, siblings=siblings)
 
     def _zip(self, r: Reader, stream: BinaryIO, seekable: bool, where: str, strict: bool, depth: int) -> None:
         if seekable:
@@ -365,18 +401,36 @@ class _Scanner:
                                   f"(a zip bomb?)", where=where)
                 return
             examined = False
+            names = frozenset(i.filename for i in infos)
+            if "config.json" in names and ("metadata.json" in names or "model.weights.h5" in names):
+                examined = self._keras(archive, where)
             for info in infos:
                 if not self._member_ok(info.filename, where):
                     continue
                 try:
                     with archive.open(info) as member:
                         examined |= self._member(_Expanded(member, self.budget, "zip member"),
-                                                 info.filename, where, depth)
+                                                 info.filename, where, depth, names)
                 except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError,
                         ValueError, zlib.error) as exc:
                     self.root.finding(f"cannot read zip member {printable(info.filename)!r}: {exc}", where=where)
             if strict and not examined:
                 self.root.finding("declared a pickle but the zip archive holds none", where=where)
+
+    def _keras(self, archive: zipfile.ZipFile, where: str) -> bool:
+        """A .keras archive: its config.json names every layer and object the model builds."""
+        info = archive.getinfo("config.json")
+        if info.file_size > _MAX_KERAS_CONFIG:
+            self.root.finding(f"Keras config.json of {info.file_size} bytes is too large to check", where=where)
+            return True
+        try:
+            config = json.loads(archive.read(info))
+        except (ValueError, zipfile.BadZipFile, OSError, zlib.error) as exc:
+            self.root.finding(f"Keras config.json is not readable JSON: {exc}", where=where)
+            return True
+        for text in check_keras_config(config, self.root.allowed.permits):
+            self.root.finding(text, where=where)
+        return True
 
     def _tar(self, r: Reader, where: str, strict: bool, depth: int) -> None:
         try:
@@ -480,12 +534,13 @@ def _descr_has_object(descr) -> bool:
 
 
 def scan_layers(stream: BinaryIO, col: Collector, *, strict: bool, limits: Limits,
-                stored_bytes: int | None, seekable: bool) -> bool:
-    """Scan a stream from its current position; findings go to `col`. Returns whether a pickle
-    or container was examined."""
+                stored_bytes: int | None, seekable: bool, fmt: str | None = None,
+                siblings: frozenset[str] | None = None) -> bool:
+    """Scan a stream from its current position; findings go to `col`. Returns whether a pickle,
+    container or model format was examined."""
     scanner = _Scanner(col, _Budget(limits, stored_bytes))
     try:
-        return scanner.layer(stream, col.where, strict, 0, seekable)
+        return scanner.layer(stream, col.where, strict, 0, seekable, fmt, siblings)
     except Limit as exc:
         col.finding(f"scan limit exceeded: {exc}")
         return True

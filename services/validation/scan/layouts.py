@@ -21,7 +21,7 @@ from typing import Any
 
 from .allowlist import TORCH_STORAGE_SIZES
 from .findings import Collector
-from .pickle_ops import UNKNOWN, Built, Global, walk_pickle
+from .pickle_ops import MAX_LIST, UNKNOWN, Built, Global, walk_pickle
 from .reader import Invalid, Limit, Reader
 
 JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
@@ -110,7 +110,7 @@ def scan_torch_legacy(r: Reader, col: Collector) -> None:
         walk_pickle(r, col)
     finally:
         col.on_persistent_id = None
-    keys = walk_pickle(r, col)
+    keys = walk_pickle(r, col, list_limit=MAX_LIST)
     if keys.__class__ is not list or not all(k.__class__ is str for k in keys):
         raise Invalid("legacy torch file whose storage key list the scanner cannot read")
     for key in keys:

@@ -36,7 +36,7 @@ _MEMO_MAX_SLOTS = 4 << 20           # dense memo slots with a value (8 bytes eac
 _MEMO_MAX_EXTRA = 100_000           # out-of-order memo keys before giving up (fail closed)
 _MEMO_MAX_VALUES = 200_000          # memoized non-string values kept
 _MAX_SMALL = 64                     # items kept in a tracked tuple or dict
-_MAX_LIST = 1 << 16                 # items kept in a tracked list (legacy torch storage keys)
+MAX_LIST = 1 << 16                  # items a layout may ask a list to keep (legacy torch keys)
 _MAX_BOXED_DEPTH = 50_000           # past this stack depth small values are no longer tracked
 
 UNRESOLVED_STACK_GLOBAL = "STACK_GLOBAL with non-constant operands"
@@ -344,6 +344,7 @@ _SPECIAL = {
     "BUILD": _S_BUILD, "BINPERSID": _S_PERSID,
 }
 _CONSTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_BININTS = frozenset({0x4A, 0x4B, 0x4D})  # BININT, BININT1, BININT2
 _TUPLE_SIZES = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 
 # One entry per opcode byte: (name, argument kind, fixed size, special id,
@@ -461,18 +462,19 @@ def _set_items(target: Any, items: list | None) -> None:
             target[k] = v
 
 
-def _append_items(target: Any, items: list | None) -> None:
+def _append_items(target: Any, items: list | None, limit: int) -> None:
     if target.__class__ is not list:
         return
-    if items is None or len(target) + len(items) > _MAX_LIST:
+    if items is None or len(target) + len(items) > limit:
         target.clear()
         target.append(UNKNOWN)  # a list that lost items: a reader checking it must refuse it
         return
     target.extend(items)
 
 
-def walk_pickle(r: Reader, sink: Sink) -> Any:
+def walk_pickle(r: Reader, sink: Sink, list_limit: int = _MAX_SMALL) -> Any:
     """Walk one pickle through its STOP opcode; return the value STOP pops (or UNKNOWN).
+    Lists keep their items up to `list_limit` (more only where a layout needs a long list).
 
     The hot path reads straight from the reader's buffer; the reader's methods take over
     whenever the buffer runs short."""
@@ -556,7 +558,10 @@ def walk_pickle(r: Reader, sink: Sink) -> Any:
         elif sid == _S_BINGET:
             stack.push(memo.get(int.from_bytes(arg, "little")))
         elif sid == _S_INT:
-            stack.push(_int_value(name, arg))
+            if code in _BININTS and len(entries) <= _MAX_BOXED_DEPTH:  # the common cases, inline
+                entries.append(_Box(int.from_bytes(arg, "little", signed=code == 0x4A)))
+            else:
+                stack.push(_int_value(name, arg))
         elif sid == _S_CONST:
             stack.push(_CONSTS[name])
         elif sid == _S_MARK:
@@ -566,7 +571,7 @@ def walk_pickle(r: Reader, sink: Sink) -> Any:
             items.reverse()
             stack.push(tuple(items))
         elif sid == _S_TUPLE_MARK:
-            stack.push(_collection(name, stack.pop_to_mark(_MAX_LIST if name == "LIST" else _MAX_SMALL)))
+            stack.push(_collection(name, stack.pop_to_mark(list_limit if name == "LIST" else _MAX_SMALL)))
         elif sid == _S_EMPTY:
             stack.push(() if name == "EMPTY_TUPLE" else [] if name == "EMPTY_LIST" else {})
         elif sid == _S_SETITEM:
@@ -578,10 +583,10 @@ def walk_pickle(r: Reader, sink: Sink) -> Any:
             _set_items(stack.top(), items)
         elif sid == _S_APPEND:
             value = stack.pop()
-            _append_items(stack.top(), [value])
+            _append_items(stack.top(), [value], list_limit)
         elif sid == _S_APPENDS:
-            items = stack.pop_to_mark(_MAX_LIST)
-            _append_items(stack.top(), items)
+            items = stack.pop_to_mark(list_limit)
+            _append_items(stack.top(), items, list_limit)
         elif sid == _S_CALL:
             if name == "NEWOBJ_EX":
                 stack.pop()

@@ -128,6 +128,19 @@ class Reader:
             n -= len(chunk)
             self._base += len(chunk)
 
+    def skip_to_end(self) -> None:
+        """Skip whatever is left: seeking when the stream allows, else reading and dropping."""
+        self._base += len(self._buf)
+        self._buf = b""
+        self._pos = 0
+        if self._seekable and self._left is not None:
+            self._f.seek(0, io.SEEK_END)
+            self._base += self._left
+            self._left = 0
+            return
+        while chunk := self._raw(CHUNK):
+            self._base += len(chunk)
+
     def readline(self, limit: int) -> bytes | None:
         """The next line without its newline; None (line consumed) if it is longer than limit."""
         while True:
