@@ -10,6 +10,7 @@ what a pickle may import.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -18,7 +19,9 @@ from .content import HEAD_BYTES, PICKLE_FORMATS, Limits, might_hold_pickle, scan
 from .findings import ArtifactScan, Collector, Finding
 from .pickle_ops import UNRESOLVED_STACK_GLOBAL
 
-__all__ = ["DEFAULT_ALLOWED", "HEAD_BYTES", "PICKLE_FORMATS", "UNRESOLVED_STACK_GLOBAL", "ArtifactScan",
+SCANNER_FAILED = "the scanner could not read this file"
+
+__all__ = ["SCANNER_FAILED", "DEFAULT_ALLOWED", "HEAD_BYTES", "PICKLE_FORMATS", "UNRESOLVED_STACK_GLOBAL", "ArtifactScan",
            "Finding", "Limits", "is_pickle_format", "might_hold_pickle", "scan_file", "scan_stream"]
 
 
@@ -39,9 +42,15 @@ def scan_stream(stream: BinaryIO, *, declared_format: str | None = None, label: 
         seekable = bool(stream.seekable())
     except (AttributeError, OSError, ValueError):
         seekable = False
-    examined = scan_layers(stream, col, strict=is_pickle_format(declared_format), limits=limits,
-                           stored_bytes=stored_bytes, seekable=seekable,
-                           fmt=(declared_format or "").lower() or None, siblings=siblings)
+    try:
+        examined = scan_layers(stream, col, strict=is_pickle_format(declared_format), limits=limits,
+                               stored_bytes=stored_bytes, seekable=seekable,
+                               fmt=(declared_format or "").lower() or None, siblings=siblings)
+    except (MemoryError, RecursionError, ArithmeticError, LookupError, TypeError, ValueError,
+            AttributeError, struct.error, EOFError) as exc:
+        # A file the scanner trips over is refused, not passed and not retried forever.
+        col.finding(f"{SCANNER_FAILED}: {type(exc).__name__}: {exc}")
+        examined = True
     return col.result(examined)
 
 

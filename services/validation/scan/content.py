@@ -57,6 +57,9 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _NPY_MAGIC = b"\x93NUMPY"
 HEAD_BYTES = 512  # enough to recognise every format here (tar's magic is at 257)
 _MAX_KERAS_CONFIG = 64 << 20
+# What zipfile raises on a damaged or unsupported archive (encrypted members, unknown versions).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError,
+               EOFError, ValueError, KeyError, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class _Budget:
         self.used += n
         if self.used > self.allowed:
             raise Limit(f"expands past {self.allowed} bytes (a decompression bomb?)")
-        if time.monotonic() > self.deadline:
+        if time.monotonic() >= self.deadline:
             raise Limit(f"scan took longer than {self.limits.max_seconds:g} s")
 
 
@@ -108,6 +111,26 @@ class _Expanded:
 
     def seekable(self) -> bool:
         return False
+
+
+class _Timed:
+    """The artifact file itself: not charged to the size budget, but held to the time budget."""
+
+    def __init__(self, inner: BinaryIO, budget: _Budget) -> None:
+        self.inner, self.budget = inner, budget
+
+    def read(self, n: int = -1) -> bytes:
+        self.budget.spend(0)
+        return self.inner.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+    def seekable(self) -> bool:
+        return self.inner.seekable()
 
 
 class _ZlibReader:
@@ -390,7 +413,7 @@ class _Scanner:
     def _zip_file(self, fileobj: BinaryIO, where: str, strict: bool, depth: int) -> None:
         try:
             archive = zipfile.ZipFile(fileobj)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             self.root.finding(f"not a valid zip archive: {exc}", where=where)
             return
         with archive:
@@ -411,8 +434,7 @@ class _Scanner:
                     with archive.open(info) as member:
                         examined |= self._member(_Expanded(member, self.budget, "zip member"),
                                                  info.filename, where, depth, names)
-                except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, EOFError,
-                        ValueError, zlib.error) as exc:
+                except _ZIP_ERRORS as exc:
                     self.root.finding(f"cannot read zip member {printable(info.filename)!r}: {exc}", where=where)
             if strict and not examined:
                 self.root.finding("declared a pickle but the zip archive holds none", where=where)
@@ -425,7 +447,7 @@ class _Scanner:
             return True
         try:
             config = json.loads(archive.read(info))
-        except (ValueError, zipfile.BadZipFile, OSError, zlib.error) as exc:
+        except _ZIP_ERRORS as exc:
             self.root.finding(f"Keras config.json is not readable JSON: {exc}", where=where)
             return True
         for text in check_keras_config(config, self.root.allowed.permits):
@@ -538,9 +560,10 @@ def scan_layers(stream: BinaryIO, col: Collector, *, strict: bool, limits: Limit
                 siblings: frozenset[str] | None = None) -> bool:
     """Scan a stream from its current position; findings go to `col`. Returns whether a pickle,
     container or model format was examined."""
-    scanner = _Scanner(col, _Budget(limits, stored_bytes))
+    budget = _Budget(limits, stored_bytes)
+    scanner = _Scanner(col, budget)
     try:
-        return scanner.layer(stream, col.where, strict, 0, seekable, fmt, siblings)
+        return scanner.layer(_Timed(stream, budget), col.where, strict, 0, seekable, fmt, siblings)
     except Limit as exc:
         col.finding(f"scan limit exceeded: {exc}")
         return True
