@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from shared.events import Check, ModelIngestedData, Reason
 from shared.policy import ValidationRule
 
-from .scan import PICKLE_FORMATS, might_hold_pickle
+from .scan import PICKLE_FORMATS, worth_scanning
 
 __all__ = ["PICKLE_FORMATS", "ArtifactFacts", "artifact_label", "needs_scan", "rejection_reasons", "run_checks"]
 
@@ -69,9 +69,10 @@ def rejection_reasons(checks: list[Check]) -> list[Reason]:
 
 
 def needs_scan(declared_format: str | None, head: bytes) -> bool:
-    """Scan declared pickle formats (strictly), and anything whose first bytes could start a
-    pickle, a compressed stream or an archive, whatever format it claims."""
-    return (declared_format or "").lower() in PICKLE_FORMATS or might_hold_pickle(head)
+    """Scan declared pickle formats (strictly) and checked formats (safetensors, ONNX, ...),
+    and anything whose first bytes could start a pickle, a compressed stream, an archive or a
+    checked format, whatever format it claims."""
+    return worth_scanning(declared_format, head)
 
 
 def artifact_label(ingested: ModelIngestedData) -> str:

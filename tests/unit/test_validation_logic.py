@@ -244,7 +244,17 @@ def test_the_pickle_formats_include_the_common_ones() -> None:
     assert {"pickle", "pkl", "joblib", "pt", "pth"} <= PICKLE_FORMATS
 
 
-@pytest.mark.parametrize("format", [None, "onnx", "bin", "safetensors"])
+@pytest.mark.parametrize("format", ["onnx", "safetensors", "gguf", "keras", "h5"])
+def test_formats_whose_structure_is_checked_are_always_scanned(format: str) -> None:
+    assert needs_scan(format, b"\x08\x07onnx")
+
+
+def test_safetensors_gguf_and_hdf5_are_scanned_whatever_format_they_claim() -> None:
+    for head in (b"\x40\x00\x00\x00\x00\x00\x00\x00{", b"GGUF\x03\x00", b"\x89HDF\r\n\x1a\n"):
+        assert needs_scan(None, head) and needs_scan("tflite", head)
+
+
+@pytest.mark.parametrize("format", [None, "bin", "tflite"])
 @pytest.mark.parametrize("head,scan", [
     (b"\x80\x04\x95\x00", True),      # pickle protocol 2+
     (b"\x80", True),

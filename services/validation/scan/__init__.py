@@ -15,14 +15,14 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from .allowlist import DEFAULT_ALLOWED, allow_list
-from .content import HEAD_BYTES, PICKLE_FORMATS, Limits, might_hold_pickle, scan_layers
+from .content import HEAD_BYTES, PICKLE_FORMATS, Limits, might_hold_pickle, scan_layers, worth_scanning
 from .findings import ArtifactScan, Collector, Finding
 from .pickle_ops import UNRESOLVED_STACK_GLOBAL
 
 SCANNER_FAILED = "the scanner could not read this file"
 
 __all__ = ["SCANNER_FAILED", "DEFAULT_ALLOWED", "HEAD_BYTES", "PICKLE_FORMATS", "UNRESOLVED_STACK_GLOBAL", "ArtifactScan",
-           "Finding", "Limits", "is_pickle_format", "might_hold_pickle", "scan_file", "scan_stream"]
+           "Finding", "Limits", "is_pickle_format", "might_hold_pickle", "worth_scanning", "scan_file", "scan_stream"]
 
 
 def is_pickle_format(declared_format: str | None) -> bool:

@@ -578,3 +578,15 @@ def might_hold_pickle(head: bytes) -> bool:
         return False
     return (head[:4] in _ZIP_MAGICS or _is_tar(head) or _codec(head) is not None
             or head.startswith(_NPY_MAGIC) or head[0] in START_OPS)
+
+
+# Declared formats whose structure is checked even when nothing in them looks like a pickle.
+CHECKED_FORMATS = frozenset({"onnx", "safetensors", "gguf", "keras", "h5", "hdf5"})
+
+
+def worth_scanning(declared_format: str | None, head: bytes) -> bool:
+    """Whether a file needs the scan: a declared pickle or checked format, or first bytes that
+    could start a pickle, a container, or a format the scanner checks."""
+    fmt = (declared_format or "").lower()
+    return (fmt in PICKLE_FORMATS or fmt in CHECKED_FORMATS or might_hold_pickle(head)
+            or _other_format(head) is not None)
