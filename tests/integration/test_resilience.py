@@ -116,6 +116,8 @@ def _env(settings: Settings) -> dict[str, str]:
             "MODELREG_TOPIC_PREFIX": settings.topic_prefix,
             "MODELREG_TOPIC_PARTITIONS": str(settings.topic_partitions),
             "MODELREG_POLICY_FILE": str(settings.policy_file),
+            "MODELREG_KEYRING_FILE": str(settings.keyring_file),
+            "MODELREG_SIGNING_KEY_FILE": str(settings.signing_key_file),  # the run's keys directory
             "MODELREG_HEALTH_PORT": "0"}  # beside a running stack's services
 
 
