@@ -111,6 +111,10 @@ def may_write(principal: str, topic: str, prefix: str = "") -> bool:
     return AclRule(principal, "topic", f"{prefix}{topic}", "WRITE") in set(acl_plan(prefix))
 
 
+class AclRefusedError(RuntimeError):
+    """The cluster refused to create ACLs (the client is no super user)."""
+
+
 def _kafka_python_acl(rule: AclRule) -> Any:
     from kafka.admin import (
         ACL,
@@ -142,8 +146,12 @@ def _create(admin_settings: Any, rules: list[AclRule]) -> None:
     try:
         result = admin.create_acls([_kafka_python_acl(r) for r in rules])
         if result["failed"]:
-            acl, error = result["failed"][0]
-            raise RuntimeError(f"Kafka refused {len(result['failed'])} ACL(s), e.g. {acl}: {error}")
+            # kafka-python 2 lists (acl, error) pairs, 3 the error types
+            first = result["failed"][0]
+            error = first[-1] if isinstance(first, tuple) else first
+            name = getattr(error, "__name__", type(error).__name__)
+            raise AclRefusedError(f"Kafka refused {len(result['failed'])} of {len(rules)} ACLs ({name}): "
+                                  f"is {admin_settings.kafka_sasl_username or 'this client'} a super user?")
     finally:
         admin.close()
 

@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials", help="one Kafka principal's client settings, as export lines: "
                             "eval \"$(modelreg stack credentials pipeline)\"")
     credentials.add_argument("role", help="an outside role (pipeline, qa, ops, reader), a service, or admin")
+    acls = stack_commands.add_parser(
+        "acls", help="create the registry's Kafka ACLs on the cluster the settings point at "
+                     "(connecting as a super user; infra/kafka-acls.sh is the same with kafka-acls.sh)")
+    acls.add_argument("--prefix", default=None, help="topic prefix (default: MODELREG_TOPIC_PREFIX)")
+    kafka_auth = stack_commands.add_parser(
+        "kafka-auth", help="docker-compose.yml's Kafka identities: CA, broker certificate, config")
+    kafka_auth.add_argument("--dir", required=True, help="the Kafka container's private volume")
+    kafka_auth.add_argument("--ca-dir", required=True, help="where the services read the CA")
+    kafka_auth.add_argument("--owner", type=int, default=None, help="uid the Kafka image runs as")
 
     run = commands.add_parser("run", help="run one service in the foreground")
     run.add_argument("service", choices=SERVICES)

@@ -40,7 +40,35 @@ def command(args: argparse.Namespace) -> int:
         return 0
     if args.stack_command == "credentials":
         return print_credentials(stack, args.role)
+    if args.stack_command == "acls":
+        return apply_acls_here(args.prefix)
+    if args.stack_command == "kafka-auth":
+        from pathlib import Path
+
+        from shared.stack.kafka_auth import write_compose_kafka
+
+        write_compose_kafka(Path(args.dir), Path(args.ca_dir), args.owner)
+        print(f"wrote Kafka's CA, certificate and config to {args.dir}, the CA to {args.ca_dir}")
+        return 0
     return print_status(stack)
+
+
+def apply_acls_here(prefix: str | None) -> int:
+    """The ACL table on the cluster of the current settings, as the principal they name."""
+    import asyncio
+
+    from shared.kafka_acls import AclRefusedError, acl_plan, apply_acls
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    chosen = settings.topic_prefix if prefix is None else prefix
+    try:
+        asyncio.run(apply_acls(settings, chosen))
+    except AclRefusedError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{len(acl_plan(chosen))} ACLs in place on {settings.kafka_bootstrap_servers} "
+          f"for topic prefix {chosen!r}")
+    return 0
 
 
 def export_lines(env: dict[str, str]) -> list[str]:

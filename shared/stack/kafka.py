@@ -114,17 +114,27 @@ def _listeners(port: int, controller_port: int, auth: KafkaAuth | None) -> list[
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         ]
+    return secured_listeners({"SASL_SSL": (f"127.0.0.1:{port}", f"127.0.0.1:{port}")},
+                             f"127.0.0.1:{controller_port}", auth)
+
+
+def secured_listeners(clients: dict[str, tuple[str, str]], controller: str, auth: KafkaAuth) -> list[str]:
+    """Broker settings for SASL_SSL client listeners (name -> (bind, advertised) host:port; the
+    first also carries the broker's own traffic), SASL PLAIN for the controller, the
+    StandardAuthorizer and the super users."""
     broker_password = auth.password(BROKER)
+    scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+             f'username="{BROKER}" password="{broker_password}";')
     return [
-        f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
-        "inter.broker.listener.name=SASL_SSL",
-        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
+        "listeners=" + ",".join([*(f"{name}://{bind}" for name, (bind, _) in clients.items()),
+                                 f"CONTROLLER://{controller}"]),
+        "advertised.listeners=" + ",".join(f"{name}://{advertised}" for name, (_, advertised) in clients.items()),
+        f"inter.broker.listener.name={next(iter(clients))}",
+        "listener.security.protocol.map=" + ",".join(
+            [*(f"{name}:SASL_SSL" for name in clients), "CONTROLLER:SASL_PLAINTEXT"]),
         f"sasl.enabled.mechanisms={SASL_MECHANISM}",
         f"sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}",
-        f"listener.name.sasl_ssl.{SASL_MECHANISM.lower()}.sasl.jaas.config="
-        "org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{BROKER}" password="{broker_password}";',
+        *(f"listener.name.{name.lower()}.{SASL_MECHANISM.lower()}.sasl.jaas.config={scram}" for name in clients),
         "sasl.mechanism.controller.protocol=PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
         "listener.name.controller.plain.sasl.jaas.config="
@@ -142,11 +152,16 @@ def _listeners(port: int, controller_port: int, auth: KafkaAuth | None) -> list[
 
 
 def _properties(data_dir: Path, port: int, controller_port: int, auth: KafkaAuth | None) -> str:
+    return broker_properties(data_dir, f"127.0.0.1:{controller_port}", _listeners(port, controller_port, auth))
+
+
+def broker_properties(data_dir: Path | str, controller: str, listeners: list[str]) -> str:
+    """One KRaft node, broker and controller, whose topics hold on one broker."""
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
-        f"controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}",
-        *_listeners(port, controller_port, auth),
+        f"controller.quorum.bootstrap.servers={controller}",
+        *listeners,
         "controller.listener.names=CONTROLLER",
         f"log.dirs={data_dir}",
         "num.partitions=6",

@@ -19,7 +19,9 @@ DOCKERFILE = ROOT / "infra" / "Dockerfile"
 INFRASTRUCTURE = ("kafka", "postgres", "minio")
 SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "api")
 OPTIONAL_VARIABLES = {"MODELREG_TOPIC_PREFIX", "MODELREG_TOPIC_PARTITIONS", "MODELREG_ARTIFACT_ROOTS",
-                      "MODELREG_ALLOWED_BUCKETS", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+                      "MODELREG_ALLOWED_BUCKETS", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                      # mTLS: compose's services authenticate with SASL instead
+                      "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"}
 REQUIRED_VARIABLES = sorted(
     str(field.validation_alias) for field in Settings.model_fields.values()
     if field.validation_alias is not None and str(field.validation_alias) not in OPTIONAL_VARIABLES
@@ -157,8 +159,10 @@ def test_service_gets_every_setting(compose, name, monkeypatch):
 
 
 def _shared(env: dict) -> dict:
-    """What every service must agree on: all but its own name and the API's listener."""
-    return {k: v for k, v in env.items() if k != "OTEL_SERVICE_NAME" and not k.startswith("MODELREG_API_")}
+    """What every service must agree on: all but its own name, its Kafka principal and the API's
+    listener."""
+    own = ("OTEL_SERVICE_NAME", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+    return {k: v for k, v in env.items() if k not in own and not k.startswith("MODELREG_API_")}
 
 
 def test_services_share_one_environment(compose):
@@ -172,7 +176,7 @@ def test_the_api_listens_where_its_port_is_published(compose):
     api = compose["services"]["api"]
     env = environment(api)
     assert env["MODELREG_API_HOST"] == "0.0.0.0"  # reachable from outside its container
-    assert f"{env['MODELREG_API_PORT']}:{env['MODELREG_API_PORT']}" in api["ports"]
+    assert f"127.0.0.1:{env['MODELREG_API_PORT']}:{env['MODELREG_API_PORT']}" in api["ports"]
 
 
 def test_aws_credentials_are_minios_root_user(compose):
@@ -215,11 +219,20 @@ def test_api_is_published_on_8080(compose):
     assert any(p.split(":")[-2:] == ["8080", "8080"] for p in ports), ports
 
 
-def test_kafka_advertises_an_address_for_containers_and_one_for_the_host(compose):
-    env = environment(compose["services"]["kafka"])
-    assert "broker" in env["KAFKA_PROCESS_ROLES"] and "controller" in env["KAFKA_PROCESS_ROLES"]
-    advertised = env["KAFKA_ADVERTISED_LISTENERS"]
+def test_kafka_advertises_an_address_for_containers_and_one_for_the_host(compose, tmp_path):
+    # Kafka starts from what the kafka-auth one-shot writes (`modelreg stack kafka-auth`).
+    from shared.stack.kafka_auth import write_compose_kafka
+
+    kafka = compose["services"]["kafka"]
+    assert kafka["entrypoint"][-1] == "/kafka-auth/start.sh"
+    assert kafka["depends_on"]["kafka-auth"]["condition"] == "service_completed_successfully"
+    write_compose_kafka(tmp_path / "auth", tmp_path / "ca", None)
+    properties = dict(line.split("=", 1) for line in (tmp_path / "auth" / "server.properties").read_text().splitlines()
+                      if "=" in line)
+    assert properties["process.roles"] == "broker,controller"
+    advertised = properties["advertised.listeners"]
     assert "//kafka:9092" in advertised and "//localhost:9092" in advertised
+    assert properties["listener.security.protocol.map"].count("SASL_SSL") == 2
 
 
 def test_dockerfile_runs_modelreg_as_a_non_root_user():

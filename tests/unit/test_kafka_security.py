@@ -232,3 +232,23 @@ def test_the_strimzi_users_grant_the_same_table():
                for user in users for acl in user["spec"]["authorization"]["acls"] for operation in acl["operations"]}
     assert granted == set(acl_plan(""))
     assert {user["spec"]["authentication"]["type"] for user in users} == {"scram-sha-512"}
+
+
+def test_compose_runs_each_service_as_its_own_principal_in_production():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for name in SERVICE_PRINCIPALS:
+        env = services[name]["environment"]
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL" and env["MODELREG_ENV"] == "production"
+        assert env["KAFKA_SASL_USERNAME"] == name
+        assert env["KAFKA_SASL_PASSWORD"] == f"${{MODELREG_KAFKA_{name.upper()}_PASSWORD}}"  # from .env
+    # Every port is published on the host's loopback only.
+    published = [port for service in services.values() for port in service.get("ports") or []]
+    assert published and all(str(port).startswith("127.0.0.1:") for port in published)
+    # .env.example names every password the Kafka identities need.
+    example = (ROOT / ".env.example").read_text()
+    from shared.stack.kafka_auth import PRINCIPALS
+    for principal in PRINCIPALS:
+        assert f"MODELREG_KAFKA_{principal.upper()}_PASSWORD=" in example
