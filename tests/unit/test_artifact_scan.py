@@ -91,6 +91,24 @@ def test_joblib_object_array_holding_an_exploit_is_refused():
     assert result.disallowed == (SYSTEM,)
 
 
+@pytest.mark.parametrize("compress", [0, 3])
+def test_joblib_arrays_of_every_dtype_kind_are_stepped_over_exactly(compress):
+    fields = [(f"f{i}", "f4") for i in range(40)]
+    arrays = {"unicode": np.array(["ab", "cdef"]), "bytes": np.array([b"ab", b"c"]), "void": np.zeros(3, "V7"),
+              "structured": np.zeros(4, fields + [("n", "i8")]), "subarray": np.zeros(2, "(2,2)f8"),
+              "datetime": np.zeros(3, "M8[ns]"), "bool": np.ones(3, bool), "complex": np.ones(2, "c16"),
+              "fortran": np.asfortranarray(np.ones((3, 4)))}
+    result = scan(joblib_bytes(arrays, compress), declared="joblib")
+    assert result.safe, texts(result)
+
+
+@pytest.mark.parametrize("dtype", [[("a", "f4"), ("b", "O")], "(2,)O"])
+def test_joblib_structured_or_subarray_objects_hold_a_nested_pickle(dtype):
+    arr = np.zeros(1, dtype)
+    arr.flat[0] = (1.0, Exploit()) if isinstance(dtype, list) else [Exploit(), None]
+    assert scan(joblib_bytes({"a": arr}, 3), declared="joblib").disallowed == (SYSTEM,)
+
+
 def test_joblib_whose_array_bytes_are_cut_short_is_refused():
     data = joblib_bytes({"w": np.arange(10_000.0)})
     result = scan(data[:-1000], declared="joblib")

@@ -33,20 +33,41 @@ _NUMPY_DTYPES = frozenset({"numpy.dtype"})
 _TYPESTR = re.compile(r"[<>|=]?([a-zA-Z?])(\d*)")
 
 
-def _dtype_layout(dtype: Any) -> tuple[int, bool]:
-    """(bytes per item, holds Python objects) of a reconstructed numpy.dtype."""
-    if dtype.__class__ is not Built or dtype.cls not in _NUMPY_DTYPES or dtype.args.__class__ is not tuple \
-            or not dtype.args or dtype.args[0].__class__ is not str:
+_FLEXIBLE_KINDS = frozenset("USVa")  # sized by the pickled state, as numpy's __setstate__ does
+
+
+def _dtype_layout(dtype: Any, depth: int = 0) -> tuple[int, bool]:
+    """(bytes per item, holds Python objects) of a reconstructed numpy.dtype, computed as numpy
+    computes them: fixed kinds ('f8', 'i4', 'O8') take their size from the type string and
+    ignore the state's; flexible kinds ('U', 'S', 'V') take it from the state; only 'O' and
+    structured or sub-array types containing an 'O' hold objects (the state's flags are
+    ignored, as numpy ignores them)."""
+    if depth > 32 or dtype.__class__ is not Built or dtype.cls not in _NUMPY_DTYPES \
+            or dtype.args.__class__ is not tuple or not dtype.args or dtype.args[0].__class__ is not str:
         raise Invalid("a joblib array whose dtype the scanner cannot read")
     match = _TYPESTR.fullmatch(dtype.args[0])
     if match is None:
         raise Invalid(f"a joblib array with an unknown dtype {dtype.args[0]!r}")
     kind, digits = match.groups()
+    if kind not in _FLEXIBLE_KINDS:
+        return int(digits or "0"), kind == "O"
     state = dtype.state
-    elsize = state[5] if state.__class__ is tuple and len(state) >= 8 and state[5].__class__ is int else -1
-    flags = state[7] if state.__class__ is tuple and len(state) >= 8 and state[7].__class__ is int else 0
-    itemsize = elsize if elsize > 0 else int(digits or "0")
-    return itemsize, kind == "O" or bool(flags & 1)
+    if state.__class__ is not tuple or len(state) < 8 or state[5].__class__ is not int or state[5] <= 0:
+        raise Invalid(f"a joblib array of dtype {dtype.args[0]!r} without a readable item size")
+    subarray, fields = state[2], state[4]
+    parts: list[Any] = []
+    if subarray is not None:
+        if subarray.__class__ is not tuple or not subarray:
+            raise Invalid("a joblib array whose sub-array dtype the scanner cannot read")
+        parts.append(subarray[0])
+    if fields is not None:
+        if fields.__class__ is not dict or UNKNOWN in fields:
+            raise Invalid("a joblib array whose structured dtype the scanner cannot read")
+        for field in fields.values():
+            if field.__class__ is not tuple or not field:
+                raise Invalid("a joblib array whose structured dtype the scanner cannot read")
+            parts.append(field[0])
+    return state[5], any(_dtype_layout(part, depth + 1)[1] for part in parts)
 
 
 class JoblibArrays:

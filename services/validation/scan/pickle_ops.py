@@ -35,7 +35,8 @@ _MEMO_ARENA_BUDGET = 32 << 20       # bytes of memoized strings kept
 _MEMO_MAX_SLOTS = 4 << 20           # dense memo slots with a value (8 bytes each)
 _MEMO_MAX_EXTRA = 100_000           # out-of-order memo keys before giving up (fail closed)
 _MEMO_MAX_VALUES = 200_000          # memoized non-string values kept
-_MAX_SMALL = 64                     # items kept in a tracked tuple or dict
+_MAX_SMALL = 64                     # items kept in a tracked tuple (numpy allows 64 dimensions)
+_MAX_DICT = 1024                    # entries kept in a tracked dict
 MAX_LIST = 1 << 16                  # items a layout may ask a list to keep (legacy torch keys)
 _MAX_BOXED_DEPTH = 50_000           # past this stack depth small values are no longer tracked
 
@@ -442,24 +443,22 @@ def _collection(name: str, items: list | None) -> Any:
     if len(items) % 2:
         raise Invalid("DICT needs key/value pairs")
     out: dict = {}
-    for k, v in zip(items[::2], items[1::2]):
-        if k.__class__ in (str, int, bool):
-            out[k] = v
+    _set_items(out, items)
     return out
 
 
 def _set_items(target: Any, items: list | None) -> None:
-    if target.__class__ is not dict:
+    if target.__class__ is not dict or UNKNOWN in target:
         return
-    if items is None:
-        target.clear()  # some keys were not kept: forget the dict's content rather than half of it
+    if items is not None and len(items) % 2:
+        raise Invalid("SETITEMS needs key/value pairs")
+    if (items is None or len(target) + len(items) // 2 > _MAX_DICT
+            or not all(k.__class__ in (str, int, bool) for k in items[::2])):
+        target.clear()  # some keys could not be kept: forget the dict rather than keep half of it
         target[UNKNOWN] = UNKNOWN
         return
-    if len(items) % 2:
-        raise Invalid("SETITEMS needs key/value pairs")
     for k, v in zip(items[::2], items[1::2]):
-        if k.__class__ in (str, int, bool) and len(target) < _MAX_SMALL:
-            target[k] = v
+        target[k] = v
 
 
 def _append_items(target: Any, items: list | None, limit: int) -> None:
@@ -571,7 +570,8 @@ def walk_pickle(r: Reader, sink: Sink, list_limit: int = _MAX_SMALL) -> Any:
             items.reverse()
             stack.push(tuple(items))
         elif sid == _S_TUPLE_MARK:
-            stack.push(_collection(name, stack.pop_to_mark(list_limit if name == "LIST" else _MAX_SMALL)))
+            keep = list_limit if name == "LIST" else 2 * _MAX_DICT if name == "DICT" else _MAX_SMALL
+            stack.push(_collection(name, stack.pop_to_mark(keep)))
         elif sid == _S_EMPTY:
             stack.push(() if name == "EMPTY_TUPLE" else [] if name == "EMPTY_LIST" else {})
         elif sid == _S_SETITEM:
@@ -579,7 +579,7 @@ def walk_pickle(r: Reader, sink: Sink, list_limit: int = _MAX_SMALL) -> Any:
             key = stack.pop()
             _set_items(stack.top(), [key, value])
         elif sid == _S_SETITEMS:
-            items = stack.pop_to_mark(_MAX_SMALL)
+            items = stack.pop_to_mark(2 * _MAX_DICT)
             _set_items(stack.top(), items)
         elif sid == _S_APPEND:
             value = stack.pop()
