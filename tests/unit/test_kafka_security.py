@@ -252,3 +252,16 @@ def test_compose_runs_each_service_as_its_own_principal_in_production():
     from shared.stack.kafka_auth import PRINCIPALS
     for principal in PRINCIPALS:
         assert f"MODELREG_KAFKA_{principal.upper()}_PASSWORD=" in example
+
+
+def test_an_unauthenticated_client_is_warned_about_once_per_process(caplog, monkeypatch):
+    import shared.kafka_security as kafka_security
+
+    monkeypatch.setattr(kafka_security, "_warned_unauthenticated", False)
+    with caplog.at_level("WARNING", logger="shared.kafka_security"):
+        kafka_client_options(load_settings(**SECURE))
+        assert not caplog.records  # authenticated: nothing to say
+        kafka_client_options(load_settings(kafka_security_protocol="PLAINTEXT"))
+        kafka_client_options(load_settings(kafka_security_protocol="PLAINTEXT"))
+    assert len(caplog.records) == 1
+    assert "KAFKA_SECURITY_PROTOCOL=PLAINTEXT" in caplog.records[0].getMessage()
