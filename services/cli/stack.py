@@ -82,6 +82,9 @@ def print_credentials(stack: LocalStack, role: str) -> int:
     if not stack.kafka_secured:
         raise UserError(f"the stack in {stack.dir} runs Kafka PLAINTEXT (it predates Kafka security): "
                         "no credentials to hand out; `modelreg stack down --purge` then `up` secures it")
+    if not stack.kafka_auth.exists():
+        raise UserError(f"the stack in {stack.dir} has not been started yet: `modelreg stack up` makes "
+                        "its Kafka credentials")
     for line in export_lines(stack.kafka_env(role)):
         print(line)
     return 0
@@ -128,6 +131,9 @@ def print_status(stack: LocalStack) -> int:
     if not stack.kafka_secured:
         print("# Kafka runs PLAINTEXT, without ACLs (this stack predates Kafka security): "
               "`modelreg stack down --purge` then `up` secures it")
+        return 0 if all(answers.values()) else 1
+    if not stack.kafka_auth.exists():
+        print("# Kafka: SASL_SSL with ACLs once `modelreg stack up` has made its credentials")
         return 0 if all(answers.values()) else 1
     print("# Kafka: SASL_SSL (SCRAM-SHA-512), ACLs per principal. Each role's client settings, for")
     print("# this shell (eval \"$(modelreg stack credentials ROLE)\") or a librdkafka client")

@@ -120,8 +120,7 @@ class LocalStack:
         """The Kafka settings of a client authenticating as `principal` (a service, an
         outside role, or the admin super user the stack itself uses)."""
         env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports.kafka}"}
-        if self.kafka_secured:
-            self.kafka_auth.ensure()
+        if self.kafka_secured and self.kafka_auth.exists():  # made by the first `up`
             env.update(self.kafka_auth.client_env(principal))
         return env
 
