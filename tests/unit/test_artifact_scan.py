@@ -232,6 +232,37 @@ def test_archive_members_with_unsafe_paths_are_refused(name):
         assert any("archive member with an unsafe path" in t for t in texts(result)), texts(result)
 
 
+def v7_tar(members: dict[str, bytes]) -> bytes:
+    """An old-style tar: no ustar magic, only the header checksum says it is a tar."""
+    data = bytearray(tar_of(members, fmt=tarfile.GNU_FORMAT))
+    data[257:265] = b"\0" * 8
+    data[148:156] = b" " * 8
+    data[148:156] = b"%06o\0 " % sum(data[:512])
+    assert tarfile.is_tarfile(io.BytesIO(bytes(data)))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("declared", [None, "pt"])
+def test_an_old_tar_without_magic_is_opened_too(declared):
+    result = scan(v7_tar({"pickle": pickle.dumps(Exploit(), protocol=2)}), declared=declared, label="m.pt")
+    assert texts(result) == [f"disallowed import {SYSTEM} in m.pt > pickle"]
+
+
+@pytest.mark.parametrize("declared", [None, "keras"])
+def test_a_zip_behind_prepended_bytes_is_opened_as_zipfile_would(declared):
+    data = b"JUNK" * 10 + zip_of({"weights.pkl": pickle.dumps(Exploit())})
+    result = scan(data, declared=declared, label="m.keras")
+    assert result.disallowed == (SYSTEM,)
+    assert texts(result)[0].startswith(f"disallowed import {SYSTEM} in m.keras (zip after 4a 55 4e 4b")
+
+
+@pytest.mark.parametrize("declared", ["keras", "safetensors", "gguf", "h5"])
+def test_a_file_that_is_not_the_checked_format_it_declares_is_refused(declared):
+    result = scan(b"hello, world: plain text", declared=declared)
+    assert texts(result) == [f"declared {declared} but is not a {declared} file "
+                             f"(first bytes 68 65 6c 6c 6f 2c 20 77) in model"]
+
+
 def test_tar_links_out_of_the_archive_are_refused():
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:

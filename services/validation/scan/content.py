@@ -57,6 +57,8 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _NPY_MAGIC = b"\x93NUMPY"
 HEAD_BYTES = 512  # enough to recognise every format here (tar's magic is at 257)
 _MAX_KERAS_CONFIG = 64 << 20
+# Declared formats whose structure is checked even when nothing in them looks like a pickle.
+CHECKED_FORMATS = frozenset({"onnx", "safetensors", "gguf", "keras", "h5", "hdf5"})
 # What zipfile raises on a damaged or unsupported archive (encrypted members, unknown versions).
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError,
                EOFError, ValueError, KeyError, zlib.error, lzma.LZMAError)
@@ -200,7 +202,27 @@ def _other_format(head: bytes) -> str | None:
 
 
 def _is_tar(head: bytes) -> bool:
-    return head[257:262] == b"ustar"
+    """A POSIX/GNU tar (magic at 257), or an old V7 one, which has no magic: its header's
+    checksum is what tarfile (and so torch.load's legacy loader) goes by."""
+    if head[257:262] == b"ustar":
+        return True
+    if len(head) < 512 or not head[0]:
+        return False
+    field = head[148:156].split(b"\0", 1)[0].strip()
+    try:
+        stored = int(field, 8)
+    except ValueError:
+        return False
+    unsigned = sum(head[:148]) + 8 * 32 + sum(head[156:512])
+    signed = unsigned - sum(256 for b in head[:148] + head[156:512] if b > 127)
+    return stored in (unsigned, signed)
+
+
+def _zip_with_prefix(stream: BinaryIO) -> bool:
+    try:
+        return zipfile.is_zipfile(stream)
+    except _ZIP_ERRORS:
+        return False
 
 
 def _describe(head: bytes) -> str:
@@ -257,7 +279,17 @@ class _Scanner:
             return self._model_format(stream, r, start, where, other or "onnx", siblings)
         if head[0] in START_OPS:
             plainly_pickle = head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5
-            return self._pickle(r, where, strict=strict or plainly_pickle)
+            if self._pickle(r, where, strict=strict or plainly_pickle):
+                return True  # (else a probe found no pickle: the checks below still apply)
+        if start is not None and _zip_with_prefix(stream):
+            # zipfile finds an archive behind prepended bytes; Keras and others load it so.
+            stream.seek(start)
+            self._zip_file(stream, f"{where} (zip after {_describe(head)}...)", strict, depth + 1)
+            return True
+        if fmt in CHECKED_FORMATS:
+            self.root.finding(f"declared {fmt} but is not a {fmt} file (first bytes {_describe(head)})",
+                              where=where)
+            return True
         if strict:
             self.root.finding(f"declared a pickle but is neither a pickle nor a container the scanner knows "
                               f"(first bytes {_describe(head)})", where=where)
@@ -580,8 +612,6 @@ def might_hold_pickle(head: bytes) -> bool:
             or head.startswith(_NPY_MAGIC) or head[0] in START_OPS)
 
 
-# Declared formats whose structure is checked even when nothing in them looks like a pickle.
-CHECKED_FORMATS = frozenset({"onnx", "safetensors", "gguf", "keras", "h5", "hdf5"})
 
 
 def worth_scanning(declared_format: str | None, head: bytes) -> bool:
