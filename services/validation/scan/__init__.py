@@ -10,7 +10,6 @@ what a pickle may import.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -46,8 +45,9 @@ def scan_stream(stream: BinaryIO, *, declared_format: str | None = None, label: 
         examined = scan_layers(stream, col, strict=is_pickle_format(declared_format), limits=limits,
                                stored_bytes=stored_bytes, seekable=seekable,
                                fmt=(declared_format or "").lower() or None, siblings=siblings)
-    except (MemoryError, RecursionError, ArithmeticError, LookupError, TypeError, ValueError,
-            AttributeError, struct.error, EOFError) as exc:
+    except OSError:
+        raise  # reading the spooled file failed: a fault of this machine, worth a retry
+    except Exception as exc:
         # A file the scanner trips over is refused, not passed and not retried forever.
         col.finding(f"{SCANNER_FAILED}: {type(exc).__name__}: {exc}")
         examined = True

@@ -599,6 +599,9 @@ def scan_layers(stream: BinaryIO, col: Collector, *, strict: bool, limits: Limit
     except Limit as exc:
         col.finding(f"scan limit exceeded: {exc}")
         return True
+    except Invalid as exc:
+        col.finding(f"cannot read: {exc}")
+        return True
 
 
 
