@@ -52,7 +52,7 @@ from opentelemetry.trace import SpanKind
 from shared import logs, metrics, telemetry
 from shared.keys import Keyring
 from shared.outbox import OutboxRow, write_outbox
-from shared.signing import forgery
+from shared.signing import check as check_signature
 from shared.storage import is_retryable as s3_retryable
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Delivery:
     event: CloudEvent[Any] | None = None
     error: InvalidEvent | None = None
     trace_parent: Any = None  # the trace this event continues (or starts), once known
+    sender: str | None = None  # who sent it, as far as signatures and ACLs tell (not its `source`)
 
 
 class Tx:
@@ -102,12 +103,14 @@ class Tx:
     """
 
     def __init__(self, conn: asyncpg.Connection, service: str, cause: CloudEvent[Any] | None,
-                 correlation: uuid.UUID | None = None, record: Record | None = None) -> None:
+                 correlation: uuid.UUID | None = None, record: Record | None = None,
+                 sender: str | None = None) -> None:
         self.conn = conn
         self.service = service
         self.cause = cause
         self.correlation = correlation
         self.record = record  # the Kafka record `cause` came in, where there is one
+        self.sender = sender  # who sent `cause`: a verified key, or the ACL role of its topic
         self.rows: list[OutboxRow] = []
 
     @property
@@ -130,9 +133,12 @@ class Tx:
               actor: str | None = None, reason: str | None = None,
               evidence: dict[str, Any] | None = None,
               correlation: uuid.UUID | None = None) -> CloudEvent[RegistryAuditData]:
+        evidence = evidence or {}
+        if self.sender is not None:  # the audit says who really sent what caused this
+            evidence = {**evidence, "sent_by": self.sender}
         data = RegistryAuditData(action=action, name=name, version=version, from_stage=from_stage,
                                  to_stage=to_stage, actor=actor or self.source, reason=reason,
-                                 evidence=evidence or {})
+                                 evidence=evidence)
         return self.emit(RegistryAudit, data, correlation=correlation)
 
 
@@ -215,9 +221,12 @@ class BatchProcessor:
         a validator included), is a dead letter, not a reason to stop the partition."""
         try:
             event = parse_event(record.topic, record.value)
-            if self._keyring is not None and (problem := forgery(self._keyring, record.topic, record.value)):
-                raise InvalidEvent("forged", problem)
-            return Delivery(record, event=event)
+            sender = None
+            if self._keyring is not None:
+                problem, sender = check_signature(self._keyring, record.topic, record.value)
+                if problem is not None:
+                    raise InvalidEvent("forged", problem)
+            return Delivery(record, event=event, sender=sender)
         except InvalidEvent as exc:
             return Delivery(record, error=exc)
         except Exception as exc:  # noqa: BLE001 - see above
@@ -382,7 +391,7 @@ class BatchProcessor:
         if parent is None and self._service.trace_fallback is not None:
             parent = telemetry.parent_from((), fallback=await self._service.trace_fallback(conn, event)) \
                 or telemetry.new_trace()
-        tx = Tx(conn, self.consumer, event, record=record)
+        tx = Tx(conn, self.consumer, event, record=record, sender=delivery.sender)
         started = time.perf_counter()
         token = logs.correlation.set(str(event.correlation))
         try:

@@ -38,7 +38,9 @@ SERVICE_EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "promotion": ("model.promoted", "model.demoted", "model.rejected"),
     "archival": ("model.archived",),
     "audit": (),  # the audit writer signs its checkpoints, which are registry.audit records
-    "api": (),
+    # What people ask for over HTTP: outside producers' types, signed so that the registry can
+    # tell the API's requests (made for a token's identity) from any other client's.
+    "api": ("model.registered", "metrics.evaluated", "promotion.requested"),
 }
 SERVICES: tuple[str, ...] = tuple(SERVICE_EVENT_TYPES)
 

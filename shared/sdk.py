@@ -38,15 +38,18 @@ from shared.events import (
 )
 from shared.settings import Settings
 from shared.kafka_security import kafka_client_options
+from shared.keys import SigningKey
 from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
 
 Progress = Callable[[int], None]  # called with the bytes done since the last call
 
 
 class Registry:
-    def __init__(self, settings: Settings, *, source: str = "modelreg/sdk") -> None:
+    def __init__(self, settings: Settings, *, source: str = "modelreg/sdk",
+                 signing_key: SigningKey | None = None) -> None:
         self.settings = settings
         self.source = source
+        self._signing_key = signing_key  # the API signs what it publishes for a token's identity
         self._producer = AIOKafkaProducer(**kafka_client_options(settings),
                                           acks="all", enable_idempotence=True, linger_ms=1)
         self._store = ObjectStore(settings)
@@ -61,8 +64,11 @@ class Registry:
         await self._store.__aexit__(*exc)
 
     async def publish(self, event: CloudEvent[Any]) -> uuid.UUID:
+        value = event.to_json()
+        if self._signing_key is not None:
+            value = self._signing_key.sign_event_bytes(value)
         await self._producer.send_and_wait(
-            self.settings.topic(event.topic), event.to_json(),
+            self.settings.topic(event.topic), value,
             key=event.subject.encode() if event.subject else None,
             headers=[("content-type", CONTENT_TYPE.encode())])
         return event.id

@@ -19,7 +19,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shared.keys import KeyFileError, Keyring, SigningKey, key_file, load_own_key
+from shared.keys import (
+    KEY_ID_ATTRIBUTE,
+    SIGNATURE_ATTRIBUTE,
+    KeyFileError,
+    Keyring,
+    SigningKey,
+    key_file,
+    load_own_key,
+)
 
 # Topics only the registry's services write; every record on them must be signed.
 INTERNAL_TOPICS: frozenset[str] = frozenset({
@@ -54,18 +62,31 @@ def sign_value(service: str, value: bytes) -> bytes:
     return key.sign_event_bytes(value)
 
 
-def forgery(keyring: Keyring, topic: str, value: bytes | None) -> str | None:
-    """Why a parsed record of `topic` is not believed, or None. Only internal topics are
-    checked: what outside producers may write is the broker's ACLs' business."""
-    if topic not in INTERNAL_TOPICS:
-        return None
+# Who may write an outside topic, as the broker's ACLs say (shared/kafka_acls.py): an unsigned
+# event there is attributed to that role, never to the `source` it claims.
+OUTSIDE_WRITERS: dict[str, str] = {
+    "model.registered": "pipeline", "metrics.evaluated": "qa", "promotion.requested": "ops",
+}
+
+
+def check(keyring: Keyring, topic: str, value: bytes | None) -> tuple[str | None, str | None]:
+    """(why the record is not believed, or None; who sent it). An internal topic's record must
+    be signed by a key that may sign its type. An outside topic's record may be signed (the
+    API signs what it publishes for a token's identity); if it is, the signature must hold;
+    if not, it is attributed to the role the broker's ACLs let write the topic."""
     try:
         document: Any = json.loads(value or b"")
     except ValueError:
-        return "the event is not JSON"
+        return "the event is not JSON", None
     if not isinstance(document, dict):
-        return "the event is not a JSON object"
-    return keyring.event_problem(document)
+        return "the event is not a JSON object", None
+    signed = SIGNATURE_ATTRIBUTE in document or KEY_ID_ATTRIBUTE in document
+    if topic not in INTERNAL_TOPICS and not signed:
+        return None, f"acl:{OUTSIDE_WRITERS.get(topic, 'unknown')}"
+    problem = keyring.event_problem(document)
+    if problem is not None:
+        return problem, None
+    return None, f"key:{keyring.service_of(document[KEY_ID_ATTRIBUTE])}"
 
 
 def service_key(configured: Path | None, service: str) -> SigningKey:

@@ -33,6 +33,7 @@ from shared.sdk import Registry
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.keys import load_keyring
+from shared.signing import service_key
 
 from . import auth, dlq, problems, routes, ui
 from .cache import ChampionCache
@@ -69,7 +70,8 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
             registry = publisher
             if registry is None:
                 await ensure_topics(settings)
-                registry = await stack.enter_async_context(Registry(settings, source="modelreg/api"))
+                registry = await stack.enter_async_context(Registry(
+                    settings, source="modelreg/api", signing_key=service_key(settings.signing_key_file, "api")))
             cache = ChampionCache(settings.dsn)
             await cache.start()
             stack.push_async_callback(cache.stop)

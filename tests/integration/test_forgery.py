@@ -44,6 +44,9 @@ async def test_forged_records_are_dead_lettered_and_the_champion_stays(
         qa.cancel()
     keyring = Keyring.load(settings.keyring_file)
     assert keyring.event_problem(real.event) is None, "a real model.promoted verifies with the keyring"
+    # Who registered it is what the broker's ACLs say (a pipeline), not the `source` it claimed.
+    [ingested] = kafka.matching("registry.audit", lambda s: for_model(name, 1)(s) and s.data["action"] == "ingested")
+    assert ingested.data["evidence"]["sent_by"] == "acl:pipeline"
     assert keyring.service_of(real.event["signingkey"]) == "promotion"
 
     # 1. The attack from the issue: audit records claiming v2 went to production, unsigned.

@@ -43,7 +43,7 @@ def promoted() -> bytes:
 def test_what_a_service_signs_verifies(keys: dict[str, SigningKey]) -> None:
     keyring = Keyring(key.public() for key in keys.values())
     value = signing.sign_value("promotion", promoted())
-    assert signing.forgery(keyring, "model.promoted", value) is None
+    assert signing.check(keyring, "model.promoted", value)[0] is None
     assert json.loads(value)["signingkey"] == keys["promotion"].key_id
 
 
@@ -63,14 +63,29 @@ def test_forgeries_are_named(keys: dict[str, SigningKey], case: str, expected: s
         "unknown key": SigningKey("promotion", Ed25519PrivateKey.generate()).sign_event_bytes(promoted()),
         "not json": b"\xff",
     }[case]
-    assert expected in (signing.forgery(keyring, "model.promoted", value) or "")
+    assert expected in (signing.check(keyring, "model.promoted", value)[0] or "")
 
 
 def test_outside_topics_are_not_checked_internal_ones_are(keys: dict[str, SigningKey]) -> None:
     keyring = Keyring(key.public() for key in keys.values())
-    assert signing.forgery(keyring, "model.registered", b'{"plain": "cloudevent"}') is None
-    assert signing.forgery(keyring, "model.ingested", ingested()) == "the event is not signed"
-    assert signing.forgery(keyring, "model.ingested", signing.sign_value("ingest", ingested())) is None
+    assert signing.check(keyring, "model.registered", b'{"plain": "cloudevent"}')[0] is None
+    assert signing.check(keyring, "model.ingested", ingested())[0] == "the event is not signed"
+    assert signing.check(keyring, "model.ingested", signing.sign_value("ingest", ingested()))[0] is None
+
+
+def test_senders_are_verified_keys_or_the_topics_acl_role(keys: dict[str, SigningKey]) -> None:
+    api = SigningKey("api", Ed25519PrivateKey.generate())
+    keyring = Keyring([*(key.public() for key in keys.values()), api.public()])
+    registered = b'{"type": "model.registered", "source": "pipelines/claims-to-be-anyone"}'
+    assert signing.check(keyring, "model.registered", registered) == (None, "acl:pipeline")
+    assert signing.check(keyring, "metrics.evaluated", b"{}") == (None, "acl:qa")
+    assert signing.check(keyring, "model.registered", api.sign_event_bytes(registered)) == (None, "key:api")
+    assert signing.check(keyring, "model.promoted", signing.sign_value("promotion", promoted())) == (
+        None, "key:promotion")
+    # A signature on an outside event must hold, and its key must be allowed the type.
+    assert "does not match" in signing.check(keyring, "model.registered", api.sign_event_bytes(
+        registered).replace(b"claims-to-be-anyone", b"someone-else"))[0]
+    assert "may not sign" in signing.check(keyring, "model.registered", keys["ingest"].sign_event_bytes(registered))[0]
 
 
 def test_a_service_without_a_key_cannot_write_events() -> None:
