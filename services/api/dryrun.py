@@ -42,8 +42,12 @@ class Difference:
     current: Verdict
     new: Verdict
 
+    @property
+    def changed(self) -> bool:
+        return (self.current.action, self.current.detail) != (self.new.action, self.new.detail)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "stage": self.stage,
+        return {"name": self.name, "version": self.version, "stage": self.stage, "changed": self.changed,
                 "current": {"action": self.current.action, "detail": self.current.detail},
                 "new": {"action": self.new.action, "detail": self.new.detail}}
 
@@ -119,13 +123,14 @@ def _rollback_verdict(rule: Any, evaluations: Sequence[Row]) -> Verdict:
 
 def compare(view: Mapping[str, Sequence[Row]], current: Policy, new: Policy, now: datetime,
             *, everything: bool = False) -> list[Difference]:
-    """Versions whose verdict differs between the two policies (all of them with `everything`)."""
+    """Versions whose verdict differs between the two policies; with `everything`, the
+    unchanged ones too, after every change (changes are what a reader looks for)."""
     before, after = decide(view, current, now), decide(view, new, now)
     stages = {(v["name"], v["version"]): v["stage"] for v in view["versions"]}
-    found = []
+    changed, unchanged = [], []
     for key in sorted(set(before) | set(after)):
         old = before.get(key, Verdict("keep", "-"))
         fresh = after.get(key, Verdict("keep", "-"))
-        if everything or (old.action, old.detail) != (fresh.action, fresh.detail):
-            found.append(Difference(key[0], key[1], stages.get(key, "?"), old, fresh))
-    return found
+        difference = Difference(key[0], key[1], stages.get(key, "?"), old, fresh)
+        (changed if difference.changed else unchanged).append(difference)
+    return changed + unchanged if everything else changed

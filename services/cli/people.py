@@ -77,10 +77,12 @@ def add_parsers(commands: Any) -> None:
     policy = commands.add_parser("policy", help="promotion policy tools")
     actions = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     dry = actions.add_parser("dry-run", help="what a new policy file would promote, roll back or archive now, "
-                                             "compared with the current one (MODELREG_POLICY_FILE); nothing is changed")
+                                             "compared with the one the services run with (MODELREG_POLICY_FILE, "
+                                             "else infra/policy.yaml in a source checkout, as `modelreg up`); "
+                                             "nothing is changed")
     dry.add_argument("file", help="the new policy (YAML)")
     dry.add_argument("--model", action="append", type=_model_name, default=None, help="only these models")
-    dry.add_argument("--all", action="store_true", help="every version's verdict, not only the changes")
+    dry.add_argument("--all", action="store_true", help="also the versions either policy treats alike, after the changes")
     dry.add_argument("--json", action="store_true")
 
 
@@ -299,29 +301,55 @@ async def _explain(conn: Any, policy: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _services_revision(conn: Any) -> dict[str, Any] | None:
+    """The policy revision the running services last decided under, from the audit log
+    (validation and promotion record it with every decision); None before any decision."""
+    row = await conn.fetchrow(
+        """SELECT evidence->>'policy_revision' AS revision, source, occurred_at FROM audit_log
+           WHERE evidence ? 'policy_revision' ORDER BY seq DESC LIMIT 1""")
+    return None if row is None else {"revision": row["revision"], "source": row["source"],
+                                      "at": row["occurred_at"].isoformat()}
+
+
 async def _dry_run(conn: Any, current: Any, new: Any, args: argparse.Namespace) -> int:
     from services.api import dryrun, queries
 
     view = await queries.whole_view(conn, args.model)
     differences = dryrun.compare(view, current, new, datetime.now(UTC), everything=args.all)
+    services = await _services_revision(conn)
     if args.json:
-        _print_json({"current_revision": current.revision, "new_revision": new.revision,
+        _print_json({"current_revision": current.revision, "current_policy": current.source,
+                     "new_revision": new.revision, "new_policy": new.source,
+                     "services_revision": services["revision"] if services else None,
                      "differences": [d.as_dict() for d in differences]})
         return 0
     console = _console()
     console.print(f"current policy {current.revision} ({_escape(current.source)}) -> new policy {new.revision} "
                   f"({_escape(new.source)}); nothing is changed")
-    if not differences:
+    if services is not None and services["revision"] != current.revision:
+        console.print(f"[yellow]note: the running services last decided under policy {services['revision']} "
+                      f"({_escape(services['source'])}, {services['at']}), not the current one read here: set "
+                      "MODELREG_POLICY_FILE to the file they run with[/]")
+    changed = [d for d in differences if d.changed]
+    unchanged = [d for d in differences if not d.changed]
+    if changed:
+        table = _table("MODEL", "VERSION", "STAGE", "CURRENT", "NEW", "WHY (NEW)")
+        for d in changed:
+            style = "bold" if d.new.changes_state else ""
+            table.add_row(_escape(d.name), f"v{d.version}", _stage(d.stage), d.current.action,
+                          f"[{style}]{d.new.action}[/]" if style else d.new.action, _escape(d.new.detail))
+        console.print(table)
+    else:
         console.print("no version would be treated differently now")
-        return 0
-    table = _table("MODEL", "VERSION", "STAGE", "CURRENT", "NEW", "WHY (NEW)")
-    for d in differences:
-        style = "bold" if d.new.changes_state else ""
-        table.add_row(_escape(d.name), f"v{d.version}", _stage(d.stage), d.current.action,
-                      f"[{style}]{d.new.action}[/]" if style else d.new.action, _escape(d.new.detail))
-    console.print(table)
-    acting = [d for d in differences if d.new.changes_state and d.new.action != d.current.action]
-    console.print(f"{len(acting)} version(s) would be promoted, rolled back or archived under the new policy "
-                  f"and not under the current one")
+    if unchanged:  # only with --all
+        console.print(f"unchanged under the new policy ({len(unchanged)}):")
+        table = _table("MODEL", "VERSION", "STAGE", "EITHER POLICY", "WHY")
+        for d in unchanged:
+            table.add_row(_escape(d.name), f"v{d.version}", _stage(d.stage), d.new.action, _escape(d.new.detail))
+        console.print(table)
+    if changed:
+        acting = [d for d in changed if d.new.changes_state and d.new.action != d.current.action]
+        console.print(f"{len(acting)} version(s) would be promoted, rolled back or archived under the new policy "
+                      f"and not under the current one")
     return 0
 
