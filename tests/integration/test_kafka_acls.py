@@ -158,3 +158,46 @@ async def test_services_connect_as_their_own_principals(principals: dict, pipeli
     for name, app in pipeline.items():
         assert app.settings.kafka_sasl_username == name
         assert app.settings.kafka_security_protocol == "SASL_SSL"
+
+
+def librdkafka_deliveries(config: dict[str, str], records: list[tuple[str, bytes]]) -> list[Any]:
+    """Produce with librdkafka (confluent-kafka), as most outside clients do; the delivery
+    error of each record (None: written)."""
+    from confluent_kafka import Producer
+
+    outcomes: list[Any] = []
+    producer = Producer({**config, "message.timeout.ms": 10_000, "socket.timeout.ms": 5_000,
+                         "log_level": 0})
+    for topic, value in records:
+        producer.produce(topic, value, key=b"forged", on_delivery=lambda err, _msg: outcomes.append(err))
+    producer.flush(30)
+    return outcomes
+
+
+def librdkafka_config(env: dict[str, str]) -> dict[str, str]:
+    """The librdkafka properties `stack status` names, from the exported variables."""
+    return {"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"], "security.protocol": env["KAFKA_SECURITY_PROTOCOL"],
+            "sasl.mechanisms": env["KAFKA_SASL_MECHANISM"], "sasl.username": env["KAFKA_SASL_USERNAME"],
+            "sasl.password": env["KAFKA_SASL_PASSWORD"], "ssl.ca.location": env["KAFKA_SSL_CAFILE"]}
+
+
+@pytest.mark.parametrize("role", OUTSIDE_ROLES)
+async def test_librdkafka_with_a_roles_credentials_is_refused_forged_internal_events(
+        role: str, endpoints: Any, principals: dict, local_stack_only: None, settings: Settings, kafka: Any) -> None:
+    from confluent_kafka import KafkaError as RdKafkaError
+
+    config = librdkafka_config(role_env(endpoints, role))
+    records = [(settings.topic(topic), forged(settings, topic)) for topic in INTERNAL_TOPICS]
+    outcomes = await asyncio.to_thread(librdkafka_deliveries, config, records)
+    assert [err.code() if err else None for err in outcomes] == \
+        [RdKafkaError.TOPIC_AUTHORIZATION_FAILED] * len(INTERNAL_TOPICS)
+    assert not [s for s in kafka.seen if s.key == "forged"]
+
+
+async def test_librdkafka_without_credentials_delivers_nothing(
+        principals: dict, settings: Settings, kafka: Any) -> None:
+    config = {"bootstrap.servers": settings.kafka_bootstrap_servers, "security.protocol": "PLAINTEXT"}
+    records = [(settings.topic("model.promoted"), forged(settings, "model.promoted"))]
+    outcomes = await asyncio.to_thread(librdkafka_deliveries, config, records)
+    assert len(outcomes) == 1 and outcomes[0] is not None  # timed out: no broker would talk
+    assert not [s for s in kafka.seen if s.key == "forged"]
