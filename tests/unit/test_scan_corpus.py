@@ -1,9 +1,9 @@
 """Cross-check: a corpus of real models and malicious files, scanned by the project's scanner and
 by two independent ones, modelscan and fickling.
 
-The corpus is built here from the real libraries (scikit-learn, joblib, numpy, LightGBM) and,
-for PyTorch, laid out by hand as torch.save does (tests/model_corpus.py: torch's PyPI wheels
-pull CUDA). XGBoost is left out: its Linux wheels depend on nvidia-nccl-cu12. The malicious side
+The corpus is built here from the real libraries (scikit-learn, joblib, numpy, LightGBM,
+XGBoost from the CPU-only `xgboost-cpu` wheel) and, for PyTorch, laid out by hand as torch.save
+does (tests/model_corpus.py: torch's PyPI wheels pull CUDA). The malicious side
 holds the five bypasses of issue 10 (joblib zlib/gzip/xz, legacy tar torch.save, gzip with no
 declared format) and the classic cases of the public picklescan/modelscan advisories.
 
@@ -115,6 +115,15 @@ def _lightgbm() -> dict[str, object]:
     return {"classifier": model, "booster": model.booster_}
 
 
+def _xgboost() -> dict[str, object]:
+    import xgboost
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=80, n_features=6, random_state=0)
+    model = xgboost.XGBClassifier(n_estimators=5, max_depth=2).fit(X, y)
+    return {"classifier": model, "booster": model.get_booster()}
+
+
 def _npy(arr: np.ndarray) -> bytes:
     out = io.BytesIO()
     np.save(out, arr)
@@ -141,6 +150,8 @@ BENIGN = [
     Case("sk-hgb.joblib", "joblib", False, lambda: joblib_bytes(_sklearn_models()["hgb"], 3)),
     Case("lgbm.pkl", "pickle", False, lambda: pickle.dumps(_lightgbm()["classifier"])),
     Case("lgbm-booster.joblib", "joblib", False, lambda: joblib_bytes(_lightgbm()["booster"], 3)),
+    Case("xgb.pkl", "pickle", False, lambda: pickle.dumps(_xgboost()["classifier"])),
+    Case("xgb-booster.joblib", "joblib", False, lambda: joblib_bytes(_xgboost()["booster"], ("gzip", 3))),
     Case("arrays.npy", "npy", False, lambda: _npy(np.arange(12.0).reshape(3, 4))),
     Case("arrays.npz", "npz", False, _npz),
     Case("arrays.pkl", "pickle", False,
