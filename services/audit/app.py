@@ -16,7 +16,7 @@ from shared.keys import SigningKey
 from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
 
-from . import store, view
+from . import dlq, store, view
 from .chain import AuditRecord
 from .checkpointer import CheckpointObjects, Checkpointer
 
@@ -53,4 +53,4 @@ def build(resources: Resources) -> ServiceHandlers:
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    return ServiceApp(settings, SERVICE, build)
+    return ServiceApp(settings, SERVICE, dlq.serving_dead_letters(build))  # + registry.dlq, redrives
