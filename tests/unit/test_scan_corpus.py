@@ -79,7 +79,10 @@ def _sklearn_models() -> dict[str, object]:
     from sklearn.datasets import make_classification, make_regression
     from sklearn.decomposition import PCA
     from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.compose import make_column_selector
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, KFold
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
@@ -103,6 +106,10 @@ def _sklearn_models() -> dict[str, object]:
             "mlp": MLPClassifier(max_iter=20).fit(X, y),
             "pipeline": make_pipeline(StandardScaler(), PCA(3), LogisticRegression()).fit(X, y),
             "columns": make_pipeline(columns, LogisticRegression()).fit(Xc, y),
+            "search": GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=KFold(2),
+                                   scoring=["accuracy", "roc_auc"], refit="accuracy").fit(X, y),
+            "selector": ColumnTransformer([("num", StandardScaler(), make_column_selector(dtype_include=np.number))]),
+            "tfidf": TfidfVectorizer().fit(["alpha beta gamma", "beta gamma delta", "gamma delta"]),
         }
 
 
@@ -142,7 +149,8 @@ JOBLIB = [("zlib", "compress=3", 3), ("zlib", "zlib", ("zlib", 3)), ("gzip", "gz
 
 BENIGN = [
     *[Case(f"sk-{k}.pkl", "pickle", False, lambda k=k: pickle.dumps(_sklearn_models()[k])) for k in
-      ("logreg", "forest", "gbr", "hgb", "svc", "knn", "kmeans", "mlp", "pipeline", "columns")],
+      ("logreg", "forest", "gbr", "hgb", "svc", "knn", "kmeans", "mlp", "pipeline", "columns", "search",
+       "selector", "tfidf")],
     Case("sk-forest-p2.pkl", "pickle", False, lambda: pickle.dumps(_sklearn_models()["forest"], protocol=2)),
     *[Case(f"sk-pipeline-{tag}.joblib", "joblib", False,
            lambda c=c: joblib_bytes({"model": _sklearn_models()["pipeline"], "X": np.ones((50, 6))}, c))

@@ -96,7 +96,11 @@ DEFAULT_ALLOWED: tuple[str, ...] = (
     "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
     "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer",
     "numpy.ndarray", "numpy.dtype", "numpy.matrix",
-    "numpy.ma.core._mareconstruct", "numpy.ma.core.MaskedArray",
+    "numpy.ma.core._mareconstruct", "numpy.ma.core.MaskedArray", "numpy.ma.MaskedArray",
+    # Abstract scalar types, as dtype selectors (make_column_selector(dtype_include=np.number)).
+    "numpy.number", "numpy.integer", "numpy.signedinteger", "numpy.unsignedinteger",
+    "numpy.floating", "numpy.complexfloating", "numpy.inexact", "numpy.generic", "numpy.bool",
+    "numpy.character", "numpy.flexible",
     *(f"numpy.dtypes.{c}" for c in _NUMPY_DTYPE_CLASSES),
     *(f"numpy.{t}" for t in _NUMPY_SCALAR_TYPES),
     # Reductions estimators keep as parameter defaults (FeatureAgglomeration's pooling_func).
