@@ -36,6 +36,7 @@ templates.filters["when"] = presentation.when
 templates.filters["size"] = presentation.size
 templates.filters["num"] = lambda v: "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 templates.globals["quote"] = lambda v: quote(str(v), safe="")
+templates.globals["session_cookie"] = COOKIE  # base.html offers "Sign out" while it is set
 
 
 class _Login(Exception):
