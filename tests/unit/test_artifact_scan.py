@@ -361,6 +361,16 @@ def test_every_scikit_learn_estimator_class_is_allowed():
     assert not missing
 
 
+def test_no_default_entry_reads_writes_or_fetches():
+    import fnmatch
+
+    risky = ("load*", "save*", "dump*", "fetch*", "export*", "open*", "read*", "write*", "*_testing*",
+             "*datasets*", "*system*", "*popen*", "*exec*", "*eval*", "*import*")
+    flagged = [entry for entry in DEFAULT_ALLOWED for part in entry.split(".")
+               if any(fnmatch.fnmatchcase(part, pattern) for pattern in risky)]
+    assert not flagged
+
+
 def test_the_policy_extends_the_list_per_rule():
     data = b"\x80\x04\x8c\x0bmylib.model\x8c\x05Model\x93)\x81."
     assert scan(data).disallowed == ("mylib.model.Model",)
