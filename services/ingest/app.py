@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shared import telemetry
-from shared.consumer import ServiceHandlers, TraceParents, Tx
+from shared import metrics, telemetry
+from shared.consumer import ServiceHandlers, TraceParents, Tx, dead_letter_rows
 from shared.events import (
     ArtifactRef,
     CloudEvent,
+    InvalidEvent,
     ModelIngested,
     ModelIngestedData,
     ModelRegistered,
@@ -38,6 +39,7 @@ SERVICE = "ingest"
 log = logging.getLogger(__name__)
 UPLOADS_PREFIX = "uploads/"  # where the SDK and the API stage artifacts they upload
 COPIES_IN_FLIGHT = 16
+ARTIFACT_MISSING = "artifact_missing"
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,9 @@ class Ingest:
                     message=f"version {data.version} of {data.name} is already registered with a "
                             "different artifact"), evidence={"requested_version": data.version}, record=False)
                 return
+        if prepared.refusal is not None and prepared.refusal.code == ARTIFACT_MISSING:
+            await self._refuse_until_uploaded(tx, event, prepared.refusal)
+            return
         if prepared.refusal is not None or prepared.copied is None:
             refusal = prepared.refusal or Reason(code="artifact_missing", message="the artifact was not copied")
             await self._reject(tx, event, version, refusal, evidence=prepared.evidence, record=version is not None)
@@ -169,6 +174,16 @@ class Ingest:
                            "format": artifact.format, "description": data.description,
                            "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None,
                            "signature": data.signature})
+
+    async def _refuse_until_uploaded(self, tx: Tx, event: ModelRegistered, refusal: Reason) -> None:
+        """An artifact that is not there may only not be there *yet*: the registration is
+        refused without taking a version (the rejection names none, no version row blocks
+        one), and dead-lettered, so that once the artifact is uploaded `modelreg dlq redrive`
+        brings it back; it then gets the number it claimed (claims are kept per event)."""
+        await self._reject(tx, event, None, refusal, record=False)
+        assert tx.record is not None
+        metrics.DEAD_LETTERS.labels(SERVICE, ARTIFACT_MISSING).inc()
+        tx.rows.extend(dead_letter_rows(SERVICE, tx.record, InvalidEvent(ARTIFACT_MISSING, refusal.message), event))
 
     async def _reject(self, tx: Tx, event: ModelRegistered, version: int | None, reason: Reason, *,
                       evidence: dict[str, Any] | None = None, record: bool) -> None:

@@ -6,6 +6,7 @@ bytes once, and a record whose cause was fixed since completes its version's lif
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -22,8 +23,8 @@ from services.api import auth
 from services.api.app import ApiService
 from services.api.settings import ApiSettings
 from shared.settings import Settings
-from tests.integration.test_pipeline import evaluated, promoted, register
-from tests.support import Kafka, eventually, unique_name
+from tests.integration.test_pipeline import evaluated, promoted, register, registered, safe_pickle
+from tests.support import Kafka, eventually, for_model, put_artifact, unique_name
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -118,6 +119,35 @@ async def test_a_redriven_qa_result_completes_the_life_of_the_version_that_arriv
     assert [json.loads(s.value) for s in kafka.matching("metrics.evaluated", lambda s: s.key == name)] == [
         early, early, later, later]
     assert len(await _audit(db, letter["id"], "redriven")) == 1
+
+
+async def test_a_registration_redriven_once_its_artifact_is_uploaded_lives_its_life(
+        settings: Settings, kafka: Kafka, pipeline: Any, db: asyncpg.Pool) -> None:
+    """A registration whose artifact is not there yet is refused without taking a version and
+    dead-lettered; the artifact is uploaded; the redrive ingests it as v1, which is validated,
+    measured and promoted to production."""
+    name = unique_name("life-upload")
+    body, key = safe_pickle(42), f"inbox/{name}/late.pkl"
+    artifact = {"uri": f"s3://{settings.s3_bucket}/{key}", "sha256": hashlib.sha256(body).hexdigest(),
+                "size_bytes": len(body)}
+    registration = registered(name, artifact)
+    await kafka.publish("model.registered", registration)
+    letter = await _letter(db, name, "artifact_missing")
+    assert (letter["service"], letter["original_event_id"]) == ("ingest", uuid.UUID(registration["id"]))
+    [rejected] = await kafka.wait_for("model.rejected", for_model(name))
+    assert rejected.data.get("version") is None and rejected.data["reasons"][0]["code"] == "artifact_missing"
+    assert not await db.fetchval("SELECT count(*) FROM model_versions WHERE name = $1", name)
+
+    assert await put_artifact(settings, key, body) == artifact
+    redriven = await cli(settings, "redrive", str(letter["id"]))
+    assert redriven.returncode == 0, redriven.stderr
+    [ingested] = await kafka.wait_for("model.ingested", for_model(name), timeout=60)
+    assert ingested.data["version"] == 1 and ingested.event["causationid"] == registration["id"]
+    await kafka.wait_for("model.promoted", promoted(name, 1, "staging"), timeout=60)
+    await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.96}))
+    await kafka.wait_for("model.promoted", promoted(name, 1, "production", "policy"), timeout=60)
+    assert await eventually(lambda: db.fetchval(
+        "SELECT stage = 'production' FROM view_versions WHERE name = $1 AND version = 1", name))
 
 
 async def test_the_cli_says_what_it_cannot_do(settings: Settings, pipeline: Any) -> None:
