@@ -135,6 +135,12 @@ class Rule:
     rollback: tuple[Threshold, ...] = ()
     retention: Retention = field(default_factory=Retention)
     validation: ValidationRule = field(default_factory=ValidationRule)
+    evaluator_not_author: bool | None = None  # None: true when the rule has thresholds
+
+    @property
+    def evaluator_must_differ(self) -> bool:
+        """Whether QA results from the version's own author are ignored (separation of duties)."""
+        return bool(self.thresholds) if self.evaluator_not_author is None else self.evaluator_not_author
 
     def to_dict(self) -> dict[str, Any]:
         retention, validation = self.retention, self.validation
@@ -143,6 +149,7 @@ class Rule:
             "auto_staging": self.auto_staging,
             "required_suites": list(self.required_suites),
             "thresholds": {t.key: str(t) for t in self.thresholds},
+            "evaluator_not_author": self.evaluator_must_differ,
             "champion": None if self.champion is None else {
                 "metric": self.champion.metric,
                 "direction": self.champion.direction,
@@ -553,6 +560,7 @@ class _Reader:
             rollback=self.thresholds(data.get("rollback"), (*loc, "rollback")),
             retention=self.retention(data.get("retention"), (*loc, "retention")),
             validation=self.validation(data.get("validation"), (*loc, "validation")),
+            evaluator_not_author=self.field(data, loc, "evaluator_not_author", _boolean, None),  # type: ignore[arg-type]
         )
 
     def policy(self, value: object) -> tuple[Rule, ...]:
@@ -580,8 +588,8 @@ class _Reader:
         return tuple(rule for rule in parsed if rule is not None)
 
 
-_RULE_KEYS = ("match", "auto_staging", "required_suites", "thresholds", "champion", "approvers",
-              "required_approvals", "rollback", "retention", "validation")
+_RULE_KEYS = ("match", "auto_staging", "required_suites", "thresholds", "evaluator_not_author", "champion",
+              "approvers", "required_approvals", "rollback", "retention", "validation")
 
 
 def _non_negative(value: object) -> float:
@@ -655,6 +663,9 @@ rules:
     # ("suite/metric" applies to one suite's result only). Quote values: ">= 0.9".
     # None here: passing the smoke suite is enough.
     thresholds: {}
+    # Ignore QA results reported by the principal that registered the version (separation of
+    # duties); when left out: true for rules with thresholds, false otherwise.
+    # evaluator_not_author: true
     # Compare with the production version before replacing it, e.g.
     #   champion: {metric: auc, direction: higher, min_improvement: 0.01}
     champion: null

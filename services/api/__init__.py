@@ -12,8 +12,9 @@ Settings (environment, beside the shared ones in `shared.settings`):
                                 too, needs a token of role reader or better
   MODELREG_API_PRESIGN_SECONDS  how long presigned artifact URLs stay valid (default 900)
 
-Writes need a bearer token (`modelreg token create --role R --name N`): publisher registers
-versions and reports evaluations, approver also requests promotions (the token's name is the
-actor), admin may do everything. `app.create_app(settings)` builds the service;
+Writes need a bearer token (`modelreg token create --role R --name N [--models GLOBS]
+[--expires 90d]`): publisher registers versions, evaluator reports QA results, approver requests
+promotions (the token's name is the actor), admin may do everything. A token works only for the
+models its globs match (403 otherwise) and until it expires (401 after). `app.create_app(settings)` builds the service;
 `app.build_asgi(settings)` the ASGI app alone, for tests.
 """

@@ -98,7 +98,8 @@ def decide(view: Mapping[str, Sequence[Row]], policy: Policy, now: datetime) -> 
                 continue
             if version["stage"] == "staging":
                 decision = decide_promotion("staging", blocked_of(version, moves), rule,
-                                            results_of(by_version.get(number, [])), champion)
+                                            results_of(by_version.get(number, [])), champion,
+                                            version.get("registered_by"))
                 if decision.promote:
                     verdicts[key] = Verdict("promote", "every gate holds: staging -> production")
                 else:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from services.promotion.logic import Champion, Gate, Result, decide_promotion, evaluate_gates, latest_per_suite
+from services.promotion.logic import (
+    Champion,
+    Gate,
+    Result,
+    decide_promotion,
+    evaluate_gates,
+    independent_results,
+    latest_per_suite,
+)
 from shared.policy import Rule, Threshold
 
 Row = Mapping[str, Any]
@@ -17,7 +25,7 @@ Row = Mapping[str, Any]
 
 def results_of(evaluations: Iterable[Row]) -> list[Result]:
     """view_evaluations rows as the decisions see them: seq orders them, newest highest."""
-    return [Result(e["suite"], e["environment"], dict(e["metrics"] or {}), e["passed"], e["seq"])
+    return [Result(e["suite"], e["environment"], dict(e["metrics"] or {}), e["passed"], e["seq"], e.get("evaluator"))
             for e in evaluations]
 
 
@@ -129,6 +137,9 @@ def explain(rule: Rule, *, revision: str, version: Row, evaluations: Sequence[Ro
     The current champion is the version to beat; the champion itself is judged against no one
     (it has nobody to beat), exactly as when it was promoted with no champion in place.
     """
+    author = version.get("registered_by")
+    counted = {r.seq for r in independent_results(rule, results_of(evaluations), author)[0]}
+    evaluations = [e for e in evaluations if e["seq"] in counted]  # shown as promotion judges them
     results = results_of(evaluations)
     rival = champion_version if champion_version not in (None, version["version"]) else None
     champion = Champion(rival, results_of(champion_evaluations)) if rival is not None else None

@@ -127,9 +127,10 @@ async def whole_view(db: Db, names: list[str] | None = None) -> dict[str, Any]:
     args = (names,)
     models = await db.fetch("SELECT name, champion FROM view_models WHERE $1::text[] IS NULL OR name = ANY($1) "
                             "ORDER BY name", *args)
-    versions = await db.fetch("SELECT name, version, stage, status, metrics FROM view_versions "
+    versions = await db.fetch("SELECT name, version, stage, status, metrics, registered_by FROM view_versions "
                               "WHERE $1::text[] IS NULL OR name = ANY($1) ORDER BY name, version", *args)
-    results = await db.fetch("SELECT seq, name, version, suite, environment, metrics, passed FROM view_evaluations "
+    results = await db.fetch("SELECT seq, name, version, suite, environment, metrics, passed, evaluator "
+                             "FROM view_evaluations "
                              "WHERE $1::text[] IS NULL OR name = ANY($1) ORDER BY seq", *args)
     changes = await db.fetch("SELECT seq, name, version, from_stage, to_stage, reason, at FROM view_stage_changes "
                              "WHERE $1::text[] IS NULL OR name = ANY($1) ORDER BY seq", *args)

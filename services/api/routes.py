@@ -59,16 +59,18 @@ VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION, description="version nu
 
 
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    described = {400: "invalid input", 401: "no token, or an unknown one", 403: "the token's role may not",
-                 404: "not found", 411: "an upload without Content-Length", 413: "request too large",
+    described = {400: "invalid input", 401: "no token, or an unknown, revoked or expired one",
+                 403: "the token's role or model scope does not allow it", 404: "not found",
+                 409: "the version is not in a state that allows it (not validated)", 411: "an upload without Content-Length", 413: "request too large",
                  503: "Kafka or S3 did not answer; try again"}
     return {status: {"description": described.get(status, "error"),
                      "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             for status in statuses}
 
 
-READ_ERRORS = _problem_responses(400, 401, 404)
+READ_ERRORS = _problem_responses(400, 401, 403, 404)
 WRITE_ERRORS = _problem_responses(400, 401, 403, 404, 411, 413, 503)
+MOVE_ERRORS = _problem_responses(400, 401, 403, 404, 409, 503)
 
 
 # ---------------------------------------------------------------------------- callers
@@ -80,7 +82,9 @@ def _unauthorized(detail: str) -> Problem:
 
 async def caller(request: Request,
                  _credentials: HTTPAuthorizationCredentials | None = Security(bearer_scheme)) -> Identity | None:
-    """The token's identity; None when no token was sent. A bad token is refused, never ignored."""
+    """The token's identity; None when no token was sent. A bad or expired token is refused,
+    never ignored, and so is a token used on a model outside its scope: every route with a
+    `{name}` in its path is checked here, so none can forget it."""
     header = request.headers.get("authorization")
     if header is None:
         return None
@@ -90,7 +94,22 @@ async def caller(request: Request,
     identity = await auth.identify(resources_of(request).pool, token)
     if identity is None:
         raise _unauthorized("the token is unknown or revoked")
+    if identity.expired(datetime.now(UTC)):
+        assert identity.expires_at is not None
+        raise _unauthorized(f"token {identity.name!r} expired at {identity.expires_at.astimezone(UTC).isoformat()}; "
+                            "ask for a new one (`modelreg token create`)")
+    scope_error = out_of_scope(identity, request.path_params.get("name"))
+    if scope_error is not None:
+        raise scope_error
     return identity
+
+
+def out_of_scope(identity: Identity, model: str | None) -> Problem | None:
+    """The 403 for a token used on a model its globs do not match (None: in scope)."""
+    if model is None or identity.may_touch(model):
+        return None
+    return Problem(403, f"token {identity.name!r} is limited to models {', '.join(identity.models)}; "
+                        f"{model[:128]!r} is not one of them", kind="out-of-scope")
 
 
 async def reader(request: Request, identity: Identity | None = Depends(caller)) -> Identity | None:
@@ -99,15 +118,25 @@ async def reader(request: Request, identity: Identity | None = Depends(caller)) 
     return identity
 
 
-def requires(role: auth.Role) -> Any:
+def requires(action: auth.Action) -> Any:
+    role = auth.ROLE_FOR[action]
+    wanted = f"role {role}" if role == "admin" else f"role {role} (or admin)"
+
     async def check(identity: Identity | None = Depends(caller)) -> Identity:
         if identity is None:
-            raise _unauthorized(f"this needs a token with role {role} or higher: send `Authorization: Bearer <token>`")
-        if not auth.allows(identity.role, role):
-            raise Problem(403, f"token {identity.name!r} has role {identity.role}; this needs {role} or higher",
-                          kind="forbidden")
+            raise _unauthorized(f"this needs a token with {wanted}: send `Authorization: Bearer <token>`")
+        if not auth.allows(identity.role, action):
+            raise Problem(403, f"token {identity.name!r} has role {identity.role}, which may not {action}; "
+                               f"this needs {wanted}", kind="forbidden")
         return identity
     return check
+
+
+def _validated_or_409(row: dict[str, Any], what: str) -> None:
+    """Only a version whose artifact passed validation may be handed out or moved up."""
+    if row["status"] != "validated":
+        raise Problem(409, f"{row['name']} v{row['version']} has not passed validation (status "
+                           f"{row['status']}): {what}", kind="not-validated")
 
 
 Resources = Annotated[ApiResources, Depends(resources_of)]
@@ -268,7 +297,8 @@ async def explanation(res: ApiResources, name: str, version: int) -> dict[str, A
         return await documents.explanation(res.pool, res.policy, name, version)
 
 
-@router.get("/models/{name}/versions/{version}/artifact", response_model=ArtifactLink, responses=READ_ERRORS,
+@router.get("/models/{name}/versions/{version}/artifact", response_model=ArtifactLink,
+            responses={**READ_ERRORS, **_problem_responses(409)},
             tags=["deployment"], summary="A presigned download URL of the artifact (the archive copy when archived)")
 async def artifact_link(name: NameParam, version: VersionParam, res: Resources,
                         _reader: Identity | None = Depends(reader)) -> dict[str, Any]:
@@ -277,6 +307,7 @@ async def artifact_link(name: NameParam, version: VersionParam, res: Resources,
 
 async def presigned_artifact(res: ApiResources, name: str, version: int) -> dict[str, Any]:
     row = await _version_or_404(res, name, version)
+    _validated_or_409(row, "only validated artifacts are downloadable")
     archived = row["stage"] == "archived" and bool(row["archive_uri"])
     uri = row["archive_uri"] if archived else row["artifact_uri"]
     if not uri:
@@ -477,7 +508,7 @@ async def register(name: NameParam, request: Request, res: Resources,
 @router.post("/models/{name}/versions/{version}/evaluations", status_code=202, response_model=Accepted,
              responses=WRITE_ERRORS, tags=["writes"], summary="Report a QA or monitoring result (metrics.evaluated)")
 async def evaluate(name: NameParam, version: VersionParam, body: EvaluationRequest, res: Resources,
-                   identity: Identity = Depends(requires(auth.PUBLISH))) -> dict[str, Any]:
+                   identity: Identity = Depends(requires(auth.EVALUATE))) -> dict[str, Any]:
     # The evaluator on record is the token's identity, never a name the caller picks.
     if body.evaluator is not None and body.evaluator != identity.name:
         raise Problem(403, f"evaluator is the token's identity ({identity.name!r}), not {body.evaluator[:80]!r}",
@@ -493,11 +524,13 @@ async def evaluate(name: NameParam, version: VersionParam, body: EvaluationReque
 
 
 @router.post("/models/{name}/versions/{version}/promotion-requests", status_code=202, response_model=Accepted,
-             responses=WRITE_ERRORS, tags=["writes"],
+             responses=MOVE_ERRORS, tags=["writes"],
              summary="Ask to move a version to a stage (promotion.requested; the token's name is the actor)")
 async def request_promotion(name: NameParam, version: VersionParam, body: PromotionRequest, res: Resources,
                             identity: Identity = Depends(requires(auth.APPROVE))) -> dict[str, Any]:
-    await _version_or_404(res, name, version)
+    row = await _version_or_404(res, name, version)
+    if body.to_stage in ("staging", "production"):
+        _validated_or_409(row, f"it cannot be moved to {body.to_stage} before it does")
     async with _publishing("publish promotion.requested"):
         event_id = await res.registry.request_promotion(name, version, to_stage=body.to_stage, actor=identity.name,
                                                         reason=body.reason)

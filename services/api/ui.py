@@ -3,11 +3,17 @@
 Pages poll `/ui/state` every two seconds (static/app.js) and re-render in place when the
 model's newest audit seq moves, so they follow the registry live. When reads need a token
 (MODELREG_API_OPEN_READS=false) the UI asks for one once and keeps it in an HttpOnly cookie.
+
+The approver's view: someone signed in with a token that may approve this model sees, on a
+version page, "request promotion" (none -> staging) or "approve" (staging -> production) beside
+the gates `/explain` reports; the request is published as `promotion.requested` with the
+token's name as the actor, exactly as the API does. Readers and anonymous visitors see no buttons.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +29,17 @@ from shared.policy import Rule
 from . import auth, presentation, queries
 from .problems import Problem
 from .resources import ApiResources, resources_of
-from .routes import MAX_VERSION, explanation, model_document, presigned_artifact, version_document
+from .routes import (
+    MAX_VERSION,
+    _publishing,
+    _validated_or_409,
+    _version_or_404,
+    explanation,
+    model_document,
+    out_of_scope,
+    presigned_artifact,
+    version_document,
+)
 
 COOKIE = "modelreg_token"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
@@ -43,13 +59,43 @@ class _Login(Exception):
     pass
 
 
+async def _viewer(request: Request, res: ApiResources) -> auth.Identity | None:
+    """Who is signed in (header or the UI's cookie); None for nobody, or a revoked or expired token."""
+    token = auth.bearer(request.headers.get("authorization")) or request.cookies.get(COOKIE)
+    if not token:
+        return None
+    identity = await auth.identify(res.pool, token)
+    if identity is None or identity.expired(datetime.now(UTC)):
+        return None
+    return identity
+
+
 async def _allowed(request: Request, res: ApiResources) -> None:
-    """Reads are open, or the caller brings a token (header or the UI's cookie)."""
+    """Reads are open, or the caller brings a live token."""
     if res.api.open_reads:
         return
-    token = auth.bearer(request.headers.get("authorization")) or request.cookies.get(COOKIE)
-    if not token or await auth.identify(res.pool, token) is None:
+    if await _viewer(request, res) is None:
         raise _Login()
+
+
+def approver_actions(viewer: auth.Identity | None, doc: dict[str, Any], gates: dict[str, Any]) -> dict[str, Any]:
+    """What the version page offers the signed-in person: buttons only for an approver in scope,
+    and for a version validation passed; otherwise why not (nothing at all for readers)."""
+    if viewer is None or not auth.allows(viewer.role, auth.APPROVE) or not viewer.may_touch(doc["name"]):
+        return {"buttons": [], "note": None}
+    if viewer.name == doc.get("registered_by"):
+        return {"buttons": [], "note": "You registered this version: another approver must approve it."}
+    if doc["status"] != "validated":
+        return {"buttons": [], "note": f"Not validated ({doc['status']}): it cannot be moved up."}
+    if gates.get("blocked"):
+        return {"buttons": [], "note": f"{gates['blocked'].replace('_', ' ')}: it cannot be moved up."}
+    if doc["stage"] == "none":
+        return {"buttons": [{"to_stage": "staging", "label": "Request promotion to staging"}], "note": None}
+    if doc["stage"] == "staging":
+        failing = [g["gate"] for g in gates["gates"] if not g["passed"]]
+        note = f"Gates failing: {', '.join(failing)}. Approving moves it anyway." if failing else None
+        return {"buttons": [{"to_stage": "production", "label": "Approve for production"}], "note": note}
+    return {"buttons": [], "note": None}
 
 
 # Everything a page uses comes from this server: no inline script, no CDN, no third party.
@@ -63,6 +109,7 @@ SECURITY_HEADERS = {
 
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("viewer", None)
     html = templates.get_template(template).render(request=request, stages=STAGES, **context)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
@@ -152,8 +199,42 @@ async def version_page(request: Request, name: str, version: str) -> Response:
     trail = await queries.audit(res.pool, model=name, version=number, limit=500)
     history = [{**c, "kind": presentation.change_kind(c), "text": presentation.change_text(c)}
                for c in document["stage_history"]]
+    viewer = await _viewer(request, res)
     return _page(request, "version.html", model=name, doc=document, gates=gates, trail=trail, history=history,
-                 seq=await queries.last_seq(res.pool, name))
+                 seq=await queries.last_seq(res.pool, name), viewer=viewer,
+                 actions=approver_actions(viewer, document, gates))
+
+
+@router.post("/models/{name}/versions/{version}/promote")
+async def promote(request: Request, name: str, version: str, to_stage: str = Form(..., max_length=16),
+                  reason: str = Form("", max_length=2000)) -> Response:
+    """The approver's buttons: publish promotion.requested as the signed-in token's name."""
+    res = resources_of(request)
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        return _error_page(request, 403, "requests from other sites are refused")
+    viewer = await _viewer(request, res)
+    if viewer is None:
+        return RedirectResponse(f"/ui/login?next={quote(request.url.path.rsplit('/', 1)[0], safe='/')}",
+                                status_code=303)
+    if not _valid_name(name) or not version.isdigit() or not 1 <= int(version) <= MAX_VERSION \
+            or to_stage not in ("staging", "production"):
+        return _error_page(request, 400, "no such model version or stage")
+    number = int(version)
+    refusal = out_of_scope(viewer, name)
+    if refusal is None and not auth.allows(viewer.role, auth.APPROVE):
+        refusal = Problem(403, f"{viewer.name} has role {viewer.role}; approving needs role approver (or admin)")
+    try:
+        if refusal is not None:
+            raise refusal
+        row = await _version_or_404(res, name, number)
+        _validated_or_409(row, f"it cannot be moved to {to_stage} before it does")
+        async with _publishing("publish promotion.requested"):
+            await res.registry.request_promotion(name, number, to_stage=to_stage, actor=viewer.name,
+                                                 reason=reason.strip() or f"approved in the web UI by {viewer.name}")
+    except Problem as exc:
+        return _error_page(request, exc.status, exc.detail)
+    return RedirectResponse(f"/models/{quote(name, safe='')}/versions/{number}?requested={to_stage}", status_code=303)
 
 
 @router.get("/models/{name}/versions/{version}/download")
@@ -192,8 +273,8 @@ async def login(request: Request, token: str = Form("", max_length=200),
                 next: str = Form("/", max_length=512)) -> Response:
     res = resources_of(request)
     identity = await auth.identify(res.pool, token.strip()) if token.strip() else None
-    if identity is None:
-        return _page(request, "login.html", status=401, next=_local(next), error="unknown or revoked token",
+    if identity is None or identity.expired(datetime.now(UTC)):
+        return _page(request, "login.html", status=401, next=_local(next), error="unknown, revoked or expired token",
                      seq=None, model=None)
     response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict",

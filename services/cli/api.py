@@ -1,6 +1,7 @@
 """`modelreg token create | list | revoke`: the HTTP API's bearer tokens.
 
     modelreg token create --role publisher --name ci-pipeline   # prints the token, once
+    modelreg token create --role evaluator --name qa --models "fraud-*" --expires 30d
     modelreg token list [--all] [--json]
     modelreg token revoke ID|NAME                                # a name revokes all its tokens
 
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from services.cli.errors import UserError
@@ -22,11 +24,17 @@ def add_parser(commands: Any) -> None:
     token = commands.add_parser("token", help="bearer tokens for the HTTP API: create, list, revoke")
     actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="make a token and print it (shown once)")
-    create.add_argument("--role", required=True, choices=("reader", "publisher", "approver", "admin"),
-                        help="reader < publisher (register, evaluate) < approver (promotion requests) < admin")
+    create.add_argument("--role", required=True, choices=("reader", "publisher", "evaluator", "approver", "admin"),
+                        help="reader: reads; publisher: registers versions; evaluator: reports QA results; "
+                             "approver: requests promotions; admin: all of it")
     create.add_argument("--name", required=True, type=_name,
                         help="who holds it: becomes the actor of what the token does")
-    listing = actions.add_parser("list", help="tokens and their roles (never the tokens themselves)")
+    create.add_argument("--models", action="append", type=_globs, metavar="GLOBS",
+                        help="only models matching these name globs, comma-separated or repeated "
+                             "(default: every model)")
+    create.add_argument("--expires", type=_lifetime, default=None, metavar="DURATION",
+                        help="lifetime such as 90d, 12h, 2w (default 90d)")
+    listing = actions.add_parser("list", help="tokens, their roles, model scopes and expiry (never the tokens)")
     listing.add_argument("--all", action="store_true", help="also revoked tokens")
     listing.add_argument("--json", action="store_true", help="one JSON object per token")
     revoke = actions.add_parser("revoke", help="revoke a token by id, or every token of a name")
@@ -40,6 +48,29 @@ def _name(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_', '@' and '-', at most 64, "
                                          "starting with a letter or digit")
     return text
+
+
+def _globs(text: str) -> list[str]:
+    from services.api.auth import valid_glob
+
+    globs = [g.strip() for g in text.split(",") if g.strip()]
+    bad = [g for g in globs if not valid_glob(g)]
+    if not globs or bad:
+        raise argparse.ArgumentTypeError(f"{(bad or [text])[0][:80]!r}: model-name globs such as 'fraud-*' "
+                                         "(lower-case letters, digits, '.', '_', '-', * ? [ ] !)")
+    return globs
+
+
+def _lifetime(text: str) -> Any:
+    from shared.policy import parse_duration
+
+    try:
+        lifetime = parse_duration(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not lifetime:
+        raise argparse.ArgumentTypeError("a token's lifetime must be longer than 0")
+    return lifetime
 
 
 def command(args: argparse.Namespace) -> int:
@@ -62,9 +93,12 @@ async def _run(args: argparse.Namespace) -> int:
     conn = await connect(settings.dsn)
     try:
         if args.token_command == "create":
-            token, info = await auth.create(conn, name=args.name, role=args.role)
+            models = [g for globs in args.models or [["*"]] for g in globs]
+            token, info = await auth.create(conn, name=args.name, role=args.role, models=models,
+                                            expires_in=args.expires or auth.DEFAULT_EXPIRY)
             print(token)
-            print(f"token {info.id} for {info.name!r} with role {info.role}: shown once, store it now "
+            print(f"token {info.id} for {info.name!r} with role {info.role}, models {', '.join(info.models)}, "
+                  f"expires {_when(info.expires_at)} UTC: shown once, store it now "
                   "(send it as `Authorization: Bearer <token>`)", file=sys.stderr)
             return 0
         if args.token_command == "list":
@@ -87,14 +121,17 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _table(tokens: list[Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "ROLE", "CREATED", "LAST USED", "REVOKED"):
+    for column in ("ID", "NAME", "ROLE", "MODELS", "CREATED", "EXPIRES", "LAST USED", "REVOKED"):
         table.add_column(column)
+    now = datetime.now(UTC)
     for info in tokens:
-        table.add_row(str(info.id), info.name, info.role, _when(info.created_at), _when(info.last_used_at),
-                      _when(info.revoked_at))
+        expires = _when(info.expires_at) + (" (expired)" if info.expires_at <= now else "")
+        table.add_row(str(info.id), info.name, info.role, escape(",".join(info.models)), _when(info.created_at),
+                      expires, _when(info.last_used_at), _when(info.revoked_at))
     if not tokens:
         print("(no tokens: create one with `modelreg token create --role reader --name NAME`)")
         return
@@ -102,4 +139,4 @@ def _table(tokens: list[Any]) -> None:
 
 
 def _when(value: Any) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M")
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")

@@ -36,7 +36,16 @@ from shared.settings import Settings
 from shared.storage import parse_s3_uri
 
 from . import early
-from .logic import Champion, Result, choose_restore, decide_manual, decide_promotion, decide_rollback
+from .logic import (
+    Champion,
+    Result,
+    authored_evaluation,
+    choose_restore,
+    decide_late_rejection,
+    decide_manual,
+    decide_promotion,
+    decide_rollback,
+)
 from .store import VersionRow
 from .unit_of_work import PromotionBatch
 
@@ -77,12 +86,32 @@ class Promotion:
             await early.replay(tx, data.name, waited, self.waits_for_version)
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
-        """Validation refused an ingested version: it may never be promoted, not even by hand.
+        """Validation refused an ingested version: it may never be promoted, not even by hand,
+        and if it already moved up (a late failure) it comes down at once.
         (Ingest's rejections concern versions that never reached us; our own we have applied.)"""
         if event.data.version is None or event.source != "modelreg/validation":
             return
-        if await self._version(tx, event.data.name, event.data.version) is not None:  # else held
-            self.batch.update(event.data.name, event.data.version, blocked="rejected")
+        row = await self._version(tx, event.data.name, event.data.version)
+        if row is None:  # held
+            return
+        self.batch.update(row.name, row.version, blocked="rejected")
+        why = "; ".join(f"{r.code}: {r.message}" for r in event.data.reasons)
+        await self._take_down(tx, row, "rejected", why, {"reasons": [r.model_dump() for r in event.data.reasons],
+                                                         "rejected_by": event.source})
+
+    async def _take_down(self, tx: Tx, row: VersionRow, blocked: str, why: str, evidence: dict[str, Any]) -> None:
+        """A version found unsafe or altered after it moved up leaves staging or production at
+        once; a champion's predecessor is restored."""
+        decision = decide_late_rejection(row.stage, why)
+        if not decision.demote:
+            return
+        metrics.PROMOTION_DECISIONS.labels(f"demoted_{blocked}").inc()
+        evidence = {**evidence, "detail": decision.detail}
+        await self._demote(tx, row, "none", reason=blocked, evidence=evidence, blocked=blocked)
+        if decision.restore:
+            await self._restore(tx, row, evidence={**evidence, "policy_revision": self.policy.revision},
+                                nobody=f"{row.name} v{row.version} was {blocked} in production and no earlier "
+                                       "version is restorable: the model has no champion now")
 
     async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
         data = event.data
@@ -138,6 +167,14 @@ class Promotion:
                            "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None},
                  correlation=row.correlation_id)
         rule = self.policy.rule_for(row.name)
+        ignored = authored_evaluation(rule, evaluator=data.evaluator, registered_by=row.registered_by,
+                                      environment=data.environment)
+        if ignored is not None:
+            metrics.PROMOTION_DECISIONS.labels("ignored_evaluation").inc()
+            tx.audit("ignored_evaluation", name=row.name, version=row.version, from_stage=row.stage,
+                     to_stage=row.stage, actor=data.evaluator, reason=ignored,
+                     evidence={"suite": data.suite, "evaluator": data.evaluator, "registered_by": row.registered_by,
+                               "policy_revision": self.policy.revision}, correlation=row.correlation_id)
         if data.environment == "production":
             if row.stage == "production":
                 result = Result(data.suite, data.environment, data.metrics, data.passed, 0)
@@ -152,15 +189,14 @@ class Promotion:
         current = self.batch.champion(name)
         incumbent = Champion(current.version, self.batch.results(name, current.version)) \
             if current is not None else None
-        decision = decide_promotion(row.stage, row.blocked, rule, results, incumbent)
+        decision = decide_promotion(row.stage, row.blocked, rule, results, incumbent, row.registered_by)
         evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
         if not decision.promote and not results:
             return  # nothing measured yet: waiting is not a decision worth recording
         metrics.PROMOTION_DECISIONS.labels("promoted" if decision.promote else "held").inc()
         if not decision.promote:
             tx.audit("held", name=name, version=version, from_stage=row.stage, to_stage=row.stage,
-                     reason="; ".join(g.detail for g in decision.failing) or "not in staging",
-                     evidence=evidence, correlation=row.correlation_id)
+                     reason=decision.reason(), evidence=evidence, correlation=row.correlation_id)
             return
         await self._to_production(tx, row, current, reason="policy", evidence=evidence)
 
@@ -197,9 +233,10 @@ class Promotion:
         tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
                                                  reasons=[Reason(code="checksum_mismatch", message=message)]),
                 correlation=row.correlation_id)
+        found_evidence = {"expected_sha256": row.sha256, "found_sha256": found_sha, "artifact_uri": row.artifact_uri}
         tx.audit("quarantined", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
-                 reason=message, evidence={"expected_sha256": row.sha256, "found_sha256": found_sha,
-                                           "artifact_uri": row.artifact_uri}, correlation=row.correlation_id)
+                 reason=message, evidence=found_evidence, correlation=row.correlation_id)
+        await self._take_down(tx, row, "quarantined", message, found_evidence)
         return False
 
     async def _maybe_roll_back(self, tx: Tx, champion_row: VersionRow, rule: Rule, result: Result) -> None:
@@ -210,18 +247,21 @@ class Promotion:
         evidence = {"broken": [g.as_dict() for g in broken], "suite": result.suite,
                     "policy_revision": self.policy.revision}
         await self._demote(tx, champion_row, "none", reason="rollback", evidence=evidence, blocked="rolled_back")
-        target = choose_restore(self.batch.restorable(champion_row.name), champion_row.previous_champion)
+        await self._restore(tx, champion_row, evidence=evidence,
+                            nobody="production metrics broke the rollback thresholds and no earlier version is "
+                                   "restorable: the model has no champion now")
+
+    async def _restore(self, tx: Tx, fallen: VersionRow, *, evidence: dict[str, Any], nobody: str) -> None:
+        """Crown the champion `fallen` replaced (or the latest superseded one), as a rollback."""
+        target = choose_restore(self.batch.restorable(fallen.name), fallen.previous_champion)
         if target is None:
-            tx.audit("rollback_without_restore", name=champion_row.name, version=champion_row.version,
-                     reason="production metrics broke the rollback thresholds and no earlier version is "
-                            "restorable: the model has no champion now", evidence=evidence,
-                     correlation=champion_row.correlation_id)
+            tx.audit("rollback_without_restore", name=fallen.name, version=fallen.version, reason=nobody,
+                     evidence=evidence, correlation=fallen.correlation_id)
             return
-        restored = self.batch.get(champion_row.name, target)
+        restored = self.batch.get(fallen.name, target)
         assert restored is not None
         await self._to_production(tx, restored, None, reason="rollback",
-                                  evidence={**evidence, "rolled_back": champion_row.version},
-                                  replaced=champion_row.version)
+                                  evidence={**evidence, "rolled_back": fallen.version}, replaced=fallen.version)
 
     # -- people ---------------------------------------------------------------------------
 
@@ -232,7 +272,7 @@ class Promotion:
             return
         rule = self.policy.rule_for(row.name)
         decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
-                                 stage=row.stage, blocked=row.blocked,
+                                 stage=row.stage, blocked=row.blocked, validated=row.validated,
                                  approvals=self.batch.approvals(row.name, row.version, data.to_stage))
         base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
         metrics.PROMOTION_DECISIONS.labels(f"manual_{decision.outcome}").inc()

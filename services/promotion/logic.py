@@ -22,6 +22,7 @@ class Result:
     metrics: Mapping[str, float]
     passed: bool | None
     seq: int
+    evaluator: str | None = None  # who reported it: the token name through the API
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,62 @@ class Champion:
 class Decision:
     promote: bool
     gates: tuple[Gate, ...]
+    ignored: tuple[Result, ...] = ()  # results that do not count (the version's author evaluated it)
 
     @property
     def failing(self) -> tuple[Gate, ...]:
         return tuple(g for g in self.gates if not g.passed)
 
     def evidence(self) -> dict[str, Any]:
-        return {"gates": [g.as_dict() for g in self.gates]}
+        evidence: dict[str, Any] = {"gates": [g.as_dict() for g in self.gates]}
+        if self.ignored:
+            evidence["ignored_evaluations"] = [{"suite": r.suite, "evaluator": r.evaluator, "seq": r.seq}
+                                               for r in self.ignored]
+        return evidence
+
+    def reason(self) -> str:
+        """Why it is held, for people: the failing gates, and the results that did not count."""
+        parts = [g.detail for g in self.failing]
+        if self.ignored:
+            parts.append(ignored_note(self.ignored))
+        return "; ".join(parts) or "not in staging"
+
+
+# ---------------------------------------------------------------------------- separation of duties
+
+
+def authored_evaluation(rule: Rule, *, evaluator: str | None, registered_by: str | None,
+                        environment: str) -> str | None:
+    """Why a QA result does not count towards promotion, or None when it counts.
+
+    Under `evaluator_not_author` the principal that registered a version may not also be the
+    one vouching for it. Production monitors' results only ever trigger rollbacks (a step
+    back), so they are not judged here; a result naming no evaluator, or a version with no
+    known author, cannot be matched and counts (the Kafka ACLs decide who may publish it).
+    """
+    if not rule.evaluator_must_differ or environment == "production":
+        return None
+    if evaluator is None or registered_by is None or evaluator != registered_by:
+        return None
+    return (f"{evaluator} registered this version and cannot evaluate it: its results do not count towards "
+            "promotion (evaluator_not_author)")
+
+
+def independent_results(rule: Rule, results: Iterable[Result],
+                        registered_by: str | None) -> tuple[list[Result], list[Result]]:
+    """(the results that count, the ones the version's own author reported)."""
+    counted, ignored = [], []
+    for result in results:
+        authored = authored_evaluation(rule, evaluator=result.evaluator, registered_by=registered_by,
+                                       environment=result.environment)
+        (ignored if authored else counted).append(result)
+    return counted, ignored
+
+
+def ignored_note(ignored: Sequence[Result]) -> str:
+    authors = sorted({r.evaluator or "?" for r in ignored})
+    return (f"{len(ignored)} result(s) from {', '.join(authors)}, who registered this version, do not count "
+            "(evaluator_not_author)")
 
 
 def latest_per_suite(results: Iterable[Result]) -> dict[str, Result]:
@@ -129,8 +179,11 @@ def champion_gate(rule: Rule, results: Sequence[Result], champion: Champion | No
                  "min_improvement": rule_.min_improvement})
 
 
-def evaluate_gates(rule: Rule, results: Sequence[Result], champion: Champion | None) -> tuple[Gate, ...]:
-    """Every gate between staging and production, held or not (the API's `explain`)."""
+def evaluate_gates(rule: Rule, results: Sequence[Result], champion: Champion | None,
+                   registered_by: str | None = None) -> tuple[Gate, ...]:
+    """Every gate between staging and production, held or not (the API's `explain`), judged on
+    the results that count (see `independent_results`)."""
+    results, _ = independent_results(rule, results, registered_by)
     latest = latest_per_suite(results)
     gates = []
     for suite in rule.required_suites:
@@ -148,12 +201,13 @@ def evaluate_gates(rule: Rule, results: Sequence[Result], champion: Champion | N
 
 
 def decide_promotion(stage: str, blocked: str | None, rule: Rule, results: Sequence[Result],
-                     champion: Champion | None) -> Decision:
+                     champion: Champion | None, registered_by: str | None = None) -> Decision:
     """staging -> production when every gate holds; nothing else is ever promoted by policy."""
-    gates = evaluate_gates(rule, results, champion)
+    gates = evaluate_gates(rule, results, champion, registered_by)
+    _, ignored = independent_results(rule, results, registered_by)
     if stage != "staging" or blocked is not None:
-        return Decision(False, gates)
-    return Decision(all(g.passed for g in gates), gates)
+        return Decision(False, gates, tuple(ignored))
+    return Decision(all(g.passed for g in gates), gates, tuple(ignored))
 
 
 def decide_rollback(rule: Rule, result: Result) -> tuple[Gate, ...]:
@@ -196,7 +250,7 @@ class ManualDecision:
 
 
 def decide_manual(rule: Rule, *, actor: str, to_stage: str, registered_by: str | None,
-                  stage: str, blocked: str | None, approvals: Iterable[str]) -> ManualDecision:
+                  stage: str, blocked: str | None, validated: bool, approvals: Iterable[str]) -> ManualDecision:
     """Who may move a version by hand, and whether enough distinct approvers have asked."""
     if actor not in rule.approvers:
         return ManualDecision("refuse", f"{actor} is not an approver for this model")
@@ -207,6 +261,10 @@ def decide_manual(rule: Rule, *, actor: str, to_stage: str, registered_by: str |
         return ManualDecision("refuse", "the version is archived; restore it first")
     if blocked is not None and to_stage in ("staging", "production"):
         return ManualDecision("refuse", f"the version is {blocked} and can never be promoted")
+    if not validated and to_stage in ("staging", "production"):
+        # An approver vouches for the model, not for its bytes: the safety scan must have passed.
+        return ManualDecision("refuse", f"the version has not passed validation yet; it cannot be moved to "
+                                        f"{to_stage} before it does")
     if stage == to_stage:
         return ManualDecision("refuse", f"the version is already in {to_stage}")
     needed = rule.required_approvals if to_stage == "production" else 1
@@ -216,3 +274,23 @@ def decide_manual(rule: Rule, *, actor: str, to_stage: str, registered_by: str |
     if len(approvers) < needed:
         return ManualDecision("pending", f"{len(approvers)} of {needed} approvals", approvers, needed)
     return ManualDecision("approve", f"approved by {', '.join(approvers)}", approvers, needed)
+
+
+@dataclass(frozen=True)
+class LateRejection:
+    """What a rejection of a version promotion already knows means for its stage."""
+
+    demote: bool   # it is in staging or production: out at once
+    restore: bool  # it was the champion: bring back the one it replaced
+    detail: str
+
+
+def decide_late_rejection(stage: str, why: str) -> LateRejection:
+    """A version found unsafe or altered after it moved up (a late validation failure, an
+    integrity mismatch) may not stay where it is, whatever approved it."""
+    if stage == "production":
+        return LateRejection(True, True, f"rejected while in production ({why}): demoted at once, the previous "
+                                         "champion restored")
+    if stage == "staging":
+        return LateRejection(True, False, f"rejected while in staging ({why}): demoted at once")
+    return LateRejection(False, False, f"rejected ({why})")

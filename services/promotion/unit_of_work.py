@@ -79,13 +79,13 @@ class PromotionBatch:
                 VersionRow(**{f: r[f] for f in _ROW}), r["superseded_at"], r["traceparent"], r["stage_changed_at"])
         loaded = sorted(self._versions)
         results = await self.conn.fetch(
-            """SELECT name, version, id, suite, environment, metrics, passed FROM evaluations
+            """SELECT name, version, id, suite, environment, metrics, passed, evaluator FROM evaluations
                WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[])) ORDER BY id""",
             [k[0] for k in loaded], [k[1] for k in loaded])
         top = 0
         for r in results:
             self._results.setdefault((r["name"], r["version"]), []).append(
-                Result(r["suite"], r["environment"], r["metrics"], r["passed"], r["id"]))
+                Result(r["suite"], r["environment"], r["metrics"], r["passed"], r["id"], r["evaluator"]))
             top = max(top, r["id"])
         self._seq = itertools.count(top + 1)  # results added in this batch sort after the stored ones
         requested = sorted({(e.data.name, e.data.version) for e in events if e.topic == "promotion.requested"})
@@ -161,7 +161,7 @@ class PromotionBatch:
                        metrics: dict[str, float], passed: bool | None, dataset: dict[str, Any] | None,
                        evaluator: str | None, evaluated_at: datetime) -> None:
         self._results.setdefault((name, version), []).append(
-            Result(suite, environment, metrics, passed, next(self._seq)))
+            Result(suite, environment, metrics, passed, next(self._seq), evaluator))
         self._new_evaluations.append((event_id, name, version, suite, environment, json.dumps(metrics), passed,
                                       json.dumps(dataset) if dataset is not None else None, evaluator,
                                       evaluated_at))

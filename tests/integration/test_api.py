@@ -339,22 +339,27 @@ async def test_register_by_upload_and_report_an_evaluation(client: httpx.AsyncCl
     assert ingested.data["registered_by"] == f"ci-{RUN}" and ingested.event["correlationid"] == accepted["event_id"]
     await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM view_versions WHERE name = $1", name))
 
-    evaluation = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(publisher),
+    # publishers no longer evaluate: QA results come from an evaluator token
+    refused = _is_problem(await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(publisher),
+                                            json={"suite": "smoke", "metrics": {"auc": 0.91}}), 403)
+    assert "role evaluator" in refused["detail"]
+    evaluator = await _token(db, "evaluator", f"qa-{RUN}")
+    evaluation = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(evaluator),
                                    json={"suite": "smoke", "metrics": {"auc": 0.91}, "passed": True})
     assert evaluation.status_code == 202, evaluation.text
     event_id = evaluation.json()["event_id"]
     published = (await kafka.wait_for("metrics.evaluated", lambda s: s.event["id"] == event_id))[0]
-    assert published.data["evaluator"] == f"ci-{RUN}" and published.event["correlationid"] == accepted["event_id"]
+    assert published.data["evaluator"] == f"qa-{RUN}" and published.event["correlationid"] == accepted["event_id"]
     for bad in ({"suite": "smoke", "metrics": {}}, {"suite": "smoke", "metrics": {"auc": "high"}},
                 {"suite": "smoke", "metrics": {"auc": 1}, "environment": "moon"},
                 {"suite": "sm\u0000oke", "metrics": {"auc": 1}}, {"suite": "", "metrics": {"auc": 1}}):
         _is_problem(await client.post(f"/api/v1/models/{name}/versions/1/evaluations", json=bad,
-                                      headers=_bearer(publisher)), 400)
-    too_big = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(publisher),
+                                      headers=_bearer(evaluator)), 400)
+    too_big = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(evaluator),
                                 content=b"{" + b" " * (2 * 1024 * 1024) + b"}")
     _is_problem(too_big, 413)
-    # a publisher cannot pass its results off as another evaluator's
-    forged = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(publisher),
+    # an evaluator cannot pass its results off as another evaluator's
+    forged = await client.post(f"/api/v1/models/{name}/versions/1/evaluations", headers=_bearer(evaluator),
                                json={"suite": "smoke", "metrics": {"auc": 0.99}, "evaluator": "qa/official"})
     _is_problem(forged, 403)
 

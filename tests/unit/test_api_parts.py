@@ -157,12 +157,30 @@ def test_problem_documents_follow_rfc_9457() -> None:
 
 
 @pytest.mark.parametrize("role,needed,allowed", [
-    ("reader", "reader", True), ("reader", "publisher", False), ("publisher", "publisher", True),
-    ("publisher", "approver", False), ("approver", "publisher", True), ("approver", "approver", True),
-    ("admin", "approver", True), ("admin", "reader", True), (None, "reader", False), ("root", "reader", False),
+    ("reader", auth.READ, True), ("reader", auth.PUBLISH, False), ("publisher", auth.PUBLISH, True),
+    ("publisher", auth.EVALUATE, False), ("publisher", auth.APPROVE, False),
+    ("evaluator", auth.EVALUATE, True), ("evaluator", auth.PUBLISH, False), ("evaluator", auth.APPROVE, False),
+    ("approver", auth.APPROVE, True), ("approver", auth.PUBLISH, False), ("approver", auth.EVALUATE, False),
+    ("admin", auth.APPROVE, True), ("admin", auth.EVALUATE, True), ("admin", auth.PUBLISH, True),
+    ("admin", auth.READ, True), (None, auth.READ, False), ("root", auth.READ, False),
 ])
-def test_roles_include_the_ones_below(role: str | None, needed: auth.Role, allowed: bool) -> None:
+def test_roles_separate_duties_and_admin_does_all(role: str | None, needed: auth.Action, allowed: bool) -> None:
     assert auth.allows(role, needed) is allowed
+
+
+@pytest.mark.parametrize("globs,name,inside", [
+    (["*"], "fraud-a", True), (["fraud-*"], "fraud-a", True), (["fraud-*"], "churn-a", False),
+    (["fraud-*", "churn-?"], "churn-b", True), (["fraud-[ab]"], "fraud-c", False),
+])
+def test_token_scopes_are_model_name_globs(globs: list[str], name: str, inside: bool) -> None:
+    assert auth.Identity(1, "t", "reader", tuple(globs)).may_touch(name) is inside
+    assert auth.check_scope(globs) == globs
+
+
+@pytest.mark.parametrize("globs", [[], ["Fraud-*"], ["fraud/*"], ["x" * 129], [f"m{i}" for i in range(33)]])
+def test_bad_token_scopes_are_refused(globs: list[str]) -> None:
+    with pytest.raises(ValueError):
+        auth.check_scope(globs)
 
 
 def test_tokens_are_random_and_stored_only_as_hashes() -> None:

@@ -13,12 +13,15 @@ from services.promotion.logic import (
     Gate,
     Restorable,
     Result,
+    authored_evaluation,
     champion_gate,
     choose_restore,
+    decide_late_rejection,
     decide_manual,
     decide_promotion,
     decide_rollback,
     evaluate_gates,
+    independent_results,
     latest_per_suite,
     threshold_gates,
 )
@@ -470,9 +473,10 @@ def approvers_rule(required: int) -> Rule:
 
 
 def manual(rule: Rule, *, actor: str = "alice", to_stage: str = "production", registered_by: str | None = "dave",
-           stage: str = "staging", blocked: str | None = None, approvals: Iterable[str] = ()):
+           stage: str = "staging", blocked: str | None = None, validated: bool = True,
+           approvals: Iterable[str] = ()):
     return decide_manual(rule, actor=actor, to_stage=to_stage, registered_by=registered_by,
-                         stage=stage, blocked=blocked, approvals=approvals)
+                         stage=stage, blocked=blocked, validated=validated, approvals=approvals)
 
 
 def test_a_non_approver_is_refused() -> None:
@@ -549,3 +553,109 @@ def test_moves_other_than_to_production_need_only_one_approval(to_stage: str, st
     assert decision.outcome == "approve"
     assert decision.needed == 1
     assert decision.approvers == ("alice",)
+
+
+# ---------------------------------------------------------------------------- separation of duties
+
+
+GATED = """
+required_suites: [offline-eval]
+thresholds: {auc: ">= 0.9"}
+approvers: [alice, bob]
+"""
+
+
+def by(evaluator: str | None, auc: float = 0.95, *, seq: int = 1, environment: str = "offline") -> Result:
+    return Result("offline-eval", environment, {"auc": auc}, True, seq, evaluator)
+
+
+def test_evaluator_not_author_defaults_to_true_for_rules_with_thresholds_only() -> None:
+    assert rule_from(GATED).evaluator_must_differ is True
+    assert rule_from("required_suites: [smoke]").evaluator_must_differ is False
+    assert rule_from(GATED + "evaluator_not_author: false").evaluator_must_differ is False
+    assert rule_from("required_suites: [smoke]\nevaluator_not_author: true").evaluator_must_differ is True
+    assert rule_from(GATED).to_dict()["evaluator_not_author"] is True
+
+
+def test_evaluator_not_author_must_be_a_boolean() -> None:
+    with pytest.raises(ValueError, match="evaluator_not_author: expected true or false"):
+        rule_from(GATED + "evaluator_not_author: sometimes")
+
+
+def test_a_result_from_the_versions_author_does_not_count() -> None:
+    rule = rule_from(GATED)
+    why = authored_evaluation(rule, evaluator="ci", registered_by="ci", environment="offline")
+    assert why is not None and "ci registered this version" in why and "evaluator_not_author" in why
+    assert authored_evaluation(rule, evaluator="qa", registered_by="ci", environment="offline") is None
+
+
+@pytest.mark.parametrize("evaluator,registered_by,environment", [
+    (None, "ci", "offline"),        # no evaluator named: nothing to match
+    ("ci", None, "offline"),        # no known author
+    ("ci", "ci", "production"),     # monitors only ever roll back
+])
+def test_results_that_cannot_be_matched_or_only_roll_back_count(evaluator: str | None, registered_by: str | None,
+                                                                 environment: str) -> None:
+    assert authored_evaluation(rule_from(GATED), evaluator=evaluator, registered_by=registered_by,
+                               environment=environment) is None
+
+
+def test_without_the_rule_the_author_may_evaluate() -> None:
+    rule = rule_from(GATED + "evaluator_not_author: false")
+    assert authored_evaluation(rule, evaluator="ci", registered_by="ci", environment="offline") is None
+    assert decide_promotion("staging", None, rule, [by("ci")], None, "ci").promote
+
+
+def test_a_version_its_author_evaluated_alone_is_held_and_the_reason_says_why() -> None:
+    decision = decide_promotion("staging", None, rule_from(GATED), [by("ci")], None, "ci")
+    assert not decision.promote
+    assert decision.ignored == (by("ci"),)
+    assert {g.gate for g in decision.failing} == {"suite:offline-eval", "threshold:auc"}
+    assert "1 result(s) from ci, who registered this version, do not count (evaluator_not_author)" \
+        in decision.reason()
+    assert decision.evidence()["ignored_evaluations"] == [{"suite": "offline-eval", "evaluator": "ci", "seq": 1}]
+
+
+def test_an_independent_result_counts_beside_the_authors() -> None:
+    rule = rule_from(GATED)
+    results = [by("ci", 0.99, seq=1), by("qa", 0.91, seq=2)]
+    decision = decide_promotion("staging", None, rule, results, None, "ci")
+    assert decision.promote and decision.ignored == (results[0],)
+    counted, ignored = independent_results(rule, results, "ci")
+    assert counted == [results[1]] and ignored == [results[0]]
+
+
+def test_the_authors_newer_result_does_not_override_an_independent_one() -> None:
+    rule = rule_from(GATED)
+    gates = by_name(evaluate_gates(rule, [by("qa", 0.80, seq=1), by("ci", 0.99, seq=2)], None, "ci"))
+    assert not gates["threshold:auc"].passed and "0.8" in gates["threshold:auc"].detail
+
+
+@pytest.mark.parametrize("to_stage", ["staging", "production"])
+def test_an_unvalidated_version_cannot_be_moved_up_by_hand(to_stage: str) -> None:
+    decision = manual(approvers_rule(1), stage="none", to_stage=to_stage, validated=False)
+    assert decision.outcome == "refuse"
+    assert decision.detail == f"the version has not passed validation yet; it cannot be moved to {to_stage} " \
+                              "before it does"
+
+
+@pytest.mark.parametrize("to_stage", ["none", "archived"])
+def test_an_unvalidated_version_may_still_be_moved_down_by_hand(to_stage: str) -> None:
+    assert manual(approvers_rule(1), stage="staging", to_stage=to_stage, validated=False).outcome == "approve"
+
+
+def test_a_rejection_in_production_demotes_and_restores() -> None:
+    late = decide_late_rejection("production", "unsafe_pickle: posix.system")
+    assert (late.demote, late.restore) == (True, True)
+    assert "unsafe_pickle: posix.system" in late.detail and "previous champion restored" in late.detail
+
+
+def test_a_rejection_in_staging_demotes_without_restoring() -> None:
+    late = decide_late_rejection("staging", "checksum_mismatch")
+    assert (late.demote, late.restore) == (True, False) and "staging" in late.detail
+
+
+@pytest.mark.parametrize("stage", ["none", "archived"])
+def test_a_rejection_below_staging_only_blocks(stage: str) -> None:
+    late = decide_late_rejection(stage, "x")
+    assert (late.demote, late.restore) == (False, False)
