@@ -4,8 +4,10 @@
     modelreg audit verify [--json]
 
 `tail` prints the newest records as a table (or JSON lines) and with `--follow` keeps printing
-new ones until Ctrl-C. `verify` walks the whole chain against its head: exit 0 when intact,
-1 with one line per problem (naming the row's seq and event id) when not.
+new ones until Ctrl-C. `verify` walks the whole chain against its head and against the audit
+writer's signed checkpoints in S3 (`checkpoints/`, signatures checked with the keyring,
+MODELREG_KEYRING_FILE): exit 0 when intact, 1 with one line per problem (naming the row's seq
+and event id) when not, so a chain someone rewrote and re-hashed in the database is caught.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     tail.add_argument("--follow", "-f", action="store_true",
                       help="keep printing new records until Ctrl-C")
     tail.add_argument("--json", action="store_true", help="one JSON object per record")
-    verify = actions.add_parser("verify", help="check the whole hash chain; exit 1 if broken")
+    verify = actions.add_parser("verify", help="check the whole hash chain against its head and the signed "
+                                               "checkpoints; exit 1 if broken")
     verify.add_argument("--json", action="store_true", help="the result as one JSON object")
     return audit
 
