@@ -358,3 +358,20 @@ async def test_replay_holds_audit_log_itself_to_the_topic(
         f"audit_log ({invented}): missing in replay",
     ])
     assert (await chain_alone(db)).intact
+
+
+async def test_verify_without_the_keyring_or_s3_is_one_clear_error(
+        kafka: Kafka, db: asyncpg.Pool, checkpointer: Checkpointer, verify_env: Settings,
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.cli.errors import UserError
+
+    _, rows = await seeded(kafka, db, count=1)
+    await checkpoint_covering(checkpointer, rows[-1]["seq"])
+    monkeypatch.setenv("MODELREG_KEYRING_FILE", str(tmp_path / "absent.json"))
+    with pytest.raises(UserError, match="the keyring to check them is not available.*absent.json"):
+        await cli(["verify"])
+    monkeypatch.setenv("MODELREG_KEYRING_FILE", str(verify_env.keyring_file))
+    monkeypatch.setenv("S3_ENDPOINT_URL", "http://127.0.0.1:1")
+    with pytest.raises(UserError, match="cannot read the audit checkpoints in s3://") as raised:
+        await cli(["verify"])
+    assert verify_env.aws_secret_access_key.get_secret_value() not in str(raised.value)
