@@ -16,17 +16,11 @@ PROTO opcode), so a polyglot or a renamed pickle cannot pass as data.
 from __future__ import annotations
 
 import ast
-import bz2
-import gzip
 import json
-import lzma
 import tarfile
 import tempfile
-import time
 import zipfile
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
@@ -35,202 +29,36 @@ from .formats import check_gguf, check_hdf5_keras, check_keras_config, check_onn
 from .layouts import TORCH_LEGACY_MAGIC, TORCH_TAR_MEMBERS, JoblibArrays, scan_torch_legacy, scan_torch_tar_member
 from .pickle_ops import MAX_ARG_IN_MEMORY, START_OPS, walk_pickle
 from .reader import CHUNK, Invalid, Limit, Reader
-
-try:  # optional codecs: without them such a stream is an unknown container (refused when strict)
-    import lz4.frame as lz4_frame
-except ImportError:  # pragma: no cover - installed with the service
-    lz4_frame = None
-try:
-    import zstandard
-except ImportError:  # pragma: no cover - installed with the service
-    zstandard = None
-
-GiB = 1 << 30
+from .streams import (
+    NPY_MAGIC,
+    ZIP_ERRORS,
+    ZIP_MAGICS,
+    Budget,
+    Expanded,
+    Limits,
+    Prefixed,
+    Rest,
+    Timed,
+    codec_of,
+    describe,
+    is_tar,
+    other_format,
+    zip_with_prefix,
+)
 
 # Declared formats that are pickles (or pickles in a container) and so are parsed strictly.
 PICKLE_FORMATS = frozenset({"pickle", "pkl", "joblib", "pt", "pth", "ckpt", "torch", "dill", "cloudpickle"})
-# Member names parsed strictly inside an archive (what torch.load / joblib.load / pickle.load
-# open), and names that are probed as pickles even when they do not look like one.
+# Member names parsed strictly inside an archive (what torch.load / joblib.load / pickle.load open).
 _STRICT_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".dill")
 
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
-_NPY_MAGIC = b"\x93NUMPY"
 HEAD_BYTES = 512  # enough to recognise every format here (tar's magic is at 257)
 _MAX_KERAS_CONFIG = 64 << 20
 # Declared formats whose structure is checked even when nothing in them looks like a pickle.
 CHECKED_FORMATS = frozenset({"onnx", "safetensors", "gguf", "keras", "h5", "hdf5"})
-# What zipfile raises on a damaged or unsupported archive (encrypted members, unknown versions).
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, OSError,
-               EOFError, ValueError, KeyError, zlib.error, lzma.LZMAError)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How far the scanner follows a file before refusing it."""
-
-    expansion_ratio: int = 200            # expanded bytes per stored byte ...
-    min_expanded_bytes: int = 1 * GiB     # ... but at least this much ...
-    max_expanded_bytes: int = 64 * GiB    # ... and never more than this
-    max_seconds: float = 900.0
-    max_depth: int = 4                    # compression layers and containers, nested
-    max_members: int = 100_000            # archive members
-
-
-class _Budget:
-    def __init__(self, limits: Limits, stored_bytes: int | None) -> None:
-        allowed = limits.min_expanded_bytes
-        if stored_bytes is not None:
-            allowed = max(allowed, stored_bytes * limits.expansion_ratio)
-        self.allowed = min(allowed, limits.max_expanded_bytes)
-        self.used = 0
-        self.deadline = time.monotonic() + limits.max_seconds
-        self.limits = limits
-
-    def spend(self, n: int) -> None:
-        self.used += n
-        if self.used > self.allowed:
-            raise Limit(f"expands past {self.allowed} bytes (a decompression bomb?)")
-        if time.monotonic() >= self.deadline:
-            raise Limit(f"scan took longer than {self.limits.max_seconds:g} s")
-
-
-class _Expanded:
-    """A decompressed (or extracted) stream whose every byte is charged to the budget; codec
-    errors become `Invalid` so that a corrupt stream is a finding, not a crash."""
-
-    def __init__(self, inner: BinaryIO, budget: _Budget, kind: str) -> None:
-        self.inner, self.budget, self.kind = inner, budget, kind
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data = self.inner.read(CHUNK if n is None or n < 0 else n)
-        except (Limit, Invalid):
-            raise
-        except Exception as exc:  # each codec raises its own types (zlib.error, LZMAError, ...)
-            raise Invalid(f"corrupt {self.kind}: {exc or type(exc).__name__}") from None
-        self.budget.spend(len(data))
-        return data
-
-    def seekable(self) -> bool:
-        return False
-
-
-class _Timed:
-    """The artifact file itself: not charged to the size budget, but held to the time budget."""
-
-    def __init__(self, inner: BinaryIO, budget: _Budget) -> None:
-        self.inner, self.budget = inner, budget
-
-    def read(self, n: int = -1) -> bytes:
-        self.budget.spend(0)
-        return self.inner.read(n)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.inner.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.inner.tell()
-
-    def seekable(self) -> bool:
-        return self.inner.seekable()
-
-
-class _ZlibReader:
-    """A zlib stream as joblib writes it (`compress='zlib'`), read with bounded output; like
-    joblib's reader, a new stream may follow the end of one."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.dec = zlib.decompressobj()
-        self.started = False
-
-    def read(self, n: int) -> bytes:
-        while True:
-            if self.dec.eof:
-                rest = self.dec.unused_data or self.raw.read(CHUNK)
-                if not rest:
-                    return b""
-                self.dec = zlib.decompressobj()
-                data = rest
-            else:
-                data = self.dec.unconsumed_tail or self.raw.read(CHUNK)
-                if not data:
-                    raise EOFError("compressed stream ended before the end-of-stream marker")
-            out = self.dec.decompress(data, n)
-            if out:
-                return out
-
-
-def _codec(head: bytes) -> tuple[str, Callable[[BinaryIO], BinaryIO]] | None:
-    """The compression a stream starts with, and how to open it."""
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip stream", lambda f: gzip.GzipFile(fileobj=f, mode="rb")
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz stream", lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_XZ)
-    if head.startswith(b"]\x00\x00"):  # joblib's compress='lzma' (the .lzma "alone" format)
-        return "lzma stream", lambda f: lzma.LZMAFile(f, format=lzma.FORMAT_ALONE)
-    if head.startswith(b"BZh") and head[3:4].isdigit():
-        return "bz2 stream", lambda f: bz2.BZ2File(f)
-    if head[:1] == b"\x78" and len(head) >= 2 and (head[0] * 256 + head[1]) % 31 == 0:
-        return "zlib stream", _ZlibReader
-    if head.startswith(b"\x04\x22\x4d\x18"):
-        if lz4_frame is None:
-            return "lz4 stream", _missing("lz4")
-        return "lz4 stream", lambda f: lz4_frame.LZ4FrameFile(f, mode="rb")
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        if zstandard is None:
-            return "zstd stream", _missing("zstandard")
-        return "zstd stream", lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-    return None
-
-
-def _missing(module: str) -> Callable[[BinaryIO], BinaryIO]:
-    def fail(_f: BinaryIO) -> BinaryIO:
-        raise Invalid(f"the scanner cannot decompress it (python module {module} missing)")
-    return fail
-
-
-def _other_format(head: bytes) -> str | None:
-    """Model formats that are not pickles, even when their first byte is a pickle opcode."""
-    if head.startswith(b"GGUF"):
-        return "GGUF"
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "HDF5"
-    if len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100_000_000:
-        return "safetensors"
-    return None
-
-
-def _is_tar(head: bytes) -> bool:
-    """A POSIX/GNU tar (magic at 257), or an old V7 one, which has no magic: its header's
-    checksum is what tarfile (and so torch.load's legacy loader) goes by."""
-    if head[257:262] == b"ustar":
-        return True
-    if len(head) < 512 or not head[0]:
-        return False
-    field = head[148:156].split(b"\0", 1)[0].strip()
-    try:
-        stored = int(field, 8)
-    except ValueError:
-        return False
-    unsigned = sum(head[:148]) + 8 * 32 + sum(head[156:512])
-    signed = unsigned - sum(256 for b in head[:148] + head[156:512] if b > 127)
-    return stored in (unsigned, signed)
-
-
-def _zip_with_prefix(stream: BinaryIO) -> bool:
-    try:
-        return zipfile.is_zipfile(stream)
-    except _ZIP_ERRORS:
-        return False
-
-
-def _describe(head: bytes) -> str:
-    return head[:8].hex(" ") if head else "empty"
 
 
 class _Scanner:
-    def __init__(self, col: Collector, budget: _Budget) -> None:
+    def __init__(self, col: Collector, budget: Budget) -> None:
         self.root = col
         self.budget = budget
         self.members = 0
@@ -253,25 +81,25 @@ class _Scanner:
             if strict:
                 self.root.finding("empty, not a pickle", where=where)
             return strict
-        if head[:4] in _ZIP_MAGICS or _is_tar(head):
+        if head[:4] in ZIP_MAGICS or is_tar(head):
             if depth >= self.budget.limits.max_depth:
                 self.root.finding(f"containers nested deeper than {self.budget.limits.max_depth}", where=where)
                 return True
-            if head[:4] in _ZIP_MAGICS:
+            if head[:4] in ZIP_MAGICS:
                 self._zip(r, stream, seekable, where, strict, depth + 1)
             else:
                 self._tar(r, where, strict, depth + 1)
             return True
-        codec = _codec(head)
+        codec = codec_of(head)
         if codec is not None:
             if depth >= self.budget.limits.max_depth:
                 self.root.finding(f"compressed streams nested deeper than {self.budget.limits.max_depth}",
                                   where=where)
                 return True
             return self._decompress(r, codec, where, strict, depth + 1)
-        if head.startswith(_NPY_MAGIC):
+        if head.startswith(NPY_MAGIC):
             return self._npy(r, where)
-        other = _other_format(head)
+        other = other_format(head)
         if other is not None and strict:
             self.root.finding(f"declared a pickle but holds {other}", where=where)
             return True
@@ -281,18 +109,18 @@ class _Scanner:
             plainly_pickle = head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5
             if self._pickle(r, where, strict=strict or plainly_pickle):
                 return True  # (else a probe found no pickle: the checks below still apply)
-        if start is not None and _zip_with_prefix(stream):
+        if start is not None and zip_with_prefix(stream):
             # zipfile finds an archive behind prepended bytes; Keras and others load it so.
             stream.seek(start)
-            self._zip_file(stream, f"{where} (zip after {_describe(head)}...)", strict, depth + 1)
+            self._zip_file(stream, f"{where} (zip after {describe(head)}...)", strict, depth + 1)
             return True
         if fmt in CHECKED_FORMATS:
-            self.root.finding(f"declared {fmt} but is not a {fmt} file (first bytes {_describe(head)})",
+            self.root.finding(f"declared {fmt} but is not a {fmt} file (first bytes {describe(head)})",
                               where=where)
             return True
         if strict:
             self.root.finding(f"declared a pickle but is neither a pickle nor a container the scanner knows "
-                              f"(first bytes {_describe(head)})", where=where)
+                              f"(first bytes {describe(head)})", where=where)
             return True
         return False
 
@@ -379,7 +207,7 @@ class _Scanner:
         kind, opener = codec
         inner_where = f"{where} ({kind})"
         try:
-            expanded = _Expanded(opener(_Rest(r)), self.budget, kind)
+            expanded = Expanded(opener(Rest(r)), self.budget, kind)
             first = expanded.read(HEAD_BYTES)
         except Invalid as exc:
             if not strict and kind == "zlib stream":
@@ -393,7 +221,7 @@ class _Scanner:
             self.root.finding(f"corrupt {kind}: {exc}", where=where)
             return True
         try:
-            self.layer(_Prefixed(first, expanded), inner_where, strict, depth, seekable=False)
+            self.layer(Prefixed(first, expanded), inner_where, strict, depth, seekable=False)
             # Whatever the inner layer did not read still has to decompress cleanly: a loader
             # reading the whole stream would meet the same error.
             while expanded.read(CHUNK):
@@ -445,7 +273,7 @@ class _Scanner:
     def _zip_file(self, fileobj: BinaryIO, where: str, strict: bool, depth: int) -> None:
         try:
             archive = zipfile.ZipFile(fileobj)
-        except _ZIP_ERRORS as exc:
+        except ZIP_ERRORS as exc:
             self.root.finding(f"not a valid zip archive: {exc}", where=where)
             return
         with archive:
@@ -464,9 +292,9 @@ class _Scanner:
                     continue
                 try:
                     with archive.open(info) as member:
-                        examined |= self._member(_Expanded(member, self.budget, "zip member"),
+                        examined |= self._member(Expanded(member, self.budget, "zip member"),
                                                  info.filename, where, depth, names)
-                except _ZIP_ERRORS as exc:
+                except ZIP_ERRORS as exc:
                     self.root.finding(f"cannot read zip member {printable(info.filename)!r}: {exc}", where=where)
             if strict and not examined:
                 self.root.finding("declared a pickle but the zip archive holds none", where=where)
@@ -479,7 +307,7 @@ class _Scanner:
             return True
         try:
             config = json.loads(archive.read(info))
-        except _ZIP_ERRORS as exc:
+        except ZIP_ERRORS as exc:
             self.root.finding(f"Keras config.json is not readable JSON: {exc}", where=where)
             return True
         for text in check_keras_config(config, self.root.allowed.permits):
@@ -488,7 +316,7 @@ class _Scanner:
 
     def _tar(self, r: Reader, where: str, strict: bool, depth: int) -> None:
         try:
-            archive = tarfile.open(fileobj=_Rest(r), mode="r|")
+            archive = tarfile.open(fileobj=Rest(r), mode="r|")
         except tarfile.TarError as exc:
             self.root.finding(f"not a valid tar archive: {exc}", where=where)
             return
@@ -509,7 +337,7 @@ class _Scanner:
                     member = archive.extractfile(info)
                     if member is None:
                         continue
-                    expanded = _Expanded(member, self.budget, "tar member")
+                    expanded = Expanded(member, self.budget, "tar member")
                     if info.name in TORCH_TAR_MEMBERS:
                         self._torch_tar_member(expanded, info.name, where)
                         examined = True
@@ -533,50 +361,6 @@ class _Scanner:
         self.root.merge(col)
 
 
-class _Rest:
-    """What a Reader has not consumed yet: its buffer, then the rest of its stream."""
-
-    def __init__(self, r: Reader) -> None:
-        self.r = r
-
-    def read(self, n: int = -1) -> bytes:
-        r = self.r
-        if n is None or n < 0:
-            n = CHUNK
-        if r._pos >= len(r._buf) and r._fill(1) == 0:
-            return b""
-        avail = len(r._buf) - r._pos
-        take = min(n, avail)
-        data = r._buf[r._pos:r._pos + take]
-        r._pos += take
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-
-class _Prefixed:
-    """Bytes already read, then the rest of a stream."""
-
-    def __init__(self, first: bytes, rest: BinaryIO) -> None:
-        self.first, self.rest = first, rest
-
-    def read(self, n: int = -1) -> bytes:
-        if self.first:
-            if n is None or n < 0 or n >= len(self.first):
-                data, self.first = self.first, b""
-                return data
-            data, self.first = self.first[:n], self.first[n:]
-            return data
-        return self.rest.read(n)
-
-    def seekable(self) -> bool:
-        return False
-
-
 def _descr_has_object(descr) -> bool:
     if isinstance(descr, str):
         return "O" in descr or "object" in descr
@@ -592,10 +376,10 @@ def scan_layers(stream: BinaryIO, col: Collector, *, strict: bool, limits: Limit
                 siblings: frozenset[str] | None = None) -> bool:
     """Scan a stream from its current position; findings go to `col`. Returns whether a pickle,
     container or model format was examined."""
-    budget = _Budget(limits, stored_bytes)
+    budget = Budget(limits, stored_bytes)
     scanner = _Scanner(col, budget)
     try:
-        return scanner.layer(_Timed(stream, budget), col.where, strict, 0, seekable, fmt, siblings)
+        return scanner.layer(Timed(stream, budget), col.where, strict, 0, seekable, fmt, siblings)
     except Limit as exc:
         col.finding(f"scan limit exceeded: {exc}")
         return True
@@ -611,8 +395,8 @@ def might_hold_pickle(head: bytes) -> bool:
     pickles start with plain ASCII opcodes). Decide on at least HEAD_BYTES."""
     if not head:
         return False
-    return (head[:4] in _ZIP_MAGICS or _is_tar(head) or _codec(head) is not None
-            or head.startswith(_NPY_MAGIC) or head[0] in START_OPS)
+    return (head[:4] in ZIP_MAGICS or is_tar(head) or codec_of(head) is not None
+            or head.startswith(NPY_MAGIC) or head[0] in START_OPS)
 
 
 
@@ -622,4 +406,4 @@ def worth_scanning(declared_format: str | None, head: bytes) -> bool:
     could start a pickle, a container, or a format the scanner checks."""
     fmt = (declared_format or "").lower()
     return (fmt in PICKLE_FORMATS or fmt in CHECKED_FORMATS or might_hold_pickle(head)
-            or _other_format(head) is not None)
+            or other_format(head) is not None)
