@@ -91,10 +91,8 @@ _TORCH_NAMES = {
 
 @contextlib.contextmanager
 def stand_in_torch() -> Iterator[None]:
-    """Modules named like torch's, with functions and classes named like its own."""
-    if "torch" in sys.modules and not getattr(sys.modules["torch"], "_modelreg_stand_in", False):
-        yield  # the real torch: nothing to stand in for
-        return
+    """Modules named like torch's, with functions and classes named like its own (in place of
+    the real ones, should torch be installed, while a file is written)."""
     saved = {name: sys.modules.get(name) for name in _TORCH_NAMES}
     try:
         for modname, names in _TORCH_NAMES.items():
