@@ -17,7 +17,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
@@ -138,8 +138,14 @@ _INFO = "id, name, role, models, created_at, expires_at, last_used_at, revoked_a
 # ---------------------------------------------------------------------------- storage
 
 async def identify(db: asyncpg.Pool | asyncpg.Connection, token: str) -> Identity | None:
-    """The unrevoked token's identity (expired or not: the caller says which), or None; records
-    the use of a live token at most once a minute (one round trip)."""
+    """The live token's identity: None when it is unknown, revoked or expired."""
+    identity = await lookup(db, token)
+    return None if identity is None or identity.expired(datetime.now(UTC)) else identity
+
+
+async def lookup(db: asyncpg.Pool | asyncpg.Connection, token: str) -> Identity | None:
+    """The unrevoked token's identity, expired or not (so a refusal can say which), or None;
+    records the use of a live token at most once a minute (one round trip)."""
     if not looks_like_token(token):
         return None
     row = await db.fetchrow(

@@ -91,7 +91,7 @@ async def caller(request: Request,
     token = auth.bearer(header)
     if not token:
         raise _unauthorized("the Authorization header must be `Bearer <token>`")
-    identity = await auth.identify(resources_of(request).pool, token)
+    identity = await auth.lookup(resources_of(request).pool, token)
     if identity is None:
         raise _unauthorized("the token is unknown or revoked")
     if identity.expired(datetime.now(UTC)):

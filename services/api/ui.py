@@ -13,7 +13,6 @@ token's name as the actor, exactly as the API does. Readers and anonymous visito
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -64,10 +63,7 @@ async def _viewer(request: Request, res: ApiResources) -> auth.Identity | None:
     token = auth.bearer(request.headers.get("authorization")) or request.cookies.get(COOKIE)
     if not token:
         return None
-    identity = await auth.identify(res.pool, token)
-    if identity is None or identity.expired(datetime.now(UTC)):
-        return None
-    return identity
+    return await auth.identify(res.pool, token)
 
 
 async def _allowed(request: Request, res: ApiResources) -> None:
@@ -273,7 +269,7 @@ async def login(request: Request, token: str = Form("", max_length=200),
                 next: str = Form("/", max_length=512)) -> Response:
     res = resources_of(request)
     identity = await auth.identify(res.pool, token.strip()) if token.strip() else None
-    if identity is None or identity.expired(datetime.now(UTC)):
+    if identity is None:
         return _page(request, "login.html", status=401, next=_local(next), error="unknown, revoked or expired token",
                      seq=None, model=None)
     response = RedirectResponse(_local(next), status_code=303)

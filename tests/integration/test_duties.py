@@ -215,6 +215,8 @@ async def test_tokens_are_held_to_their_model_scope_and_expiry(client: httpx.Asy
     await db.execute("UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = $1", token_id)
     gone = _problem(await client.get(f"/api/v1/models/{mine}", headers=expired), 401)
     assert "expired at" in gone["detail"] and gone["type"] == "urn:modelreg:problem:unauthorized"
+    login = await client.post("/ui/login", data={"token": expired["Authorization"].split()[1], "next": "/"})
+    assert login.status_code == 401 and "expired" in login.text  # the web UI takes it no more than the API
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
