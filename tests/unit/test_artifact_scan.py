@@ -263,6 +263,14 @@ def test_a_file_that_is_not_the_checked_format_it_declares_is_refused(declared):
                              f"(first bytes 68 65 6c 6c 6f 2c 20 77) in model"]
 
 
+def test_a_tar_extended_header_too_large_to_hold_is_refused_unread():
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, 4 << 30
+    result, peak = peak_during(lambda: scan(info.tobuf(format=tarfile.USTAR_FORMAT) + bytes(1024), declared=None))
+    assert texts(result) == ["not a valid tar archive: an extended header of 4294967296 bytes in model"]
+    assert peak < 16 << 20, peak
+
+
 def test_tar_links_out_of_the_archive_are_refused():
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:

@@ -57,6 +57,20 @@ _MAX_KERAS_CONFIG = 64 << 20
 CHECKED_FORMATS = frozenset({"onnx", "safetensors", "gguf", "keras", "h5", "hdf5"})
 
 
+_MAX_TAR_EXTENDED_HEADER = 1 << 20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header whole into memory: refuse a huge one first."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.SOLARIS_XHDTYPE)
+        if self.type in extended and self.size > _MAX_TAR_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"an extended header of {self.size} bytes")
+        return super()._proc_member(tarfile_)
+
+
 class _Scanner:
     def __init__(self, col: Collector, budget: Budget) -> None:
         self.root = col
@@ -316,7 +330,7 @@ class _Scanner:
 
     def _tar(self, r: Reader, where: str, strict: bool, depth: int) -> None:
         try:
-            archive = tarfile.open(fileobj=Rest(r), mode="r|")
+            archive = tarfile.open(fileobj=Rest(r), mode="r|", tarinfo=_BoundedTarInfo)
         except tarfile.TarError as exc:
             self.root.finding(f"not a valid tar archive: {exc}", where=where)
             return
