@@ -21,3 +21,8 @@ OUTBOX_BACKLOG = Gauge("modelreg_outbox_backlog", "Outbox rows waiting to be pub
 PROMOTION_DECISIONS = Counter("modelreg_promotion_decisions_total", "Promotion decisions, by outcome",
                               ["outcome"])
 RETRIES = Counter("modelreg_batch_retries_total", "Batches retried after a fault, by kind", ["service", "kind"])
+# The audit writer's signed checkpoints: how far they cover, and heads it refused to sign
+# because the log no longer links on from its last checkpoint (alert on any).
+AUDIT_CHECKPOINT_SEQ = Gauge("modelreg_audit_checkpoint_seq", "Audit chain seq the newest signed checkpoint covers")
+AUDIT_CHECKPOINT_REFUSALS = Counter("modelreg_audit_checkpoint_refusals_total",
+                                    "Due audit checkpoints not signed: the log was changed outside the audit writer")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from botocore.exceptions import ClientError
 
+from shared import metrics
 from shared.consumer import Tx
 from shared.events import UNKNOWN_MODEL
 from shared.keys import SigningKey
@@ -164,6 +165,7 @@ class Checkpointer:
             async for row in store.rows(conn, after=after, upto=head.last_seq):
                 segment.feed(row)
             if (problem := segment.finish(head)) is not None:
+                metrics.AUDIT_CHECKPOINT_REFUSALS.inc()
                 if problem != self.refused:
                     log.error("not signing the audit chain head at seq %s: %s; the log was changed "
                               "outside the audit writer (run `modelreg audit verify`)", head.last_seq, problem)
@@ -179,5 +181,6 @@ class Checkpointer:
                      evidence=record_evidence(checkpoint, self.objects.bucket))
             await write_outbox(conn, SERVICE, tx.rows)
         self.last = checkpoint
+        metrics.AUDIT_CHECKPOINT_SEQ.set(checkpoint.seq)
         log.info("signed audit checkpoint at seq %s (%s records)", checkpoint.seq, checkpoint.records)
         return checkpoint

@@ -181,6 +181,30 @@ async def test_checkpoints_are_signed_kept_write_once_and_announced(
     assert report["intact"] and report["checkpoints"]["newest_seq"] >= checkpoint.seq
 
 
+async def test_the_writer_refuses_to_sign_a_log_changed_behind_its_back(
+        kafka: Kafka, db: asyncpg.Pool, checkpointer: Checkpointer) -> None:
+    from prometheus_client import REGISTRY
+
+    def refusals() -> float:
+        return REGISTRY.get_sample_value("modelreg_audit_checkpoint_refusals_total") or 0.0
+
+    _, first = await seeded(kafka, db, count=1)
+    await checkpoint_covering(checkpointer, first[0]["seq"])
+    _, later = await seeded(kafka, db, count=1)
+    before = refusals()
+    await tamper(db, "UPDATE audit_log SET reason = 'edited by hand' WHERE seq = $1", later[0]["seq"])
+    try:
+        async def refused() -> str | None:  # (a tick finding another writer at it does nothing)
+            assert await checkpointer.tick(force=True) is None
+            return checkpointer.refused
+        assert await eventually(refused) == f"seq {later[0]['seq']}: the stored hash does not match the row's content"
+        assert refusals() > before
+    finally:
+        await tamper(db, "UPDATE audit_log SET reason = $2 WHERE seq = $1", later[0]["seq"], later[0]["reason"])
+    assert (await checkpoint_covering(checkpointer, later[0]["seq"])).seq >= later[0]["seq"]
+    assert checkpointer.refused is None
+
+
 async def test_a_recomputed_chain_is_named_though_every_hash_in_the_table_agrees(
         kafka: Kafka, db: asyncpg.Pool, checkpointer: Checkpointer, verify_env: Settings) -> None:
     _, rows = await seeded(kafka, db)
