@@ -26,7 +26,8 @@ from services.api.app import ApiService
 from services.api.settings import ApiSettings
 from shared.events import ModelRejected, ModelRejectedData, Reason, new_event
 from shared.settings import Settings
-from tests.integration.test_pipeline import QA, audit_of, promoted, register, registered, requested
+from shared.storage import ObjectStore, parse_s3_uri
+from tests.integration.test_pipeline import QA, audit_of, evaluated, promoted, register, registered, requested
 from tests.support import Kafka, eventually, for_model, put_artifact, signed, unique_name
 
 RUN = uuid.uuid4().hex[:6]
@@ -190,6 +191,26 @@ async def test_a_late_rejection_demotes_the_champion_and_restores_the_previous_o
     assert await eventually(lambda: db.fetchval(
         "SELECT blocked = 'rejected' AND stage = 'none' FROM promotion_versions WHERE name = $1 AND version = 2",
         name))
+
+
+async def test_a_version_quarantined_in_staging_leaves_staging_at_once(
+        settings: Settings, kafka: Kafka, pipeline: Any, db: asyncpg.Pool) -> None:
+    name = unique_name("duties-tamper")
+    await register(settings, kafka, name, 1)
+    ingested = (await kafka.wait_for("model.ingested", for_model(name, 1)))[0]
+    await kafka.wait_for("model.promoted", promoted(name, 1, "staging"))
+    location = parse_s3_uri(ingested.data["artifact"]["uri"])
+    async with ObjectStore(settings) as store:
+        await store.client.put_object(Bucket=location.bucket, Key=location.key, Body=b"swapped after validation")
+    await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.99}))  # would promote it
+    demoted = (await kafka.wait_for("model.demoted", for_model(name, 1)))[0]
+    assert (demoted.data["from_stage"], demoted.data["to_stage"], demoted.data["reason"]) == \
+        ("staging", "none", "quarantined")
+    assert "rejected while in staging" in demoted.data["evidence"]["detail"]
+    assert demoted.data["evidence"]["expected_sha256"] == ingested.data["artifact"]["sha256"]
+    assert not kafka.matching("model.promoted", promoted(name, 1, "production"))
+    assert await eventually(lambda: db.fetchval(
+        "SELECT stage = 'none' AND blocked = 'quarantined' FROM promotion_versions WHERE name = $1", name))
 
 
 async def test_tokens_are_held_to_their_model_scope_and_expiry(client: httpx.AsyncClient, db: asyncpg.Pool,
