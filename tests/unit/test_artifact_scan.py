@@ -263,6 +263,13 @@ def test_a_file_that_is_not_the_checked_format_it_declares_is_refused(declared):
                              f"(first bytes 68 65 6c 6c 6f 2c 20 77) in model"]
 
 
+def test_a_zip_directory_too_large_to_hold_is_refused_unread():
+    eocd = b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 65535, 65535, 1 << 31, 30, 0)
+    data = b"PK\x03\x04" + bytes(26) + eocd
+    result = scan(data, declared=None)
+    assert texts(result) == ["zip directory of 65535 entries in 2147483648 bytes is too large to read in model"]
+
+
 def test_a_tar_extended_header_too_large_to_hold_is_refused_unread():
     info = tarfile.TarInfo("././@PaxHeader")
     info.type, info.size = tarfile.XHDTYPE, 4 << 30

@@ -58,6 +58,7 @@ CHECKED_FORMATS = frozenset({"onnx", "safetensors", "gguf", "keras", "h5", "hdf5
 
 
 _MAX_TAR_EXTENDED_HEADER = 1 << 20
+_MAX_ZIP_DIRECTORY = 64 << 20
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -286,6 +287,15 @@ class _Scanner:
 
     def _zip_file(self, fileobj: BinaryIO, where: str, strict: bool, depth: int) -> None:
         try:
+            # zipfile holds the whole central directory in memory: look at its size first.
+            start = fileobj.tell()
+            end = zipfile._EndRecData(fileobj)  # noqa: SLF001 - the record zipfile itself reads
+            fileobj.seek(start)
+            if end is not None and (end[zipfile._ECD_SIZE] > _MAX_ZIP_DIRECTORY  # noqa: SLF001
+                                    or end[zipfile._ECD_ENTRIES_TOTAL] > self.budget.limits.max_members):  # noqa: SLF001
+                self.root.finding(f"zip directory of {end[zipfile._ECD_ENTRIES_TOTAL]} entries "  # noqa: SLF001
+                                  f"in {end[zipfile._ECD_SIZE]} bytes is too large to read", where=where)  # noqa: SLF001
+                return
             archive = zipfile.ZipFile(fileobj)
         except ZIP_ERRORS as exc:
             self.root.finding(f"not a valid zip archive: {exc}", where=where)
