@@ -98,7 +98,8 @@ async def caller(request: Request,
         assert identity.expires_at is not None
         raise _unauthorized(f"token {identity.name!r} expired at {identity.expires_at.astimezone(UTC).isoformat()}; "
                             "ask for a new one (`modelreg token create`)")
-    scope_error = out_of_scope(identity, request.path_params.get("name"))
+    # the model a route names: in its path, or as the audit log's `model` filter
+    scope_error = out_of_scope(identity, request.path_params.get("name") or request.query_params.get("model"))
     if scope_error is not None:
         raise scope_error
     return identity

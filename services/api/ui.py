@@ -66,12 +66,20 @@ async def _viewer(request: Request, res: ApiResources) -> auth.Identity | None:
     return await auth.identify(res.pool, token)
 
 
+class _OutOfScope(Exception):
+    pass
+
+
 async def _allowed(request: Request, res: ApiResources) -> None:
-    """Reads are open, or the caller brings a live token."""
+    """Reads are open, or the caller brings a live token whose scope covers the page's model."""
     if res.api.open_reads:
         return
-    if await _viewer(request, res) is None:
+    viewer = await _viewer(request, res)
+    if viewer is None:
         raise _Login()
+    refusal = out_of_scope(viewer, request.path_params.get("name") or request.query_params.get("model"))
+    if refusal is not None:
+        raise _OutOfScope(refusal.detail)
 
 
 def approver_actions(viewer: auth.Identity | None, doc: dict[str, Any], gates: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +128,8 @@ async def _guard(request: Request) -> ApiResources | Response:
         await _allowed(request, res)
     except _Login:
         return RedirectResponse(f"/ui/login?next={quote(request.url.path, safe='/')}", status_code=303)
+    except _OutOfScope as exc:
+        return _error_page(request, 403, str(exc))
     return res
 
 
@@ -255,6 +265,8 @@ async def state(request: Request, model: str | None = Query(None, max_length=128
         await _allowed(request, res)
     except _Login:
         return JSONResponse({"login": True}, status_code=401)
+    except _OutOfScope:
+        return JSONResponse({"login": False}, status_code=403)
     name = model if model and _valid_name(model) else None
     return JSONResponse({"seq": await queries.last_seq(res.pool, name)}, headers={"Cache-Control": "no-store"})
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from services.api import auth
-from services.api.app import ApiService
+from services.api.app import ApiService, build_asgi
 from services.api.settings import ApiSettings
 from shared.events import ModelRejected, ModelRejectedData, Reason, new_event
 from shared.settings import Settings
@@ -227,8 +227,9 @@ async def test_tokens_are_held_to_their_model_scope_and_expiry(client: httpx.Asy
     assert (await client.get(f"/api/v1/models/{mine}", headers=scoped)).status_code == 200
     for path in (f"/api/v1/models/{theirs}", f"/api/v1/models/{theirs}/versions/1",
                  f"/api/v1/models/{theirs}/versions/1/explain", f"/api/v1/models/{theirs}/versions/1/artifact",
-                 f"/api/v1/models/{theirs}/production"):
+                 f"/api/v1/models/{theirs}/production", f"/api/v1/audit?model={theirs}"):
         _problem(await client.get(path, headers=scoped), 403, "out-of-scope")
+    assert (await client.get(f"/api/v1/audit?model={mine}", headers=scoped)).status_code == 200
 
     expired = await _token(db, "reader", f"old-{RUN}")
     token_id = await db.fetchval("SELECT max(id) FROM api_tokens WHERE name = $1", f"old-{RUN}")
@@ -314,3 +315,28 @@ async def test_the_approvers_view_shows_the_buttons_and_the_audit_names_the_appr
     manual = [a for a in audit if a.data["to_stage"] == "production"][0]
     assert manual.data["actor"] == "bob" and manual.data["evidence"]["request_reason"] == "looks right"
     assert len(kafka.matching("promotion.requested", for_model(name, 1))) == 1  # the foreign post published nothing
+
+
+async def test_with_closed_reads_the_web_ui_holds_a_token_to_its_scope(settings: Settings, db: asyncpg.Pool) -> None:
+    """MODELREG_API_OPEN_READS=false: a scoped token's cookie opens its models' pages only."""
+    mine, theirs = f"duties-{RUN}-fraud-ui", f"duties-{RUN}-churn-ui"
+    reader = await _token(db, "reader", f"fraud-viewer-{RUN}", models=(f"duties-{RUN}-fraud*",))
+    app = build_asgi(settings, ApiSettings(open_reads=False), publisher=_NoPublishing())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as browser:
+            signed_in = await browser.post("/ui/login", data={"token": reader["Authorization"].split()[1],
+                                                              "next": "/"})
+            assert signed_in.status_code == 303
+            # an unknown model in scope: the page says so (404), it is not refused
+            assert (await browser.get(f"/models/{mine}")).status_code == 404
+            refused = await browser.get(f"/models/{theirs}")
+            assert refused.status_code == 403 and "is not one of them" in refused.text
+            assert (await browser.get(f"/ui/state?model={theirs}")).status_code == 403
+            assert (await browser.get(f"/ui/state?model={mine}")).status_code == 200
+
+
+class _NoPublishing:
+    async def register(self, *args: Any, **kwargs: Any) -> uuid.UUID:
+        raise AssertionError("not expected")
+
+    evaluate = request_promotion = register
