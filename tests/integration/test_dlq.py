@@ -72,6 +72,10 @@ async def test_a_redriven_qa_result_completes_the_life_of_the_version_that_arriv
     assert listed.returncode == 0, listed.stderr
     assert str(letter["id"]) in [json.loads(line)["id"] for line in listed.stdout.splitlines()]
     assert str(letter["id"]) not in (await cli(settings, "list", "--service", "ingest", "--json")).stdout
+    table = await cli(settings, "list", "--kind", "unknown_version")
+    assert table.returncode == 0, table.stderr
+    [line] = [line for line in table.stdout.splitlines() if str(letter["id"]) in line]
+    assert "promotion" in line and "metrics.evaluated[" in line and name in line
 
     await eventually(lambda: _audit(db, letter["id"], "dead_lettered"))
     shown = await cli(settings, "show", str(letter["id"]), "--json")
