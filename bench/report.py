@@ -102,6 +102,17 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
         table.add_section()
         row(f"replay: {rep['events']:,} audit events rebuilt in {rep['seconds']:.2f} s",
             _num(rep["events_per_second"], 0, "events/s"), "replay: audit events/s")
+    signed = results.get("trust")
+    if signed:
+        table.add_section()
+        row(f"signed events: {signed['events_signed_per_version']} signed and "
+            f"{signed['verifications_per_version']} verified per version "
+            f"({signed['sign_us_per_event']:.0f} / {signed['verify_us_per_event']:.0f} µs each)",
+            _num(signed["cpu_ms_per_version"], 2, "CPU ms/version"))
+        if "share_of_pipeline_cpu_percent" in signed:
+            row(f"  of the pipeline's {signed['pipeline_cpu_ms_per_version']:.1f} CPU ms per version",
+                _num(signed["share_of_pipeline_cpu_percent"], 1, "%"),
+                "signed events: signing + verifying, share of the pipeline's CPU per version")
     res = results.get("resources")
     if res:
         table.add_section()

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import config as config_module
-from bench import large, latency, lookup, pipeline, replayrate, report, resources, targets
+from bench import large, latency, lookup, pipeline, replayrate, report, resources, targets, trust
 from bench.config import BenchConfig
 from bench.context import Context
 from bench.tap import wait_caught_up
@@ -84,6 +84,8 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
         await phase("large", large.run(ctx))
     if config.has("replay"):
         await phase("replay", replayrate.run(ctx))
+    if config.has("trust"):
+        await phase("trust", trust.run(ctx, results))
     if idle is not None:
         cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
         versions = config.versions if cpu else None

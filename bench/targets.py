@@ -64,6 +64,8 @@ def goals(results: dict[str, Any]) -> list[Goal]:
              "MiB", "<=", 64, lambda r: dig(r, "large", "rss_growth_mib")),
         Goal("replay: audit events/s", "events/s", ">=", 20_000,
              lambda r: dig(r, "replay", "events_per_second")),
+        Goal("signed events: signing + verifying, share of the pipeline's CPU per version", "%", "<=", 15,
+             lambda r: dig(r, "trust", "share_of_pipeline_cpu_percent")),
     ]
     for service in SERVICES:
         listed.append(Goal(f"idle RSS: {service}", "MiB", "<", 120,

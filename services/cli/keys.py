@@ -61,3 +61,18 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except keys.KeyFileError as exc:
         raise UserError(str(exc)) from None
     raise UserError(f"unknown keys action {args.keys_command!r}")
+
+
+def local_signing_defaults(command: str, service: str | None) -> dict[str, str]:
+    """For `modelreg run SERVICE` beside the default local stack with no keys configured: that
+    service's key and the stack's keyring (as `stack up` gives the services it starts). Empty
+    when a key is set, the stack has none, or the keyring set is another deployment's."""
+    from shared.stack.launcher import LocalStack
+
+    if command != "run" or service is None or os.environ.get("MODELREG_SIGNING_KEY_FILE"):
+        return {}
+    stack = LocalStack()
+    key = stack.signing_key_file(service)
+    if not key.exists() or os.environ.get("MODELREG_KEYRING_FILE", str(stack.keyring_file)) != str(stack.keyring_file):
+        return {}
+    return {"MODELREG_SIGNING_KEY_FILE": str(key), "MODELREG_KEYRING_FILE": str(stack.keyring_file)}

@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from services.cli.stack import local_kafka_defaults
 
     os.environ.update(local_kafka_defaults(args.command, getattr(args, "service", None)))
+    from services.cli.keys import local_signing_defaults
+
+    os.environ.update(local_signing_defaults(args.command, getattr(args, "service", None)))
     from shared.logs import configure
 
     configure(None, verbose=args.verbose)

@@ -82,6 +82,11 @@ def test_bench_smoke(endpoints: Endpoints, tmp_path: Path) -> None:
     replay = results["replay"]
     assert _positive(replay["events"]) and _positive(replay["events_per_second"])
 
+    signed = results["trust"]
+    assert signed["events_signed_per_version"] == 9 and signed["verifications_per_version"] >= 9
+    assert _positive(signed["sign_us_per_event"]) and _positive(signed["verify_us_per_event"])
+    assert _positive(signed["share_of_pipeline_cpu_percent"])
+
     processes = results["resources"]["processes"]
     names = ("ingest", "validation", "promotion", "archival", "audit", "kafka", "postgres", "s3")
     for name in names:

@@ -4,10 +4,13 @@ an internal topic is believed only when the keyring says its signer may sign its
 from __future__ import annotations
 
 import json
+import random
+import string
 from pathlib import Path
 
 import jsonschema
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared import signing
@@ -103,3 +106,32 @@ def test_the_contract_requires_and_shows_the_signature(topic: str) -> None:
     unsigned = {k: v for k, v in example.items() if k not in ("signature", "signingkey")}
     with pytest.raises(jsonschema.ValidationError, match="signature"):
         jsonschema.validate(unsigned, schema)
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    roll = rng.random()
+    if depth > 3 or roll < 0.4:
+        text = "".join(rng.choice(string.printable + "é\u2028\u00ff\x00\x1f\"\\/😀中") for _ in range(rng.randint(0, 12)))
+        number = rng.choice([rng.random(), rng.uniform(-1e6, 1e6), 1.0, 0.0, -0.0, 1e-5, 1e-7, 1e16, 1e21, 1e300,
+                             0.1 + 0.2, 5e-324, float(2**53), float(2**60), 1e-4, 9.999e15])
+        return rng.choice([text, rng.randint(-2**53 + 1, 2**53 - 1), number, True, False, None])
+    if roll < 0.7:
+        keys = [rng.choice(["a", "b", "name", "Z", "_x", "é", "\U0001f600", "\ue000"]) + str(rng.randint(0, 9))
+                for _ in range(rng.randint(0, 5))]
+        return {key: _random_value(rng, depth + 1) for key in keys}
+    return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+
+
+def test_the_fast_canonical_form_is_rfc_8785() -> None:
+    """The encoder the signatures use writes exactly what the `rfc8785` package writes."""
+    rng = random.Random(8785)
+    compared = 0
+    for _ in range(5000):
+        document = {"data": _random_value(rng)}
+        try:
+            expected = rfc8785.dumps(document)
+        except rfc8785.CanonicalizationError:
+            continue
+        assert canonical_event_bytes(document) == expected, document
+        compared += 1
+    assert compared > 4000
