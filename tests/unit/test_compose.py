@@ -21,7 +21,9 @@ SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "api")
 OPTIONAL_VARIABLES = {"MODELREG_TOPIC_PREFIX", "MODELREG_TOPIC_PARTITIONS", "MODELREG_ARTIFACT_ROOTS",
                       "MODELREG_ALLOWED_BUCKETS", "OTEL_EXPORTER_OTLP_ENDPOINT",
                       # mTLS: compose's services authenticate with SASL instead
-                      "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"}
+                      "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
+                      # each service acts as its own PostgreSQL role (modelreg_<service>) by default
+                      "MODELREG_DB_ROLE"}
 REQUIRED_VARIABLES = sorted(
     str(field.validation_alias) for field in Settings.model_fields.values()
     if field.validation_alias is not None and str(field.validation_alias) not in OPTIONAL_VARIABLES

@@ -41,8 +41,10 @@ CONSUMERS = tuple(s for s in SERVICES if s != "api")
 #   add pipelines' buckets deliberately.
 # - OTEL_SERVICE_NAME: differs per Deployment, so it is set in each one's `env` (checked below)
 #   and must not be in the shared ConfigMap.
+# - MODELREG_DB_ROLE: each service acts as its own PostgreSQL role, modelreg_<service>, by
+#   default; a shared ConfigMap could only give them all the same one.
 NOT_REQUIRED = {"MODELREG_TOPIC_PREFIX", "MODELREG_ARTIFACT_ROOTS", "MODELREG_ALLOWED_BUCKETS",
-                "OTEL_SERVICE_NAME"}
+                "OTEL_SERVICE_NAME", "MODELREG_DB_ROLE"}
 VARIABLES = sorted(str(f.validation_alias) for f in Settings.model_fields.values() if f.validation_alias)
 REQUIRED_VARIABLES = [v for v in VARIABLES if v not in NOT_REQUIRED]
 # Settings typed SecretStr (or SecretStr | None) are credentials: they come from a Secret.
