@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.artifacts import safetensors_prefix
 from bench.config import BenchConfig
 from bench.target import Target
 from shared.events import ArtifactSpec
@@ -36,12 +37,13 @@ class Context:
     async def small_artifact(self) -> ArtifactSpec:
         """A 1 KiB artifact in the registry bucket's `inbox/`, uploaded once per run."""
         if self.artifact is None:
-            body = b"modelreg-bench " + os.urandom(SMALL_ARTIFACT_BYTES - 15)
-            key = f"inbox/bench-{self.run_id}/model.onnx"
+            prefix = safetensors_prefix(SMALL_ARTIFACT_BYTES)
+            body = prefix + os.urandom(SMALL_ARTIFACT_BYTES - len(prefix))
+            key = f"inbox/bench-{self.run_id}/model.safetensors"
             async with ObjectStore(self.settings) as store:
                 await store.ensure_bucket()
                 await store.client.put_object(Bucket=self.settings.s3_bucket, Key=key, Body=body)
             self.artifact = ArtifactSpec(uri=f"s3://{self.settings.s3_bucket}/{key}",
                                          sha256=hashlib.sha256(body).hexdigest(), size_bytes=len(body),
-                                         format="onnx")
+                                         format="safetensors")
         return self.artifact

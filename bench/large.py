@@ -15,6 +15,7 @@ from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
+from bench.artifacts import safetensors_prefix
 from bench.context import Context
 from bench.resources import MIB, RssSampler
 from bench.tap import Publisher, Seen, Tap
@@ -25,11 +26,16 @@ BLOCK = 8 * MIB
 
 
 def write_artifact(path: Path, size: int) -> str:
-    """`size` bytes of incompressible data, one block at a time; returns the sha256."""
+    """A `size`-byte safetensors file of incompressible data, one block at a time; returns
+    the sha256."""
     pattern = os.urandom(BLOCK)
     hasher = hashlib.sha256()
-    written = index = 0
+    index = 0
     with open(path, "wb") as handle:
+        prefix = safetensors_prefix(size)
+        handle.write(prefix)
+        hasher.update(prefix)
+        written = len(prefix)
         while written < size:
             length = min(BLOCK, size - written)
             block = index.to_bytes(8, "little") + pattern[8:length] if length > 8 else pattern[:length]
@@ -83,7 +89,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                     finished.set()
 
             spec = ArtifactSpec(uri=f"s3://{settings.s3_bucket}/{key}", sha256=sha256,
-                                size_bytes=config.large_bytes, format="onnx")
+                                size_bytes=config.large_bytes, format="safetensors")
             async with Publisher(settings) as publisher, Tap(
                     settings, name, handle, topics=("model.ingested", "model.validated", "model.rejected")):
                 sampler = RssSampler(ingest_pid, interval=0.05)
