@@ -101,13 +101,16 @@ async def migrate(dsn: str) -> list[Migration]:
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
         try:
-            await conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version integer PRIMARY KEY,
-                       name text NOT NULL,
-                       checksum text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
+            # Only when missing: a service's own login user (production) may not create tables,
+            # and finds every migration applied by the owner.
+            if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+                await conn.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_migrations (
+                           version integer PRIMARY KEY,
+                           name text NOT NULL,
+                           checksum text NOT NULL,
+                           applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
             applied = {r["version"]: r["checksum"] for r in
                        await conn.fetch("SELECT version, checksum FROM schema_migrations")}
             done = []

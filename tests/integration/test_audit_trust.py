@@ -399,3 +399,34 @@ async def test_verify_without_the_keyring_or_s3_is_one_clear_error(
     with pytest.raises(UserError, match="cannot read the audit checkpoints in s3://") as raised:
         await cli(["verify"])
     assert verify_env.aws_secret_access_key.get_secret_value() not in str(raised.value)
+
+
+async def test_a_service_with_its_own_login_user_starts_and_acts_as_its_role(
+        settings: Settings, db: asyncpg.Pool) -> None:
+    """Production: each service logs in as its own user, a member of its role only; the
+    migrations were applied by the owner, so the start-up migrate finds nothing to do."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from shared.db import migrate, service_role
+
+    login = f"zz_ingest_{uuid.uuid4().hex[:8]}"  # roles are cluster-wide: unique, dropped below
+    await db.execute(f"CREATE ROLE {login} LOGIN PASSWORD 'test-only' NOSUPERUSER NOCREATEROLE NOCREATEDB")
+    try:
+        await db.execute(f"GRANT modelreg_ingest TO {login}")
+        parts = urlsplit(settings.dsn)
+        dsn = urlunsplit((parts.scheme, f"{login}:test-only@{parts.hostname}:{parts.port}", parts.path, "", ""))
+        assert await migrate(dsn) == []
+        pool = await create_pool(dsn, role=service_role(None, "ingest"), max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                assert (await conn.fetchval("SELECT session_user"), await conn.fetchval("SELECT current_user")) == (
+                    login, "modelreg_ingest")
+                await conn.fetchval("SELECT count(*) FROM model_versions")
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute("SET ROLE modelreg_audit")  # not a member: no way round
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute("DELETE FROM audit_log")
+        finally:
+            await pool.close()
+    finally:
+        await db.execute(f"DROP ROLE {login}")
