@@ -179,7 +179,7 @@ class QaResponder:
             evaluated = MetricsEvaluatedData(
                 name=name, version=version, suite=suite, environment="offline",
                 metrics={"auc": self.auc(name, version), "latency_p99_ms": 12.0}, passed=True,
-                evaluator="modelreg-bench")
+                evaluator="qa/modelreg-bench")  # not the registrant: evaluator_not_author ignores those
             event = new_event(MetricsEvaluated, evaluated, source=SOURCE,
                               correlationid=uuid.UUID(correlation) if correlation else None,
                               causationid=uuid.UUID(seen.event["id"]))

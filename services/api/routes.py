@@ -61,7 +61,8 @@ VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION, description="version nu
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {400: "invalid input", 401: "no token, or an unknown, revoked or expired one",
                  403: "the token's role or model scope does not allow it", 404: "not found",
-                 409: "the version is not in a state that allows it (not validated)", 411: "an upload without Content-Length", 413: "request too large",
+                 409: "the version is not in a state that allows it (not validated)",
+                 411: "an upload without Content-Length", 413: "request too large",
                  503: "Kafka or S3 did not answer; try again"}
     return {status: {"description": described.get(status, "error"),
                      "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
