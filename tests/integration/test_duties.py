@@ -154,6 +154,9 @@ async def test_an_unvalidated_version_is_neither_moved_nor_downloadable_through_
         assert "has not passed validation (status rejected)" in refused["detail"]
     link = _problem(await client.get(f"/api/v1/models/{name}/versions/1/artifact"), 409, "not-validated")
     assert "only validated artifacts are downloadable" in link["detail"]
+    page = (await client.get(f"/models/{name}/versions/1")).text
+    assert ">Download</a>" not in page and "only artifacts that passed validation" in page
+    assert (await client.get(f"/models/{name}/versions/1/download")).status_code == 409
     # moving it down is still allowed: the request is accepted
     down = await client.post(f"/api/v1/models/{name}/versions/1/promotion-requests", headers=bob,
                              json={"to_stage": "archived", "reason": "clean up"})
