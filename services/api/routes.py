@@ -120,6 +120,12 @@ async def reader(request: Request, identity: Identity | None = Depends(caller)) 
     return identity
 
 
+def _in_scope(identity: Identity | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A listing as a scoped token may see it: only its models (the cursor still pages the
+    whole listing, so a page may come back shorter than `limit`)."""
+    return rows if identity is None else [r for r in rows if identity.may_touch(r["name"])]
+
+
 def requires(action: auth.Action) -> Any:
     role = auth.ROLE_FOR[action]
     wanted = f"role {role}" if role == "admin" else f"role {role} (or admin)"
@@ -224,8 +230,8 @@ async def list_models(
     rows = await queries.list_models(res.pool, prefix=prefix or None, tag=_tag(tag), stage=stage, after=after,
                                      limit=limit + 1)
     more, rows = len(rows) > limit, rows[:limit]
-    return {"items": rows, "next_cursor": cursor.encode({"after": rows[-1]["name"]}, res.cursor_key, scope)
-            if more else None}
+    return {"items": _in_scope(_reader, rows),
+            "next_cursor": cursor.encode({"after": rows[-1]["name"]}, res.cursor_key, scope) if more else None}
 
 
 @router.get("/models/{name}", response_model=ModelDetail, responses=READ_ERRORS, tags=["models"],
@@ -351,8 +357,8 @@ async def audit(
     rows = await queries.audit(res.pool, model=model, version=version, action=action, since=start, until=end,
                                after_seq=after, limit=limit + 1, descending=order == "desc")
     more, rows = len(rows) > limit, rows[:limit]
-    return {"items": rows, "next_cursor": cursor.encode({"seq": rows[-1]["seq"]}, res.cursor_key, scope)
-            if more else None}
+    return {"items": _in_scope(_reader, rows),
+            "next_cursor": cursor.encode({"seq": rows[-1]["seq"]}, res.cursor_key, scope) if more else None}
 
 
 # ---------------------------------------------------------------------------- writes

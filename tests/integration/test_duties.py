@@ -233,6 +233,16 @@ async def test_tokens_are_held_to_their_model_scope_and_expiry(client: httpx.Asy
                  f"/api/v1/models/{theirs}/production", f"/api/v1/audit?model={theirs}"):
         _problem(await client.get(path, headers=scoped), 403, "out-of-scope")
     assert (await client.get(f"/api/v1/audit?model={mine}", headers=scoped)).status_code == 200
+    await client.post(f"/api/v1/models/{theirs}/versions", files=_upload(4),
+                      headers=await _token(db, "publisher", f"churn-ci-{RUN}"))
+    await kafka.wait_for("model.promoted", promoted(theirs, 1, "staging"))
+    await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM view_models WHERE name = $1", theirs))
+    everyone = (await client.get("/api/v1/models", params={"prefix": f"duties-{RUN}-"})).json()["items"]
+    assert {mine, theirs} <= {m["name"] for m in everyone}
+    listed = (await client.get("/api/v1/models", params={"prefix": f"duties-{RUN}-"}, headers=scoped)).json()
+    assert [m["name"] for m in listed["items"]] == [mine]  # a scoped token lists only its models
+    trail = (await client.get("/api/v1/audit", params={"order": "desc", "limit": 500}, headers=scoped)).json()
+    assert trail["items"] and {a["name"] for a in trail["items"]} == {mine}
 
     expired = await _token(db, "reader", f"old-{RUN}")
     token_id = await db.fetchval("SELECT max(id) FROM api_tokens WHERE name = $1", f"old-{RUN}")
