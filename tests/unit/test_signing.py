@@ -91,6 +91,19 @@ def test_senders_are_verified_keys_or_the_topics_acl_role(keys: dict[str, Signin
     assert "may not sign" in signing.check(keyring, "model.registered", keys["ingest"].sign_event_bytes(registered))[0]
 
 
+def test_a_producer_key_an_operator_trusts_names_the_producer() -> None:
+    from shared.keys import PublicKey
+
+    producer = SigningKey("fraud-train", Ed25519PrivateKey.generate())
+    trusted = PublicKey("fraud-train", producer.public_key, frozenset({"model.registered"}))
+    keyring = Keyring.from_jwks({"keys": [trusted.to_jwk()]})  # as added to keyring.json
+    registered = b'{"type": "model.registered", "source": "pipelines/fraud-train"}'
+    assert signing.check(keyring, "model.registered", producer.sign_event_bytes(registered)) == (
+        None, "key:fraud-train")
+    evaluated = b'{"type": "metrics.evaluated"}'  # not a type it was trusted with
+    assert "may not sign" in signing.check(keyring, "metrics.evaluated", producer.sign_event_bytes(evaluated))[0]
+
+
 def test_a_service_without_a_key_cannot_write_events() -> None:
     with pytest.raises(signing.MissingSigningKey, match="MODELREG_SIGNING_KEY_FILE"):
         signing.sign_value("nobody", promoted())
