@@ -55,12 +55,15 @@ class Archival:
 
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
-        await tx.conn.execute(
+        waiting = await tx.conn.fetchval(
             """INSERT INTO archival_versions (name, version, artifact_uri, correlation_id)
                VALUES ($1, $2, $3, $4)
                ON CONFLICT (name, version) DO UPDATE
-               SET artifact_uri = EXCLUDED.artifact_uri, correlation_id = EXCLUDED.correlation_id""",
+               SET artifact_uri = EXCLUDED.artifact_uri, correlation_id = EXCLUDED.correlation_id
+               RETURNING stage = 'archived' AND archived_at IS NULL""",
             data.name, data.version, data.artifact.uri, event.correlation)
+        if waiting:  # an archive request overtook this event: its artifact can move now
+            await self.archive(tx, data.name, data.version, "manual", restorable=True)
 
     async def _stage(self, tx: Tx, name: str, version: int, stage: str, at: datetime, *,
                      staged: bool = False, superseded: bool = False) -> None:
@@ -88,7 +91,10 @@ class Archival:
     async def on_demoted(self, tx: Tx, event: ModelDemoted) -> None:
         data = event.data
         superseded = data.reason == "superseded"
-        await self._stage(tx, data.name, data.version, "none", event.time, superseded=superseded)
+        # A requested archive is recorded as the stage (archived_at stays empty until the artifact
+        # has moved), so one that overtakes the version's model.ingested is done when that arrives.
+        requested = "archived" if data.to_stage == "archived" else "none"
+        await self._stage(tx, data.name, data.version, requested, event.time, superseded=superseded)
         if data.to_stage == "archived":
             await self.archive(tx, data.name, data.version, "manual", restorable=True)
         elif superseded:
@@ -121,7 +127,7 @@ class Archival:
         if row is None or row["archived_at"] is not None:
             return False
         if row["artifact_uri"] is None and reason != "rejected":
-            return False  # model.ingested is still on its way: the sweep archives it once it is here
+            return False  # model.ingested is still on its way: archived once it is here (on_ingested, or the sweep)
         # A version ingest refused never had an artifact stored: archived with nothing to move.
         archive_uri = await move_to_cold(self.resources.store, row["artifact_uri"]) if row["artifact_uri"] else None
         await tx.conn.execute(

@@ -26,7 +26,7 @@ from shared.db import migrate
 from shared.settings import Settings
 from shared.storage import ObjectStore, S3Location
 from tests.conftest import Endpoints, _with_database
-from tests.support import Kafka, for_model, signed, unique_name
+from tests.support import Kafka, eventually, for_model, signed, unique_name
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 REFUSAL = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidStorageClass</Code>'
@@ -108,8 +108,11 @@ async def own_database(settings: Settings, endpoints: Endpoints) -> AsyncIterato
         await conn.close()
 
 
+@pytest.mark.parametrize("request_first", [False, True], ids=["ingested-first", "archive-request-first"])
 async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_and_tagged(
-        settings: Settings, no_cold_s3: NoColdStorageS3, own_database: str) -> None:
+        settings: Settings, no_cold_s3: NoColdStorageS3, own_database: str, request_first: bool) -> None:
+    """Also when the archive request overtakes the version's `model.ingested` (Kafka does not
+    order the two topics): the artifact moves once its location arrives."""
     # an archival service of its own (topics, database), whose S3 is the server without classes
     mine = settings.model_copy(update={"s3_endpoint_url": no_cold_s3.url,
                                        "database_url": settings.database_url.__class__(own_database),
@@ -119,6 +122,7 @@ async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_
     await tap.start(("model.archived",))
     archival = create_app(mine)
     await archival.start()
+    db = await asyncpg.connect(own_database)
     try:
         name = unique_name("cold")
         body = b"an artifact bound for cold storage"
@@ -131,11 +135,15 @@ async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_
         ingested = new_event(ModelIngested, ModelIngestedData(
             name=name, version=1, artifact=ArtifactRef(uri=stored.uri, sha256=sha256, size_bytes=len(body))),
             source="modelreg/ingest")
-        await tap.publish_raw("model.ingested", signed(mine, ingested, service="ingest"), key=name)
         demoted = new_event(ModelDemoted, ModelDemotedData(
             name=name, version=1, from_stage="none", to_stage="archived", reason="manual"),
             source="modelreg/promotion", correlationid=ingested.correlationid)
-        await tap.publish_raw("model.demoted", signed(mine, demoted, service="promotion"), key=name)
+        events = [("model.ingested", ingested, "ingest"), ("model.demoted", demoted, "promotion")]
+        for topic, event, service in reversed(events) if request_first else events:
+            await tap.publish_raw(topic, signed(mine, event, service=service), key=name)
+            # archival has applied it before the next one is sent: the order is the one named
+            await eventually(lambda event=event: db.fetchval(
+                "SELECT count(*) = 1 FROM processed_events WHERE event_id = $1", event.id))
         archived = (await tap.wait_for("model.archived", for_model(name, 1)))[0]
         assert (archived.data["reason"], archived.data["restorable"]) == ("manual", True)
         assert no_cold_s3.refused == [COLD_STORAGE_CLASS]  # it asked for the cold class once, refused
@@ -149,5 +157,6 @@ async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_
         key, value = TAGGING.split("=")
         assert {"Key": key, "Value": value} in tags["TagSet"]
     finally:
+        await db.close()
         await archival.stop()
         await tap.stop()
