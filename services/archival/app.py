@@ -155,25 +155,35 @@ class Archival:
     async def sweep(self, now: datetime, limit: int = 200) -> int:
         """Archive what is due by time; returns how many were archived."""
         retentions = [rule.retention for rule in self.policy.rules] + [Retention()]
-        # Only rows that some rule could find due: the rest are not locked, let alone read.
+        # Only rows that some rule could find due are read.
         grace = min(r.rejected_grace for r in retentions)
         max_age = min((r.staging_max_age for r in retentions if r.staging_max_age is not None),
                       default=None)
         async with self.resources.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                f"""SELECT name, correlation_id, {_KEPT} FROM archival_versions
+            # Candidates by the loosest rule, read without locks; each model's own rule says which
+            # are due. (Locking the oldest `limit` candidates and judging them afterwards starved a
+            # short-lived rule's due versions behind as many not-yet-due ones of a longer rule.)
+            candidates = await conn.fetch(
+                f"""SELECT name, {_KEPT} FROM archival_versions
                     WHERE archived_at IS NULL
-                      AND (rejected_at <= $2 OR (stage = 'staging' AND staged_at <= $3))
-                    ORDER BY updated_at LIMIT $1 FOR UPDATE SKIP LOCKED""",
-                limit, now - grace, now - max_age if max_age is not None else datetime.min.replace(tzinfo=UTC))
+                      AND (rejected_at <= $1 OR (stage = 'staging' AND staged_at <= $2))""",
+                now - grace, now - max_age if max_age is not None else datetime.min.replace(tzinfo=UTC))
+            by_model: dict[str, list[Kept]] = {}
+            for row in candidates:
+                by_model.setdefault(row["name"], []).append(_kept(row))
+            due = sorted(name for name, kept in by_model.items()
+                         if due_by_time(kept, self.policy.rule_for(name).retention, now))
             outbox = []
             archived = 0
-            by_model: dict[str, list[asyncpg.Record]] = {}
-            for row in rows:
-                by_model.setdefault(row["name"], []).append(row)
-            for name, model_rows in by_model.items():
+            for name in due:
+                if archived >= limit:
+                    break  # the rest next sweep
                 if not await _try_lock(conn, name):
                     continue  # a consumer is deciding about this model: next sweep
+                # with the model's lock held, its rows as they are now (a batch may have moved them)
+                model_rows = await conn.fetch(
+                    f"""SELECT correlation_id, {_KEPT} FROM archival_versions
+                        WHERE name = $1 AND archived_at IS NULL FOR UPDATE""", name)
                 retention = self.policy.rule_for(name).retention
                 correlations = {r["version"]: r["correlation_id"] for r in model_rows}
                 for item in due_by_time([_kept(r) for r in model_rows], retention, now):

@@ -51,6 +51,28 @@ async def test_a_version_in_staging_past_its_max_age_is_archived_as_expired(
         "SELECT stage = 'archived' FROM promotion_versions WHERE name = $1 AND version = 1", name))
 
 
+async def test_expiry_is_not_starved_by_versions_another_rule_keeps(
+        settings: Settings, kafka: Kafka, pipeline, db: asyncpg.Pool) -> None:
+    """Hundreds of older staging versions that the default rule keeps for 30 days are
+    candidates for the sweep (older than the shortest max age) but never due: the one
+    `expire-*` version that is due is archived all the same."""
+    idle = unique_name("idle")
+    await db.execute(
+        """INSERT INTO archival_versions (name, version, stage, staged_at, stage_event_time)
+           SELECT $1 || '-' || n, 1, 'staging', now() - interval '1 hour', now() - interval '1 hour'
+           FROM generate_series(1, 250) AS n""", idle)
+    try:
+        name = unique_name("expire")
+        await register(settings, kafka, name, 1)
+        await kafka.wait_for("model.promoted", promoted(name, 1, "staging", "policy"))
+        archived = (await kafka.wait_for("model.archived", for_model(name, 1), timeout=30))[0]
+        assert archived.data["reason"] == "expired"
+        assert await db.fetchval("SELECT count(*) FROM archival_versions WHERE name LIKE $1 || '-%' "
+                                 "AND archived_at IS NULL", idle) == 250  # kept: their rule says 30 days
+    finally:
+        await db.execute("DELETE FROM archival_versions WHERE name LIKE $1 || '-%'", idle)
+
+
 async def test_a_rejected_version_is_archived_by_the_sweep_after_its_grace_period(
         settings: Settings, kafka: Kafka, pipeline, db: asyncpg.Pool) -> None:
     class Exploit:
