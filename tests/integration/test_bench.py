@@ -98,7 +98,7 @@ def test_bench_smoke(endpoints: Endpoints, tmp_path: Path) -> None:
     assert sum(processes[name]["cpu_seconds"] for name in names) > 0
 
     judged = {row["figure"]: row for row in results["targets"]}
-    assert len(judged) == 11, judged
+    assert len(judged) == 12, judged
     for figure, row in judged.items():  # every figure measured, and judged against its target
         op, threshold = row["target"].split()
         value = row["value"]

@@ -103,15 +103,17 @@ async def test_a_handler_bug_is_retried_then_dead_lettered_with_its_traceback(
 async def test_a_failed_batch_spanning_partitions_is_redelivered_whole(settings: Settings, kafka: Kafka) -> None:
     """The batch's first delivery fails outright (as on shutdown or a crash in the glue): every
     partition it spans must be delivered again, none committed past an unhandled record."""
-    await ensure_topics(settings)
+    # Topics of its own: only these records, so the first batch holds every partition's.
+    mine = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}rw{uuid.uuid4().hex[:6]}."})
+    await ensure_topics(mine, ("model.registered",))
     group_service = f"rewind-{uuid.uuid4().hex[:6]}"
-    names = [unique_name("rewind") for _ in range(12)]
-    for name in names:
-        await kafka.publish("model.registered", registration(name, {"uri": "s3://b/k", "sha256": "0" * 64,
-                                                                    "size_bytes": 1}))
-    mine = await kafka.wait_for("model.registered", lambda s: s.key in names, count=len(names))
-    spanned = {s.partition for s in mine}
-    assert len(spanned) > 1
+    wanted: set[tuple[int, int]] = set()
+    for name in (unique_name("rewind") for _ in range(24)):
+        event = registration(name, {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1})
+        sent = await kafka.producer.send_and_wait(mine.topic("model.registered"), json.dumps(event).encode(),
+                                                  key=name.encode())
+        wanted.add((sent.partition, sent.offset))
+    assert len({partition for partition, _ in wanted}) > 1
 
     class FailsFirstBatch:
         consumer = group_service
@@ -129,11 +131,10 @@ async def test_a_failed_batch_spanning_partitions_is_redelivered_whole(settings:
             self.handled.update((r.partition, r.offset) for r in records)
 
     processor = FailsFirstBatch()
-    broker = make_broker(settings, client_id=group_service)
-    subscribe(broker, settings, processor, ("model.registered",))  # type: ignore[arg-type]
+    broker = make_broker(mine, client_id=group_service)
+    subscribe(broker, mine, processor, ("model.registered",))  # type: ignore[arg-type]
     await broker.start()
     try:
-        wanted = {(s.partition, s.offset) for s in mine}
         await eventually(lambda: wanted <= processor.handled, timeout=30)
     finally:
         await broker.stop()
