@@ -76,6 +76,7 @@ def produce(config: dict[str, Any], topic: str, value: bytes, key: bytes) -> Non
 
 
 def forged(settings: Settings, topic: str) -> bytes:
+    """A CloudEvent about a model no other test knows (other tests tap the same topics)."""
     data = {"name": unique_name("forged"), "version": 1}
     return json.dumps(cloudevent(topic, data, source="modelreg/promotion")).encode()
 
@@ -104,20 +105,21 @@ async def test_an_outside_role_writes_its_own_topic_and_no_other_roles(
     config = outsider_config(role_env(endpoints, role))
     key = unique_name(role).encode()
     own = ROLE_TOPIC[role]
-    await asyncio.to_thread(produce, config, settings.topic(own), b"{}", key)
+    await asyncio.to_thread(produce, config, settings.topic(own), forged(settings, own), key)
     await kafka.wait_for(own, lambda seen: seen.key == key.decode())
     for other in set(ROLE_TOPIC.values()) - {own}:
         with pytest.raises(TopicAuthorizationFailedError):
-            await asyncio.to_thread(produce, config, settings.topic(other), b"{}", key)
+            await asyncio.to_thread(produce, config, settings.topic(other), forged(settings, other), key)
 
 
 async def test_the_reader_reads_every_topic_and_writes_none(
         endpoints: Any, principals: dict, local_stack_only: None, settings: Settings, kafka: Any) -> None:
     config = outsider_config(role_env(endpoints, "reader"))
     with pytest.raises(TopicAuthorizationFailedError):
-        await asyncio.to_thread(produce, config, settings.topic("model.registered"), b"{}", b"reader")
+        await asyncio.to_thread(produce, config, settings.topic("model.registered"),
+                                forged(settings, "model.registered"), b"reader")
     key = unique_name("read-me")
-    await kafka.publish_raw("model.promoted", b"{}", key)  # the tap is a super user
+    await kafka.publish_raw("model.promoted", forged(settings, "model.promoted"), key)  # the tap: a super user
 
     def read() -> list[str]:
         consumer = KafkaConsumer(settings.topic("model.promoted"), **config, auto_offset_reset="earliest",
@@ -141,7 +143,8 @@ async def test_without_credentials_no_client_connects(endpoints: Any, principals
     with pytest.raises(KafkaTimeoutError, match="bootstrap"):
         await asyncio.to_thread(produce, {"bootstrap_servers": settings.kafka_bootstrap_servers,
                                           "security_protocol": "PLAINTEXT"},
-                                settings.topic("model.registered"), b"{}", b"anonymous")
+                                settings.topic("model.registered"), forged(settings, "model.registered"),
+                                b"anonymous")
 
 
 async def test_a_wrong_password_is_refused(endpoints: Any, principals: dict, settings: Settings) -> None:
@@ -150,7 +153,8 @@ async def test_a_wrong_password_is_refused(endpoints: Any, principals: dict, set
               "sasl_mechanism": env["KAFKA_SASL_MECHANISM"], "sasl_plain_username": "pipeline",
               "sasl_plain_password": env["KAFKA_SASL_PASSWORD"] + "x", "ssl_cafile": env["KAFKA_SSL_CAFILE"]}
     with pytest.raises(KafkaError):
-        await asyncio.to_thread(produce, config, settings.topic("model.registered"), b"{}", b"guess")
+        await asyncio.to_thread(produce, config, settings.topic("model.registered"), forged(settings, "model.registered"),
+                                b"guess")
 
 
 async def test_services_connect_as_their_own_principals(principals: dict, pipeline: dict) -> None:
