@@ -22,7 +22,9 @@ from services.audit import store
 from services.audit.chain import ALTERED, GENESIS, PREDECESSOR_MISSING, TRUNCATED, AuditRecord, link
 from services.cli import audit as audit_cli
 from shared.events import CloudEvent, RegistryAudit, RegistryAuditData, new_event
+from shared.db import migrate
 from shared.settings import Settings
+from tests.conftest import Endpoints, _with_database
 from tests.support import Kafka, eventually, signed, unique_name
 
 
@@ -173,7 +175,28 @@ async def test_each_record_is_stored_once_and_chained(kafka: Kafka, db: asyncpg.
     assert first_row["prev_hash"] == GENESIS
 
 
-async def test_concurrent_writers_extend_one_linear_chain(db: asyncpg.Pool, audit_app) -> None:
+@pytest.fixture
+async def scratch_db(endpoints: Endpoints, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A database of its own: rows appended straight to its log are explained by no event on
+    the run's topic, which `modelreg replay` on the run's database would rightly report."""
+    database = f"modelreg_scratch_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(_with_database(endpoints.database_url, "postgres"))
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    dsn = _with_database(settings.dsn, database)
+    try:
+        await migrate(dsn)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_concurrent_writers_extend_one_linear_chain(scratch_db: asyncpg.Pool) -> None:
+    db = scratch_db
     name = unique_name("concurrent")
 
     async def writer(w: int) -> None:
