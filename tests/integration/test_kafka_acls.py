@@ -153,8 +153,8 @@ async def test_a_wrong_password_is_refused(endpoints: Any, principals: dict, set
               "sasl_mechanism": env["KAFKA_SASL_MECHANISM"], "sasl_plain_username": "pipeline",
               "sasl_plain_password": env["KAFKA_SASL_PASSWORD"] + "x", "ssl_cafile": env["KAFKA_SSL_CAFILE"]}
     with pytest.raises(KafkaError):
-        await asyncio.to_thread(produce, config, settings.topic("model.registered"), forged(settings, "model.registered"),
-                                b"guess")
+        await asyncio.to_thread(produce, config, settings.topic("model.registered"),
+                                forged(settings, "model.registered"), b"guess")
 
 
 async def test_services_connect_as_their_own_principals(principals: dict, pipeline: dict) -> None:
