@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from shared.keys import write_keyring
 from shared.settings import Settings, load_settings
 
 RUN_ID = uuid.uuid4().hex[:10]
@@ -139,8 +140,13 @@ async def settings(endpoints: Endpoints, tmp_path_factory: pytest.TempPathFactor
         await conn.execute(f'CREATE DATABASE "{database}"')
     finally:
         await conn.close()
+    # Every service's signing key and the keyring, as `modelreg stack up` makes them.
+    keys_dir = tmp_path_factory.mktemp("keys")
+    keyring = write_keyring(keys_dir)
     run_settings = load_settings(
         **{name.lower(): value for name, value in endpoints.kafka_admin_env.items()},
+        signing_key_file=keys_dir,
+        keyring_file=keyring,
         kafka_bootstrap_servers=endpoints.kafka,
         database_url=_with_database(endpoints.database_url, database),
         s3_endpoint_url=endpoints.s3_endpoint,
