@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from shared.kafka_security import kafka_client_options
 from shared.settings import Settings, load_settings
@@ -139,7 +141,10 @@ class Kafka:
             except asyncio.CancelledError:
                 pass
         if self.consumer:
-            await self.consumer.stop()
+            # The collector was cancelled mid-fetch: aiokafka's fetcher may then end with the
+            # fetch's timeout (seen at session end on a loaded machine). The tap is done either way.
+            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                await self.consumer.stop()
         await self.producer.stop()
 
     async def publish_raw(self, topic: str, value: bytes, key: str | None) -> None:
