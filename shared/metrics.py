@@ -18,6 +18,16 @@ BATCH_SECONDS = Histogram("modelreg_batch_seconds", "Time to apply one consumed 
 CONSUMER_LAG = Gauge("modelreg_consumer_lag", "Records not yet consumed, per partition",
                      ["service", "topic", "partition"])
 OUTBOX_BACKLOG = Gauge("modelreg_outbox_backlog", "Outbox rows waiting to be published", ["service"])
+# Alert on a parked row: its model's later events wait until ops retry or discard it.
+OUTBOX_PARKED = Gauge("modelreg_outbox_parked_rows", "Outbox rows Kafka refused for good, waiting for ops",
+                      ["service"])
+OUTBOX_PARKED_TOTAL = Counter("modelreg_outbox_parks_total", "Outbox rows parked, by reason",
+                              ["service", "reason"])
+OUTBOX_PUBLISH_RETRIES = Counter("modelreg_outbox_publish_retries_total",
+                                 "Relay passes that left rows to retry after a passing publish error", ["service"])
+PROCESSED_EVENTS_PRUNED = Counter("modelreg_processed_events_pruned_total",
+                                  "Idempotency rows deleted because Kafka can no longer redeliver their events",
+                                  ["consumer"])
 PROMOTION_DECISIONS = Counter("modelreg_promotion_decisions_total", "Promotion decisions, by outcome",
                               ["outcome"])
 RETRIES = Counter("modelreg_batch_retries_total", "Batches retried after a fault, by kind", ["service", "kind"])

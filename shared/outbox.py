@@ -1,7 +1,7 @@
 """Transactional outbox: events are committed with the state change, then relayed to Kafka.
 
 A handler never publishes by itself. It writes outbox rows in its transaction; the relay
-publishes them in id order and deletes them once Kafka has acknowledged every one. A crash
+publishes them (each model's in id order) and deletes each once Kafka has acknowledged it. A crash
 between commit and publish loses nothing (the rows wait), and one between publish and delete
 publishes twice, which consumers absorb through their processed-event ids.
 """
@@ -15,12 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from aiokafka.errors import (
-    InvalidTopicError,
-    MessageSizeTooLargeError,
-    RecordTooLargeError,
-    UnsupportedForMessageFormatError,
-)
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -28,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from shared import metrics, telemetry
 from shared.db import connect
 from shared.events import CONTENT_TYPE, CloudEvent
+from shared.outbox_policy import check_serializable, disposition, publish_backoff, send_chains
 from shared.signing import sign_value
 
 log = logging.getLogger(__name__)
@@ -69,20 +65,59 @@ async def write_outbox(conn: asyncpg.Connection, service: str, rows: Sequence[Ou
 
 # (topic, key, value, headers) -> a future resolved when Kafka acknowledged the record.
 Sender = Callable[[str, str | None, bytes, dict[str, str]], Awaitable[asyncio.Future[Any]]]
+# Kafka topic -> whether a fresh metadata fetch shows it exists (None: could not tell).
+TopicCheck = Callable[[str], Awaitable[bool | None]]
+
+# Rows of a model that has a parked row wait behind it: its events leave in order or not at all.
+_NEXT_ROWS = """
+    SELECT o.id, o.topic, o.key, o.value, o.headers FROM outbox o
+    WHERE o.service = $1
+      AND (o.key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM outbox_parked p
+            WHERE p.service = o.service AND p.key = o.key AND p.state = 'parked'))
+    ORDER BY o.id LIMIT $2"""
+
+
+@dataclass
+class RelayPass:
+    """What one pass of the relay did."""
+
+    sent: int = 0
+    parked: int = 0
+    retry: int = 0  # rows a passing error kept back (they and their model's later rows wait)
+
+    @property
+    def moved(self) -> int:
+        return self.sent + self.parked
+
+
+@dataclass(frozen=True)
+class _Parked:
+    reason: str
+    error: str
 
 
 class OutboxRelay:
-    """Publishes one service's outbox rows; one leader per service, chosen by advisory lock."""
+    """Publishes one service's outbox rows; one leader per service, chosen by advisory lock.
+
+    A row Kafka refuses for good (shared/outbox_policy.py says which) is parked in
+    `outbox_parked` with the reason, and holds back its model's later rows until ops retry or
+    discard it (`modelreg outbox`); other models' rows keep flowing. A passing error (Kafka
+    unreachable) keeps the row, and its model's later rows, for the next pass after a backoff.
+    """
 
     def __init__(self, dsn: str, service: str, send: Sender, topic_of: Callable[[str], str], *,
-                 batch_size: int = 1000, poll_interval: float = 1.0) -> None:
+                 batch_size: int = 1000, poll_interval: float = 1.0,
+                 topic_exists: TopicCheck | None = None) -> None:
         self._dsn = dsn
         self._service = service
         self._send = send
         self._topic_of = topic_of
+        self._topic_exists = topic_exists
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._failed_passes = 0
         self.published = 0
 
     def wake(self) -> None:
@@ -112,7 +147,17 @@ class OutboxRelay:
                 await asyncio.sleep(self._poll_interval)  # another instance is the leader
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             while True:
-                if not await self.relay_once(conn):
+                done = await self.relay_once(conn)
+                if done.retry:
+                    self._failed_passes += 1
+                    delay = publish_backoff(self._failed_passes)
+                    metrics.OUTBOX_PUBLISH_RETRIES.labels(self._service).inc()
+                    log.warning("outbox of %s: %d event(s) not published (Kafka unavailable?); "
+                                "retrying in %.1fs", self._service, done.retry, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                self._failed_passes = 0
+                if not done.moved:
                     await self.backlog(conn)
                     await self._sleep()
         finally:
@@ -129,56 +174,85 @@ class OutboxRelay:
             pass
         self._wake.clear()
 
-    async def relay_once(self, conn: asyncpg.Connection) -> int:
-        """Publish one batch; returns how many rows went out."""
-        rows = await conn.fetch(
-            "SELECT id, topic, key, value, headers FROM outbox WHERE service = $1 ORDER BY id LIMIT $2",
-            self._service, self._batch_size)
+    async def relay_once(self, conn: asyncpg.Connection) -> RelayPass:
+        """Publish one batch: each model's rows in order, the models concurrently; delete what
+        Kafka acknowledged, park what it refused for good, keep the rest for the next pass."""
+        rows = await conn.fetch(_NEXT_ROWS, self._service, self._batch_size)
         if not rows:
-            return 0
+            return RelayPass()
         # Clear before publishing: a wake-up that arrives meanwhile means another look.
         self._wake.clear()
-        # Producer spans, where spans are recorded; otherwise the rows' own trace context goes out.
-        spans = [telemetry.tracer.start_span(
-            f"{self._service} publish {r['topic']}", kind=SpanKind.PRODUCER,
-            context=telemetry.parent_from(((k, v.encode()) for k, v in r["headers"].items())),
-            attributes={"messaging.system": "kafka", "messaging.destination.name": r["topic"]})
-            if telemetry.recording() else None for r in rows]
-        outcomes = await asyncio.gather(*(self._publish(r, s) for r, s in zip(rows, spans, strict=True)),
-                                        return_exceptions=True)
-        for span, outcome in zip(spans, outcomes, strict=True):
-            if span is None:
-                continue
-            if isinstance(outcome, BaseException):
-                span.record_exception(outcome)
-            span.end()
-        refused = {}
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not _refused_for_good(outcome):
-                    raise outcome  # retry the batch; what went out is deduplicated downstream
-                refused[row["id"]] = f"{type(outcome).__name__}: {outcome}"
+        outcomes: dict[int, BaseException | _Parked | None] = {}
+        await asyncio.gather(*(self._send_chain(chain, outcomes)
+                               for chain in send_chains(rows, lambda r: r["key"])))
+        sent = [r for r in rows if r["id"] in outcomes and outcomes[r["id"]] is None]
+        parked = {i: o for i, o in outcomes.items() if isinstance(o, _Parked)}
         async with conn.transaction():
-            if refused:
-                log.error("outbox of %s: parking %d event(s) Kafka refused: %s", self._service,
-                          len(refused), next(iter(refused.values())))
+            if parked:
                 await conn.execute(
-                    """INSERT INTO outbox_parked (id, service, topic, key, value, headers, error)
-                       SELECT id, service, topic, key, value, headers, e.error
-                       FROM outbox JOIN unnest($1::bigint[], $2::text[]) AS e(row_id, error)
+                    """INSERT INTO outbox_parked (id, service, topic, key, value, headers, error, reason)
+                       SELECT id, service, topic, key, value, headers, e.error, e.reason
+                       FROM outbox JOIN unnest($1::bigint[], $2::text[], $3::text[]) AS e(row_id, error, reason)
                             ON outbox.id = e.row_id""",
-                    list(refused), list(refused.values()))
+                    list(parked), [p.error for p in parked.values()], [p.reason for p in parked.values()])
             await conn.execute("DELETE FROM outbox WHERE service = $1 AND id = ANY($2::bigint[])",
-                               self._service, [r["id"] for r in rows])
-        self.published += len(rows) - len(refused)
-        for row in rows:
-            if row["id"] not in refused:
-                metrics.EVENTS_EMITTED.labels(self._service, row["topic"]).inc()
-        return len(rows)
+                               self._service, [r["id"] for r in sent] + list(parked))
+        for park in parked.values():
+            metrics.OUTBOX_PARKED_TOTAL.labels(self._service, park.reason).inc()
+        if parked:
+            first = next(iter(parked.values()))
+            log.error("outbox of %s: parked %d event(s) Kafka refused for good (%s: %s); their models' "
+                      "later events wait: `modelreg outbox list` shows them, `modelreg outbox retry` "
+                      "sends them again", self._service, len(parked), first.reason, first.error)
+            metrics.OUTBOX_PARKED.labels(self._service).inc(len(parked))
+        self.published += len(sent)
+        for row in sent:
+            metrics.EVENTS_EMITTED.labels(self._service, row["topic"]).inc()
+        retry = sum(1 for o in outcomes.values() if isinstance(o, BaseException))
+        return RelayPass(sent=len(sent), parked=len(parked), retry=retry)
+
+    async def _send_chain(self, chain: list[asyncpg.Record],
+                          outcomes: dict[int, BaseException | _Parked | None]) -> None:
+        """One model's rows, one at a time; the first that fails stops the chain (the rest are
+        not attempted, so nothing of this model overtakes it)."""
+        for row in chain:
+            outcome = await self._publish_traced(row)
+            outcomes[row["id"]] = outcome
+            if outcome is not None:
+                return
+
+    async def _publish_traced(self, row: asyncpg.Record) -> BaseException | _Parked | None:
+        """None once Kafka acknowledged the row; else why not (parked, or an error to retry)."""
+        # A producer span, where spans are recorded; otherwise the row's own trace context goes out.
+        span = telemetry.tracer.start_span(
+            f"{self._service} publish {row['topic']}", kind=SpanKind.PRODUCER,
+            context=telemetry.parent_from(((k, str(v).encode()) for k, v in row["headers"].items())),
+            attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"]}) \
+            if telemetry.recording() and isinstance(row["headers"], dict) else None
+        try:
+            await self._publish(row, span)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if span is not None:
+                span.record_exception(exc)
+            topic_missing = None
+            if isinstance(exc, UnknownTopicOrPartitionError) and self._topic_exists is not None:
+                exists = await self._topic_exists(self._topic_of(row["topic"]))
+                topic_missing = None if exists is None else not exists
+            decided = disposition(exc, topic_missing=topic_missing)
+            if decided.park:
+                return _Parked(reason=decided.reason or "refused", error=f"{type(exc).__name__}: {exc}"[:2000])
+            return exc
+        finally:
+            if span is not None:
+                span.end()
 
     async def _publish(self, row: asyncpg.Record, span: Any) -> Any:
         """Send with the producer span as the record's trace parent."""
         headers = row["headers"]
+        check_serializable(row["key"], row["value"], headers)
         if span is not None:
             headers = dict(headers)
             headers.pop("tracestate", None)
@@ -188,12 +262,10 @@ class OutboxRelay:
         return await future
 
     async def backlog(self, conn: asyncpg.Connection) -> int:
-        count = await conn.fetchval("SELECT count(*) FROM outbox WHERE service = $1", self._service)
+        count, parked = await conn.fetchrow(
+            """SELECT (SELECT count(*) FROM outbox WHERE service = $1),
+                      (SELECT count(*) FROM outbox_parked WHERE service = $1 AND state = 'parked')""",
+            self._service)
         metrics.OUTBOX_BACKLOG.labels(self._service).set(count)
+        metrics.OUTBOX_PARKED.labels(self._service).set(parked)
         return count
-
-
-def _refused_for_good(exc: BaseException) -> bool:
-    """Kafka will never take this record (as opposed to being unreachable for now)."""
-    return isinstance(exc, (MessageSizeTooLargeError, RecordTooLargeError, InvalidTopicError,
-                            UnsupportedForMessageFormatError))

@@ -93,7 +93,13 @@ class ServiceApp:
                 return await producer.send(topic, value, key=key.encode() if key else None,
                                            headers=[(k, v.encode()) for k, v in headers.items()])
 
-            self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic)
+            async def topic_exists(topic: str) -> bool | None:
+                try:
+                    return topic in (await producer.client.fetch_all_metadata()).topics()
+                except Exception:  # no answer: cannot tell, so the relay keeps retrying
+                    return None
+
+            self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic, topic_exists=topic_exists)
             self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
             self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
             await broker.start()

@@ -3,11 +3,17 @@
     modelreg dlq list [--service S] [--kind K] [--since T] [--limit N] [--json]
     modelreg dlq show ID [--json]          # the original bytes (as text where they are), the error, audit
     modelreg dlq redrive ID | --kind K [--service S] [--actor A] [--wait SECONDS]
+    modelreg dlq outbox list [--service S] [--all] [--json]   # events Kafka refused to take
+    modelreg dlq outbox retry ID... | --service S | --all     # send them again, first in line
+    modelreg dlq outbox discard ID... [--actor A]             # give up; the model's later events go
 
 `--since` takes RFC 3339 (2026-11-30T04:00:00Z) or an age (90s, 15m, 2h, 7d). A redrive is asked
 for here and performed by the audit writer (services/audit/dlq.py says why), which republishes
 the original record to its topic and records a `redriven` audit record; asking again for a
 letter already asked for changes nothing. The command waits for the audit writer by default.
+An outbox event Kafka refuses for good (no ACL for its topic, topic unknown, too large, not
+serializable) is parked rather than retried for ever, and holds back its model's later events
+(shared/outbox.py); `dlq outbox` shows and releases them.
 Exit codes: 0 done, 1 not found or failed, 2 bad usage.
 """
 
@@ -99,6 +105,77 @@ def add_parser(commands: Any) -> None:
     redrive.add_argument("--actor", type=_actor, default=None, help="who asks (default ops/$USER): the audit actor")
     redrive.add_argument("--wait", type=float, default=30.0,
                          help="seconds to wait for the audit writer to perform it (0: do not wait)")
+    _add_outbox_parser(actions)
+
+
+def _add_outbox_parser(actions: Any) -> None:
+    outbox = actions.add_parser("outbox", help="outbox events Kafka refused for good: list, retry, discard")
+    steps = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    listing = steps.add_parser("list", help="parked events, oldest first, with how many wait behind each")
+    listing.add_argument("--service", type=_word, help="of this service's outbox")
+    listing.add_argument("--all", action="store_true", help="discarded ones too")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100, max 1000)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    retry = steps.add_parser("retry", help="put parked events back in their outbox, ahead of their models' others")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("ids", nargs="*", type=_parked_id, default=[], help="parked event ids")
+    which.add_argument("--service", type=_word, help="every parked event of this service")
+    which.add_argument("--all", action="store_true", help="every parked event")
+    discard = steps.add_parser("discard", help="give up on parked events (kept, marked); their models' later events go")
+    discard.add_argument("ids", nargs="+", type=_parked_id)
+    discard.add_argument("--actor", type=_actor, default=None, help="who decides (default ops/$USER)")
+
+
+def _parked_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a parked event id (a number, as `dlq outbox list` shows)")
+    return int(text)
+
+
+async def _outbox(conn: Any, args: argparse.Namespace) -> int:
+    from shared import parked_outbox
+
+    if args.outbox_command == "list":
+        if not 1 <= args.limit <= parked_outbox.MAX_LIST:
+            raise UserError(f"--limit must be 1 to {parked_outbox.MAX_LIST}")
+        rows = await parked_outbox.list_parked(conn, service=args.service, include_discarded=args.all,
+                                               limit=args.limit)
+        if args.json:
+            import json
+            for row in rows:
+                print(json.dumps(row))
+            return 0
+        if not rows:
+            print("(no parked outbox events)")
+            return 0
+        from services.cli.people import _console, _escape, _table
+
+        table = _table("ID", "PARKED", "SERVICE", "TOPIC", "KEY", "REASON", "WAITING", "STATE", "ERROR")
+        for x in rows:
+            table.add_row(str(x["id"]), _short_time(x["parked_at"]), x["service"], x["topic"],
+                          _escape(x["key"] or "-"), x["reason"], str(x["held_back"]), x["state"],
+                          _escape(x["error"][:120]))
+        _console().print(table)
+        return 0
+    if args.outbox_command == "retry":
+        if not (args.ids or args.service or args.all):
+            raise UserError("name parked event ids, --service S or --all")
+        moved = await parked_outbox.retry_parked(conn, args.ids or None, service=args.service)
+        missing = sorted(set(args.ids) - set(moved))
+        for row_id in moved:
+            print(f"{row_id}: back in the outbox; its service's relay sends it next")
+        if missing:
+            raise UserError(f"not parked (unknown, already retried or discarded): {', '.join(map(str, missing))}")
+        if not moved:
+            print("(no parked outbox events)")
+        return 0
+    discarded = await parked_outbox.discard_parked(conn, args.ids, args.actor or _default_actor())
+    for row_id in discarded:
+        print(f"{row_id}: discarded; its model's later events are sent")
+    missing = sorted(set(args.ids) - set(discarded))
+    if missing:
+        raise UserError(f"not parked (unknown, already retried or discarded): {', '.join(map(str, missing))}")
+    return 0
 
 
 def command(args: argparse.Namespace) -> int:
@@ -119,9 +196,13 @@ async def _run(args: argparse.Namespace) -> int:
             return await _list(conn, args)
         if args.dlq_command == "show":
             return await _show(conn, args)
+        if args.dlq_command == "outbox":
+            return await _outbox(conn, args)
         return await _redrive(conn, args)
     except asyncpg.UndefinedTableError:
         raise UserError("the database lacks the dead_letters table: run `modelreg migrate`") from None
+    except asyncpg.UndefinedColumnError:
+        raise UserError("the database lacks migration 0014 (parked outbox state): run `modelreg migrate`") from None
     finally:
         await conn.close()
 

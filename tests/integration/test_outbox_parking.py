@@ -1,0 +1,176 @@
+"""The outbox relay on a real database (and, for ACLs, a real Kafka): a row Kafka refuses for
+good is parked and holds back its model only; a passing failure never reorders a model's
+events; ops retry or discard parked rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+
+from shared import parked_outbox
+from shared.broker import make_producer
+from shared.db import connect
+from shared.events import TOPICS
+from shared.kafka_acls import may_write
+from shared.outbox import OutboxRelay, OutboxRow, write_outbox
+from shared.settings import Settings
+from tests.support import Kafka, settings_for, signing_service
+
+
+class ScriptedKafka:
+    """A sender that fails chosen rows (by payload) as told, and records what went out, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str | None, bytes]] = []
+        self.fail: dict[bytes, list[BaseException]] = {}
+
+    async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        errors = self.fail.get(_payload(value))
+        if errors:
+            future.set_exception(errors.pop(0))
+        else:
+            self.sent.append((key, _payload(value)))
+            future.set_result(None)
+        await asyncio.sleep(0)  # let other chains interleave, as a real producer would
+        return future
+
+    def order_of(self, key: str) -> list[bytes]:
+        return [value for k, value in self.sent if k == key]
+
+
+def _payload(signed_value: bytes) -> bytes:
+    """The test's label inside the signed event."""
+    return json.loads(signed_value)["id"].encode()
+
+
+def _row(key: str | None, label: str, topic: str = "model.ingested") -> OutboxRow:
+    return OutboxRow(topic=topic, key=key, value=json.dumps({"id": label, "subject": key}).encode(),
+                     headers={"content-type": "application/cloudevents+json"})
+
+
+async def _write(conn: asyncpg.Connection, service: str, rows: list[OutboxRow]) -> None:
+    async with conn.transaction():
+        await write_outbox(conn, service, rows)
+
+
+async def test_a_refused_row_parks_and_holds_back_only_its_model(settings: Settings, db: asyncpg.Pool) -> None:
+    service = signing_service("outbox-park")
+    kafka = ScriptedKafka()
+    relay = OutboxRelay(settings.dsn, service, kafka.send, settings.topic, batch_size=100)
+    kafka.fail[b"a1"] = [TopicAuthorizationFailedError("model.ingested")]
+    conn = await connect(settings.dsn)
+    try:
+        await _write(conn, service, [_row("a", "a1"), _row("b", "b1"), _row("a", "a2"), _row("b", "b2"),
+                                     _row(None, "loose")])
+        done = await relay.relay_once(conn)
+        assert (done.sent, done.parked, done.retry) == (3, 1, 0)
+        assert kafka.order_of("b") == [b"b1", b"b2"] and kafka.order_of("a") == []
+        assert (None, b"loose") in kafka.sent
+        # Model a's next rows wait behind its parked row, however many passes run; b keeps flowing.
+        await _write(conn, service, [_row("a", "a3"), _row("b", "b3")])
+        await relay.relay_once(conn)
+        assert (await relay.relay_once(conn)).moved == 0
+        assert kafka.order_of("a") == [] and kafka.order_of("b") == [b"b1", b"b2", b"b3"]
+        parked = await parked_outbox.list_parked(conn, service=service)
+        assert [(p["key"], p["reason"], p["held_back"]) for p in parked] == [("a", "authorization", 2)]
+        assert "TopicAuthorizationFailedError" in parked[0]["error"]
+        assert await relay.backlog(conn) == 2
+
+        # Ops fix the cause and retry: the parked row goes first, then the ones it held back.
+        assert await parked_outbox.retry_parked(conn, [parked[0]["id"]]) == [parked[0]["id"]]
+        assert await parked_outbox.retry_parked(conn, [parked[0]["id"]]) == []  # once only
+        while (await relay.relay_once(conn)).moved:
+            pass
+        assert kafka.order_of("a") == [b"a1", b"a2", b"a3"]
+        assert await parked_outbox.list_parked(conn, service=service) == []
+        assert await relay.backlog(conn) == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_passing_failure_never_lets_a_models_later_event_overtake(settings: Settings,
+                                                                        db: asyncpg.Pool) -> None:
+    service = signing_service("outbox-order")
+    kafka = ScriptedKafka()
+    relay = OutboxRelay(settings.dsn, service, kafka.send, settings.topic, batch_size=100)
+    # The second of model m's five events fails twice (Kafka unreachable), the others would go.
+    kafka.fail[b"m2"] = [KafkaConnectionError(), KafkaConnectionError()]
+    conn = await connect(settings.dsn)
+    try:
+        await _write(conn, service, [_row("m", f"m{i}") for i in range(1, 6)] + [_row("n", "n1")])
+        first = await relay.relay_once(conn)
+        assert (first.sent, first.retry, first.parked) == (2, 1, 0)  # m1 and n1; m2 failed; m3.. not tried
+        assert kafka.order_of("m") == [b"m1"]
+        assert (await relay.relay_once(conn)).retry == 1
+        while (await relay.relay_once(conn)).moved:
+            pass
+        # Each event went out once, in the order it was written: nothing overtook m2.
+        assert kafka.order_of("m") == [b"m1", b"m2", b"m3", b"m4", b"m5"]
+        assert await parked_outbox.list_parked(conn, service=service) == []
+    finally:
+        await conn.close()
+
+
+async def test_discarding_a_parked_row_releases_its_model(settings: Settings, db: asyncpg.Pool) -> None:
+    service = signing_service("outbox-discard")
+    kafka = ScriptedKafka()
+    relay = OutboxRelay(settings.dsn, service, kafka.send, settings.topic, batch_size=100)
+    conn = await connect(settings.dsn)
+    try:
+        # A header that is not text cannot become a Kafka record, on any attempt.
+        async with conn.transaction():
+            await write_outbox(conn, service, [_row("d", "d1")])
+            await conn.execute("""UPDATE outbox SET headers = '{"content-type": 7}' WHERE service = $1""", service)
+        await _write(conn, service, [_row("d", "d2")])
+        done = await relay.relay_once(conn)
+        assert (done.sent, done.parked) == (0, 1)
+        [parked] = await parked_outbox.list_parked(conn, service=service)
+        assert parked["reason"] == "serialization"
+        assert await parked_outbox.discard_parked(conn, [parked["id"]], "ops/tester") == [parked["id"]]
+        await relay.relay_once(conn)
+        assert kafka.order_of("d") == [b"d2"]
+        [kept] = await parked_outbox.list_parked(conn, service=service, include_discarded=True)
+        assert (kept["state"], kept["discarded_by"]) == ("discarded", "ops/tester")
+        assert await parked_outbox.retry_parked(conn, [parked["id"]]) == []  # a discarded row stays discarded
+    finally:
+        await conn.close()
+
+
+async def test_a_topic_the_principal_may_not_write_parks_on_real_kafka(settings: Settings, db: asyncpg.Pool,
+                                                                      kafka: Kafka, endpoints: Any) -> None:
+    """ingest's own Kafka principal, held to its ACLs: an event for a topic it may not write is
+    parked (reason authorization) while its other events reach their topic."""
+    forbidden = next(t for t in TOPICS if not may_write("ingest", t, settings.topic_prefix))
+    allowed = "model.ingested"
+    assert may_write("ingest", allowed, settings.topic_prefix)
+    assert endpoints.kafka_principal_env, "this test needs a Kafka with per-principal ACLs (the local stack has them)"
+    principal = settings_for(settings, endpoints.kafka_principal_env["ingest"])
+    producer = make_producer(principal, client_id="modelreg-tests-outbox")
+    await producer.start()
+
+    async def send(topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
+        return await producer.send(topic, value, key=key.encode() if key else None,
+                                   headers=[(k, v.encode()) for k, v in headers.items()])
+
+    service = signing_service("outbox-acl")
+    relay = OutboxRelay(settings.dsn, service, send, settings.topic, batch_size=100)
+    blocked, flowing = f"acl-{uuid.uuid4().hex[:8]}", f"acl-{uuid.uuid4().hex[:8]}"
+    conn = await connect(settings.dsn)
+    try:
+        await _write(conn, service, [_row(blocked, "x1", topic=forbidden), _row(blocked, "x2", topic=allowed),
+                                     _row(flowing, "y1", topic=allowed)])
+        done = await relay.relay_once(conn)
+        assert (done.sent, done.parked, done.retry) == (1, 1, 0)
+        [parked] = await parked_outbox.list_parked(conn, service=service)
+        assert (parked["key"], parked["topic"], parked["reason"]) == (blocked, forbidden, "authorization")
+        await kafka.wait_for(allowed, lambda s: s.key == flowing)
+        assert kafka.matching(allowed, lambda s: s.key == blocked) == []
+    finally:
+        await conn.close()
+        await producer.stop()
