@@ -31,7 +31,7 @@ DRY_RUN=0
 
 ALL_TOPICS="model.registered model.ingested model.validated model.rejected qa.requested
 metrics.evaluated promotion.requested model.promoted model.demoted model.archived
-registry.audit registry.dlq"
+model.restored registry.audit registry.dlq"
 
 # allow PRINCIPAL OPERATION TOPIC... : one call for all the topics.
 allow() {
@@ -75,14 +75,15 @@ service() {
 
 service ingest     "model.registered" "model.ingested model.rejected"
 service validation "model.ingested" "model.validated model.rejected qa.requested"
-service promotion  "model.ingested model.validated model.rejected metrics.evaluated promotion.requested model.archived" \
+service promotion  "model.ingested model.validated model.rejected metrics.evaluated promotion.requested model.archived model.restored" \
                    "model.promoted model.demoted model.rejected"
-service archival   "model.ingested model.promoted model.demoted model.rejected" "model.archived"
+service archival   "model.ingested model.promoted model.demoted model.rejected promotion.requested" \
+                   "model.archived model.restored"
 # The audit writer reads the dead letters and redrives them: it republishes a refused record's
 # original bytes to the topic it came from, so it may write every topic a service consumes
 # (a redriven event keeps its original signature: consumers still check who signed it).
 REDRIVE="model.registered model.ingested model.validated model.rejected metrics.evaluated
-promotion.requested model.archived model.promoted model.demoted registry.audit registry.dlq"
+promotion.requested model.archived model.restored model.promoted model.demoted registry.audit registry.dlq"
 service audit      "registry.audit registry.dlq" "$REDRIVE"
 # The API publishes what people ask for over HTTP: registrations, evaluations, promotion requests.
 service api        "" "model.registered metrics.evaluated promotion.requested"

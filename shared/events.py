@@ -220,6 +220,17 @@ class ModelArchivedData(Data):
     restorable: bool = True
 
 
+class ModelRestoredData(Data):
+    """An archived version is back: its artifact is where it was before archiving (the same
+    URI and digest), and the version is in stage `none`, movable like any other."""
+
+    name: ModelName
+    version: VersionNumber
+    artifact_uri: Uri
+    actor: ShortText
+    reason: LongText | None = None
+
+
 class RegistryAuditData(Data):
     action: ReasonCode
     name: ModelName | Literal["_unknown"]
@@ -341,6 +352,10 @@ class ModelArchived(CloudEvent[ModelArchivedData]):
     topic = "model.archived"
 
 
+class ModelRestored(CloudEvent[ModelRestoredData]):
+    topic = "model.restored"
+
+
 class RegistryAudit(CloudEvent[RegistryAuditData]):
     topic = "registry.audit"
 
@@ -389,6 +404,9 @@ CATALOGUE: dict[str, EventSpec] = {
                   summary="A version left a stage (superseded, rollback, quarantine)."),
         EventSpec(envelope=ModelArchived, produced_by="archival",
                   summary="A version was archived and its artifact moved to cold storage."),
+        EventSpec(envelope=ModelRestored, produced_by="archival",
+                  summary="An archived version was restored by an approver: its artifact is back and "
+                          "its stage is none."),
         EventSpec(envelope=RegistryAudit, produced_by="every service",
                   summary="One state change (or refusal) for ops: the tamper-evident audit trail."),
         EventSpec(envelope=RegistryDlq, produced_by="every service",

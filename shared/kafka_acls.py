@@ -24,8 +24,9 @@ SERVICE_READS: dict[str, tuple[str, ...]] = {
     "ingest": ("model.registered",),
     "validation": ("model.ingested",),
     "promotion": ("model.ingested", "model.validated", "model.rejected", "metrics.evaluated",
-                  "promotion.requested", "model.archived"),
-    "archival": ("model.ingested", "model.promoted", "model.demoted", "model.rejected"),
+                  "promotion.requested", "model.archived", "model.restored"),
+    # promotion.requested: an approver's request to restore an archived version is archival's.
+    "archival": ("model.ingested", "model.promoted", "model.demoted", "model.rejected", "promotion.requested"),
     "audit": ("registry.audit", "registry.dlq"),
     "api": (),
 }
@@ -178,3 +179,34 @@ async def apply_acls(admin_settings: Any, prefix: str = "") -> None:
 async def remove_acls(admin_settings: Any, prefix: str) -> None:
     """Delete every ACL on the topics and groups of `prefix` (a test run's, at its end)."""
     await asyncio.to_thread(_delete, admin_settings, acl_plan(prefix))
+
+
+def strimzi_users(prefix: str = "") -> str:
+    """The ACL table as Strimzi KafkaUser resources (infra/k8s/strimzi/kafka-users.yaml is
+    this, below its header): `python -m shared.kafka_acls --strimzi` regenerates them."""
+    order = {"DESCRIBE": 0, "READ": 1, "WRITE": 2}
+    documents = []
+    for principal in (*SERVICE_PRINCIPALS, *OUTSIDE_ROLES):
+        resources: dict[tuple[str, str, str], list[str]] = {}
+        for rule in acl_plan(prefix):
+            if rule.principal == principal:
+                resources.setdefault((rule.resource, rule.name, rule.pattern), []).append(rule.operation)
+        acls = []
+        for (kind, name, pattern), operations in sorted(resources.items()):
+            ops = ", ".join(op.capitalize() for op in sorted(operations, key=order.__getitem__))
+            acls.append(f"      - resource:\n          type: {kind}\n          name: {name}\n"
+                        f"          patternType: {pattern.lower()}\n        operations: [{ops}]\n")
+        documents.append(
+            "---\napiVersion: kafka.strimzi.io/v1beta2\nkind: KafkaUser\nmetadata:\n"
+            f"  name: {principal}\n  labels:\n    strimzi.io/cluster: modelreg-kafka\n"
+            "    app.kubernetes.io/part-of: modelreg\nspec:\n  authentication:\n    type: scram-sha-512\n"
+            "  authorization:\n    type: simple\n    acls:\n" + "".join(acls))
+    return "".join(documents)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--strimzi"]:
+        sys.exit("usage: python -m shared.kafka_acls --strimzi  (prints the Strimzi KafkaUser resources)")
+    sys.stdout.write(strimzi_users())

@@ -38,7 +38,7 @@ SERVICE_EVENT_TYPES: dict[str, tuple[str, ...]] = {
     "ingest": ("model.ingested", "model.rejected"),
     "validation": ("model.validated", "model.rejected", "qa.requested"),
     "promotion": ("model.promoted", "model.demoted", "model.rejected"),
-    "archival": ("model.archived",),
+    "archival": ("model.archived", "model.restored"),
     "audit": (),  # the audit writer signs its checkpoints, which are registry.audit records
     # What people ask for over HTTP: outside producers' types, signed so that the registry can
     # tell the API's requests (made for a token's identity) from any other client's.

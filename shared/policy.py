@@ -142,6 +142,14 @@ class Rule:
         """Whether QA results from the version's own author are ignored (separation of duties)."""
         return bool(self.thresholds) if self.evaluator_not_author is None else self.evaluator_not_author
 
+    def refuse_approver(self, actor: str, registered_by: str | None) -> str | None:
+        """Why `actor` may not move this model's version by hand (None: they may)."""
+        if actor not in self.approvers:
+            return f"{actor} is not an approver for this model"
+        if registered_by is not None and actor == registered_by:
+            return f"{actor} registered this version and cannot approve it (separation of duties)"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         retention, validation = self.retention, self.validation
         return {

@@ -30,10 +30,11 @@ CONSUMED_BY = {
     "model.rejected": ["archival"],
     "qa.requested": ["QA systems"],
     "metrics.evaluated": ["promotion"],
-    "promotion.requested": ["promotion"],
+    "promotion.requested": ["promotion", "archival (restores)"],
     "model.promoted": ["archival", "deployment systems"],
     "model.demoted": ["archival"],
-    "model.archived": ["ops"],
+    "model.archived": ["promotion", "ops"],
+    "model.restored": ["promotion", "ops"],
     "registry.audit": ["audit writer", "ops"],
     "registry.dlq": ["ops"],
 }
@@ -98,6 +99,11 @@ _EXAMPLE_DATA: dict[str, dict[str, Any]] = {
     "model.archived": {
         "name": "fraud-detector", "version": 1, "from_stage": "staging", "reason": "superseded",
         "restorable": True,
+    },
+    "model.restored": {
+        "name": "fraud-detector", "version": 1, "actor": "alice",
+        "artifact_uri": "s3://modelreg-artifacts/fraud-detector/sha256/9f86d081884c7d65.bin",
+        "reason": "bring v1 back for a comparison run",
     },
     "registry.audit": {
         "action": "promoted", "name": "fraud-detector", "version": 3, "from_stage": "staging",

@@ -32,7 +32,7 @@ from shared.keys import (
 # Topics only the registry's services write; every record on them must be signed.
 INTERNAL_TOPICS: frozenset[str] = frozenset({
     "model.ingested", "model.validated", "model.rejected", "qa.requested", "model.promoted",
-    "model.demoted", "model.archived", "registry.audit", "registry.dlq",
+    "model.demoted", "model.archived", "model.restored", "registry.audit", "registry.dlq",
 })
 
 _keys: dict[str, SigningKey] = {}

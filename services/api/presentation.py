@@ -106,12 +106,14 @@ def chart_svg(metric: str, points: Sequence[Point], lines: Sequence[Line], *, wi
 
 
 def change_kind(change: Mapping[str, Any]) -> str:
-    """promotion, demotion, rollback or archive: how the timeline marks a stage change."""
+    """promotion, demotion, rollback, archive or restore: how the timeline marks a stage change."""
     if change.get("reason") == "rollback":
         return "rollback"
     to_stage, from_stage = change.get("to_stage"), change.get("from_stage") or "none"
     if to_stage == "archived":
         return "archive"
+    if from_stage == "archived":
+        return "restore"
     if _STAGE_RANK.get(to_stage or "none", 0) >= _STAGE_RANK.get(from_stage, 0):
         return "promotion"
     return "demotion"
@@ -126,6 +128,8 @@ def change_text(change: Mapping[str, Any]) -> str:
         return f"{version} rolled back out of production"
     if kind == "archive":
         return f"{version} archived ({change.get('reason') or 'archived'})"
+    if kind == "restore":
+        return f"{version} restored from the archive ({change.get('reason') or 'restored'})"
     return f"{version} {change.get('from_stage') or 'none'} → {change.get('to_stage')} ({change.get('reason') or kind})"
 
 

@@ -16,14 +16,24 @@ from typing import Any
 import asyncpg
 
 from shared.consumer import ServiceHandlers, Tx
-from shared.events import ModelArchived, ModelArchivedData, ModelDemoted, ModelIngested, ModelPromoted, ModelRejected
+from shared.events import (
+    ModelArchived,
+    ModelArchivedData,
+    ModelDemoted,
+    ModelIngested,
+    ModelPromoted,
+    ModelRejected,
+    ModelRestored,
+    ModelRestoredData,
+    PromotionRequested,
+)
 from shared.outbox import write_outbox
 from shared.policy import Retention
 from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
 
-from .cold import move_to_cold
-from .logic import Kept, due_by_time, superseded_beyond_keep
+from .cold import move_from_cold, move_to_cold
+from .logic import Kept, decide_restore, due_by_time, superseded_beyond_keep
 
 SERVICE = "archival"
 log = logging.getLogger(__name__)
@@ -143,6 +153,39 @@ class Archival:
                                           "restorable": restorable}, correlation=correlation)
         return True
 
+    async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
+        """An approver asks for an archived version back (stage `none`): the artifact returns
+        from cold storage and the version is movable again. Promotion leaves these requests to
+        us, and decides every other one."""
+        data = event.data
+        if data.to_stage != "none":
+            return
+        row = await tx.conn.fetchrow(
+            """SELECT artifact_uri, archive_uri, archived_at, rejected_at, correlation_id FROM archival_versions
+               WHERE name = $1 AND version = $2 FOR UPDATE""", data.name, data.version)
+        if row is None or row["archived_at"] is None:
+            return  # not archived: a move down to none, promotion's
+        correlation = row["correlation_id"]
+        decision = decide_restore(self.policy.rule_for(data.name), actor=data.actor, archive_uri=row["archive_uri"],
+                                  rejected=row["rejected_at"] is not None)
+        evidence = {"requested_by": data.actor, "request_reason": data.reason, "archive_uri": row["archive_uri"],
+                    "artifact_uri": row["artifact_uri"]}
+        if not decision.restore:
+            tx.audit("restore_refused", name=data.name, version=data.version, from_stage="archived",
+                     to_stage="none", actor=data.actor, reason=decision.detail, evidence=evidence,
+                     correlation=correlation)
+            return
+        await move_from_cold(self.resources.store, row["artifact_uri"])
+        await tx.conn.execute(
+            """UPDATE archival_versions SET stage = 'none', stage_event_time = $3, archived_at = NULL,
+                      archive_uri = NULL, staged_at = NULL, superseded_at = NULL, updated_at = now()
+               WHERE name = $1 AND version = $2""", data.name, data.version, event.time)
+        tx.emit(ModelRestored, ModelRestoredData(name=data.name, version=data.version,
+                                                 artifact_uri=row["artifact_uri"], actor=data.actor,
+                                                 reason=data.reason), correlation=correlation)
+        tx.audit("restored", name=data.name, version=data.version, from_stage="archived", to_stage="none",
+                 actor=data.actor, reason=decision.detail, evidence=evidence, correlation=correlation)
+
     # -- the periodic sweep ------------------------------------------------------------------
 
     async def sweep_forever(self) -> None:
@@ -217,6 +260,7 @@ def build(resources: Resources) -> ServiceHandlers:
         "model.promoted": archival.on_promoted,
         "model.demoted": archival.on_demoted,
         "model.rejected": archival.on_rejected,
+        "promotion.requested": archival.on_requested,
     }, background=(archival.sweep_forever,), batch_scope=archival.batch_scope)
 
 

@@ -33,3 +33,19 @@ async def move_to_cold(store: ObjectStore, uri: str) -> str | None:
         await store.client.copy_object(**copy)  # a server without cold classes: prefix and tag only
     await store.client.delete_object(Bucket=source.bucket, Key=source.key)
     return target.uri
+
+
+async def move_from_cold(store: ObjectStore, uri: str) -> None:
+    """Bring an archived artifact back to `uri`, where it was before archiving, in the default
+    storage class and untagged. Idempotent like the move out: a restore that already happened
+    is found and not redone (the archive copy is deleted only once the artifact is back)."""
+    source = archive_location(uri)
+    target = parse_s3_uri(uri)
+    if await store.head(source) is None:
+        if await store.head(target) is None:
+            raise FileNotFoundError(f"neither {uri} nor its archive copy {source.uri} exists")
+        return
+    await store.client.copy_object(Bucket=target.bucket, Key=target.key,
+                                   CopySource={"Bucket": source.bucket, "Key": source.key},
+                                   TaggingDirective="REPLACE", Tagging="", MetadataDirective="COPY")
+    await store.client.delete_object(Bucket=source.bucket, Key=source.key)

@@ -95,7 +95,7 @@ def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
     evidence = dict(record.evidence)
     action = record.action
     if action not in ("ingested", "rejected", "validated", "quarantined", "evaluated", "promoted", "demoted",
-                      "archived"):
+                      "archived", "restored"):
         return  # held, refusals, approvals, dead letters: the audit log has them, the view needs none
     row = _version(changes, seq, record)
     if action == "ingested":
@@ -123,12 +123,14 @@ def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
             "environment": evidence.get("environment"), "metrics": evidence.get("metrics", {}),
             "passed": evidence.get("passed"), "evaluator": evidence.get("evaluator"),
             "dataset": evidence.get("dataset"), "at": record.occurred_at})
-    else:  # promoted, demoted, archived: a stage change
+    else:  # promoted, demoted, archived, restored: a stage change
         to_stage = record.to_stage or "archived"
         if action == "demoted" and to_stage == "archived":
             to_stage = "none"  # archived once archival has moved the artifact
         if action == "archived":
             row["archive_uri"] = evidence.get("archive_uri")
+        elif action == "restored":
+            row["archive_uri"] = None  # the artifact is back where it was
         from_stage = row["stage"]
         row["stage"] = to_stage
         changes.stage_changes.append({

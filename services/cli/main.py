@@ -140,7 +140,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
         app = _service_factory(args.service)(settings)
         asyncio.run(app.run_until_signalled())
         return 0
-    if args.command in ("register", "evaluate", "promote"):
+    if args.command in ("register", "evaluate", "promote", "restore"):
         from services.cli import tools
         return tools.command(args)
     if args.command == "replay":

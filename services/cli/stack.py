@@ -13,7 +13,8 @@ from shared.stack.proc import alive
 
 CLIENT_PRINCIPALS = tuple(p for p in PRINCIPALS if p != BROKER)
 # Who a command of a source checkout connects as, when no KAFKA_* setting says otherwise.
-COMMAND_PRINCIPALS = {"register": "pipeline", "evaluate": "qa", "promote": "ops", "replay": "reader",
+COMMAND_PRINCIPALS = {"register": "pipeline", "evaluate": "qa", "promote": "ops", "restore": "ops",
+                      "replay": "reader",
                       "bench": "admin"}
 
 # Settings every client shares; the Kafka ones differ per principal (`credentials ROLE`).

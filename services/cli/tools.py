@@ -1,4 +1,4 @@
-"""`modelreg register | evaluate | promote`: the SDK's calls from a shell."""
+"""`modelreg register | evaluate | promote | restore`: the SDK's calls from a shell."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     promote.add_argument("--to", dest="to_stage", required=True, choices=STAGES)
     promote.add_argument("--actor", required=True)
     promote.add_argument("--reason", required=True)
+
+    restore = commands.add_parser("restore", help="bring an archived version back to stage none, its artifact out "
+                                                  "of cold storage (approvers only; promotion.requested to none)")
+    restore.add_argument("name")
+    restore.add_argument("version", type=int)
+    restore.add_argument("--actor", required=True)
+    restore.add_argument("--reason", required=True)
+    restore.set_defaults(to_stage="none")
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -126,8 +134,9 @@ def command(args: argparse.Namespace) -> int:
                 return f"published metrics.evaluated {event_id} for {args.name} v{args.version}"
             event_id = await registry.request_promotion(args.name, args.version, to_stage=args.to_stage,
                                                         actor=args.actor, reason=args.reason)
-            return (f"published promotion.requested {event_id}: {args.name} v{args.version} -> "
-                    f"{args.to_stage} by {args.actor} (follow it with `modelreg audit tail --model {args.name}`)")
+            move = "restore from the archive" if args.command == "restore" else f"-> {args.to_stage}"
+            return (f"published promotion.requested {event_id}: {args.name} v{args.version} {move} by "
+                    f"{args.actor} (follow it with `modelreg audit tail --model {args.name}`)")
 
     try:
         print(asyncio.run(asyncio.wait_for(run(), timeout=600)))

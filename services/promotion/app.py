@@ -26,6 +26,7 @@ from shared.events import (
     ModelPromotedData,
     ModelRejected,
     ModelRejectedData,
+    ModelRestored,
     ModelValidated,
     PromotionRequested,
     Reason,
@@ -33,9 +34,10 @@ from shared.events import (
 from shared.policy import Rule
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
-from shared.storage import parse_s3_uri
+from shared.manifest import canonical_manifest, is_directory_uri
 
 from . import early
+from .integrity import verify_artifact
 from .logic import (
     Champion,
     Result,
@@ -81,7 +83,8 @@ class Promotion:
         waited = self.batch.add_version(
             name=data.name, version=data.version, sha256=data.artifact.sha256,
             artifact_uri=data.artifact.uri, registered_by=data.registered_by, correlation_id=event.correlation,
-            traceparent=telemetry.current_traceparent().get("traceparent"))
+            traceparent=telemetry.current_traceparent().get("traceparent"),
+            manifest=None if data.artifact.files is None else canonical_manifest(data.artifact.manifest() or []).decode())
         if waited:
             await early.replay(tx, data.name, waited, self.waits_for_version)
 
@@ -120,6 +123,14 @@ class Promotion:
             self.batch.set_stage(row, "archived", reason=data.reason, actor=event.source, event_id=event.id,
                                  evidence={"restorable": data.restorable}, at=event.time)
 
+    async def on_restored(self, tx: Tx, event: ModelRestored) -> None:
+        """Archival brought an archived version back: it is in `none`, movable by hand again."""
+        data = event.data
+        row = await self._version(tx, data.name, data.version)
+        if row is not None and row.stage == "archived":
+            self.batch.set_stage(row, "none", reason="restored", actor=data.actor, event_id=event.id,
+                                 evidence={"artifact_uri": data.artifact_uri}, at=event.time, superseded_at=None)
+
     async def _version(self, tx: Tx, name: str, version: int) -> VersionRow | None:
         """The version (its model locked by the batch); None, the event held for later, if not seen yet."""
         row = self.batch.get(name, version)
@@ -133,7 +144,8 @@ class Promotion:
     @property
     def waits_for_version(self) -> dict[str, Any]:
         return {"model.validated": self.on_validated, "metrics.evaluated": self.on_evaluated,
-                "promotion.requested": self.on_requested, "model.rejected": self.on_rejected}
+                "promotion.requested": self.on_requested, "model.rejected": self.on_rejected,
+                "model.restored": self.on_restored}
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -216,24 +228,21 @@ class Promotion:
         return True
 
     async def _artifact_intact(self, tx: Tx, row: VersionRow) -> bool:
-        """Before any move to production: the stored bytes must still hash to the record."""
-        try:
-            with telemetry.span("promotion verify artifact", attributes={"modelreg.model": row.name,
-                                                                         "modelreg.version": row.version}):
-                found = await self.resources.store.digest(parse_s3_uri(row.artifact_uri))
-        except ValueError:
-            found = None
-        found_sha = found[0] if found else None
-        if found_sha == row.sha256:
+        """Before any move to production: the stored bytes must still hash to the record (a
+        directory's files, each, to its manifest)."""
+        manifest = await self.batch.manifest(row.name, row.version) if is_directory_uri(row.artifact_uri) else None
+        with telemetry.span("promotion verify artifact", attributes={"modelreg.model": row.name,
+                                                                     "modelreg.version": row.version}):
+            verdict = await verify_artifact(self.resources.store, row.artifact_uri, row.sha256, manifest)
+        if verdict.intact:
             return True
-        message = (f"stored artifact {row.artifact_uri} hashes to {found_sha or 'nothing (missing)'}; "
-                   f"expected {row.sha256}")
+        message = verdict.message
         metrics.PROMOTION_DECISIONS.labels("quarantined").inc()
         self.batch.update(row.name, row.version, blocked="quarantined")
         tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
                                                  reasons=[Reason(code="checksum_mismatch", message=message)]),
                 correlation=row.correlation_id)
-        found_evidence = {"expected_sha256": row.sha256, "found_sha256": found_sha, "artifact_uri": row.artifact_uri}
+        found_evidence = verdict.evidence
         tx.audit("quarantined", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
                  reason=message, evidence=found_evidence, correlation=row.correlation_id)
         await self._take_down(tx, row, "quarantined", message, found_evidence)
@@ -275,6 +284,8 @@ class Promotion:
                                  stage=row.stage, blocked=row.blocked, validated=row.validated,
                                  approvals=self.batch.approvals(row.name, row.version, data.to_stage))
         base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
+        if decision.outcome == "elsewhere":
+            return
         metrics.PROMOTION_DECISIONS.labels(f"manual_{decision.outcome}").inc()
         if decision.outcome == "refuse":
             tx.audit("promotion_refused", name=row.name, version=row.version, from_stage=row.stage,
@@ -358,6 +369,7 @@ def build(resources: Resources) -> ServiceHandlers:
         "metrics.evaluated": promotion.on_evaluated,
         "promotion.requested": promotion.on_requested,
         "model.archived": promotion.on_archived,
+        "model.restored": promotion.on_restored,
     })
 
 

@@ -243,7 +243,7 @@ def choose_restore(candidates: Sequence[Restorable], previous_champion: int | No
 
 @dataclass(frozen=True)
 class ManualDecision:
-    outcome: str  # "approve", "pending", "refuse"
+    outcome: str  # "approve", "pending", "refuse", "elsewhere" (another service decides)
     detail: str
     approvers: tuple[str, ...] = ()
     needed: int = 1
@@ -252,13 +252,13 @@ class ManualDecision:
 def decide_manual(rule: Rule, *, actor: str, to_stage: str, registered_by: str | None,
                   stage: str, blocked: str | None, validated: bool, approvals: Iterable[str]) -> ManualDecision:
     """Who may move a version by hand, and whether enough distinct approvers have asked."""
-    if actor not in rule.approvers:
-        return ManualDecision("refuse", f"{actor} is not an approver for this model")
-    if registered_by is not None and actor == registered_by:
-        return ManualDecision("refuse", f"{actor} registered this version and cannot approve it "
-                                        "(separation of duties)")
+    if stage == "archived" and to_stage == "none":
+        return ManualDecision("elsewhere", "restoring an archived version is archival's to decide")
+    if (refusal := rule.refuse_approver(actor, registered_by)) is not None:
+        return ManualDecision("refuse", refusal)
     if stage == "archived":
-        return ManualDecision("refuse", "the version is archived; restore it first")
+        return ManualDecision("refuse", "the version is archived; restore it first (request stage none: "
+                                        "`modelreg restore NAME VERSION`)")
     if blocked is not None and to_stage in ("staging", "production"):
         return ManualDecision("refuse", f"the version is {blocked} and can never be promoted")
     if not validated and to_stage in ("staging", "production"):

@@ -152,3 +152,66 @@ async def test_manual_moves_reach_every_stage_and_an_archived_version_stays_arch
     await kafka.publish("promotion.requested", requested(name, 1, "production", "bob"))
     refused = (await kafka.wait_for("registry.audit", audit_of(name, "promotion_refused", 1)))[0]
     assert "archived" in refused.data["reason"]
+
+
+async def test_an_approver_restores_an_archived_version_which_can_then_move_up_again(
+        settings: Settings, kafka: Kafka, pipeline, db: asyncpg.Pool) -> None:
+    name = unique_name("manual")
+    await register(settings, kafka, name, 1)
+    await kafka.wait_for("model.validated", for_model(name, 1))
+    await kafka.publish("promotion.requested", requested(name, 1, "archived", "bob"))
+    await kafka.wait_for("model.archived", for_model(name, 1))
+    await _in_cold_storage(settings, db, name, 1)
+    row = await db.fetchrow("SELECT artifact_uri, archive_uri FROM archival_versions WHERE name = $1 AND version = 1",
+                            name)
+
+    # Someone who is no approver asks first: refused by archival, with the reason; nothing moves.
+    await kafka.publish("promotion.requested", requested(name, 1, "none", "mallory"))
+    refused = (await kafka.wait_for("registry.audit", audit_of(name, "restore_refused", 1)))[0]
+    assert "not an approver" in refused.data["reason"] and refused.data["actor"] == "mallory"
+    assert not kafka.matching("model.restored", for_model(name, 1))
+
+    await kafka.publish("promotion.requested", requested(name, 1, "none", "alice"))
+    restored = (await kafka.wait_for("model.restored", for_model(name, 1)))[0]
+    assert (restored.data["actor"], restored.data["artifact_uri"]) == ("alice", row["artifact_uri"])
+    assert restored.event["source"] == "modelreg/archival" and restored.event["signingkey"]
+    record = (await kafka.wait_for("registry.audit", audit_of(name, "restored", 1)))[0]
+    assert (record.data["from_stage"], record.data["to_stage"], record.data["actor"]) == ("archived", "none", "alice")
+    # The bytes are back where they were, untagged, and the archive copy is gone.
+    async with ObjectStore(settings) as store:
+        back, cold = parse_s3_uri(row["artifact_uri"]), parse_s3_uri(row["archive_uri"])
+        assert await store.head(back) is not None and await store.head(cold) is None
+        assert (await store.client.get_object_tagging(Bucket=back.bucket, Key=back.key))["TagSet"] == []
+    # Every service that keeps a stage agrees it is `none` now, and the read model shows no archive copy.
+    assert await eventually(lambda: db.fetchval(
+        "SELECT stage = 'none' FROM promotion_versions WHERE name = $1 AND version = 1", name))
+    assert await db.fetchval("SELECT stage = 'none' AND archived_at IS NULL FROM archival_versions "
+                             "WHERE name = $1 AND version = 1", name)
+    assert await eventually(lambda: db.fetchval(
+        "SELECT stage = 'none' AND archive_uri IS NULL FROM view_versions WHERE name = $1 AND version = 1", name))
+
+    # And it moves up like any version: the integrity check finds the restored bytes intact.
+    await kafka.publish("promotion.requested", requested(name, 1, "production", "bob"))
+    crowned = (await kafka.wait_for("model.promoted", promoted(name, 1, "production", "manual")))[0]
+    assert crowned.data["from_stage"] == "none"
+    assert not kafka.matching("model.rejected", for_model(name, 1))
+
+
+async def test_a_rejected_version_cannot_be_restored(
+        settings: Settings, kafka: Kafka, pipeline, db: asyncpg.Pool) -> None:
+    class Exploit:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (eval, ("1+1",))
+
+    name = unique_name("manual")
+    artifact = await put_artifact(settings, f"inbox/{name}/evil.pkl", pickle.dumps(Exploit()))
+    await kafka.publish("model.registered", registered(name, artifact))
+    await kafka.wait_for("model.rejected", for_model(name, 1))
+    await kafka.publish("promotion.requested", requested(name, 1, "archived", "bob"))
+    await kafka.wait_for("model.archived", for_model(name, 1))
+    await kafka.publish("promotion.requested", requested(name, 1, "none", "alice"))
+    refused = (await kafka.wait_for("registry.audit", audit_of(name, "restore_refused", 1)))[0]
+    assert "rejected" in refused.data["reason"]
+    assert await db.fetchval("SELECT archived_at IS NOT NULL FROM archival_versions WHERE name = $1 AND version = 1",
+                             name)
+    assert not kafka.matching("model.restored", for_model(name, 1))

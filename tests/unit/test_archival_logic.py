@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.archival.logic import Kept, ToArchive, due_by_time, superseded_beyond_keep
+from services.archival.logic import Kept, ToArchive, decide_restore, due_by_time, superseded_beyond_keep
 from shared.policy import Retention, parse_policy
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -152,3 +152,26 @@ def test_due_by_time_sorts_each_version_into_its_reason() -> None:
 
 def test_nothing_is_due_in_an_empty_registry() -> None:
     assert due_by_time([], MAX_AGE, NOW) == []
+
+
+# ---------------------------------------------------------------------------- restore
+
+APPROVERS = parse_policy("rules:\n  - match: '*'\n    approvers: [alice, bob]\n").rule_for("m")
+COLD = "s3://artifacts/archive/m/sha256/ab.bin"
+
+
+def test_an_approver_restores_a_version_kept_in_cold_storage() -> None:
+    decision = decide_restore(APPROVERS, actor="alice", archive_uri=COLD, rejected=False)
+    assert decision.restore and "alice" in decision.detail
+
+
+@pytest.mark.parametrize(("actor", "archive_uri", "rejected", "why"), [
+    ("mallory", COLD, False, "not an approver"),
+    ("alice", COLD, True, "rejected"),
+    ("alice", None, False, "without an artifact"),
+    ("mallory", None, True, "not an approver"),  # who asks is checked first
+])
+def test_a_restore_is_refused_with_its_reason(actor: str, archive_uri: str | None, rejected: bool,
+                                              why: str) -> None:
+    decision = decide_restore(APPROVERS, actor=actor, archive_uri=archive_uri, rejected=rejected)
+    assert not decision.restore and why in decision.detail

@@ -177,7 +177,7 @@ def test_services_write_only_what_they_emit_plus_audit_and_dead_letters():
                                     "registry.dlq"}
     assert writes("promotion") == {"model.promoted", "model.demoted", "model.rejected", "registry.audit",
                                    "registry.dlq"}
-    assert writes("archival") == {"model.archived", "registry.audit", "registry.dlq"}
+    assert writes("archival") == {"model.archived", "model.restored", "registry.audit", "registry.dlq"}
     # The audit writer redrives dead letters to the topic they were refused on (any a service
     # consumes); a redriven event keeps its signature, which consumers check.
     assert writes("audit") == {"registry.audit", "registry.dlq", *REDRIVE_TOPICS}

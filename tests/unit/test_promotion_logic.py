@@ -499,10 +499,17 @@ def test_an_unknown_registering_actor_does_not_block_approval() -> None:
     assert manual(approvers_rule(1), registered_by=None).outcome == "approve"
 
 
-@pytest.mark.parametrize("to_stage", ["production", "staging", "none"])
+@pytest.mark.parametrize("to_stage", ["production", "staging"])
 def test_an_archived_version_must_be_restored_first(to_stage: str) -> None:
     decision = manual(approvers_rule(1), stage="archived", to_stage=to_stage)
-    assert decision.outcome == "refuse" and "archived" in decision.detail
+    assert decision.outcome == "refuse" and "restore it first" in decision.detail
+
+
+@pytest.mark.parametrize("actor", ["alice", "mallory", "dave"])
+def test_restoring_an_archived_version_is_left_to_archival(actor: str) -> None:
+    """A request to bring an archived version back to none is archival's to decide (and to
+    refuse): promotion neither refuses nor records it, whoever asks."""
+    assert manual(approvers_rule(1), actor=actor, stage="archived", to_stage="none").outcome == "elsewhere"
 
 
 @pytest.mark.parametrize("to_stage", ["production", "staging"])
