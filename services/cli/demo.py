@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from services.cli.main import SERVICES
+from services.cli.service_names import SERVICES
 from services.cli.up import service_env
 from shared.kafka_acls import role_group_prefix
 from shared.kafka_security import kafka_client_options

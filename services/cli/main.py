@@ -14,15 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from services.cli.errors import UserError
+from services.cli.service_names import SERVICES
 from shared.policy import PolicyError
 from shared.keys import KeyFileError
 from shared.settings import SettingsError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "api")
 
 
 def _service_factory(name: str) -> Callable:  # type: ignore[type-arg]

@@ -30,7 +30,7 @@ def command(args: argparse.Namespace) -> int:
                       s3=args.s3_port or current.s3)
         stack.up(ports)
         if not args.infra_only:
-            from services.cli.main import SERVICES
+            from services.cli.service_names import SERVICES
             from services.cli.up import service_env
 
             stack.start_services(SERVICES, service_env())
@@ -46,7 +46,7 @@ def command(args: argparse.Namespace) -> int:
     if args.stack_command == "kafka-auth":
         from pathlib import Path
 
-        from shared.stack.kafka_auth import write_compose_kafka
+        from shared.stack.compose_kafka import write_compose_kafka
 
         write_compose_kafka(Path(args.dir), Path(args.ca_dir), args.owner)
         print(f"wrote Kafka's CA, certificate and config to {args.dir}, the CA to {args.ca_dir}")

@@ -15,7 +15,6 @@ import ipaddress
 import json
 import os
 import secrets
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +57,14 @@ class KafkaAuth:
         os.chmod(self.dir, 0o700)
         if not (self.ca_file.exists() and self.broker_keystore.exists()):
             ca_key_pem, ca_pem, broker_pem = _certificates(hosts)
-            _write_private(self.dir / "ca-key.pem", ca_key_pem)
-            _write_private(self.ca_file, ca_pem)
-            _write_private(self.broker_keystore, broker_pem)
+            write_private(self.dir / "ca-key.pem", ca_key_pem)
+            write_private(self.ca_file, ca_pem)
+            write_private(self.broker_keystore, broker_pem)
         stored = self.passwords() if self.credentials_file.exists() else {}
         known = {**stored, **(passwords or {})}
         wanted = {name: known.get(name) or secrets.token_urlsafe(24) for name in PRINCIPALS}
         if wanted != stored:
-            _write_private(self.credentials_file, json.dumps(wanted, indent=2).encode())
+            write_private(self.credentials_file, json.dumps(wanted, indent=2).encode())
 
     def passwords(self) -> dict[str, str]:
         return dict(json.loads(self.credentials_file.read_text()))
@@ -87,7 +86,7 @@ class KafkaAuth:
         }
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Written 0600 from the start (no window in which another user could read it)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -145,40 +144,3 @@ def _certificates(hosts: tuple[str, ...]) -> tuple[bytes, bytes, bytes]:
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     broker_pem = pkcs8(broker_key) + broker_cert.public_bytes(serialization.Encoding.PEM) + ca_pem
     return pkcs8(ca_key), ca_pem, broker_pem
-
-
-def write_compose_kafka(auth_dir: Path, ca_dir: Path, owner: int | None) -> None:
-    """What docker-compose.yml's Kafka container starts from, in `auth_dir` (its volume): the
-    CA and broker certificate (for the hosts `kafka` and `localhost`), `server.properties`,
-    `start.sh` (formats the storage with every principal's SCRAM credentials, then runs the
-    broker) and `admin.properties` (its health check's client config); the CA alone in
-    `ca_dir`, the volume the services mount. Passwords come from MODELREG_KAFKA_<NAME>_PASSWORD
-    (docker compose reads them from .env); `owner` is the uid the Kafka image runs as."""
-    from shared.stack.kafka import broker_properties, secured_listeners
-
-    given = {name: os.environ[f"MODELREG_KAFKA_{name.upper()}_PASSWORD"] for name in PRINCIPALS
-             if os.environ.get(f"MODELREG_KAFKA_{name.upper()}_PASSWORD")}
-    auth = KafkaAuth(auth_dir)
-    auth.ensure(hosts=("kafka", "localhost"), passwords=given)
-    listeners = secured_listeners({"INTERNAL": ("0.0.0.0:9092", "kafka:9092"),
-                                   "EXTERNAL": ("0.0.0.0:29092", "localhost:9092")}, "localhost:9093", auth)
-    _write_private(auth_dir / "server.properties",
-                   broker_properties("/var/lib/kafka/data", "localhost:9093", listeners).encode())
-    scram = " ".join(f"--add-scram {shlex.quote(f'{SASL_MECHANISM}=[name={name},password={password}]')}"
-                     for name, password in auth.passwords().items())
-    _write_private(auth_dir / "start.sh", (
-        "#!/bin/bash\nset -euo pipefail\n"
-        f"/opt/kafka/bin/kafka-storage.sh format --standalone --ignore-formatted -t \"$CLUSTER_ID\" "
-        f"-c {auth_dir}/server.properties {scram} >/dev/null\n"
-        f"exec /opt/kafka/bin/kafka-server-start.sh {auth_dir}/server.properties\n").encode())
-    _write_private(auth_dir / "admin.properties", "\n".join([
-        "security.protocol=SASL_SSL", f"sasl.mechanism={SASL_MECHANISM}",
-        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{ADMIN}" password="{auth.password(ADMIN)}";',
-        "ssl.truststore.type=PEM", f"ssl.truststore.location={auth.ca_file}", ""]).encode())
-    ca_dir.mkdir(parents=True, exist_ok=True)
-    (ca_dir / "ca.pem").write_bytes(auth.ca_file.read_bytes())
-    os.chmod(ca_dir / "ca.pem", 0o644)  # a CA certificate is public
-    if owner is not None:
-        for path in [auth_dir, *auth_dir.iterdir()]:
-            os.chown(path, owner, owner)

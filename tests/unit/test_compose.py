@@ -223,7 +223,7 @@ def test_api_is_published_on_8080(compose):
 
 def test_kafka_advertises_an_address_for_containers_and_one_for_the_host(compose, tmp_path):
     # Kafka starts from what the kafka-auth one-shot writes (`modelreg stack kafka-auth`).
-    from shared.stack.kafka_auth import write_compose_kafka
+    from shared.stack.compose_kafka import write_compose_kafka
 
     kafka = compose["services"]["kafka"]
     assert kafka["entrypoint"][-1] == "/kafka-auth/start.sh"

@@ -1,0 +1,1 @@
+"""archival: superseded, rejected and expired versions to cold storage."""

@@ -1,0 +1,1 @@
+"""promotion: stages on evidence (staging, production, rollback) and approvers' manual moves."""
