@@ -15,7 +15,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from services.audit import dead_letters
+from shared import dead_letters
 
 from . import auth
 from .auth import Identity

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from shared.consumer import ServiceHandlers, Tx
+from shared.domain.retention import Kept, due_by_time, superseded_beyond_keep
 from shared.events import (
     ModelArchived,
     ModelArchivedData,
@@ -33,7 +34,7 @@ from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
 
 from .cold import move_from_cold, move_to_cold
-from .logic import Kept, decide_restore, due_by_time, superseded_beyond_keep
+from .logic import decide_restore
 
 SERVICE = "archival"
 log = logging.getLogger(__name__)

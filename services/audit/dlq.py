@@ -24,12 +24,11 @@ from typing import Any
 
 import asyncpg
 
+from shared import dead_letters
 from shared.consumer import ServiceHandlers
 from shared.events import CONTENT_TYPE, CloudEvent, RegistryAudit, new_event
 from shared.outbox import OutboxRow, write_outbox
 from shared.runtime import Resources, ServiceBuilder, every
-
-from . import dead_letters
 
 log = logging.getLogger(__name__)
 

@@ -208,8 +208,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _list(conn: Any, args: argparse.Namespace) -> int:
-    from services.audit import dead_letters
     from services.cli.people import _console, _escape, _table
+    from shared import dead_letters
 
     if not 1 <= args.limit <= dead_letters.MAX_LIST:
         raise UserError(f"--limit must be 1 to {dead_letters.MAX_LIST}")
@@ -239,7 +239,7 @@ def _short_time(iso: str) -> str:
 
 
 async def _show(conn: Any, args: argparse.Namespace) -> int:
-    from services.audit import dead_letters
+    from shared import dead_letters
 
     letter = await dead_letters.show(conn, args.id)
     if letter is None:
@@ -277,7 +277,7 @@ async def _show(conn: Any, args: argparse.Namespace) -> int:
 
 
 async def _redrive(conn: Any, args: argparse.Namespace) -> int:
-    from services.audit import dead_letters
+    from shared import dead_letters
 
     actor = args.actor or _default_actor()
     if args.id is not None:
@@ -312,7 +312,7 @@ async def _redrive(conn: Any, args: argparse.Namespace) -> int:
 
 
 async def _wait_redriven(conn: Any, ids: list[uuid.UUID], seconds: float) -> list[dict[str, Any]]:
-    from services.audit import dead_letters
+    from shared import dead_letters
 
     deadline = time.monotonic() + seconds
     while True:

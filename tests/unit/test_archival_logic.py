@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.archival.logic import Kept, ToArchive, decide_restore, due_by_time, superseded_beyond_keep
+from services.archival.logic import decide_restore
+from shared.domain.retention import Kept, ToArchive, due_by_time, superseded_beyond_keep
 from shared.policy import Retention, parse_policy
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

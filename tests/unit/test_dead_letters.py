@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.audit.dead_letters import BadPayload, letter_of, model_of, payload_text, redriven_audit
 from services.cli.dlq import parse_since
 from shared.consumer import Record, dead_letter_rows
+from shared.dead_letters import BadPayload, letter_of, model_of, payload_text, redriven_audit
 from shared.events import InvalidEvent, RegistryDlq, parse_event
 from shared.kafka_acls import acl_plan, may_write
 

@@ -1,5 +1,6 @@
 """The `dead_letters` table: what the audit writer projects from `registry.dlq`, and what ops
-read and redrive through `modelreg dlq` and `/api/v1/dlq`.
+read and redrive through `modelreg dlq` and `/api/v1/dlq` (here, not in services/audit/, since
+the API and the CLI read it too and services import no other service).
 
 Pure pieces (a letter from its DLQ event, the readable form of the original bytes, the
 `redriven` audit record) are plain functions; the SQL is the functions taking a connection.
