@@ -13,11 +13,12 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
-from shared.broker import ensure_topics, make_broker, make_producer, subscribe
+from shared.broker import TOPIC_CONFIGS, ensure_topics, make_broker, make_producer, subscribe
 from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
 from shared.db import create_pool, migrate, pending_migrations, service_role
 from shared import signing
@@ -25,7 +26,10 @@ from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
 from shared.keys import load_keyring
 from shared.logs import configure as configure_logging
 from shared.metrics import CONSUMER_LAG
+from shared.idempotency_pruning import keep_for
 from shared.outbox import OutboxRelay
+from shared.processed_events_pruner import INTERVAL_SECONDS as PRUNE_INTERVAL_SECONDS
+from shared.processed_events_pruner import prune_once
 from shared.policy import Policy, load_policy
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -111,6 +115,11 @@ class ServiceApp:
             await self.health.start()
             self._stack.push_async_callback(self.health.stop)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox"))
+            window = keep_for(handlers.topics, TOPIC_CONFIGS, timedelta(hours=settings.processed_events_keep_hours))
+            consumer = self.processor.consumer
+            self._tasks.append(asyncio.create_task(
+                every(PRUNE_INTERVAL_SECONDS, lambda: prune_once(pool, consumer, window),
+                      f"{self.name}: pruning processed events"), name=f"{self.name}-prune"))
             for index, job in enumerate(handlers.background):
                 self._tasks.append(asyncio.create_task(job(), name=f"{self.name}-background-{index}"))
             log.info("%s started: consuming %s", self.name, ", ".join(handlers.topics))

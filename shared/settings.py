@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # The PostgreSQL role a service's connections SET ROLE to (unset: modelreg_<service>);
     # "none" keeps the login user's own rights.
     db_role: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias="MODELREG_DB_ROLE")
+    # How long each consumer keeps the ids of events it applied, to skip redeliveries: at least
+    # the topics' retention plus their segment roll (shared/idempotency_pruning.py says why).
+    processed_events_keep_hours: float = Field(360.0, ge=1, le=24 * 3650,
+                                               validation_alias="MODELREG_PROCESSED_EVENTS_KEEP_HOURS")
     # The audit writer signs a checkpoint of the chain head every N records or T seconds.
     audit_checkpoint_records: int = Field(1000, ge=1, le=10_000_000,
                                           validation_alias="MODELREG_AUDIT_CHECKPOINT_RECORDS")
