@@ -26,6 +26,15 @@ from pydantic import (
     model_validator,
 )
 
+from shared.manifest import (
+    MANIFEST_DIGEST_RULE,
+    MAX_MANIFEST_FILES,
+    FileEntry,
+    is_directory_uri,
+    manifest_digest,
+    path_problem,
+)
+
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE = "application/json"
@@ -80,13 +89,34 @@ class Data(BaseModel):
 # ---------------------------------------------------------------------------- data parts
 
 
+_URI_DOC = ("One file (s3://bucket/key, file:///path), or a directory: an S3 prefix or a file:// "
+            "directory, ending in '/' (s3://bucket/path/, file:///dir/).")
+
+
+def _artifact_path(value: str) -> str:
+    problem = path_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class ArtifactSpec(Data):
     """An artifact as a pipeline announces it: where it is and what it must hash to."""
 
-    uri: Uri
-    sha256: Sha256
-    size_bytes: Annotated[int, Field(ge=0, le=5 * 1024**4)]
+    uri: Annotated[Uri, Field(description=_URI_DOC)]
+    sha256: Annotated[Sha256, Field(description=MANIFEST_DIGEST_RULE)]
+    size_bytes: Annotated[int, Field(ge=0, le=5 * 1024**4,
+                                     description="The file's size; for a directory, its files' total.")]
     format: ArtifactFormat | None = None
+
+
+class ManifestFile(Data):
+    """One file of a directory artifact, as its manifest lists it."""
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=512), AfterValidator(_artifact_path),
+                    Field(description="Relative to the artifact's directory, '/'-separated.")]
+    size_bytes: Annotated[int, Field(ge=0)]
+    sha256: Sha256
 
 
 class ArtifactRef(Data):
@@ -96,6 +126,36 @@ class ArtifactRef(Data):
     sha256: Sha256
     size_bytes: Annotated[int, Field(ge=0)] | None = None
     format: ArtifactFormat | None = None
+    # Added for directory artifacts (the URI ends in '/'): every file, sorted by path, whose
+    # canonical manifest hashes to `sha256`. Absent for a single file.
+    files: Annotated[list[ManifestFile], Field(
+        min_length=1, max_length=MAX_MANIFEST_FILES,
+        description="A directory artifact's manifest: every file under `uri`, sorted by path "
+                    "(UTF-8 bytes); `sha256` is the digest of its canonical form (see sha256). "
+                    "Absent for a single-file artifact.")] | None = None
+
+    @model_validator(mode="after")
+    def _manifest_matches(self) -> ArtifactRef:
+        if self.files is None:
+            if is_directory_uri(self.uri):
+                raise ValueError("a directory artifact (uri ending in '/') needs its files")
+            return self
+        if not is_directory_uri(self.uri):
+            raise ValueError("files are listed for directory artifacts only (uri ending in '/')")
+        entries = [FileEntry(f.path, f.size_bytes, f.sha256) for f in self.files]
+        if [e.path.encode() for e in entries] != sorted({e.path.encode() for e in entries}):
+            raise ValueError("files must be sorted by path (UTF-8 bytes), each path once")
+        if manifest_digest(entries) != self.sha256:
+            raise ValueError("sha256 is not the digest of the files' canonical manifest")
+        if self.size_bytes is not None and self.size_bytes != sum(e.size_bytes for e in entries):
+            raise ValueError("size_bytes is not the files' total")
+        return self
+
+    def manifest(self) -> list[FileEntry] | None:
+        """The files as plain entries (None for a single file)."""
+        if self.files is None:
+            return None
+        return [FileEntry(f.path, f.size_bytes, f.sha256) for f in self.files]
 
 
 class QaArtifact(Data):

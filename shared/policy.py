@@ -23,6 +23,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from shared.manifest import MAX_MANIFEST_FILES
+
 GiB = 1024**3
 METADATA_FIELDS = ("dataset", "description", "run_id", "signature")
 # Relative tolerance for float comparisons: metrics travel through JSON and arithmetic, so
@@ -121,6 +123,8 @@ class ValidationRule:
     required_metadata: tuple[str, ...] = ()
     allowed_formats: tuple[str, ...] | None = None  # None: any format
     pickle_allow: tuple[str, ...] = ()
+    # Files in a directory artifact; max_size_bytes bounds their total.
+    max_files: int = MAX_MANIFEST_FILES
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class Rule:
             },
             "validation": {
                 "max_size_bytes": validation.max_size_bytes,
+                "max_files": validation.max_files,
                 "required_metadata": list(validation.required_metadata),
                 "allowed_formats": None if validation.allowed_formats is None
                 else list(validation.allowed_formats),
@@ -527,7 +532,7 @@ class _Reader:
     def validation(self, value: object, loc: Loc) -> ValidationRule:
         if value is None:
             return ValidationRule()
-        keys = ("max_size_bytes", "required_metadata", "allowed_formats", "pickle_allow")
+        keys = ("max_size_bytes", "max_files", "required_metadata", "allowed_formats", "pickle_allow")
         data = self.mapping(value, loc, keys)
         if data is None:
             return ValidationRule()
@@ -537,6 +542,7 @@ class _Reader:
                        "an empty list rejects every artifact; use null to allow any format")
         return ValidationRule(
             max_size_bytes=self.field(data, loc, "max_size_bytes", _optional_size, 5 * GiB),
+            max_files=self.field(data, loc, "max_files", _file_count, MAX_MANIFEST_FILES),
             required_metadata=self.items(data.get("required_metadata"), (*loc, "required_metadata"),
                                          _metadata),
             allowed_formats=None if formats is None
@@ -620,6 +626,13 @@ def _optional_size(value: object) -> int | None:
     return None if value is None else parse_size(value)
 
 
+def _file_count(value: object) -> int:
+    count = _integer(1)(value)
+    if count > MAX_MANIFEST_FILES:
+        raise _Bad(f"at most {MAX_MANIFEST_FILES} (a manifest travels on model.ingested), got {count}")
+    return count
+
+
 # ---------------------------------------------------------------------------- entry points
 
 
@@ -689,6 +702,7 @@ rules:
       staging_max_age: 30d     # a version in staging longer than this is archived; null: never
     validation:
       max_size_bytes: 5GiB     # bigger artifacts are rejected (KB/MB/GB = 1000^n, KiB/MiB/GiB = 1024^n)
+      max_files: 1000          # files in a directory artifact (at most 1000); their sizes add up
       required_metadata: []    # any of: signature, dataset, description, run_id
       allowed_formats: null    # null: any format; or a list such as [onnx, safetensors]
       pickle_allow: []         # extra globals a pickle may load, "module.name" globs such as "mylib.models.*"

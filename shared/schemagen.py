@@ -18,6 +18,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.events import CATALOGUE, CONTENT_TYPE, MODEL_NAME_PATTERN, EventSpec
+from shared.manifest import MANIFEST_DIGEST_RULE
 from shared.keys import KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, SigningKey
 from shared.signing import INTERNAL_TOPICS
 
@@ -195,7 +196,8 @@ def asyncapi() -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {"title": "modelreg events", "version": "1.0.0",
                  "description": "Every Kafka message is a CloudEvents 1.0 structured-mode JSON "
-                                "object; the Kafka key is the model name."},
+                                "object; the Kafka key is the model name. Artifacts: "
+                                + MANIFEST_DIGEST_RULE},
         "defaultContentType": CONTENT_TYPE,
         "servers": {"local": {"host": "127.0.0.1:9092", "protocol": "kafka",
                               "description": "`modelreg stack up`"}},

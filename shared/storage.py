@@ -129,6 +129,19 @@ class ObjectStore:
             raise
         return hasher.hexdigest(), size
 
+    async def list_prefix(self, bucket: str, prefix: str, limit: int) -> list[tuple[str, int]]:
+        """(key, size) of the objects under `prefix`, in key order, at most `limit` of them
+        (listing stops there: ask for one more than you accept to know there were too many)."""
+        found: list[tuple[str, int]] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix,
+                                             PaginationConfig={"PageSize": min(1000, max(1, limit))}):
+            for item in page.get("Contents", []):
+                found.append((item["Key"], int(item["Size"])))
+                if len(found) >= limit:
+                    return found
+        return found
+
     async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
         assert self.lean is not None
         async for chunk in self.lean.stream(location.bucket, location.key, chunk_size):

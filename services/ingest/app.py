@@ -19,6 +19,7 @@ from shared.events import (
     ArtifactRef,
     CloudEvent,
     InvalidEvent,
+    ManifestFile,
     ModelIngested,
     ModelIngestedData,
     ModelRegistered,
@@ -32,7 +33,20 @@ from shared.settings import Settings
 from shared.storage import S3Location
 
 from . import store
-from .artifacts import ArtifactMismatch, Copied, SourceRefused, copy_artifact, registry_key, resolve_source
+from .artifacts import (
+    ArtifactMismatch,
+    Copied,
+    CopiedDirectory,
+    DirectorySource,
+    S3Prefix,
+    SourceRefused,
+    check_directory,
+    copy_artifact,
+    copy_directory,
+    list_directory,
+    registry_key,
+    resolve_source,
+)
 from .logic import VersionClaim, claim_version
 
 SERVICE = "ingest"
@@ -47,7 +61,7 @@ class Prepared:
     """What happened to one registration before its transaction."""
 
     version: int | None
-    copied: Copied | None = None
+    copied: Copied | CopiedDirectory | None = None
     refusal: Reason | None = None
     duplicate: bool = False
     evidence: dict[str, Any] | None = None
@@ -107,10 +121,13 @@ class Ingest:
 
     async def _copy(self, event: CloudEvent[ModelRegisteredData], version: int, source: Any) -> Prepared:
         artifact = event.data.artifact
+        key = registry_key(event.data.name, version, artifact.sha256)
         try:
-            copied = await copy_artifact(self.resources.store, source,
-                                         registry_key(event.data.name, version, artifact.sha256),
-                                         sha256=artifact.sha256, size_bytes=artifact.size_bytes)
+            if isinstance(source, DirectorySource):
+                copied: Copied | CopiedDirectory = await self._copy_directory(event.data, source, key + "/")
+            else:
+                copied = await copy_artifact(self.resources.store, source, key,
+                                             sha256=artifact.sha256, size_bytes=artifact.size_bytes)
         except SourceRefused as refused:
             return Prepared(version, refusal=Reason(code=refused.code, message=refused.message))
         except ArtifactMismatch as mismatch:
@@ -120,7 +137,20 @@ class Ingest:
         if isinstance(source, S3Location) and source.bucket == self.resources.store.bucket \
                 and source.key.startswith(UPLOADS_PREFIX):
             self.staged.append(source)  # the SDK's or the API's staging copy: dropped after commit
+        if isinstance(source, S3Prefix) and source.bucket == self.resources.store.bucket \
+                and source.prefix.startswith(UPLOADS_PREFIX) and isinstance(copied, CopiedDirectory):
+            self.staged.extend(S3Location(source.bucket, source.prefix + f.path) for f in copied.files)
         return Prepared(version, copied=copied)
+
+    async def _copy_directory(self, data: ModelRegisteredData, source: DirectorySource,
+                              dest_prefix: str) -> CopiedDirectory:
+        """List, hold the policy's limits, then copy each file (shared.manifest)."""
+        rule = self.resources.policy.rule_for(data.name).validation
+        listed = await list_directory(self.resources.store, source, max_files=rule.max_files)
+        check_directory(listed, size_bytes=data.artifact.size_bytes, max_files=rule.max_files,
+                        max_bytes=rule.max_size_bytes)
+        return await copy_directory(self.resources.store, listed, dest_prefix,
+                                    sha256=data.artifact.sha256, size_bytes=data.artifact.size_bytes)
 
     async def after_commit(self) -> None:
         """The registry's copies are recorded: the staging copies they came from can go."""
@@ -159,8 +189,11 @@ class Ingest:
         assert version is not None
         await self._record(tx, event, version, "ingested", artifact_uri=prepared.copied.uri)
         artifact = data.artifact
+        files = prepared.copied.files if isinstance(prepared.copied, CopiedDirectory) else None
         ref = ArtifactRef(uri=prepared.copied.uri, sha256=artifact.sha256,
-                          size_bytes=artifact.size_bytes, format=artifact.format)
+                          size_bytes=artifact.size_bytes, format=artifact.format,
+                          files=None if files is None else [
+                              ManifestFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256) for f in files])
         tx.emit(ModelIngested, ModelIngestedData(
             name=data.name, version=version, artifact=ref, run_id=data.run_id,
             registered_by=data.registered_by, dataset=data.dataset, signature=data.signature,
@@ -169,7 +202,8 @@ class Ingest:
                  actor=data.registered_by or event.source, reason="registered",
                  evidence={"sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
                            "artifact_uri": ref.uri, "source_uri": artifact.uri,
-                           "already_stored": prepared.copied.already_stored, "run_id": data.run_id,
+                           "already_stored": getattr(prepared.copied, "already_stored", False),
+                           **({"file_count": len(files)} if files is not None else {}), "run_id": data.run_id,
                            "metrics": data.metrics, "tags": data.tags, "params": data.params,
                            "format": artifact.format, "description": data.description,
                            "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None,

@@ -2,6 +2,11 @@
 
 Memory stays bounded whatever the artifact's size: the source is read in parts, each part is
 hashed and uploaded (multipart above one part), and at most a few parts are in flight.
+
+A directory artifact (an S3 prefix or a file:// directory, named with a trailing '/') is listed
+first (paths checked, the policy's file count and total size held), then each file is copied
+the same way, a few at a time, under `artifacts/<name>/<version>/<manifest sha256>/<path>`; its
+manifest (shared.manifest) is what the version's sha256 names.
 """
 
 from __future__ import annotations
@@ -9,17 +14,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from botocore.exceptions import ClientError
 
+from shared.manifest import (
+    FileEntry,
+    is_directory_uri,
+    limit_problem,
+    manifest_digest,
+    path_problem,
+)
 from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, S3Location, is_missing
 
 PARTS_IN_FLIGHT = 2
+FILES_IN_FLIGHT = 4  # files of one directory copied at once (each holds at most 3 parts)
 
 
 class SourceRefused(Exception):
@@ -36,10 +49,30 @@ class FileSource:
     path: Path
 
 
+@dataclass(frozen=True)
+class S3Prefix:
+    """A directory artifact in S3: every object under `prefix` (which ends in '/')."""
+
+    bucket: str
+    prefix: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class FileDirectory:
+    """A directory artifact on a file system ingest reads (under MODELREG_ARTIFACT_ROOTS)."""
+
+    path: Path
+
+
 Source = S3Location | FileSource
+DirectorySource = S3Prefix | FileDirectory
 
 
-def resolve_source(uri: str, settings: Settings) -> Source:
+def resolve_source(uri: str, settings: Settings) -> Source | DirectorySource:
     """Check an artifact URI against the settings' allowed buckets and directories."""
     parts = urlsplit(uri)
     if parts.scheme == "s3":
@@ -51,6 +84,8 @@ def resolve_source(uri: str, settings: Settings) -> Source:
         if bucket not in settings.allowed_bucket_names:
             raise SourceRefused("bucket_not_allowed",
                                 f"bucket {bucket!r} is not one ingest may read (MODELREG_ALLOWED_BUCKETS)")
+        if is_directory_uri(key):
+            return S3Prefix(bucket, key)
         return S3Location(bucket, key)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -65,8 +100,10 @@ def resolve_source(uri: str, settings: Settings) -> Source:
         if not any(resolved.is_relative_to(root) for root in settings.artifact_root_paths):
             code = "symlink_escape" if Path(raw).is_symlink() or resolved != Path(raw) else "path_not_allowed"
             raise SourceRefused(code, f"{uri!r} is not under an allowed artifact directory")
-        if not resolved.is_file():
-            raise SourceRefused("artifact_missing", f"{uri!r} does not exist or is not a file")
+        if resolved.is_dir():  # a directory artifact, with or without the trailing '/'
+            return FileDirectory(resolved)
+        if is_directory_uri(raw) or not resolved.is_file():
+            raise SourceRefused("artifact_missing", f"{uri!r} does not exist or is not a regular file")
         return FileSource(resolved)
     raise SourceRefused("unsupported_scheme",
                         f"artifact URIs must be s3:// or file://, not {parts.scheme or 'a bare path'!r}")
@@ -142,6 +179,24 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
     destination = S3Location(store.bucket, dest_key)
     if size_bytes > PART_SIZE and await store.head(destination) is not None:
         return Copied(destination.uri, sha256, size_bytes, already_stored=True)
+
+    def as_announced(found: str, size: int) -> None:
+        if size != size_bytes or found != sha256:
+            code = "size_mismatch" if size != size_bytes else "checksum_mismatch"
+            raise ArtifactMismatch(
+                code, f"the artifact has {'more than ' if size > size_bytes else ''}{size} bytes "
+                      f"and sha256 {found}; the event said {size_bytes} bytes and {sha256}",
+                None if size > size_bytes else found, size)
+
+    found, size, stored = await _upload(store, source, dest_key, size_bytes, as_announced)
+    return Copied(destination.uri, found, size, already_stored=not stored)
+
+
+async def _upload(store: ObjectStore, source: Source, dest_key: str, limit: int,
+                  accept: Callable[[str, int], None]) -> tuple[str, int, bool]:
+    """Stream `source` to `dest_key`: (sha256, size, whether this call stored it). Reads at most
+    `limit` + 1 bytes; `accept(sha256, size)` may raise before the object is completed, which
+    then leaves nothing behind."""
     digest = hashlib.sha256()
     size = 0
     upload_id: str | None = None
@@ -150,10 +205,10 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
     pending: bytes | None = None  # held back: if it is the only part, one PUT stores it
     next_part = 1
     try:
-        async for chunk in _read_parts(store, source, size_bytes):
+        async for chunk in _read_parts(store, source, limit):
             digest.update(chunk)
             size += len(chunk)
-            if size > size_bytes:
+            if size > limit:
                 break
             if pending is None:
                 pending = chunk
@@ -173,22 +228,16 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
             await asyncio.gather(*in_flight)
             in_flight = set()
         found = digest.hexdigest()
-        if size != size_bytes or found != sha256:
-            code = "size_mismatch" if size != size_bytes else "checksum_mismatch"
-            raise ArtifactMismatch(
-                code, f"the artifact has {'more than ' if size > size_bytes else ''}{size} bytes "
-                      f"and sha256 {found}; the event said {size_bytes} bytes and {sha256}",
-                None if size > size_bytes else found, size)
+        accept(found, size)
         if upload_id is None:
             # One request, never an overwrite: the key can only ever hold these bytes.
-            if not await store.put_if_absent(destination, pending or b"", found):
-                return Copied(destination.uri, sha256, size, already_stored=True)
-        else:
-            parts.sort(key=lambda p: p["PartNumber"])  # type: ignore[arg-type, return-value]
-            await store.client.complete_multipart_upload(
-                Bucket=store.bucket, Key=dest_key, UploadId=upload_id, MultipartUpload={"Parts": parts})
-            upload_id = None
-        return Copied(destination.uri, sha256, size, already_stored=False)
+            stored = await store.put_if_absent(S3Location(store.bucket, dest_key), pending or b"", found)
+            return found, size, stored
+        parts.sort(key=lambda p: p["PartNumber"])  # type: ignore[arg-type, return-value]
+        await store.client.complete_multipart_upload(
+            Bucket=store.bucket, Key=dest_key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        upload_id = None
+        return found, size, True
     finally:
         for task in in_flight:
             task.cancel()
@@ -197,6 +246,163 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
                 await store.client.abort_multipart_upload(Bucket=store.bucket, Key=dest_key, UploadId=upload_id)
             except Exception:
                 pass
+
+
+# ------------------------------------------------------------------------ directory artifacts
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One file of a directory artifact, as listed before copying."""
+
+    path: str          # relative to the directory, '/'-separated
+    size_bytes: int    # as listed (the copy records what it really read)
+    source: Source
+
+
+@dataclass(frozen=True)
+class CopiedDirectory:
+    uri: str                     # the registry's prefix, ending in '/'
+    sha256: str                  # the manifest's digest
+    size_bytes: int
+    files: tuple[FileEntry, ...]  # sorted by path
+
+
+async def list_directory(store: ObjectStore, source: DirectorySource, *, max_files: int) -> list[Listed]:
+    """Every file of a directory artifact, each path checked; SourceRefused when a path is
+    unsafe, a symlink leaves the directory, the directory is empty or holds more than
+    `max_files` files (listing stops there)."""
+    if isinstance(source, S3Prefix):
+        try:
+            objects = await store.list_prefix(source.bucket, source.prefix, max_files + 1)
+        except ClientError as exc:
+            if is_missing(exc):
+                raise SourceRefused("artifact_missing", f"{source.uri}: no such bucket") from None
+            raise
+        listed = []
+        for key, size in objects:
+            relative = key[len(source.prefix):]
+            if relative.endswith("/") and size == 0:
+                continue  # a "folder" marker some tools write: not a file
+            listed.append(Listed(relative, size, S3Location(source.bucket, key)))
+        where = source.uri
+    else:
+        listed = await asyncio.to_thread(_walk, source.path, max_files)
+        where = source.path.as_uri() + "/"
+    if len(listed) > max_files:
+        raise SourceRefused("too_many_files", f"{where} holds more than {max_files} files "
+                                              "(the policy's validation.max_files)")
+    for item in listed:
+        problem = path_problem(item.path)
+        if problem:
+            code = "path_traversal" if ".." in item.path.split("/") else "invalid_path"
+            raise SourceRefused(code, f"{where}: {problem}")
+    if not listed:
+        raise SourceRefused("artifact_missing", f"{where} holds no files")
+    return listed
+
+
+def _walk(root: Path, max_files: int) -> list[Listed]:
+    """A file:// directory's regular files. Symlinks may point at files inside the directory
+    only; symlinked directories, devices, FIFOs and sockets are refused (a FIFO would block)."""
+    listed: list[Listed] = []
+
+    def refused(error: OSError) -> None:
+        raise SourceRefused("artifact_unreadable", f"{error.filename}: {error.strerror}")
+
+    for folder, dirnames, filenames in os.walk(root, onerror=refused):
+        here = Path(folder)
+        for name in dirnames:
+            if (here / name).is_symlink():
+                raise SourceRefused("symlink_escape" if not _inside(here / name, root) else "invalid_path",
+                                    f"{(here / name).relative_to(root)}: a symlinked directory")
+        for name in sorted(filenames):
+            path = here / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink() and not _inside(path, root):
+                raise SourceRefused("symlink_escape", f"{relative}: a symlink to a file outside the directory")
+            if not path.is_file():
+                raise SourceRefused("invalid_path", f"{relative}: not a regular file")
+            listed.append(Listed(relative, path.stat().st_size, FileSource(Path(os.path.realpath(path)))))
+            if len(listed) > max_files:
+                return listed
+    return listed
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def check_directory(listed: list[Listed], *, size_bytes: int, max_files: int,
+                    max_bytes: int | None) -> None:
+    """The policy's limits and the announced total, before anything is copied."""
+    total = sum(item.size_bytes for item in listed)
+    problem = limit_problem(len(listed), total, max_files=max_files, max_bytes=max_bytes)
+    if problem:
+        raise SourceRefused(*problem)
+    if total != size_bytes:
+        raise ArtifactMismatch("size_mismatch", f"the directory's files hold {total} bytes; the event "
+                                                f"said {size_bytes}", None, total)
+
+
+async def copy_directory(store: ObjectStore, listed: list[Listed], dest_prefix: str, *,
+                         sha256: str, size_bytes: int) -> CopiedDirectory:
+    """Copy every listed file under `dest_prefix` (which ends in '/'), then check the manifest
+    of what was read against the event's sha256 and size. A mismatch removes the copies."""
+    limit = asyncio.Semaphore(FILES_IN_FLIGHT)
+    copied: dict[str, FileEntry] = {}
+    budget = [size_bytes]  # no file may take the total past the announced size
+
+    def within_budget(found: str, size: int) -> None:
+        if size > budget[0]:
+            raise ArtifactMismatch("size_mismatch", f"the directory's files hold more than the "
+                                                    f"{size_bytes} bytes the event said", None, size)
+
+    async def copy(item: Listed) -> None:
+        async with limit:
+            found, size, _ = await _upload(store, item.source, dest_prefix + item.path, budget[0], within_budget)
+            budget[0] -= size
+            copied[item.path] = FileEntry(item.path, size, found)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in listed:
+                group.create_task(copy(item))
+        files = tuple(sorted(copied.values(), key=lambda e: e.path.encode()))
+        found_digest = manifest_digest(files)
+        total = sum(e.size_bytes for e in files)
+        if total != size_bytes or found_digest != sha256:
+            code = "size_mismatch" if total != size_bytes else "checksum_mismatch"
+            raise ArtifactMismatch(code, f"the directory's manifest has {len(files)} files, {total} bytes and "
+                                         f"sha256 {found_digest}; the event said {size_bytes} bytes and {sha256}",
+                                   found_digest, total)
+    except BaseException as exc:
+        await _remove(store, [dest_prefix + path for path in copied])
+        mismatch = _first_mismatch(exc)
+        if mismatch is not None:
+            raise mismatch from None
+        raise
+    return CopiedDirectory(f"s3://{store.bucket}/{dest_prefix}", sha256, size_bytes, files)
+
+
+def _first_mismatch(exc: BaseException) -> ArtifactMismatch | SourceRefused | None:
+    """The refusal a TaskGroup wrapped, if that is what stopped the copy."""
+    if isinstance(exc, ArtifactMismatch | SourceRefused):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_mismatch(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _remove(store: ObjectStore, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            await store.delete(S3Location(store.bucket, key))
+        except Exception:  # an orphan under a rejected version's prefix is untidy, not wrong
+            pass
 
 
 async def _upload_part(store: ObjectStore, key: str, upload_id: str, number: int, body: bytes,

@@ -36,6 +36,7 @@ class _Version:
     traceparent: str | None
     stage_changed_at: datetime | None
     new: bool = False
+    manifest: str | None = None  # a directory artifact's canonical manifest (written when new)
 
 
 class PromotionBatch:
@@ -119,14 +120,16 @@ class PromotionBatch:
         return found.traceparent if found else None
 
     def add_version(self, *, name: str, version: int, sha256: str, artifact_uri: str, registered_by: str | None,
-                    correlation_id: uuid.UUID, traceparent: str | None) -> list[asyncpg.Record]:
+                    correlation_id: uuid.UUID, traceparent: str | None,
+                    manifest: str | None = None) -> list[asyncpg.Record]:
         """Record a version (unless known) and hand back the events that waited for it."""
         key = (name, version)
         if key not in self._versions:
             self._versions[key] = _Version(
                 VersionRow(name=name, version=version, stage="none", sha256=sha256, artifact_uri=artifact_uri,
                            registered_by=registered_by, correlation_id=correlation_id, validated=False,
-                           blocked=None, previous_champion=None), None, traceparent, None, new=True)
+                           blocked=None, previous_champion=None), None, traceparent, None, new=True,
+                manifest=manifest)
             self._dirty.add(key)
         # Events held earlier in this very batch wait in memory, not yet in the table.
         held_here = [h for h in self._holds if (h[2], h[3]) == key]
@@ -135,6 +138,15 @@ class PromotionBatch:
         now = datetime.now(UTC)
         return [*waited, *({"event_id": h[0], "topic": h[1], "name": h[2], "version": h[3], "partition": h[4],
                             "offset": h[5], "payload": h[6], "first_seen": now} for h in held_here)]
+
+    async def manifest(self, name: str, version: int) -> str | None:
+        """A directory artifact's canonical manifest (None for a single file); read only when
+        the integrity check needs it, so batches do not carry manifests they never look at."""
+        found = self._versions.get((name, version))
+        if found is not None and found.new:
+            return found.manifest
+        return await self.conn.fetchval(
+            "SELECT manifest FROM promotion_versions WHERE name = $1 AND version = $2", name, version)
 
     def update(self, name: str, version: int, **fields: Any) -> VersionRow | None:
         found = self._versions.get((name, version))
@@ -244,15 +256,15 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
 async def _upsert_versions(conn: asyncpg.Connection, versions: list[_Version]) -> None:
     rows = [(v.row.name, v.row.version, v.row.stage, v.row.sha256, v.row.artifact_uri, v.row.registered_by,
              v.row.correlation_id, v.row.validated, v.row.blocked, v.superseded_at, v.row.previous_champion,
-             v.traceparent, v.stage_changed_at or datetime.now(UTC)) for v in versions]
+             v.traceparent, v.stage_changed_at or datetime.now(UTC), v.manifest) for v in versions]
     await conn.execute(
         """INSERT INTO promotion_versions (name, version, stage, sha256, artifact_uri, registered_by, correlation_id,
                                            validated, blocked, superseded_at, previous_champion, traceparent,
-                                           stage_changed_at)
+                                           stage_changed_at, manifest)
            SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
                                 $8::boolean[], $9::text[], $10::timestamptz[], $11::int[], $12::text[],
-                                $13::timestamptz[])
+                                $13::timestamptz[], $14::text[])
            ON CONFLICT (name, version) DO UPDATE
            SET stage = EXCLUDED.stage, validated = EXCLUDED.validated, blocked = EXCLUDED.blocked,
                superseded_at = EXCLUDED.superseded_at, previous_champion = EXCLUDED.previous_champion,
-               stage_changed_at = EXCLUDED.stage_changed_at""", *_columns(rows, 13))
+               stage_changed_at = EXCLUDED.stage_changed_at""", *_columns(rows, 14))

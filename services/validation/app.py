@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -26,16 +27,29 @@ from shared.events import (
     QaRequested,
     QaRequestedData,
 )
+from shared.manifest import compare
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
-from shared.storage import is_missing, parse_s3_uri
+from shared.storage import S3Location, is_missing, parse_s3_uri
 
-from .logic import ArtifactFacts, artifact_label, needs_scan, rejection_reasons, run_checks
-from .scan import scan_file
+from .logic import (
+    ArtifactFacts,
+    artifact_label,
+    combine_scans,
+    declared_format_problem,
+    file_format,
+    needs_scan,
+    rejection_reasons,
+    run_checks,
+    siblings_of,
+)
+from .scan import ArtifactScan, Limits, scan_file
 
 SERVICE = "validation"
 READS_IN_FLIGHT = 8
 HEAD_BYTES = 4096  # read before deciding whether an artifact needs the safety scan
+FILES_IN_FLIGHT = 4  # files of one directory artifact read at once
+EXTRA_LISTED = 100  # files beyond the manifest's that a listing names (enough to show the problem)
 
 
 class Validation:
@@ -65,6 +79,55 @@ class Validation:
         except ValueError:
             return ArtifactFacts(present=False)
         rule = self.resources.policy.rule_for(data.name).validation
+        if data.artifact.files is not None:
+            return await self._inspect_directory(data, location, rule.pickle_allow)
+        read = await self._read(location, data.artifact.format, artifact_label(data), rule.pickle_allow)
+        if read is None:
+            return ArtifactFacts(present=False)
+        sha256, size, scan = read
+        if scan is None:
+            return ArtifactFacts(present=True, sha256=sha256, size_bytes=size)
+        return ArtifactFacts(present=True, sha256=sha256, size_bytes=size,
+                             scanned=scan.examined, pickle_safe=scan.safe, pickle_detail=scan.detail())
+
+    async def _inspect_directory(self, data: ModelIngestedData, prefix: S3Location,
+                                 allowed: tuple[str, ...]) -> ArtifactFacts:
+        """Every file of the manifest read back, hashed, and scanned as its own format; the
+        prefix listed for files the manifest does not name."""
+        manifest = data.artifact.manifest() or []
+        paths = [entry.path for entry in manifest]
+        limit = asyncio.Semaphore(FILES_IN_FLIGHT)
+        deadline = time.monotonic() + Limits().max_seconds  # one scan-time budget for the directory
+        found: dict[str, tuple[str, int] | None] = {}
+        scans: dict[str, ArtifactScan] = {}
+
+        async def read(path: str) -> None:
+            async with limit:
+                limits = Limits(max_seconds=max(0.0, deadline - time.monotonic()))
+                result = await self._read(S3Location(prefix.bucket, prefix.key + path),
+                                          file_format(data.artifact.format, path), path, allowed,
+                                          siblings=siblings_of(path, paths), limits=limits)
+            found[path] = None if result is None else result[:2]
+            if result is not None and result[2] is not None:
+                scans[path] = result[2]
+
+        async with asyncio.TaskGroup() as group:
+            for path in paths:
+                group.create_task(read(path))
+        listed = await self.resources.store.list_prefix(prefix.bucket, prefix.key, len(paths) + EXTRA_LISTED)
+        extra = [key[len(prefix.key):] for key, size in listed
+                 if not (key.endswith("/") and size == 0)]
+        discrepancies = tuple(compare(manifest, found, extra))
+        scanned, safe, detail = combine_scans(scans, declared_format_problem(data.artifact.format, paths))
+        return ArtifactFacts(present=all(found.values()), sha256=data.artifact.sha256,
+                             size_bytes=sum(entry.size_bytes for entry in manifest), scanned=scanned,
+                             pickle_safe=safe, pickle_detail=detail, discrepancies=discrepancies)
+
+    async def _read(self, location: S3Location, fmt: str | None, label: str, allowed: tuple[str, ...], *,
+                    siblings: frozenset[str] | None = None,
+                    limits: Limits | None = None) -> tuple[str, int, ArtifactScan | None] | None:
+        """Stream one stored object: (sha256, size, the scan if it needed one), None if missing.
+        Only what needs the scan is spooled to a temporary file; nothing is held whole."""
         hasher, size = hashlib.sha256(), 0
         head = b""  # the first bytes, enough to tell whether a pickle could be in there
         decided = False
@@ -81,23 +144,23 @@ class Validation:
                     if len(head) < HEAD_BYTES:
                         continue
                     decided = True
-                    if needs_scan(data.artifact.format, head):
+                    if needs_scan(fmt, head):
                         spool = tempfile.NamedTemporaryFile(prefix="modelreg-scan-", delete=False)
                         await asyncio.to_thread(spool.write, head)
                     head = b""
-            if not decided and needs_scan(data.artifact.format, head):  # a file shorter than HEAD_BYTES
+            if not decided and needs_scan(fmt, head):  # a file shorter than HEAD_BYTES
                 spool = tempfile.NamedTemporaryFile(prefix="modelreg-scan-", delete=False)
                 await asyncio.to_thread(spool.write, head)
             if spool is None:
-                return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size)
+                return hasher.hexdigest(), size, None
             spool.close()
-            scan = await asyncio.to_thread(scan_file, spool.name, declared_format=data.artifact.format,
-                                           label=artifact_label(data), extra_allowed=rule.pickle_allow)
-            return ArtifactFacts(present=True, sha256=hasher.hexdigest(), size_bytes=size,
-                                 scanned=scan.examined, pickle_safe=scan.safe, pickle_detail=scan.detail())
+            scan = await asyncio.to_thread(scan_file, spool.name, declared_format=fmt, label=label,
+                                           extra_allowed=allowed, siblings=siblings,
+                                           limits=limits or Limits())
+            return hasher.hexdigest(), size, scan
         except ClientError as exc:
             if is_missing(exc):
-                return ArtifactFacts(present=False)
+                return None
             raise
         finally:
             if spool is not None:

@@ -9,7 +9,14 @@ from urllib.parse import quote
 
 import pytest
 
-from services.ingest.artifacts import FileSource, SourceRefused, registry_key, resolve_source
+from services.ingest.artifacts import (
+    FileDirectory,
+    FileSource,
+    S3Prefix,
+    SourceRefused,
+    registry_key,
+    resolve_source,
+)
 from shared.settings import Settings, load_settings
 from shared.storage import S3Location
 
@@ -169,9 +176,22 @@ def test_dot_dot_is_refused_even_when_file_uris_are_disabled(root: Path) -> None
     assert refused("file://" + str(root) + "/../x", settings()).code == "path_traversal"
 
 
-@pytest.mark.parametrize("relative", ["missing.onnx", "sub/missing.pkl", "sub"])
-def test_a_missing_file_or_a_directory_inside_a_root_is_missing(root: Path, relative: str) -> None:
+@pytest.mark.parametrize("relative", ["missing.onnx", "sub/missing.pkl", "missing/"])
+def test_a_missing_file_or_directory_inside_a_root_is_missing(root: Path, relative: str) -> None:
     assert refused(file_uri(root / relative), settings(root)).code == "artifact_missing"
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_a_directory_inside_a_root_is_a_directory_artifact(root: Path, suffix: str) -> None:
+    assert resolve_source(file_uri(root / "sub") + suffix, settings(root)) == FileDirectory(root / "sub")
+
+
+def test_a_file_named_as_a_directory_is_missing(root: Path) -> None:
+    assert refused(file_uri(root / "model.onnx") + "/", settings(root)).code == "artifact_missing"
+
+
+def test_an_s3_uri_ending_in_a_slash_is_a_prefix() -> None:
+    assert resolve_source("s3://modelreg/uploads/x/", settings()) == S3Prefix("modelreg", "uploads/x/")
 
 
 def test_a_dangling_symlink_inside_a_root_is_missing(root: Path) -> None:

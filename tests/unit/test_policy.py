@@ -671,7 +671,7 @@ def test_to_dict_shape() -> None:
     assert fraud["thresholds"] == {"auc": ">= 0.9", "latency_p99_ms": "<= 50"}
     assert fraud["champion"] == {"metric": "auc", "direction": "higher", "min_improvement": 0.01}
     assert fraud["retention"] == {"keep_restorable": 2, "rejected_grace": 86400, "staging_max_age": 2592000}
-    assert fraud["validation"] == {"max_size_bytes": 5 * 1024**3, "required_metadata": [],
+    assert fraud["validation"] == {"max_size_bytes": 5 * 1024**3, "max_files": 1000, "required_metadata": [],
                                    "allowed_formats": None, "pickle_allow": []}
     assert described["rules"][1]["champion"] is None and described["rules"][1]["rollback"] == {}
     no_expiry = one_rule("retention: {staging_max_age: null}").to_dict()

@@ -204,7 +204,7 @@ def test_each_failed_check_rejects_with_its_code(check: str, code: str) -> None:
 
 def test_rejection_codes_cover_every_check_run_checks_can_produce() -> None:
     assert set(REJECTION_CODES) == {"artifact_present", "checksum", "size_limit", "required_metadata",
-                                    "allowed_format", "pickle_safety"}
+                                    "allowed_format", "pickle_safety", "file_limit"}
 
 
 def test_passed_checks_give_no_reasons() -> None:
