@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 		{ echo "modelreg needs Python 3.11 or newer"; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[stack,test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[stack,test,bench]'
 	touch $(STAMP)
 
 clean:
