@@ -14,7 +14,7 @@
 #   ssl.truststore.location=/etc/kafka/ca.pem
 # PREFIX is the deployment's MODELREG_TOPIC_PREFIX (topics and groups are named with it).
 # The principals are User:<name> for each service (ingest, validation, promotion, archival,
-# audit, api) and each outside role (pipeline, qa, ops, reader); create their SCRAM
+# audit, api, webhooks) and each outside role (pipeline, qa, ops, reader); create their SCRAM
 # credentials first, e.g.
 #   kafka-configs.sh --bootstrap-server "$BOOTSTRAP" --command-config "$COMMAND_CONFIG" \
 #     --alter --entity-type users --entity-name ingest --add-config 'SCRAM-SHA-512=[password=...]'
@@ -81,12 +81,14 @@ service archival   "model.ingested model.promoted model.demoted model.rejected p
                    "model.archived model.restored"
 # The audit writer reads the dead letters and redrives them: it republishes a refused record's
 # original bytes to the topic it came from, so it may write every topic a service consumes
-# (a redriven event keeps its original signature: consumers still check who signed it).
-REDRIVE="model.registered model.ingested model.validated model.rejected metrics.evaluated
-promotion.requested model.archived model.restored model.promoted model.demoted registry.audit registry.dlq"
+# (a redriven event keeps its original signature: consumers still check who signed it). The
+# webhooks service consumes every topic, so that is every topic.
+REDRIVE="$ALL_TOPICS"
 service audit      "registry.audit registry.dlq" "$REDRIVE"
 # The API publishes what people ask for over HTTP: registrations, evaluations, promotion requests.
 service api        "" "model.registered metrics.evaluated promotion.requested"
+# Webhooks deliver any event type an endpoint asks for: they read every topic, write only their audit.
+service webhooks   "$ALL_TOPICS" ""
 
 # Outside roles: each writes its one topic; QA reads its requests; the reader reads everything.
 # Their consumer groups are named <role>-anything.

@@ -14,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger(__name__)
 
 # Ports when MODELREG_HEALTH_PORT is unset, so the services of one machine do not collide.
-DEFAULT_PORTS = {"ingest": 8081, "validation": 8082, "promotion": 8083, "archival": 8084, "audit": 8085}
+DEFAULT_PORTS = {"ingest": 8081, "validation": 8082, "promotion": 8083, "archival": 8084, "audit": 8085,
+                 "webhooks": 8086}
 CHECK_TIMEOUT = 2.0
 
 Check = Callable[[], Awaitable[Any]]

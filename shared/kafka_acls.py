@@ -29,6 +29,8 @@ SERVICE_READS: dict[str, tuple[str, ...]] = {
     "archival": ("model.ingested", "model.promoted", "model.demoted", "model.rejected", "promotion.requested"),
     "audit": ("registry.audit", "registry.dlq"),
     "api": (),
+    # Endpoints may ask for any event type (services/webhooks): it reads every topic.
+    "webhooks": TOPICS,
 }
 # The audit writer performs dead-letter redrives: it republishes a record's original bytes to
 # the topic a service refused it on (services/audit/dlq.py says why it, and not ops, does).

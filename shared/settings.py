@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import cached_property
 from pathlib import Path
@@ -95,6 +96,37 @@ class Settings(BaseSettings):
                                           validation_alias="MODELREG_AUDIT_CHECKPOINT_RECORDS")
     audit_checkpoint_seconds: float = Field(60.0, gt=0, le=86_400,
                                             validation_alias="MODELREG_AUDIT_CHECKPOINT_SECONDS")
+    # Webhooks (services/webhooks): networks endpoints may reach although loopback, private or
+    # link-local (comma-separated addresses or CIDRs; empty: public addresses only), a request's
+    # time limit and how much of an answer is read, the retry schedule (first delay, doubling up
+    # to the cap), and how long an endpoint may fail every attempt before it is disabled.
+    webhooks_allow_networks: str = Field("", validation_alias="MODELREG_WEBHOOKS_ALLOW_NETWORKS")
+    webhooks_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias="MODELREG_WEBHOOKS_TIMEOUT_SECONDS")
+    webhooks_max_response_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                             validation_alias="MODELREG_WEBHOOKS_MAX_RESPONSE_BYTES")
+    webhooks_retry_first_seconds: float = Field(5.0, gt=0, le=86_400,
+                                                validation_alias="MODELREG_WEBHOOKS_RETRY_FIRST_SECONDS")
+    webhooks_retry_max_seconds: float = Field(3600.0, gt=0, le=86_400,
+                                              validation_alias="MODELREG_WEBHOOKS_RETRY_MAX_SECONDS")
+    webhooks_disable_after_seconds: float = Field(86_400.0, gt=0, le=90 * 86_400,
+                                                  validation_alias="MODELREG_WEBHOOKS_DISABLE_AFTER_SECONDS")
+
+    @field_validator("webhooks_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an IP address or network (CIDR)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_retries(self) -> Settings:
+        if self.webhooks_retry_max_seconds < self.webhooks_retry_first_seconds:
+            raise ValueError("MODELREG_WEBHOOKS_RETRY_MAX_SECONDS: below MODELREG_WEBHOOKS_RETRY_FIRST_SECONDS")
+        return self
 
     @field_validator("kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_cafile",
                      "kafka_ssl_certfile", "kafka_ssl_keyfile", mode="before")

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--kafka-port", type=_port, default=None)
     up.add_argument("--postgres-port", type=_port, default=None)
     up.add_argument("--s3-port", type=_port, default=None)
+    up.add_argument("--brokers", type=int, default=None,
+                    help="Kafka brokers (KRaft nodes) on consecutive ports from --kafka-port; 3 gives the "
+                         "registry's topics replication factor 3 and min.insync.replicas 2 (default: as the "
+                         "stack was made, else 1)")
     up.add_argument("--infra-only", action="store_true",
                     help="only Kafka, PostgreSQL and S3; not the registry's services")
     down = stack_commands.add_parser("down", help="stop the stack (data is kept)")
@@ -80,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser(commands)
     from services.cli import dlq
     dlq.add_parser(commands)
+    from services.cli import webhooks
+    webhooks.add_parser(commands)
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
     schemas.add_argument("action", choices=("generate", "check"))
@@ -153,6 +159,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "dlq":
         from services.cli import dlq
         return dlq.command(args)
+    if args.command == "webhooks":
+        from services.cli import webhooks
+        return webhooks.command(args)
     if args.command == "keys":
         from services.cli import keys
         return keys.command(args)

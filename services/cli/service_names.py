@@ -4,4 +4,4 @@ A module of its own so that the commands which start services (`stack`, `demo`, 
 not import `main`, which imports them.
 """
 
-SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "api")
+SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "webhooks", "api")

@@ -17,13 +17,15 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "infra" / "Dockerfile"
 
 INFRASTRUCTURE = ("kafka", "postgres", "minio")
-SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "api")
+SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "webhooks", "api")
 OPTIONAL_VARIABLES = {"MODELREG_TOPIC_PREFIX", "MODELREG_TOPIC_PARTITIONS", "MODELREG_ARTIFACT_ROOTS",
                       "MODELREG_ALLOWED_BUCKETS", "OTEL_EXPORTER_OTLP_ENDPOINT",
                       # mTLS: compose's services authenticate with SASL instead
                       "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE",
                       # each service acts as its own PostgreSQL role (modelreg_<service>) by default
-                      "MODELREG_DB_ROLE"}
+                      "MODELREG_DB_ROLE",
+                      # empty: webhook endpoints reach public addresses only (the safe default)
+                      "MODELREG_WEBHOOKS_ALLOW_NETWORKS"}
 REQUIRED_VARIABLES = sorted(
     str(field.validation_alias) for field in Settings.model_fields.values()
     if field.validation_alias is not None and str(field.validation_alias) not in OPTIONAL_VARIABLES

@@ -29,7 +29,7 @@ POLICY_FILE = ROOT / "infra" / "policy.yaml"
 
 NAMESPACE = "modelreg"
 IMAGE = "ghcr.io/modelreg/modelreg"
-SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "api")
+SERVICES = ("ingest", "validation", "promotion", "archival", "audit", "webhooks", "api")
 CONSUMERS = tuple(s for s in SERVICES if s != "api")
 
 # Settings a Deployment need not receive from the manifests:
@@ -43,8 +43,10 @@ CONSUMERS = tuple(s for s in SERVICES if s != "api")
 #   and must not be in the shared ConfigMap.
 # - MODELREG_DB_ROLE: each service acts as its own PostgreSQL role, modelreg_<service>, by
 #   default; a shared ConfigMap could only give them all the same one.
+# - MODELREG_WEBHOOKS_ALLOW_NETWORKS: empty, webhook endpoints reach public addresses only,
+#   which is the safe choice; allow inside networks deliberately.
 NOT_REQUIRED = {"MODELREG_TOPIC_PREFIX", "MODELREG_ARTIFACT_ROOTS", "MODELREG_ALLOWED_BUCKETS",
-                "OTEL_SERVICE_NAME", "MODELREG_DB_ROLE"}
+                "OTEL_SERVICE_NAME", "MODELREG_DB_ROLE", "MODELREG_WEBHOOKS_ALLOW_NETWORKS"}
 VARIABLES = sorted(str(f.validation_alias) for f in Settings.model_fields.values() if f.validation_alias)
 REQUIRED_VARIABLES = [v for v in VARIABLES if v not in NOT_REQUIRED]
 # Settings typed SecretStr (or SecretStr | None) are credentials: they come from a Secret.

@@ -1,0 +1,96 @@
+"""webhooks: registry events to HTTP endpoints, signed (Standard Webhooks), retried, logged.
+
+Two halves that share only the database:
+
+- the consumer (its own group, every topic) records, in each batch's transaction, a pending
+  delivery per event and endpoint that wants it (an outbox of HTTP messages); it never waits
+  on a receiver, so a slow or dead endpoint cannot hold up consumption;
+- the delivery worker (services/webhooks/worker.py) sends what is due, outside any
+  transaction, and logs every attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from shared.consumer import ServiceHandlers, Tx
+from shared.events import TOPICS, CloudEvent
+from shared.runtime import Resources, ServiceApp
+from shared.settings import Settings
+
+from . import logic, ssrf, store
+from .sender import Sender
+from .worker import DeliveryWorker
+
+SERVICE = store.SERVICE
+log = logging.getLogger(__name__)
+
+
+class Webhooks:
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.settings = resources.settings
+        self._endpoints: list[store.Endpoint] = []
+        self._pending: list[store.NewDelivery] = []
+        self.worker: DeliveryWorker | None = None
+
+    @contextlib.asynccontextmanager
+    async def batch_scope(self, conn: asyncpg.Connection, events: list[Any]) -> AsyncIterator[None]:
+        """The active endpoints, read once per batch; the batch's deliveries, written at its end."""
+        self._endpoints = await store.active_endpoints(conn)
+        self._pending = []
+        yield
+        await store.record_deliveries(conn, self._pending)
+        self._pending = []
+
+    async def on_event(self, tx: Tx, event: CloudEvent[Any]) -> None:
+        if not self._endpoints:
+            return
+        topic = event.topic
+        data = event.data.model_dump(mode="json")
+        model = event.model_name
+        stage = logic.event_stage(topic, data)
+        raw: str | None = None
+        for endpoint in self._endpoints:
+            if not logic.wants(endpoint.subscription, topic, model, stage):
+                continue
+            if raw is None:
+                value = tx.record.value if tx.record is not None else None
+                raw = value.decode() if value else event.model_dump_json(by_alias=True, exclude_none=True)
+            envelope = {"data": data}
+            for message in logic.messages_for(endpoint.format, endpoint.mlflow_events, topic, event.id, raw,
+                                              envelope, event.time):
+                self._pending.append(store.NewDelivery(endpoint.id, message, event.id, topic, model))
+
+    async def after_commit(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def deliver_forever(self) -> None:
+        settings = self.settings
+        allowed = ssrf.parse_networks(settings.webhooks_allow_networks)
+        async with Sender(allowed=allowed, timeout_seconds=settings.webhooks_timeout_seconds,
+                          max_response_bytes=settings.webhooks_max_response_bytes) as sender:
+            self.worker = DeliveryWorker(
+                self.resources.pool, sender,
+                schedule=logic.RetrySchedule(timedelta(seconds=settings.webhooks_retry_first_seconds),
+                                             timedelta(seconds=settings.webhooks_retry_max_seconds)),
+                disable_after=timedelta(seconds=settings.webhooks_disable_after_seconds))
+            await self.worker.run()
+
+
+def build(resources: Resources) -> ServiceHandlers:
+    webhooks = Webhooks(resources)
+    return ServiceHandlers(SERVICE, {topic: webhooks.on_event for topic in TOPICS},
+                           background=(webhooks.deliver_forever,), batch_scope=webhooks.batch_scope,
+                           after_commit=webhooks.after_commit)
+
+
+def create_app(settings: Settings) -> ServiceApp:
+    return ServiceApp(settings, SERVICE, build)
