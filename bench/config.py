@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "resources")
+PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "plaintext", "resources")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 

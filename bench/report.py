@@ -113,6 +113,22 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
             row(f"  of the pipeline's {signed['pipeline_cpu_ms_per_version']:.1f} CPU ms per version",
                 _num(signed["share_of_pipeline_cpu_percent"], 1, "%"),
                 "signed events: signing + verifying, share of the pipeline's CPU per version")
+    plain = results.get("plaintext")
+    if plain:
+        table.add_section()
+        secured, bare = plain["secured"], plain["plaintext"]
+        row("security: the throughput phase again on a PLAINTEXT broker (no TLS, SASL or ACLs)",
+            f"{_num(bare['staging_per_second'], 1, 'versions/s')} vs {_num(secured['staging_per_second'], 1, '')} "
+            "secured")
+        row("  CPU per version: PLAINTEXT vs SASL_SSL + ACLs (every process measured)",
+            f"{_num(bare['cpu_ms_per_version'], 1, 'ms')} vs {_num(secured['cpu_ms_per_version'], 1, 'ms')}")
+        if "tls_sasl_cpu_ms_per_version" in plain:
+            row("  TLS + SASL cost per version (the difference)",
+                f"{_num(plain['tls_sasl_cpu_ms_per_version'], 1, 'CPU ms')} "
+                f"({_num(plain['security_share_of_cpu_percent'], 1, '%')} of the secured run's)")
+        if plain.get("signatures_cpu_ms_per_version") is not None:
+            row("  signatures per version (the trust phase, in both runs)",
+                _num(plain["signatures_cpu_ms_per_version"], 2, "CPU ms"))
     res = results.get("resources")
     if res:
         table.add_section()

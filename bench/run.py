@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import config as config_module
-from bench import large, latency, lookup, pipeline, replayrate, report, resources, targets, trust
+from bench import large, latency, lookup, pipeline, plaintext, replayrate, report, resources, targets, trust
 from bench.config import BenchConfig
 from bench.context import Context
 from bench.tap import wait_caught_up
@@ -64,7 +64,9 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
             log(f"{name} failed: {errors[name]}\n{traceback.format_exc()}")
 
     await ctx.target.wait_started(log)
-    idle, procs = idle_resources(ctx.target) if config.has("resources") else (None, None)
+    # The plaintext comparison needs the secured run's CPU, which the resources snapshot measures.
+    measure_cpu = config.has("resources") or config.has("plaintext")
+    idle, procs = idle_resources(ctx.target) if measure_cpu else (None, None)
     needs_pipeline = config.has("throughput") or config.has("latency")
     if needs_pipeline:
         left = await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
@@ -86,7 +88,9 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
         await phase("replay", replayrate.run(ctx))
     if config.has("trust"):
         await phase("trust", trust.run(ctx, results))
-    if idle is not None:
+    if config.has("plaintext") and "throughput" in results:
+        await phase("plaintext", plaintext.run(ctx, results))
+    if idle is not None and config.has("resources"):
         cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
         versions = config.versions if cpu else None
         for name, proc in idle["processes"].items():

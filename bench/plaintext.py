@@ -1,0 +1,192 @@
+"""What the secured bus costs: the throughput phase again, on a PLAINTEXT Kafka without ACLs.
+
+The main run measures the registry as it ships (SASL_SSL, ACLs, signed events). This phase
+starts a second, throwaway Kafka broker with no security on free ports, a second set of the
+pipeline services against it (their own database on the stack's PostgreSQL, the same S3
+server), pushes the same load and measures the same CPU. Events stay signed (signatures
+cannot be switched off; the trust phase measures their cost on its own), so the difference
+between the two runs is what TLS and SASL cost. Everything this phase starts it stops, and
+its broker's files and database are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import socket
+import sys
+import time
+from typing import Any
+
+import asyncpg
+from pydantic import SecretStr
+
+from bench import pipeline, resources
+from bench.context import Context
+from bench.tap import wait_caught_up
+from shared.broker import ensure_topics
+from shared.settings import Settings
+from shared.stack import kafka, postgres
+from shared.stack.proc import alive, port_open, spawn, tail, terminate, wait_for
+
+DATABASE = "modelreg_bench_plaintext"
+_SECURED_ONLY = ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CAFILE",
+                 "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _fresh_database(port: int) -> None:
+    conn = await asyncpg.connect(postgres.dsn(port, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(port: int) -> None:
+    conn = await asyncpg.connect(postgres.dsn(port, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def per_version(result: dict[str, Any], versions: int) -> float | None:
+    """CPU milliseconds per version across every measured process of a throughput result."""
+    cpu = result.get("cpu_seconds")
+    return round(sum(cpu.values()) / versions * 1e3, 2) if cpu and versions else None
+
+
+def compare(secured: dict[str, Any], plaintext: dict[str, Any], versions: int,
+            signatures_ms: float | None) -> dict[str, Any]:
+    """The two runs side by side, and what security costs per version (pure: unit-tested)."""
+    secured_ms, plain_ms = per_version(secured, versions), per_version(plaintext, versions)
+    figures: dict[str, Any] = {
+        "secured": {"staging_per_second": pipeline_rate(secured, "staging"),
+                    "decided_per_second": pipeline_rate(secured, "decided"), "cpu_ms_per_version": secured_ms},
+        "plaintext": {"staging_per_second": pipeline_rate(plaintext, "staging"),
+                      "decided_per_second": pipeline_rate(plaintext, "decided"), "cpu_ms_per_version": plain_ms},
+        "signatures_cpu_ms_per_version": signatures_ms,
+    }
+    if secured_ms is not None and plain_ms is not None:
+        figures["tls_sasl_cpu_ms_per_version"] = round(secured_ms - plain_ms, 2)
+        figures["security_share_of_cpu_percent"] = round((secured_ms - plain_ms) / secured_ms * 100, 1)
+    secured_rate, plain_rate = figures["secured"]["staging_per_second"], figures["plaintext"]["staging_per_second"]
+    if secured_rate and plain_rate:
+        figures["staging_throughput_ratio"] = round(secured_rate / plain_rate, 2)
+    return figures
+
+
+def pipeline_rate(result: dict[str, Any], point: str) -> float | None:
+    return (result.get(point) or {}).get("per_second")
+
+
+class PlaintextPipeline:
+    """A PLAINTEXT broker and the pipeline services on it, for the length of one phase."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.stack = ctx.target.stack
+        self.home = self.stack.dir / "bench-plaintext" / ctx.run_id
+        self.kafka_pid: int | None = None
+        self.services: dict[str, int] = {}
+        self.port = _free_port()
+        self.controller_port = _free_port()
+
+    def env(self, name: str) -> dict[str, str]:
+        env = {k: v for k, v in self.ctx.target.env.items() if k not in _SECURED_ONLY}
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.port}", "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+            "DATABASE_URL": postgres.dsn(self.stack.ports.postgres, DATABASE), "MODELREG_HEALTH_PORT": "0",
+            "MODELREG_SIGNING_KEY_FILE": str(self.stack.signing_key_file(name)),
+            "MODELREG_KEYRING_FILE": str(self.stack.keyring_file), "MODELREG_ENV": "development",
+        })
+        return env
+
+    async def start(self) -> None:
+        log = self.ctx.log
+        await _fresh_database(self.stack.ports.postgres)
+        log(f"plaintext: starting a PLAINTEXT Kafka on 127.0.0.1:{self.port} (no TLS, no SASL, no ACLs)")
+        self.kafka_pid = kafka.start(self.home, self.stack.cache_dir, self.port, self.controller_port, None)
+        opened = await asyncio.to_thread(wait_for, lambda: port_open(self.port) or not alive(self.kafka_pid), 120)
+        if not opened or not alive(self.kafka_pid):
+            raise RuntimeError(f"the PLAINTEXT Kafka did not start:\n{tail(self.home / 'kafka.log')}")
+        settings = self.settings()
+        for attempt in range(60):
+            try:
+                await ensure_topics(settings)
+                break
+            except Exception:
+                if attempt == 59:
+                    raise
+                await asyncio.sleep(1)
+        logs = self.home / "logs"
+        for name in resources.SERVICES:
+            self.services[name] = spawn([sys.executable, "-m", "services.cli.main", "run", name],
+                                        logs / f"{name}.log", env=self.env(name))
+        deadline = time.monotonic() + 120
+        waiting = set(resources.SERVICES)
+        while waiting and time.monotonic() < deadline:
+            for name in sorted(waiting):
+                log_file = logs / f"{name}.log"
+                if not alive(self.services[name]):
+                    raise RuntimeError(f"the PLAINTEXT run's {name} service exited:\n{tail(log_file)}")
+                if log_file.exists() and f"{name} started".encode() in log_file.read_bytes():
+                    waiting.discard(name)
+            await asyncio.sleep(0.2)
+        if waiting:
+            raise RuntimeError(f"{', '.join(sorted(waiting))} did not start on the PLAINTEXT Kafka; logs in {logs}")
+
+    def settings(self) -> Settings:
+        """The benchmark's own client settings (publisher, tap, lag) for the PLAINTEXT run."""
+        return self.ctx.settings.model_copy(update={
+            "kafka_bootstrap_servers": f"127.0.0.1:{self.port}", "kafka_security_protocol": "PLAINTEXT",
+            "kafka_sasl_username": None, "kafka_sasl_password": None, "kafka_ssl_cafile": None,
+            "database_url": SecretStr(postgres.dsn(self.stack.ports.postgres, DATABASE))})
+
+    def procs(self) -> list[resources.Proc]:
+        """The PLAINTEXT run's services and broker, and the stack's PostgreSQL and S3 (shared by both runs)."""
+        shared = [p for p in self.ctx.target.procs() if p.name in ("postgres", "s3")]
+        return [*(resources.Proc(n, pid) for n, pid in self.services.items()),
+                resources.Proc("kafka", self.kafka_pid), *shared]
+
+    async def stop(self) -> None:
+        for pid in self.services.values():
+            await asyncio.to_thread(terminate, pid, timeout=40)
+        await asyncio.to_thread(terminate, self.kafka_pid, timeout=40)
+        shutil.rmtree(self.home, ignore_errors=True)
+        await _drop_database(self.stack.ports.postgres)
+
+
+async def run(ctx: Context, results: dict[str, Any]) -> dict[str, Any]:
+    plain = PlaintextPipeline(ctx)
+    try:
+        await plain.start()
+        target = dataclasses.replace(ctx.target, settings=plain.settings())
+        plain_ctx = dataclasses.replace(ctx, target=target)
+        # A fresh broker and fresh service processes start cold (the JVM compiles its hot paths in
+        # the first minute of load), unlike the secured stack: warm them with real load first.
+        warm = min(ctx.config.versions, 300)
+        progress = await pipeline.push(plain_ctx, plain_ctx.names("pw"), warm, ctx.config.models, timeout=240,
+                                       auc_seed=ctx.config.seed, label="plaintext warm-up")
+        if not progress.done(warm):
+            raise RuntimeError("the PLAINTEXT pipeline did not decide its warm-up versions; logs in "
+                               f"{plain.home / 'logs'}")
+        await wait_caught_up(target.settings, resources.SERVICES, timeout=60)
+        measured = await pipeline.run(plain_ctx, plain.procs())
+    finally:
+        await plain.stop()
+    signatures = (results.get("trust") or {}).get("cpu_ms_per_version")
+    figures = compare(results.get("throughput") or {}, measured, ctx.config.versions, signatures)
+    figures["plaintext_run"] = {k: v for k, v in measured.items() if k != "curves"}
+    ctx.log(f"plaintext: {figures['plaintext']['staging_per_second']} versions/s to staging at "
+            f"{figures['plaintext']['cpu_ms_per_version']} CPU ms/version; secured "
+            f"{figures['secured']['staging_per_second']}/s at {figures['secured']['cpu_ms_per_version']} ms")
+    return figures
