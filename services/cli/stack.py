@@ -28,7 +28,7 @@ def command(args: argparse.Namespace) -> int:
         ports = Ports(kafka=args.kafka_port or current.kafka,
                       postgres=args.postgres_port or current.postgres,
                       s3=args.s3_port or current.s3)
-        stack.up(ports)
+        stack.up(ports, brokers=args.brokers)
         if not args.infra_only:
             from services.cli.service_names import SERVICES
             from services.cli.up import service_env

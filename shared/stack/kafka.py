@@ -1,4 +1,5 @@
-"""Apache Kafka for the local stack: jars resolved with Maven, one KRaft broker+controller.
+"""Apache Kafka for the local stack: jars resolved with Maven, KRaft nodes that are each broker
+and controller (one by default; `modelreg stack up --brokers 3` makes a quorum of three).
 
 The release's `kafka_2.13` artifact plus a log4j binding is the classpath the release
 tarball's `libs/` holds; `kafka.tools.StorageTool format --standalone` and `kafka.Kafka` are
@@ -20,6 +21,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.stack.kafka_auth import BROKER, SASL_MECHANISM, SUPER_USERS, KafkaAuth
@@ -151,28 +153,67 @@ def secured_listeners(clients: dict[str, tuple[str, str]], controller: str, auth
     ]
 
 
-def _properties(data_dir: Path, port: int, controller_port: int, auth: KafkaAuth | None) -> str:
-    return broker_properties(data_dir, f"127.0.0.1:{controller_port}", _listeners(port, controller_port, auth))
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node of the local cluster (broker and controller in one process)."""
+
+    node_id: int
+    port: int  # clients' SASL_SSL (or PLAINTEXT) listener
+    controller_port: int
+    home: Path
+
+    @property
+    def controller(self) -> str:
+        return f"127.0.0.1:{self.controller_port}"
 
 
-def broker_properties(data_dir: Path | str, controller: str, listeners: list[str]) -> str:
-    """One KRaft node, broker and controller, whose topics hold on one broker."""
+def cluster_nodes(home: Path, port: int, brokers: int) -> list[Node]:
+    """The nodes of a local cluster of `brokers`: client ports `port`, `port`+1, ... and
+    controller ports right after them (a single node: `port` and `port`+1, as always); the
+    first node lives in `home`, node N in `home`-N beside it."""
+    if not 1 <= brokers <= 9:
+        raise StackError(f"--brokers {brokers}: the local stack runs 1 to 9 brokers")
+    return [Node(i, port + i - 1, port + brokers + i - 1,
+                 home if i == 1 else home.with_name(f"{home.name}-{i}"))
+            for i in range(1, brokers + 1)]
+
+
+def replication_of(brokers: int) -> tuple[int, int]:
+    """Replication factor and min.insync.replicas of the cluster's own topics (offsets,
+    transactions) and its default: 3 and 2 from three brokers on, else every broker."""
+    replicas = min(brokers, 3)
+    return replicas, 2 if replicas >= 3 else 1
+
+
+def _properties(node: Node, nodes: list[Node], auth: KafkaAuth | None) -> str:
+    return broker_properties(node.home / "data", ",".join(n.controller for n in nodes),
+                             _listeners(node.port, node.controller_port, auth),
+                             node_id=node.node_id, brokers=len(nodes))
+
+
+def broker_properties(data_dir: Path | str, controller: str, listeners: list[str], *,
+                      node_id: int = 1, brokers: int = 1) -> str:
+    """One KRaft node, broker and controller, of a cluster of `brokers` such nodes (whose
+    controllers are `controller`, comma-separated)."""
+    replicas, min_isr = replication_of(brokers)
     return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
+        f"node.id={node_id}",
         f"controller.quorum.bootstrap.servers={controller}",
         *listeners,
         "controller.listener.names=CONTROLLER",
         f"log.dirs={data_dir}",
         "num.partitions=6",
         "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
+        f"default.replication.factor={replicas}",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=12",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        # A single developer broker: rebalances should not wait for members that never come.
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        # A developer cluster: rebalances should not wait for members that never come.
         "group.initial.rebalance.delay.ms=0",
         "log.retention.hours=168",
         "",
@@ -189,29 +230,42 @@ def secured(home: Path) -> bool:
 
 
 def start(home: Path, cache_dir: Path, port: int, controller_port: int, auth: KafkaAuth | None) -> int:
-    """Format storage on first start (with every principal's SCRAM credentials when `auth` is
-    given), then launch the broker; returns its pid."""
+    """A single-node cluster in `home`; returns the broker's pid."""
+    node = Node(1, port, controller_port, home)
+    return start_node(node, [node], cache_dir, auth)
+
+
+def start_node(node: Node, nodes: list[Node], cache_dir: Path, auth: KafkaAuth | None) -> int:
+    """Format the node's storage on first start (with every principal's SCRAM credentials when
+    `auth` is given, and the whole controller quorum when there are several nodes), then
+    launch it; returns its pid."""
     java = java_binary()
     libs = resolve_jars(cache_dir)
+    home = node.home
     home.mkdir(parents=True, exist_ok=True)
     data_dir = home / "data"
     config = home / "server.properties"
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the broker's password
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(_properties(data_dir, port, controller_port, auth))
+        handle.write(_properties(node, nodes, auth))
     (home / "log4j2.yaml").write_text(_LOG4J2)
     classpath = f"{libs}/*"
     if not (data_dir / "meta.properties").exists():
-        cluster_id_file = home / "cluster.id"
+        # One cluster id for every node, kept by the first.
+        cluster_id_file = nodes[0].home / "cluster.id"
+        nodes[0].home.mkdir(parents=True, exist_ok=True)
         if not cluster_id_file.exists():
             cluster_id_file.write_text(_cluster_id())
         scram = [] if auth is None else [
             arg for name, password in auth.passwords().items()
             for arg in ("--add-scram", f"{SASL_MECHANISM}=[name={name},password={password}]")]
+        quorum = ["--standalone"] if len(nodes) == 1 else [
+            "--initial-controllers",
+            ",".join(f"{n.node_id}@{n.controller}:{_directory_id(n.home)}" for n in nodes)]
         result = subprocess.run(
             [java, "-cp", classpath, f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
-             "kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted",
+             "kafka.tools.StorageTool", "format", *quorum, "--ignore-formatted",
              "-t", cluster_id_file.read_text().strip(), "-c", str(config), *scram],
             capture_output=True, text=True)
         if result.returncode != 0:
@@ -221,12 +275,23 @@ def start(home: Path, cache_dir: Path, port: int, controller_port: int, auth: Ka
             raise StackError(f"formatting Kafka's storage failed:\n{output[-2000:]}")
         if auth is not None:
             (home / SECURED_MARKER).write_text(f"{SASL_MECHANISM} over TLS; super users: {', '.join(SUPER_USERS)}\n")
-    heap = os.environ.get("MODELREG_KAFKA_HEAP", "-Xms256m -Xmx768m").split()
+    default_heap = "-Xms256m -Xmx768m" if len(nodes) == 1 else "-Xms128m -Xmx512m"
+    heap = os.environ.get("MODELREG_KAFKA_HEAP", default_heap).split()
     return spawn(
         [java, *heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
          f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}",
          "-cp", classpath, "kafka.Kafka", str(config)],
         home / "kafka.log")
+
+
+def _directory_id(home: Path) -> str:
+    """The node's metadata log directory id, chosen once: every node is formatted with the
+    whole quorum's ids (--initial-controllers), so they must be known before the first start."""
+    path = home / "directory.id"
+    home.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(_cluster_id())
+    return path.read_text().strip()
 
 
 def _cluster_id() -> str:

@@ -58,7 +58,9 @@ class Ports:
 @dataclass
 class StackState:
     ports: Ports = field(default_factory=Ports)
-    kafka_pid: int | None = None
+    kafka_pid: int | None = None  # node 1 (the only one by default)
+    kafka_brokers: int = 1
+    kafka_peer_pids: list[int | None] = field(default_factory=list)  # nodes 2.. of --brokers N
     s3_pid: int | None = None
     postgres_dir: str | None = None
     postgres_user: str | None = None
@@ -112,6 +114,28 @@ class LocalStack:
         return KafkaAuth(self.dir / "kafka-auth")
 
     @property
+    def kafka_nodes(self) -> list[kafka.Node]:
+        return kafka.cluster_nodes(self.kafka_home, self.ports.kafka, self.state.kafka_brokers)
+
+    def kafka_node_pid(self, node_id: int) -> int | None:
+        if node_id == 1:
+            return self.state.kafka_pid
+        peers = self.state.kafka_peer_pids
+        return peers[node_id - 2] if len(peers) >= node_id - 1 else None
+
+    def _set_kafka_node_pid(self, node_id: int, pid: int | None) -> None:
+        if node_id == 1:
+            self.state.kafka_pid = pid
+            return
+        peers = self.state.kafka_peer_pids
+        peers.extend([None] * (node_id - 1 - len(peers)))
+        peers[node_id - 2] = pid
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.kafka_nodes)
+
+    @property
     def kafka_secured(self) -> bool:
         """SASL_SSL with ACLs; False only for a stack formatted before that existed."""
         return kafka.secured(self.kafka_home)
@@ -119,7 +143,7 @@ class LocalStack:
     def kafka_env(self, principal: str = ADMIN) -> dict[str, str]:
         """The Kafka settings of a client authenticating as `principal` (a service, an
         outside role, or the admin super user the stack itself uses)."""
-        env = {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports.kafka}"}
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
         if self.kafka_secured and self.kafka_auth.exists():  # made by the first `up`
             env.update(self.kafka_auth.client_env(principal))
         return env
@@ -151,10 +175,11 @@ class LocalStack:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def up(self, ports: Ports | None = None, *, log: Log = print) -> None:
-        """Kafka, PostgreSQL and S3; see `start_services` for the registry on top."""
+    def up(self, ports: Ports | None = None, *, log: Log = print, brokers: int | None = None) -> None:
+        """Kafka (`brokers` nodes; default: as the stack was made, else 1), PostgreSQL and S3;
+        see `start_services` for the registry on top."""
         with self._exclusive():
-            self._up(ports, log)
+            self._up(ports, log, brokers)
 
     def start_services(self, names: tuple[str, ...], env: dict[str, str], *, log: Log = print) -> None:
         """Each service as a background process (`modelreg run NAME`), logging to logs/NAME.log."""
@@ -182,11 +207,18 @@ class LocalStack:
         self.state.services = {}
         self._save()
 
-    def _up(self, ports: Ports | None, log: Log) -> None:
+    def _up(self, ports: Ports | None, log: Log, brokers: int | None = None) -> None:
         if ports is not None and self.running_parts():
             if asdict(ports) != asdict(self.ports):
                 raise StackError(f"the stack in {self.dir} is running on other ports; "
                                  "run `modelreg stack down` first")
+        if brokers is not None and brokers != self.state.kafka_brokers:
+            kafka.cluster_nodes(self.kafka_home, self.ports.kafka, brokers)  # checks the number
+            if kafka.formatted(self.kafka_home):
+                raise StackError(f"the stack in {self.dir} has a Kafka cluster of {self.state.kafka_brokers} "
+                                 f"broker(s); `modelreg stack down --purge` first to make one of {brokers} "
+                                 "(or use another MODELREG_STACK_DIR)")
+            self.state.kafka_brokers = brokers
         if ports is not None:
             self.state.ports = ports
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -238,14 +270,17 @@ class LocalStack:
             raise StackError(f"the S3 server did not start:\n{tail(self.dir / 'logs' / 's3.log')}")
 
     def _up_kafka(self, log: Log) -> None:
-        if alive(self.state.kafka_pid):
+        nodes = self.kafka_nodes
+        down = [n for n in nodes if not alive(self.kafka_node_pid(n.node_id))]
+        if not down:
             return
-        self._check_port_free(self.ports.kafka, "kafka")
-        self._check_port_free(self.ports.kafka_controller, "kafka")
+        for node in down:
+            self._check_port_free(node.port, "kafka")
+            self._check_port_free(node.controller_port, "kafka")
         if not (self.cache_dir / f"kafka-{kafka.KAFKA_VERSION}" / ".resolved").exists():
             log(f"fetching Apache Kafka {kafka.KAFKA_VERSION} jars with Maven (first run only)")
-        log(f"starting Apache Kafka {kafka.KAFKA_VERSION} (KRaft) on 127.0.0.1:{self.ports.kafka}")
-        home = self.kafka_home
+        where = ", ".join(f"127.0.0.1:{n.port}" for n in down)
+        log(f"starting Apache Kafka {kafka.KAFKA_VERSION} (KRaft) on {where}")
         auth = self.kafka_auth if self.kafka_secured else None
         if auth is None:
             log(f"warning: this stack's Kafka was created before it had security and runs PLAINTEXT: "
@@ -253,12 +288,40 @@ class LocalStack:
                 f"make a secured one (SASL_SSL, ACLs)")
         else:
             auth.ensure()
-        self.state.kafka_pid = kafka.start(home, self.cache_dir, self.ports.kafka, self.ports.kafka_controller, auth)
+        for node in down:
+            self._set_kafka_node_pid(node.node_id, kafka.start_node(node, nodes, self.cache_dir, auth))
         self._save()
-        if not wait_for(lambda: port_open(self.ports.kafka) or not alive(self.state.kafka_pid), 120):
-            raise StackError(f"Kafka did not open its port:\n{tail(home / 'kafka.log')}")
-        if not alive(self.state.kafka_pid):
-            raise StackError(f"Kafka exited:\n{tail(home / 'kafka.log')}")
+        for node in down:
+            pid = self.kafka_node_pid(node.node_id)
+            if not wait_for(lambda: port_open(node.port) or not alive(pid), 120):
+                raise StackError(f"Kafka did not open its port {node.port}:\n{tail(node.home / 'kafka.log')}")
+            if not alive(pid):
+                raise StackError(f"Kafka (node {node.node_id}) exited:\n{tail(node.home / 'kafka.log')}")
+
+    def start_kafka(self, *, log: Log = print) -> None:
+        """Start every Kafka node that is not running (after a fault test stopped one)."""
+        with self._exclusive():
+            self._up_kafka(log)
+
+    def start_postgres(self, *, log: Log = print) -> None:
+        with self._exclusive():
+            self._up_postgres(log)
+
+    def stop_postgres(self) -> None:
+        """A fast shutdown: sessions are disconnected, as in a database restart."""
+        with self._exclusive():
+            if self.state.postgres_dir:
+                postgres.stop(Path(self.state.postgres_dir), self.state.postgres_user)
+
+    def start_s3(self, *, log: Log = print) -> None:
+        with self._exclusive():
+            self._up_s3(log)
+
+    def stop_s3(self) -> None:
+        with self._exclusive():
+            terminate(self.state.s3_pid, timeout=300)
+            self.state.s3_pid = None
+            self._save()
 
     async def _bootstrap(self) -> None:
         """The database, the bucket and the contract topics, so clients can publish at once."""
@@ -278,6 +341,7 @@ class LocalStack:
         settings = load_settings(**{k.lower(): v for k, v in self.env().items()}, topic_prefix="")
         async with ObjectStore(settings) as store:
             await store.ensure_bucket()
+        await self._wait_for_brokers(settings)
         for attempt in range(60):
             try:
                 await ensure_topics(settings)
@@ -289,6 +353,25 @@ class LocalStack:
         if self.kafka_secured:
             await apply_acls(settings, "")
 
+    async def _wait_for_brokers(self, settings: object) -> None:
+        """Every node registered, so new topics get their full replication factor."""
+        from shared.broker import make_admin
+
+        wanted = self.state.kafka_brokers
+        for _ in range(120):
+            admin = make_admin(settings, "modelreg-stack")  # type: ignore[arg-type]
+            try:
+                await admin.start()
+                if len((await admin.describe_cluster())["brokers"]) >= wanted:
+                    return
+            except Exception:
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+            await asyncio.sleep(1)
+        raise StackError(f"fewer than {wanted} Kafka brokers joined the cluster:\n{tail(self.kafka_home / 'kafka.log')}")
+
     # -- down and status ----------------------------------------------------------------
 
     def down(self, *, purge: bool = False, log: Log = print) -> None:
@@ -297,9 +380,12 @@ class LocalStack:
 
     def _down(self, purge: bool, log: Log) -> None:
         self._stop_services(log)
-        if alive(self.state.kafka_pid):
+        pids = [self.kafka_node_pid(n.node_id) for n in self.kafka_nodes]
+        if any(alive(pid) for pid in pids):
             log("stopping Kafka")
-        terminate(self.state.kafka_pid, timeout=60)
+        for pid in pids:
+            terminate(pid, timeout=60)
+        self.state.kafka_peer_pids = []
         if alive(self.state.s3_pid):
             log("stopping the S3 server (saving its objects)")
         terminate(self.state.s3_pid, timeout=300)
@@ -322,7 +408,8 @@ class LocalStack:
     def running_parts(self) -> dict[str, bool]:
         pg = bool(self.state.postgres_dir) and Path(self.state.postgres_dir or "").exists() and \
             postgres.running(Path(self.state.postgres_dir or ""), self.state.postgres_user)
-        return {name: up for name, up in (("kafka", alive(self.state.kafka_pid)),
+        kafka_up = any(alive(self.kafka_node_pid(n.node_id)) for n in self.kafka_nodes)
+        return {name: up for name, up in (("kafka", kafka_up),
                                           ("s3", alive(self.state.s3_pid)),
                                           ("postgres", pg)) if up}
 
