@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import SpanKind
 
+from shared import logs, metrics, telemetry
 from shared.events import (
     MODEL_NAME_PATTERN,
     UNKNOWN_MODEL,
@@ -47,9 +49,6 @@ from shared.events import (
     new_event,
     parse_event,
 )
-from opentelemetry.trace import SpanKind
-
-from shared import logs, metrics, telemetry
 from shared.keys import Keyring
 from shared.outbox import OutboxRow, write_outbox
 from shared.signing import check as check_signature

@@ -12,8 +12,8 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
-from itertools import accumulate
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (

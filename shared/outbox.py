@@ -16,7 +16,6 @@ from typing import Any
 
 import asyncpg
 from aiokafka.errors import UnknownTopicOrPartitionError
-
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
@@ -131,7 +130,7 @@ class OutboxRelay:
                 await self._lead()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("outbox relay for %s lost its connection (%s); retrying in %.1fs",
                             self._service, exc, backoff)
             except Exception:

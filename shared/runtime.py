@@ -18,19 +18,19 @@ from typing import Any
 
 import asyncpg
 
+from shared import signing
 from shared.broker import TOPIC_CONFIGS, ensure_topics, make_broker, make_producer, subscribe
 from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
 from shared.db import create_pool, migrate, pending_migrations, service_role
-from shared import signing
 from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
+from shared.idempotency_pruning import keep_for
 from shared.keys import load_keyring
 from shared.logs import configure as configure_logging
 from shared.metrics import CONSUMER_LAG
-from shared.idempotency_pruning import keep_for
 from shared.outbox import OutboxRelay
+from shared.policy import Policy, load_policy
 from shared.processed_events_pruner import INTERVAL_SECONDS as PRUNE_INTERVAL_SECONDS
 from shared.processed_events_pruner import prune_once
-from shared.policy import Policy, load_policy
 from shared.settings import Settings
 from shared.storage import ObjectStore
 from shared.telemetry import setup_tracing

@@ -18,8 +18,8 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.events import CATALOGUE, CONTENT_TYPE, MODEL_NAME_PATTERN, EventSpec
-from shared.manifest import MANIFEST_DIGEST_RULE
 from shared.keys import KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, SigningKey
+from shared.manifest import MANIFEST_DIGEST_RULE
 from shared.signing import INTERNAL_TOPICS
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

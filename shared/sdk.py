@@ -36,9 +36,9 @@ from shared.events import (
     PromotionRequestedData,
     new_event,
 )
-from shared.settings import Settings
 from shared.kafka_security import kafka_client_options
 from shared.keys import SigningKey
+from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
 
 Progress = Callable[[int], None]  # called with the bytes done since the last call

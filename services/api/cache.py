@@ -56,7 +56,7 @@ class ChampionCache:
             conn = await asyncpg.connect(self._dsn, timeout=5)
             await conn.add_listener(CHANNEL, self._notified)
             conn.add_termination_listener(lambda _conn: self._drop_all())
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("champion cache off (cannot LISTEN: %s)", exc)
             return
         self._drop_all()
@@ -78,7 +78,7 @@ class ChampionCache:
                     assert self._conn is not None
                     await asyncio.wait_for(self._conn.fetchval("SELECT 1"), timeout=2)
                     continue
-                except (Exception, asyncio.TimeoutError):
+                except (TimeoutError, Exception):
                     await self._disconnect()
             await self._connect()
 

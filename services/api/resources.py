@@ -11,10 +11,10 @@ from typing import Any, Protocol
 import asyncpg
 from fastapi import Request
 
+from shared.keys import Keyring
 from shared.policy import Policy
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from shared.keys import Keyring
 
 from .cache import ChampionCache
 from .settings import ApiSettings

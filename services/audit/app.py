@@ -18,7 +18,7 @@ from shared.settings import Settings
 
 from . import dlq, store, view
 from .chain import AuditRecord
-from .checkpointer import CheckpointObjects, Checkpointer
+from .checkpointer import Checkpointer, CheckpointObjects
 
 SERVICE = "audit"
 log = logging.getLogger(__name__)

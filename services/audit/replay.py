@@ -28,8 +28,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from shared.broker import make_admin
 from shared.db import connect
 from shared.events import InvalidEvent, parse_event
-from shared.keys import Keyring, load_keyring
 from shared.kafka_security import kafka_client_options
+from shared.keys import Keyring, load_keyring
 from shared.settings import Settings
 
 from . import store, view

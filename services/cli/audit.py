@@ -103,7 +103,7 @@ async def _connect(dsn: str, where: str) -> asyncpg.Connection:
 
     try:
         return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT, command_timeout=60)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise UserError(f"cannot connect to PostgreSQL at {where}: {_why(exc)}") from None
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 from services.cli.errors import UserError
 from services.cli.service_names import SERVICES
-from shared.policy import PolicyError
 from shared.keys import KeyFileError
+from shared.policy import PolicyError
 from shared.settings import SettingsError
 
 EXIT_FAILED = 1

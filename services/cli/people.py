@@ -101,7 +101,7 @@ async def connect(dsn: str) -> Any:
 
     try:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT, command_timeout=60)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot connect to PostgreSQL at {_describe(dsn)}: {why}") from None
     await _init_connection(conn)

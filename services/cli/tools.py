@@ -11,7 +11,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.cli.errors import UserError
-
 from shared.events import STAGES
 
 

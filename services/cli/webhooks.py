@@ -28,8 +28,8 @@ _STATUSES = ("pending", "delivered", "failed")
 
 
 def _endpoint_id(text: str) -> Any:
-    from services.webhooks.manage import parse_id
     from services.webhooks.logic import WebhookInputError
+    from services.webhooks.manage import parse_id
 
     try:
         return parse_id(text)

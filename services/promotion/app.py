@@ -31,10 +31,10 @@ from shared.events import (
     PromotionRequested,
     Reason,
 )
+from shared.manifest import canonical_manifest, is_directory_uri
 from shared.policy import Rule
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
-from shared.manifest import canonical_manifest, is_directory_uri
 
 from . import early
 from .integrity import verify_artifact

@@ -7,7 +7,6 @@ guard allows (`ssrf.GuardedResolver`, and the literal-address check before each 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,7 +73,7 @@ class Sender:
                 if capped:
                     error = (error + "; " if error else "") + f"response over {self.max_response_bytes} bytes, cut"
                 return outcome(response.status, error, excerpt, response.headers.get("Retry-After"))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return outcome(None, f"no answer within {self.timeout.total:g}s")
         except ssrf.RefusedAddress as exc:
             return outcome(None, f"refused: {exc}")

@@ -67,7 +67,7 @@ class DeliveryWorker:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def once(self) -> int:

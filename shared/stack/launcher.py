@@ -283,9 +283,9 @@ class LocalStack:
         log(f"starting Apache Kafka {kafka.KAFKA_VERSION} (KRaft) on {where}")
         auth = self.kafka_auth if self.kafka_secured else None
         if auth is None:
-            log(f"warning: this stack's Kafka was created before it had security and runs PLAINTEXT: "
-                f"anyone on this machine can forge events; `modelreg stack down --purge` and `up` "
-                f"make a secured one (SASL_SSL, ACLs)")
+            log("warning: this stack's Kafka was created before it had security and runs PLAINTEXT: "
+                "anyone on this machine can forge events; `modelreg stack down --purge` and `up` "
+                "make a secured one (SASL_SSL, ACLs)")
         else:
             auth.ensure()
         for node in down:

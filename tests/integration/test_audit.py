@@ -21,8 +21,8 @@ import pytest
 from services.audit import store
 from services.audit.chain import ALTERED, GENESIS, PREDECESSOR_MISSING, TRUNCATED, AuditRecord, link
 from services.cli import audit as audit_cli
-from shared.events import CloudEvent, RegistryAudit, RegistryAuditData, new_event
 from shared.db import migrate
+from shared.events import CloudEvent, RegistryAudit, RegistryAuditData, new_event
 from shared.settings import Settings
 from tests.conftest import Endpoints, _with_database
 from tests.support import Kafka, eventually, signed, unique_name

@@ -26,7 +26,7 @@ from services.audit import store
 from services.audit.app import checkpoint_key
 from services.audit.chain import GENESIS, TRUNCATED, link
 from services.audit.checkpoint import REWRITTEN, Checkpoint, authenticity_problem
-from services.audit.checkpointer import CHECKPOINT_LOCK, CheckpointObjects, Checkpointer
+from services.audit.checkpointer import CHECKPOINT_LOCK, Checkpointer, CheckpointObjects
 from services.cli import audit as audit_cli
 from shared.db import create_pool
 from shared.keys import Keyring, write_keyring

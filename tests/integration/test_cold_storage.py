@@ -21,8 +21,8 @@ from aiohttp import web
 from services.archival.app import create_app
 from services.archival.cold import COLD_STORAGE_CLASS, TAGGING
 from shared.broker import ensure_topics
-from shared.events import ArtifactRef, ModelDemoted, ModelDemotedData, ModelIngested, ModelIngestedData, new_event
 from shared.db import migrate
+from shared.events import ArtifactRef, ModelDemoted, ModelDemotedData, ModelIngested, ModelIngestedData, new_event
 from shared.settings import Settings
 from shared.storage import ObjectStore, S3Location
 from tests.conftest import Endpoints, _with_database

@@ -4,7 +4,6 @@ event, and dead letters written once, however often a batch is delivered."""
 from __future__ import annotations
 
 import json
-import uuid
 
 import asyncpg
 

@@ -17,7 +17,6 @@ from cryptography.exceptions import InvalidSignature
 
 from services.api.app import ApiService
 from services.api.settings import ApiSettings
-
 from shared.events import ModelValidated, ModelValidatedData, RegistryAudit, RegistryAuditData, new_event
 from shared.keys import Keyring
 from shared.settings import Settings

@@ -4,7 +4,6 @@ records of the other partitions it spans."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging

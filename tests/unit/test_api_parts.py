@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from services.api import auth, cursor, dryrun, explain, presentation, production, problems
+from services.api import auth, cursor, dryrun, explain, presentation, problems, production
 from services.api.settings import load_api_settings
 from shared.policy import parse_policy
 from shared.settings import SettingsError

@@ -10,14 +10,14 @@ import pytest
 from shared.events import (
     CATALOGUE,
     MAX_MESSAGE_BYTES,
+    ArtifactRef,
     ArtifactSpec,
     InvalidEvent,
     ModelIngested,
+    ModelIngestedData,
     ModelRegistered,
     ModelRegisteredData,
     follow_up,
-    ModelIngestedData,
-    ArtifactRef,
     new_event,
     parse_event,
 )

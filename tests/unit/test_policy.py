@@ -25,8 +25,8 @@ from shared.policy import (
     ValidationRule,
     load_policy,
     parse_duration,
-    parse_size,
     parse_policy,
+    parse_size,
 )
 
 INFRA_POLICY = Path(__file__).resolve().parents[2] / "infra" / "policy.yaml"

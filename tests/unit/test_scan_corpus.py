@@ -75,11 +75,10 @@ def _npz_with_object_exploit() -> bytes:
 @functools.cache
 def _sklearn_models() -> dict[str, object]:
     from sklearn.cluster import KMeans
-    from sklearn.compose import ColumnTransformer
+    from sklearn.compose import ColumnTransformer, make_column_selector
     from sklearn.datasets import make_classification, make_regression
     from sklearn.decomposition import PCA
     from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.compose import make_column_selector
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, KFold
