@@ -35,7 +35,7 @@ from shared.storage import ObjectStore
 from shared.keys import load_keyring
 from shared.signing import service_key
 
-from . import auth, dlq, problems, routes, ui
+from . import auth, dlq, mlflow, problems, routes, ui
 from . import webhooks as webhook_routes
 from .cache import ChampionCache
 from .fastpath import ProductionFastPath
@@ -114,6 +114,7 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
     app.include_router(dlq.router)  # admin: dead letters (API and /dlq page)
     app.include_router(dlq.pages)
     app.include_router(webhook_routes.router)  # admin: /api/v1/webhooks, /api/3.0/mlflow/webhooks
+    app.include_router(mlflow.router)  # MLflow's registry API: /api/2.0/mlflow, /ajax-api/2.0/mlflow
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestMetrics)

@@ -23,6 +23,10 @@ class ApiSettings(BaseSettings):
     open_reads: bool = Field(True, validation_alias="MODELREG_API_OPEN_READS")
     # How long a presigned artifact download URL stays valid.
     presign_seconds: int = Field(900, ge=1, le=7 * 86_400, validation_alias="MODELREG_API_PRESIGN_SECONDS")
+    # The MLflow alias that is the production stage (services/api/mlflow): reading it gives the
+    # champion, setting it asks the policy for a promotion.
+    mlflow_champion_alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]{1,255}$",
+                                       validation_alias="MODELREG_API_MLFLOW_CHAMPION_ALIAS")
 
     @field_validator("open_reads")
     @classmethod

@@ -1,0 +1,561 @@
+"""The MLflow Model Registry REST API (`/api/2.0/mlflow/...` and `/ajax-api/2.0/mlflow/...`).
+
+Handlers parse MLflow's request (query parameters for GET, a JSON body otherwise), check the
+token, and either read the registry view and the labels (`store`) or publish one event through
+the API's signing publisher: `model.registered` for a new version, `promotion.requested` for
+the champion alias and stage transitions. The policy decides promotions; nothing here does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from shared.events import MODEL_NAME_PATTERN
+
+from .. import auth
+from ..auth import Identity
+from ..resources import ApiResources, resources_of
+from ..routes import _publishing
+from . import filters, mapping, store
+from .credentials import caller, may_read, must
+from .errors import MlflowError, MlflowRoute, invalid, not_found
+
+PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+MAX_MODELS_PAGE = 1000
+MAX_VERSIONS_PAGE = 10_000
+_NAME = re.compile(MODEL_NAME_PATTERN)
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_REPEATED = ("order_by", "stages")
+
+router = APIRouter(route_class=MlflowRoute, include_in_schema=False)
+Handler = Callable[[Request], Any]
+
+
+def _route(path: str, *methods: str) -> Callable[[Handler], Handler]:
+    """Serve `handler` at `path` under both prefixes."""
+    def register(handler: Handler) -> Handler:
+        for prefix in PREFIXES:
+            router.add_api_route(prefix + path, handler, methods=list(methods))
+        return handler
+    return register
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+async def _params(request: Request) -> dict[str, Any]:
+    """MLflow's request message: query parameters for GET, else the JSON body."""
+    if request.method == "GET":
+        query = request.query_params
+        return {k: (query.getlist(k) if k in _REPEATED else query.get(k)) for k in query}
+    body = await request.body()
+    if not body.strip():
+        return dict(request.query_params)
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise invalid("the request body is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise invalid("the request body must be a JSON object")
+    return parsed
+
+
+def _text(params: dict[str, Any], field: str, *, required: bool = True, limit: int = 10_000) -> Any:
+    value = params.get(field)
+    if value in (None, "") and required:
+        raise invalid(f"missing value for required parameter '{field}'")
+    if value is not None and (not isinstance(value, str) or len(value) > limit):
+        raise invalid(f"'{field}' must be a string of at most {limit} characters")
+    return value
+
+
+def _name(params: dict[str, Any]) -> str:
+    name = _text(params, "name", limit=128)
+    if not _NAME.match(name):
+        raise invalid(f"model name {name[:128]!r}: modelreg names are lower-case letters, digits, '.', '_' and "
+                      "'-', starting with a letter or digit, at most 128")
+    return str(name)
+
+
+def _version(params: dict[str, Any]) -> int:
+    try:
+        return mapping.parse_version(_text(params, "version", limit=16) if isinstance(params.get("version"), str)
+                                     else params.get("version"))
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _alias(params: dict[str, Any]) -> str:
+    alias = _text(params, "alias", limit=255)
+    if not _ALIAS.match(alias):
+        raise invalid(f"alias {alias[:80]!r}: letters, digits, '_' and '-'")
+    return str(alias)
+
+
+def _tags(params: dict[str, Any]) -> dict[str, str]:
+    tags = params.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, dict) and isinstance(t.get("key"), str) for t in tags):
+        raise invalid("'tags' must be a list of {key, value}")
+    return {t["key"]: str(t.get("value") or "") for t in tags}
+
+
+def _max_results(params: dict[str, Any], default: int, limit: int) -> int:
+    raw = params.get("max_results")
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise invalid(f"max_results {str(raw)[:20]!r}: expected a whole number") from None
+    if not 1 <= value <= limit:
+        raise invalid(f"max_results must be between 1 and {limit}, got {value}")
+    return value
+
+
+def _offset(token: Any) -> int:
+    if token in (None, ""):
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(str(token).encode()))["offset"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise invalid("page_token is not one this server returned") from None
+    if not isinstance(offset, int) or offset < 0:
+        raise invalid("page_token is not one this server returned")
+    return offset
+
+
+def _page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def _filter(text: Any, attributes: dict[str, tuple[str, ...]]) -> list[filters.Clause]:
+    try:
+        return filters.parse_filter(text, attributes)
+    except filters.FilterError as exc:
+        raise invalid(f"filter: {exc}") from None
+
+
+def _orders(items: Any, allowed: tuple[str, ...], default: list[filters.Order]) -> list[filters.Order]:
+    if isinstance(items, str):
+        items = [items]
+    try:
+        return filters.parse_order_by(items, allowed, default)
+    except filters.FilterError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _resources(request: Request) -> ApiResources:
+    return resources_of(request)
+
+
+# ---------------------------------------------------------------------------- shaping
+
+
+async def _version_aliases(res: ApiResources, name: str) -> dict[int, list[str]]:
+    by_version: dict[int, list[str]] = {}
+    for row in await store.aliases(res.pool, name):
+        by_version.setdefault(row["version"], []).append(row["alias"])
+    champion = await store.champion(res.pool, name)
+    if champion is not None:
+        by_version.setdefault(champion, []).append(res.api.mlflow_champion_alias)
+    return by_version
+
+
+def _version_json(row: dict[str, Any], aliases: dict[int, list[str]]) -> dict[str, Any]:
+    registration = mapping.registration_status(None if row.get("pending") else row, row.get("event_id"))
+    return mapping.model_version(row, aliases=aliases.get(row["version"], ()), registration=registration)
+
+
+async def _model_json(res: ApiResources, model: dict[str, Any]) -> dict[str, Any]:
+    name = model["name"]
+    rows = await store.versions(res.pool, name)
+    aliases = await _version_aliases(res, name)
+    latest = [_version_json(dict(r), aliases) for r in mapping.latest_per_stage(rows)]
+    alias_map = {alias: version for version, names in aliases.items() for alias in names}
+    return mapping.registered_model(model, latest=latest, tags=model.get("tags") or {}, aliases=alias_map)
+
+
+async def _model_or_404(res: ApiResources, name: str) -> dict[str, Any]:
+    model = await store.model(res.pool, name)
+    if model is None:
+        raise not_found(f"Registered Model with name={name} not found")
+    return model
+
+
+async def _version_or_404(res: ApiResources, name: str, version: int) -> dict[str, Any]:
+    row = await store.version(res.pool, name, version)
+    if row is None:
+        raise not_found(f"Model Version (name={name}, version={version}) not found")
+    return row
+
+
+async def _identity(request: Request) -> Identity | None:
+    return await caller(request)
+
+
+def _scoped(identity: Identity | None, names: list[str]) -> set[str]:
+    return {n for n in names if identity is None or identity.may_touch(n)}
+
+
+# ---------------------------------------------------------------------------- registered models
+
+
+@_route("/registered-models/create", "POST")
+async def create_registered_model(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    identity = must(await _identity(request), name, auth.PUBLISH)
+    description = _text(params, "description", required=False)
+    tags = _tags(params)
+    if await store.model(res.pool, name) is not None or not await store.create_model(
+            res.pool, name, description, tags, identity.name):
+        raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Registered Model (name={name}) already exists.")
+    return {"registered_model": await _model_json(res, await _model_or_404(res, name))}
+
+
+@_route("/registered-models/get", "GET")
+async def get_registered_model(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    may_read(request, await _identity(request), name)
+    return {"registered_model": await _model_json(res, await _model_or_404(res, name))}
+
+
+@_route("/registered-models/search", "GET", "POST")
+async def search_registered_models(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    identity = await _identity(request)
+    may_read(request, identity)
+    clauses = _filter(params.get("filter"), filters.MODEL_ATTRIBUTES)
+    limit = _max_results(params, 100, MAX_MODELS_PAGE)
+    orders = _orders(params.get("order_by"), ("name", "creation_timestamp", "last_updated_timestamp"),
+                     [filters.Order("name", False)])
+    offset = _offset(params.get("page_token"))
+    candidates = [m for m in await store.models(res.pool) if identity is None or identity.may_touch(m["name"])]
+    found = [m for m in candidates if filters.matches(clauses, {"name": m["name"], "tags": m["tags"]})]
+    keyed = [{**m, "creation_timestamp": mapping.millis(m["created_at"]),
+              "last_updated_timestamp": mapping.millis(m["updated_at"])} for m in found]
+    page = filters.sort(keyed, orders)[offset:offset + limit]
+    answer: dict[str, Any] = {"registered_models": [await _model_json(res, m) for m in page]}
+    if offset + limit < len(found):
+        answer["next_page_token"] = _page_token(offset + limit)
+    return answer
+
+
+@_route("/registered-models/update", "PATCH")
+async def update_registered_model(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
+    await _model_or_404(res, name)
+    await store.describe_model(res.pool, name, _text(params, "description", required=False) or "", identity.name)
+    return {"registered_model": await _model_json(res, await _model_or_404(res, name))}
+
+
+@_route("/registered-models/rename", "POST")
+async def rename_registered_model(request: Request) -> dict[str, Any]:
+    raise invalid("modelreg does not rename models: a model's name is how its audit log, events and policy rule "
+                  "refer to it; register under the new name instead")
+
+
+@_route("/registered-models/delete", "DELETE")
+async def delete_registered_model(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    identity = must(await _identity(request), name, auth.PUBLISH)
+    await _model_or_404(res, name)
+    if await store.versions(res.pool, name):
+        raise invalid(f"{name} has versions, and modelreg keeps every version it registered (its audit log names "
+                      "them); archive them instead (the retention policy, or transition-stage to Archived)")
+    await store.delete_model(res.pool, name, identity.name)
+    return {}
+
+
+@_route("/registered-models/set-tag", "POST")
+async def set_registered_model_tag(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
+    key, value = _text(params, "key", limit=250), _text(params, "value", required=False, limit=5000) or ""
+    await _model_or_404(res, name)
+    await store.set_model_tag(res.pool, name, key, value, identity.name)
+    return {}
+
+
+@_route("/registered-models/delete-tag", "DELETE")
+async def delete_registered_model_tag(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
+    key = _text(params, "key", limit=250)
+    await _model_or_404(res, name)
+    if not await store.delete_model_tag(res.pool, name, key, identity.name):
+        raise not_found(f"Registered model tag with name={name}, key={key} not found")
+    return {}
+
+
+@_route("/registered-models/get-latest-versions", "GET", "POST")
+async def get_latest_versions(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    may_read(request, await _identity(request), name)
+    await _model_or_404(res, name)
+    stages = params.get("stages") or None
+    try:
+        latest = mapping.latest_per_stage(await store.versions(res.pool, name), stages)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    aliases = await _version_aliases(res, name)
+    return {"model_versions": [_version_json(dict(r), aliases) for r in latest]}
+
+
+# ---------------------------------------------------------------------------- aliases
+
+
+@_route("/registered-models/alias", "POST")
+async def set_registered_model_alias(request: Request) -> JSONResponse:
+    res, params = _resources(request), await _params(request)
+    name, alias, version = _name(params), _alias(params), _version(params)
+    identity = await _identity(request)
+    if alias == res.api.mlflow_champion_alias:
+        identity = must(identity, name, auth.APPROVE)
+        row = await _version_or_404(res, name, version)
+        requested = await _request_stage(res, identity, row, "production",
+                                         f"MLflow: set alias {alias!r} to version {version}")
+        return JSONResponse({"modelreg": requested})
+    identity = must(identity, name, auth.PUBLISH, auth.APPROVE)
+    await _version_or_404(res, name, version)
+    await store.set_alias(res.pool, name, alias, version, identity.name)
+    return JSONResponse({})
+
+
+@_route("/registered-models/alias", "DELETE")
+async def delete_registered_model_alias(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name, alias = _name(params), _alias(params)
+    identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
+    if alias == res.api.mlflow_champion_alias:
+        raise invalid(f"{alias!r} is the production stage, which the promotion policy sets; to take a version out of "
+                      "production, transition it to another stage (an approver's promotion request)")
+    if not await store.delete_alias(res.pool, name, alias, identity.name):
+        raise not_found(f"Registered model alias {alias} not found on model {name}")
+    return {}
+
+
+@_route("/registered-models/alias", "GET")
+async def get_model_version_by_alias(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name, alias = _name(params), _alias(params)
+    may_read(request, await _identity(request), name)
+    await _model_or_404(res, name)
+    if alias == res.api.mlflow_champion_alias:
+        version = await store.champion(res.pool, name)
+        if version is None:
+            raise not_found(f"Registered model alias {alias} not found: no version of {name} is in production")
+    else:
+        labels = {row["alias"]: row["version"] for row in await store.aliases(res.pool, name)}
+        if alias not in labels:
+            raise not_found(f"Registered model alias {alias} not found.")
+        version = labels[alias]
+    row = await _version_or_404(res, name, version)
+    return {"model_version": _version_json(row, await _version_aliases(res, name))}
+
+
+# ---------------------------------------------------------------------------- model versions
+
+
+def _check_source(res: ApiResources, source: str) -> None:
+    if source.startswith("s3://"):
+        bucket = source[5:].split("/", 1)[0]
+        if bucket not in res.settings.allowed_bucket_names:
+            raise invalid(f"source {source[:200]!r}: bucket {bucket!r} is not one the registry may read "
+                          "(MODELREG_ALLOWED_BUCKETS)")
+        return
+    if source.startswith("file://"):
+        return
+    raise invalid(f"source {source[:200]!r}: modelreg registers artifacts from s3:// or file:// URIs (copy the "
+                  "model to the registry's bucket, or one it may read, first)")
+
+
+@_route("/model-versions/create", "POST")
+async def create_model_version(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name = _name(params)
+    identity = must(await _identity(request), name, auth.PUBLISH)
+    source = str(_text(params, "source", limit=2048))
+    run_id = _text(params, "run_id", required=False, limit=256) or None
+    description = _text(params, "description", required=False) or None
+    tags = _tags(params)
+    _check_source(res, source)
+    version = await store.reserve_version(res.pool, name, source, run_id, identity.name)
+    try:
+        async with _publishing("publish model.registered"):
+            try:
+                event_id = await res.registry.register(name, source, version=version, tags=tags,
+                                                       description=description, run_id=run_id,
+                                                       registered_by=identity.name)
+            except FileNotFoundError as exc:  # an OSError, which _publishing would call a Kafka/S3 outage
+                raise invalid(f"source: {exc}") from None
+            except ValidationError:
+                raise
+            except ValueError as exc:
+                raise invalid(f"the registration is invalid: {exc}") from None
+    except BaseException:
+        await store.release(res.pool, name, version)
+        raise
+    await store.registered(res.pool, name, version, event_id)
+    row = await _version_or_404(res, name, version)
+    return {"model_version": _version_json(row, await _version_aliases(res, name))}
+
+
+@_route("/model-versions/get", "GET")
+async def get_model_version(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name, version = _name(params), _version(params)
+    may_read(request, await _identity(request), name)
+    row = await _version_or_404(res, name, version)
+    return {"model_version": _version_json(row, await _version_aliases(res, name))}
+
+
+@_route("/model-versions/search", "GET", "POST")
+async def search_model_versions(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    identity = await _identity(request)
+    may_read(request, identity)
+    clauses = _filter(params.get("filter"), filters.VERSION_ATTRIBUTES)
+    limit = _max_results(params, MAX_VERSIONS_PAGE, MAX_VERSIONS_PAGE)
+    orders = _orders(params.get("order_by"), ("name", "version_number", "creation_timestamp",
+                                               "last_updated_timestamp"),
+                     [filters.Order("name", False), filters.Order("version_number", True)])
+    offset = _offset(params.get("page_token"))
+    # one model named exactly: read only its versions
+    only = next((c.value for c in clauses if c.kind == "attribute" and c.key == "name" and c.op == "="), None)
+    rows = [r for r in await store.versions(res.pool, only) if identity is None or identity.may_touch(r["name"])]
+    keyed = []
+    for row in rows:
+        item = {**row, "version_number": row["version"], "source_path": row.get("source_uri"),
+                "tags": {**(row.get("tags") or {}), **(row.get("mlflow_tags") or {})},
+                "creation_timestamp": mapping.millis(row.get("created_at")),
+                "last_updated_timestamp": mapping.millis(row.get("updated_at"))}
+        if filters.matches(clauses, item):
+            keyed.append(item)
+    page = filters.sort(keyed, orders)[offset:offset + limit]
+    aliases: dict[str, dict[int, list[str]]] = {}
+    out = []
+    for item in page:
+        if item["name"] not in aliases:
+            aliases[item["name"]] = await _version_aliases(res, item["name"])
+        row = {k: v for k, v in item.items() if k != "tags"} | {"tags": item.get("tags")}
+        out.append(_version_json({**row, "mlflow_tags": None}, aliases[item["name"]]))
+    answer: dict[str, Any] = {"model_versions": out}
+    if offset + limit < len(keyed):
+        answer["next_page_token"] = _page_token(offset + limit)
+    return answer
+
+
+@_route("/model-versions/update", "PATCH")
+async def update_model_version(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name, version = _name(params), _version(params)
+    identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
+    await _version_or_404(res, name, version)
+    await store.describe_version(res.pool, name, version, _text(params, "description", required=False) or "",
+                                 identity.name)
+    row = await _version_or_404(res, name, version)
+    return {"model_version": _version_json(row, await _version_aliases(res, name))}
+
+
+@_route("/model-versions/set-tag", "POST")
+async def set_model_version_tag(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name, version = _name(params), _version(params)
+    identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
+    key, value = _text(params, "key", limit=250), _text(params, "value", required=False, limit=5000) or ""
+    await _version_or_404(res, name, version)
+    await store.set_version_tag(res.pool, name, version, key, value, identity.name)
+    return {}
+
+
+@_route("/model-versions/delete-tag", "DELETE")
+async def delete_model_version_tag(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name, version = _name(params), _version(params)
+    identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
+    key = _text(params, "key", limit=250)
+    row = await _version_or_404(res, name, version)
+    if not await store.delete_version_tag(res.pool, name, version, key, identity.name):
+        if key in (row.get("tags") or {}):
+            raise invalid(f"tag {key!r} was registered with {name} v{version} (it is part of its signed "
+                          "model.registered event) and cannot be deleted")
+        raise not_found(f"Model version tag with name={name}, version={version}, key={key} not found")
+    return {}
+
+
+@_route("/model-versions/transition-stage", "POST")
+async def transition_model_version_stage(request: Request) -> dict[str, Any]:
+    res, params = _resources(request), await _params(request)
+    name, version = _name(params), _version(params)
+    identity = must(await _identity(request), name, auth.APPROVE)
+    try:
+        stage = mapping.stage_from_mlflow(str(_text(params, "stage", limit=32)))
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    row = await _version_or_404(res, name, version)
+    requested = await _request_stage(res, identity, row, stage,
+                                     f"MLflow: transition-stage to {mapping.STAGE_TO_MLFLOW[stage]}")
+    return {"model_version": _version_json(row, await _version_aliases(res, name)), "modelreg": requested}
+
+
+@_route("/model-versions/delete", "DELETE")
+async def delete_model_version(request: Request) -> dict[str, Any]:
+    raise invalid("modelreg keeps every version it registered (its audit log names them); transition it to "
+                  "Archived instead")
+
+
+async def _request_stage(res: ApiResources, identity: Identity, row: dict[str, Any], stage: str,
+                         reason: str) -> dict[str, Any]:
+    """Publish promotion.requested; the policy decides, and the answer says so."""
+    if row.get("pending") or (stage in ("staging", "production") and row.get("status") != "validated"):
+        raise invalid(f"{row['name']} v{row['version']} has not passed validation (status "
+                      f"{row.get('status') or 'registering'}): it cannot be moved to {stage} before it does")
+    async with _publishing("publish promotion.requested"):
+        event_id = await res.registry.request_promotion(row["name"], row["version"], to_stage=stage,
+                                                        actor=identity.name, reason=reason)
+    return {"promotion_requested": {"event_id": str(event_id), "name": row["name"], "version": row["version"],
+                                    "to_stage": stage, "actor": identity.name},
+            "decided_by": "policy",
+            "note": f"a request, not a change: the promotion policy decides whether {row['name']} "
+                    f"v{row['version']} moves to {stage} (approvals, gates); the stage and the "
+                    f"{res.api.mlflow_champion_alias!r} alias follow its decision"}
+
+
+# ---------------------------------------------------------------------------- other endpoints
+
+
+@_route("/model-versions/get-download-uri", "GET")
+async def get_model_version_download_uri(request: Request) -> dict[str, Any]:
+    from .artifacts import download_uri
+
+    res, params = _resources(request), await _params(request)
+    name, version = _name(params), _version(params)
+    may_read(request, await _identity(request), name)
+    row = await _version_or_404(res, name, version)
+    if row.get("pending") or row.get("status") != "validated":
+        raise invalid(f"{name} v{version} has not passed validation (status {row.get('status') or 'registering'}): "
+                      "only validated artifacts are handed out")
+    return {"artifact_uri": download_uri(request, name, version)}
+
+
+@_route("/{anything:path}", "GET", "POST", "PATCH", "DELETE", "PUT")
+async def endpoint_not_found(request: Request) -> dict[str, Any]:
+    raise MlflowError("ENDPOINT_NOT_FOUND", f"modelreg does not serve {request.method} {request.url.path} "
+                                            "(it serves MLflow's model registry API)")
