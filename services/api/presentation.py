@@ -76,7 +76,8 @@ def chart_svg(metric: str, points: Sequence[Point], lines: Sequence[Line], *, wi
     parts.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}"/>')
     for line in lines:
         ly = y(line.value)
-        parts.append(f'<g class="{escape(line.kind)}-line"><line class="{escape(line.kind)}" data-threshold="{escape(line.label)}" '
+        parts.append(f'<g class="{escape(line.kind)}-line"><line class="{escape(line.kind)}" '
+                     f'data-threshold="{escape(line.label)}" '
                      f'x1="{left}" x2="{width - right}" y1="{ly:.1f}" y2="{ly:.1f}"/>'
                      f'<text class="line-label" x="{width - right - 4}" y="{ly - 5:.1f}" text-anchor="end">'
                      f'{escape(line.label)}</text></g>')
@@ -94,7 +95,8 @@ def chart_svg(metric: str, points: Sequence[Point], lines: Sequence[Line], *, wi
             parts.append(f'<circle class="{classes} missing" data-version="{point.version}" cx="{px:.1f}" '
                          f'cy="{top + plot_h:.1f}" r="5"><title>{escape(title)}</title></circle>')
             continue
-        title = f"v{point.version}: {metric} {_number(point.value)} ({point.stage}{', champion' if point.champion else ''})"
+        champion = ", champion" if point.champion else ""
+        title = f"v{point.version}: {metric} {_number(point.value)} ({point.stage}{champion})"
         py = y(point.value)
         parts.append(f'<circle class="{classes}" data-version="{point.version}" data-value="{point.value!r}" '
                      f'cx="{px:.1f}" cy="{py:.1f}" r="{7 if point.champion else 6}">'

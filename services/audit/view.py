@@ -119,7 +119,8 @@ def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
         _status(row, "quarantined")
     elif action == "evaluated":
         changes.evaluations.append({
-            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version, "suite": evidence.get("suite"),
+            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version,
+            "suite": evidence.get("suite"),
             "environment": evidence.get("environment"), "metrics": evidence.get("metrics", {}),
             "passed": evidence.get("passed"), "evaluator": evidence.get("evaluator"),
             "dataset": evidence.get("dataset"), "at": record.occurred_at})
@@ -134,7 +135,8 @@ def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
         from_stage = row["stage"]
         row["stage"] = to_stage
         changes.stage_changes.append({
-            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version, "from_stage": record.from_stage or from_stage,
+            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version,
+            "from_stage": record.from_stage or from_stage,
             "to_stage": to_stage, "reason": record.reason, "actor": record.actor, "evidence": evidence,
             "at": record.occurred_at})
         model = _model(changes, record)

@@ -301,7 +301,8 @@ async def _redrive(conn: Any, args: argparse.Namespace) -> int:
         return 0
     done = await _wait_redriven(conn, asked.requested, args.wait)
     for letter in done:
-        print(f"{letter['id']}: redriven to {letter['original_topic']} at {_short_time(letter['redrive']['redriven_at'])} "
+        print(f"{letter['id']}: redriven to {letter['original_topic']} "
+              f"at {_short_time(letter['redrive']['redriven_at'])} "
               f"by {letter['redrive']['redriven_by']}")
     waiting = len(asked.requested) - len(done)
     if waiting:

@@ -82,7 +82,8 @@ def add_parsers(commands: Any) -> None:
                                              "nothing is changed")
     dry.add_argument("file", help="the new policy (YAML)")
     dry.add_argument("--model", action="append", type=_model_name, default=None, help="only these models")
-    dry.add_argument("--all", action="store_true", help="also the versions either policy treats alike, after the changes")
+    dry.add_argument("--all", action="store_true",
+                     help="also the versions either policy treats alike, after the changes")
     dry.add_argument("--json", action="store_true")
 
 
@@ -244,7 +245,8 @@ async def _show(conn: Any, args: argparse.Namespace) -> int:
         return 0
     console = _console()
     champion = "  [bold yellow]champion[/]" if doc["is_champion"] else ""
-    console.print(f"[bold]{_escape(doc['name'])} v{doc['version']}[/]  {_stage(doc['stage'])}  {doc['status']}{champion}")
+    console.print(f"[bold]{_escape(doc['name'])} v{doc['version']}[/]  {_stage(doc['stage'])}  "
+                  f"{doc['status']}{champion}")
     artifact = doc["artifact"]
     facts = _table("", "")
     for key, value in (("artifact", artifact["uri"]), ("archive", artifact["archive_uri"]),
@@ -266,7 +268,8 @@ async def _show(conn: Any, args: argparse.Namespace) -> int:
         console.print("\n[bold]evaluations[/]")
         table = _table("SEQ", "SUITE", "ENV", "METRICS", "PASSED", "EVALUATOR", "AT (UTC)")
         for e in doc["evaluations"]:
-            table.add_row(str(e["seq"]), _escape(e["suite"]), _escape(e["environment"]), _escape(_metrics(e["metrics"])),
+            table.add_row(str(e["seq"]), _escape(e["suite"]), _escape(e["environment"]),
+                          _escape(_metrics(e["metrics"])),
                           {True: "yes", False: "no", None: "-"}[e["passed"]], _escape(e["evaluator"] or "-"),
                           _when(e["at"]))
         console.print(table)

@@ -48,7 +48,8 @@ def command(args: argparse.Namespace) -> int:
         raise
     if args.json:
         print(json.dumps({"events": report.events, "duplicates_skipped": report.duplicates,
-                          "invalid_skipped": report.skipped, "forged_skipped": report.forged, "seconds": round(report.seconds, 3),
+                          "invalid_skipped": report.skipped, "forged_skipped": report.forged,
+                          "seconds": round(report.seconds, 3),
                           "events_per_second": round(report.rate), "schema": report.schema if args.keep else None,
                           "differences": [str(d) for d in report.differences]}, indent=2))
     else:

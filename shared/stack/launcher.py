@@ -293,7 +293,7 @@ class LocalStack:
         self._save()
         for node in down:
             pid = self.kafka_node_pid(node.node_id)
-            if not wait_for(lambda: port_open(node.port) or not alive(pid), 120):
+            if not wait_for(lambda node=node, pid=pid: port_open(node.port) or not alive(pid), 120):
                 raise StackError(f"Kafka did not open its port {node.port}:\n{tail(node.home / 'kafka.log')}")
             if not alive(pid):
                 raise StackError(f"Kafka (node {node.node_id}) exited:\n{tail(node.home / 'kafka.log')}")
@@ -370,7 +370,8 @@ class LocalStack:
                 with contextlib.suppress(Exception):
                     await admin.close()
             await asyncio.sleep(1)
-        raise StackError(f"fewer than {wanted} Kafka brokers joined the cluster:\n{tail(self.kafka_home / 'kafka.log')}")
+        raise StackError(f"fewer than {wanted} Kafka brokers joined the cluster:\n"
+                         f"{tail(self.kafka_home / 'kafka.log')}")
 
     # -- down and status ----------------------------------------------------------------
 

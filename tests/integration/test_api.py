@@ -150,7 +150,8 @@ async def test_models_are_searched_and_paged(client: httpx.AsyncClient, life: di
     assert [m["name"] for m in second["items"]] == [OTHER] and second["next_cursor"] is None
     names, cursor = [], None
     for _ in range(100):  # every model of the session, a page of one at a time
-        page = (await client.get("/api/v1/models", params={"limit": 1, **({"cursor": cursor} if cursor else {})})).json()
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/api/v1/models", params=params)).json()
         names += [m["name"] for m in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -180,7 +181,8 @@ async def test_a_model_with_its_versions_champion_and_rule(client: httpx.AsyncCl
 async def test_a_version_in_full(client: httpx.AsyncClient, life: dict[str, Any]) -> None:
     doc = (await client.get(f"/api/v1/models/{NAME}/versions/2")).json()
     assert doc["artifact"]["sha256"] == life["artifacts"][2]["sha256"]
-    assert doc["artifact"]["uri"].startswith("s3://") and doc["artifact"]["size_bytes"] == life["artifacts"][2]["size_bytes"]
+    assert doc["artifact"]["uri"].startswith("s3://")
+    assert doc["artifact"]["size_bytes"] == life["artifacts"][2]["size_bytes"]
     assert doc["artifact"]["source_uri"] == life["artifacts"][2]["uri"]
     assert {c["name"] for c in doc["checks"]} >= {"checksum", "pickle_safety"}
     assert [(e["suite"], e["environment"]) for e in doc["evaluations"]] == [
@@ -307,11 +309,13 @@ async def test_writes_need_a_token_of_the_right_role(client: httpx.AsyncClient, 
                                   headers=_bearer(bob)), 404)
 
     listed = subprocess.run([sys.executable, "-m", "services.cli.main", "token", "list", "--json"],
-                            capture_output=True, text=True, timeout=60, env={**os.environ, "DATABASE_URL": settings.dsn})
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DATABASE_URL": settings.dsn})
     assert listed.returncode == 0 and bob not in listed.stdout
     assert {"bob", f"reader-{RUN}"} <= {json.loads(line)["name"] for line in listed.stdout.splitlines()}
     revoked = subprocess.run([sys.executable, "-m", "services.cli.main", "token", "revoke", "bob"],
-                             capture_output=True, text=True, timeout=60, env={**os.environ, "DATABASE_URL": settings.dsn})
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DATABASE_URL": settings.dsn})
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     _is_problem(await client.post(url, json=body, headers=_bearer(bob)), 401)
 

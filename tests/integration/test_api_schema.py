@@ -160,6 +160,6 @@ def test_the_seeded_models_documents_match_the_schema(running_api: ThreadedApi, 
 def test_fuzzed_writes_were_published_only_to_the_recorder(running_api: ThreadedApi) -> None:
     kinds = {call[0] for call in running_api.recorder.calls}
     assert {"register", "evaluate"} <= kinds <= {"register", "evaluate", "request_promotion"}
-    for kind, args, kwargs in running_api.recorder.calls:
+    for kind, _args, kwargs in running_api.recorder.calls:
         if kind == "request_promotion":
             assert kwargs["actor"] == "schemathesis"  # the token's name, never a field of the request

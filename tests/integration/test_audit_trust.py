@@ -47,7 +47,8 @@ def keyed(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Setti
 
 
 @pytest.fixture
-def verify_env(keyed: Settings, cli_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def verify_env(keyed: Settings, cli_env: Settings,  # noqa: F811 - the fixture imported above
+               monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("MODELREG_KEYRING_FILE", str(keyed.keyring_file))
     return keyed
 
@@ -319,13 +320,13 @@ async def test_the_audit_role_may_only_append_and_the_trigger_stops_even_the_own
 
 
 @pytest.mark.parametrize(("role", "allowed", "refused"), [
-    ("modelreg_ingest", "SELECT count(*) FROM model_versions", "INSERT INTO validation_results "
-                                                               "(name, version, passed, checks) VALUES ('x', 1, true, '[]')"),
+    ("modelreg_ingest", "SELECT count(*) FROM model_versions",
+     "INSERT INTO validation_results (name, version, passed, checks) VALUES ('x', 1, true, '[]')"),
     ("modelreg_promotion", "SELECT count(*) FROM promotion_versions", "SELECT count(*) FROM api_tokens"),
     ("modelreg_archival", "SELECT count(*) FROM archival_versions", "DELETE FROM view_models"),
     ("modelreg_api", "SELECT count(*) FROM view_models", "UPDATE view_models SET champion = 1"),
-    ("modelreg_validation", "SELECT count(*) FROM validation_results", "INSERT INTO api_tokens "
-                                                                       "(name, role, token_sha256) VALUES ('x', 'admin', repeat('a', 64))"),
+    ("modelreg_validation", "SELECT count(*) FROM validation_results",
+     "INSERT INTO api_tokens (name, role, token_sha256) VALUES ('x', 'admin', repeat('a', 64))"),
 ])
 async def test_each_service_role_writes_only_its_own_tables(settings: Settings, db: asyncpg.Pool,
                                                             role: str, allowed: str, refused: str) -> None:

@@ -119,7 +119,8 @@ async def test_policy_dry_run_lists_changes_first_against_the_services_policy(
     services_policy = Path(str(settings.policy_file))
     looser = tmp_path / "looser.yaml"
     looser.write_text(services_policy.read_text().replace('auc: ">= 0.90"', 'auc: ">= 0.80"', 1)
-                      .replace("champion: {metric: auc, direction: higher, min_improvement: 0.01}", "champion: null", 1))
+                      .replace("champion: {metric: auc, direction: higher, min_improvement: 0.01}",
+                               "champion: null", 1))
 
     changes = await run(settings, "policy", "dry-run", str(looser), "--model", name, "--json")
     assert changes.returncode == 0, changes.stderr

@@ -185,7 +185,7 @@ async def test_poison_messages_go_to_the_dlq_and_consumption_goes_on(
     await kafka.wait_for("model.ingested", for_model(name))
     letters = await kafka.wait_for("registry.dlq", lambda s: s.key == name, count=len(poison))
     assert sorted(s.data["error"]["kind"] for s in letters) == sorted(kind for _, kind in poison)
-    for letter, (value, kind) in zip(sorted(letters, key=lambda s: s.data["offset"]), poison):
+    for letter, (value, kind) in zip(sorted(letters, key=lambda s: s.data["offset"]), poison, strict=True):
         assert letter.data["original_topic"] == "model.registered"
         assert letter.data["service"] == "ingest"
         assert base64.b64decode(letter.data["payload_b64"]) == value, kind

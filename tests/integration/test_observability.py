@@ -75,8 +75,8 @@ async def test_metrics_count_what_was_sent_and_lag_drains(settings: Settings, ka
     artifact = await put_artifact(settings, f"inbox/{uuid.uuid4().hex}", b"burst")
     names = [unique_name("burst") for _ in range(60)]
     for name in names:
-        await kafka.producer.send(settings.topic("model.registered"),
-                                  json.dumps(cloudevent("model.registered", {"name": name, "artifact": artifact})).encode(),
+        registered = cloudevent("model.registered", {"name": name, "artifact": artifact})
+        await kafka.producer.send(settings.topic("model.registered"), json.dumps(registered).encode(),
                                   key=name.encode())
     await kafka.producer.flush()
     await kafka.wait_for("model.ingested", lambda s: s.data["name"] in names, count=60)
@@ -159,8 +159,9 @@ async def test_readiness_follows_postgresql(settings: Settings, proxy: Proxy) ->
 
     parts = urlsplit(settings.dsn)
     through_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"))
+    prefix = f"{settings.topic_prefix}ready{uuid.uuid4().hex[:4]}."
     app = create_app(settings.model_copy(update={"database_url": settings.database_url.__class__(through_proxy),
-                                                 "topic_prefix": f"{settings.topic_prefix}ready{uuid.uuid4().hex[:4]}."}))
+                                                 "topic_prefix": prefix}))
     await app.start()
     try:
         assert app.health is not None
@@ -192,8 +193,8 @@ async def test_replay_rebuilds_the_read_tables_and_names_a_row_edited_by_hand(
     artifact = await put_artifact(settings, f"inbox/{uuid.uuid4().hex}", b"replayed model")
     for i in range(1000):
         name = f"{prefix}{i % 100}"
-        await kafka.producer.send(settings.topic("model.registered"),
-                                  json.dumps(cloudevent("model.registered", {"name": name, "artifact": artifact})).encode(),
+        registered = cloudevent("model.registered", {"name": name, "artifact": artifact})
+        await kafka.producer.send(settings.topic("model.registered"), json.dumps(registered).encode(),
                                   key=name.encode())
     await kafka.producer.flush()
     await kafka.wait_for("model.validated", lambda s: s.data["name"].startswith(prefix), count=1000, timeout=120)

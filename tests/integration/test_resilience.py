@@ -58,7 +58,9 @@ async def test_500_versions_at_once_are_all_accounted_for(settings: Settings, ka
             await kafka.producer.send(settings.topic("model.registered"), json.dumps(event).encode(),
                                       key=event["data"]["name"].encode())
         await kafka.producer.flush()
-        mine = (lambda s: s.data.get("name", "").startswith(prefix))
+        def mine(s) -> bool:
+            return bool(s.data.get("name", "").startswith(prefix))
+
         await kafka.wait_for("model.ingested", mine, count=500, timeout=120)
         await kafka.wait_for("model.validated", mine, count=500, timeout=120)
         # with the default rule (no champion to beat) every passing version takes production in turn
@@ -206,7 +208,9 @@ async def test_services_killed_mid_stream_lose_and_repeat_nothing(isolated: Sett
         assert len(history) == 120 and all(r["count"] == 1 for r in history)
         assert await pool.fetchval("SELECT count(*) FROM model_versions WHERE name LIKE $1", prefix + "%") == 60
         # ...each decision was published under one event id (a crash may re-send it, never re-decide it)...
-        mine = (lambda s: s.data["name"].startswith(prefix))
+        def mine(s) -> bool:
+            return bool(s.data["name"].startswith(prefix))
+
         decisions = collections.defaultdict(set)
         for seen in kafka.matching("model.promoted", mine):
             decisions[(seen.data["name"], seen.data["version"], seen.data["to_stage"])].add(seen.event["id"])

@@ -138,7 +138,8 @@ async def test_manual_moves_reach_every_stage_and_an_archived_version_stays_arch
     for count, (to_stage, topic, from_stage) in enumerate(path, start=1):
         actor = "bob" if count % 2 else "alice"
         await kafka.publish("promotion.requested", requested(name, 1, to_stage, actor))
-        moves = await kafka.wait_for(topic, lambda s: for_model(name, 1)(s) and s.data["to_stage"] == to_stage
+        moves = await kafka.wait_for(topic, lambda s, to_stage=to_stage, from_stage=from_stage:
+                                     for_model(name, 1)(s) and s.data["to_stage"] == to_stage
                                      and s.data["from_stage"] == from_stage)
         assert moves[0].data["reason"] == "manual", moves[0].data
         assert moves[0].data["evidence"]["requested_by"] == actor

@@ -59,7 +59,8 @@ async def test_hostile_records_are_dead_lettered_and_everything_around_them_is_h
     [letter] = await kafka.wait_for("registry.dlq", lambda s: s.key == names[1])
     assert letter.data["error"]["kind"] == "schema_violation"
     assert "at most 4096 characters" in letter.data["error"]["message"]
-    partitions = {s.partition for s in kafka.matching("model.registered") if s.key in set(names) | set(poison_keys.values())}
+    keys = set(names) | set(poison_keys.values())
+    partitions = {s.partition for s in kafka.matching("model.registered") if s.key in keys}
     assert len(partitions) > 1, "the burst should span partitions"
     counts = await db.fetch("SELECT name, count(*) AS n FROM model_versions WHERE name = ANY($1) GROUP BY name", names)
     assert {r["name"]: r["n"] for r in counts} == dict.fromkeys(names, 1)

@@ -356,7 +356,8 @@ def test_the_default_allow_list_names_exact_globals_only():
 
 
 @pytest.mark.parametrize("target", [
-    "sklearn.tree._export.export_graphviz", "sklearn.tree.export_graphviz", "sklearn.utils._testing.assert_run_python_script",
+    "sklearn.tree._export.export_graphviz", "sklearn.tree.export_graphviz",
+    "sklearn.utils._testing.assert_run_python_script",
     "sklearn.datasets._openml.fetch_openml", "joblib.load", "joblib.numpy_pickle.load", "numpy.load",
     "numpy.save", "scipy.io.savemat", "lightgbm.basic._load_lib", "torch.load", "torch.storage._load_from_bytes",
 ])

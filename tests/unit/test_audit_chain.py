@@ -57,7 +57,7 @@ def test_a_chain_links_each_row_to_the_one_before() -> None:
     rows, head = built()
     assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0].prev_hash == GENESIS == "0" * 64
-    for before, after in zip(rows, rows[1:]):
+    for before, after in zip(rows, rows[1:], strict=False):
         assert after.prev_hash == before.hash
     for row in rows:
         assert row.hash == hashlib.sha256(row.prev_hash.encode() + canonical(row.record)).hexdigest()

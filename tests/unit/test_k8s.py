@@ -408,8 +408,8 @@ def test_policy_file_is_mounted_read_only_from_the_policy_configmap(service):
             assert mount.get("readOnly") is True, f"{service} mounts the policy writable"
             source = volumes[mount["name"]].get("configMap")
             assert source and source["name"] == "modelreg-policy", f"{service}: {directory} is not the policy"
-            keys = {i["path"]: i["key"] for i in source.get("items") or []} or {k: k for k in
-                                                                                 only("ConfigMap", "modelreg-policy")["data"]}
+            keys = ({i["path"]: i["key"] for i in source.get("items") or []}
+                    or {k: k for k in only("ConfigMap", "modelreg-policy")["data"]})
             assert filename in keys, f"{service}: {target} is not in the policy ConfigMap"
             parse_policy(only("ConfigMap", "modelreg-policy")["data"][keys[filename]], target)
             return

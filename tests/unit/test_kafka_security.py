@@ -40,7 +40,8 @@ REAL_CREDENTIALS = {"database_url": "postgresql://modelreg:long-random@db:5432/m
 def test_sasl_needs_a_username_and_a_password_named_by_variable(protocol, monkeypatch):
     for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(SettingsError, match=f"^KAFKA_SASL_USERNAME: required when KAFKA_SECURITY_PROTOCOL is {protocol}"):
+    required = f"^KAFKA_SASL_USERNAME: required when KAFKA_SECURITY_PROTOCOL is {protocol}"
+    with pytest.raises(SettingsError, match=required):
         load_settings(kafka_security_protocol=protocol)
     with pytest.raises(SettingsError, match="^KAFKA_SASL_PASSWORD"):
         load_settings(kafka_security_protocol=protocol, kafka_sasl_username="ingest")

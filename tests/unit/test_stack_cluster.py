@@ -49,4 +49,5 @@ def test_each_node_knows_the_whole_quorum_and_replicates_the_internal_topics() -
     assert props["transaction.state.log.min.isr"] == "2"
     assert props["min.insync.replicas"] == "2"
     single = _props(broker_properties("/d", "127.0.0.1:9093", []))
-    assert (single["node.id"], single["offsets.topic.replication.factor"], single["min.insync.replicas"]) == ("1", "1", "1")
+    assert (single["node.id"], single["offsets.topic.replication.factor"],
+            single["min.insync.replicas"]) == ("1", "1", "1")

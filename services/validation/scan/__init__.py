@@ -20,8 +20,9 @@ from .pickle_ops import UNRESOLVED_STACK_GLOBAL
 
 SCANNER_FAILED = "the scanner could not read this file"
 
-__all__ = ["SCANNER_FAILED", "DEFAULT_ALLOWED", "HEAD_BYTES", "PICKLE_FORMATS", "UNRESOLVED_STACK_GLOBAL", "ArtifactScan",
-           "Finding", "Limits", "is_pickle_format", "might_hold_pickle", "worth_scanning", "scan_file", "scan_stream"]
+__all__ = ["SCANNER_FAILED", "DEFAULT_ALLOWED", "HEAD_BYTES", "PICKLE_FORMATS", "UNRESOLVED_STACK_GLOBAL",
+           "ArtifactScan", "Finding", "Limits", "is_pickle_format", "might_hold_pickle", "worth_scanning",
+           "scan_file", "scan_stream"]
 
 
 def is_pickle_format(declared_format: str | None) -> bool:

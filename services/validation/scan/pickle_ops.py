@@ -457,7 +457,7 @@ def _set_items(target: Any, items: list | None) -> None:
         target.clear()  # some keys could not be kept: forget the dict rather than keep half of it
         target[UNKNOWN] = UNKNOWN
         return
-    for k, v in zip(items[::2], items[1::2]):
+    for k, v in zip(items[::2], items[1::2], strict=False):  # an odd last item has no value
         target[k] = v
 
 
