@@ -43,14 +43,13 @@ from .logic import (
     Result,
     authored_evaluation,
     choose_restore,
-    decide_import,
     decide_late_rejection,
     decide_manual,
     decide_promotion,
     decide_rollback,
 )
 from .store import VersionRow
-from .unit_of_work import PendingImport, PromotionBatch
+from .unit_of_work import PromotionBatch
 
 SERVICE = "promotion"
 
@@ -100,8 +99,6 @@ class Promotion:
         if row is None:  # held
             return
         self.batch.update(row.name, row.version, blocked="rejected")
-        if (pending := self.batch.pending_import(row.name, row.version)) is not None:
-            await self._import(tx, self.batch.get(row.name, row.version) or row, pending)
         why = "; ".join(f"{r.code}: {r.message}" for r in event.data.reasons)
         await self._take_down(tx, row, "rejected", why, {"reasons": [r.model_dump() for r in event.data.reasons],
                                                          "rejected_by": event.source})
@@ -157,12 +154,6 @@ class Promotion:
         data = event.data
         row = await self._version(tx, data.name, data.version)
         if row is None:
-            return
-        if (pending := self.batch.pending_import(row.name, row.version)) is not None:
-            # An imported version takes the stage it had, not the policy's first step.
-            validated = self.batch.update(row.name, row.version, validated=True)
-            assert validated is not None
-            await self._import(tx, validated, pending)
             return
         rule = self.policy.rule_for(row.name)
         if rule.auto_staging and row.stage == "none" and row.blocked is None:
@@ -289,10 +280,6 @@ class Promotion:
         row = await self._version(tx, data.name, data.version)
         if row is None:
             return
-        if data.imported_from is not None:
-            await self._import(tx, row, PendingImport(data.to_stage, data.actor, data.reason,
-                                                      data.imported_from.model_dump(mode="json"), event.id))
-            return
         rule = self.policy.rule_for(row.name)
         decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
                                  stage=row.stage, blocked=row.blocked, validated=row.validated,
@@ -327,38 +314,6 @@ class Promotion:
             done = True
         if done:
             self.batch.clear_approvals(row.name, row.version, data.to_stage)
-
-    async def _import(self, tx: Tx, row: VersionRow, request: PendingImport) -> None:
-        """Reproduce the stage a version had in the registry it was imported from, once it
-        passed validation, without the policy's gates (`decide_import` says who may ask)."""
-        decision = decide_import(self.policy.rule_for(row.name), actor=request.actor, to_stage=request.to_stage,
-                                 stage=row.stage, validated=row.validated, blocked=row.blocked,
-                                 registered_by=row.registered_by)
-        evidence = {"imported_from": request.imported_from, "requested_by": request.actor,
-                    "request_reason": request.reason, "to_stage": request.to_stage}
-        if decision.outcome == "wait":
-            self.batch.set_pending_import(row.name, row.version, request)
-            return
-        self.batch.clear_pending_import(row.name, row.version)
-        metrics.PROMOTION_DECISIONS.labels(f"import_{decision.outcome}").inc()
-        if decision.outcome == "refuse":
-            tx.audit("import_refused", name=row.name, version=row.version, from_stage=row.stage,
-                     to_stage=request.to_stage, actor=request.actor, reason=decision.detail, evidence=evidence,
-                     correlation=row.correlation_id)
-            return
-        if request.to_stage == "production" and row.stage != "production":
-            if not await self._to_production(tx, row, self.batch.champion(row.name), reason="manual",
-                                             evidence=evidence, actor=request.actor):
-                return  # quarantined: the stored bytes are not the ones registered
-        elif request.to_stage == "staging" and row.stage == "none":
-            await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=request.actor)
-        elif request.to_stage != row.stage:
-            await self._demote(tx, row, request.to_stage, reason="manual", evidence=evidence, actor=request.actor)
-        source = request.imported_from
-        tx.audit("imported", name=row.name, version=row.version, from_stage=row.stage, to_stage=request.to_stage,
-                 actor=request.actor,
-                 reason=f"{source.get('system')} {source.get('model')} v{source.get('version')}: {decision.detail}",
-                 evidence={**evidence, "policy_revision": self.policy.revision}, correlation=row.correlation_id)
 
     # -- stage changes ----------------------------------------------------------------------
 
