@@ -29,7 +29,7 @@ from .routes import Resources, _problem_responses, _time, requires
 
 ADMIN: Any = getattr(auth, "ADMIN", "admin")
 ERRORS = _problem_responses(400, 401, 403, 404)
-TEST_WAIT_SECONDS = 10.0
+TEST_WAIT_SECONDS = 20.0
 DeliveryId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a delivery's id")]
 
 router = APIRouter(tags=["webhooks"])

@@ -238,8 +238,9 @@ async def record_attempt(pool: asyncpg.Pool, claimed: Claimed, attempt: Attempt,
             attempt.response_excerpt, retry_at)
         await conn.execute(
             """UPDATE webhook_deliveries
-               SET attempts = $2, status = $3, next_attempt_at = COALESCE($4, next_attempt_at), claimed_until = NULL,
-                   last_status = $5, last_error = $6, finished_at = CASE WHEN $3 <> 'pending' THEN $7 END
+               SET attempts = $2, status = $3::text, next_attempt_at = COALESCE($4::timestamptz, next_attempt_at),
+                   claimed_until = NULL, last_status = $5, last_error = $6,
+                   finished_at = CASE WHEN $3::text <> 'pending' THEN $7::timestamptz END
                WHERE id = $1""",
             claimed.id, number, status, retry_at, attempt.status_code, attempt.error, attempt.attempted_at)
         if claimed.kind == "test":
@@ -258,7 +259,8 @@ async def record_attempt(pool: asyncpg.Pool, claimed: Claimed, attempt: Attempt,
             await write_outbox(conn, SERVICE, on_disable)
         else:
             await conn.execute(
-                "UPDATE webhook_endpoints SET failing_since = $2 WHERE id = $1 AND failing_since IS DISTINCT FROM $2",
+                """UPDATE webhook_endpoints SET failing_since = $2::timestamptz
+                   WHERE id = $1 AND failing_since IS DISTINCT FROM $2::timestamptz""",
                 claimed.endpoint_id, endpoint_failing_since)
 
 
