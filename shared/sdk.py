@@ -8,7 +8,8 @@
 
 Every call validates its input against the event contract before anything is sent, and
 publishes one CloudEvent keyed by the model name. Local artifacts are hashed and uploaded to
-the registry bucket's `uploads/` prefix first, streamed (multipart for large files).
+the registry bucket's `uploads/` prefix first, streamed (multipart for large files); a local
+directory is uploaded file by file and registered by its manifest's digest (shared.manifest).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ from shared.events import (
 from shared.kafka_security import kafka_client_options
 from shared.keys import SigningKey
 from shared.settings import Settings
-from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
+from shared.directories import DirectoryRefused, walk
+from shared.manifest import MAX_MANIFEST_FILES, FileEntry, is_directory_uri, manifest_digest
+from shared.storage import PART_SIZE, ObjectStore, S3Location, parse_s3_uri
 
 Progress = Callable[[int], None]  # called with the bytes done since the last call
 
@@ -74,7 +77,10 @@ class Registry:
         return event.id
 
     async def upload(self, name: str, path: Path, *, progress: Progress | None = None) -> ArtifactSpec:
-        """Hash a local file, then stream it to `uploads/` in the registry bucket."""
+        """Hash a local file, then stream it to `uploads/` in the registry bucket (a directory:
+        every file of it, see `upload_directory`)."""
+        if path.is_dir():
+            return await self.upload_directory(name, path, progress=progress)
         sha256, size = await asyncio.to_thread(_hash_file, path)
         key = f"uploads/{name}/{uuid.uuid4().hex}/{path.name}"
         await self._store.ensure_bucket()
@@ -86,12 +92,56 @@ class Registry:
         return ArtifactSpec(uri=f"s3://{self.settings.s3_bucket}/{key}", sha256=sha256, size_bytes=size,
                             format=_format_of(path))
 
+    async def upload_directory(self, name: str, root: Path, *, progress: Progress | None = None,
+                               max_files: int = MAX_MANIFEST_FILES) -> ArtifactSpec:
+        """Hash every file of a local directory (an MLflow model, a Hugging Face folder), then
+        stream each to one `uploads/` prefix; the spec names the prefix (ending in '/'), the
+        manifest's digest and the files' total size (shared.manifest)."""
+        files = await asyncio.to_thread(walk, root, max_files)
+        if len(files) > max_files:
+            raise DirectoryRefused("too_many_files", f"{root} holds more than {max_files} files")
+        if not files:
+            raise DirectoryRefused("artifact_missing", f"{root} holds no files")
+        entries = []
+        for file in files:
+            sha256, size = await asyncio.to_thread(_hash_file, file.real)
+            entries.append(FileEntry(file.path, size, sha256))
+        prefix = f"uploads/{name}/{uuid.uuid4().hex}/"
+        await self._store.ensure_bucket()
+        for file in files:
+            with open(file.real, "rb") as handle:
+                await self._store.client.upload_fileobj(
+                    handle, self.settings.s3_bucket, prefix + file.path, Callback=progress,
+                    Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                                          max_concurrency=4))
+        return ArtifactSpec(uri=f"s3://{self.settings.s3_bucket}/{prefix}", sha256=manifest_digest(entries),
+                            size_bytes=sum(e.size_bytes for e in entries))
+
     async def describe_s3(self, uri: str) -> ArtifactSpec:
-        """sha256 and size of an artifact already in S3 (streamed, not downloaded whole)."""
+        """sha256 and size of an artifact already in S3 (streamed, not downloaded whole); for a
+        prefix (ending in '/'), of its manifest."""
+        if is_directory_uri(uri):
+            return await self._describe_s3_prefix(uri)
         found = await self._store.digest(parse_s3_uri(uri))
         if found is None:
             raise FileNotFoundError(f"{uri} does not exist")
         return ArtifactSpec(uri=uri, sha256=found[0], size_bytes=found[1], format=_format_of(Path(uri)))
+
+    async def _describe_s3_prefix(self, uri: str) -> ArtifactSpec:
+        prefix = parse_s3_uri(uri)
+        objects = await self._store.list_prefix(prefix.bucket, prefix.key, MAX_MANIFEST_FILES + 1)
+        objects = [(key, size) for key, size in objects if not (key.endswith("/") and size == 0)]
+        if not objects:
+            raise FileNotFoundError(f"{uri} holds no objects")
+        if len(objects) > MAX_MANIFEST_FILES:
+            raise DirectoryRefused("too_many_files", f"{uri} holds more than {MAX_MANIFEST_FILES} objects")
+        entries = []
+        for key, _ in objects:
+            found = await self._store.digest(S3Location(prefix.bucket, key))
+            if found is None:
+                raise FileNotFoundError(f"s3://{prefix.bucket}/{key} went away while it was read")
+            entries.append(FileEntry(key[len(prefix.key):], found[1], found[0]))
+        return ArtifactSpec(uri=uri, sha256=manifest_digest(entries), size_bytes=sum(e.size_bytes for e in entries))
 
     async def register(self, name: str, artifact: str | Path, *, version: int | None = None,
                        metrics: Mapping[str, float] | None = None, params: Mapping[str, Any] | None = None,

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from shared.events import MODEL_NAME_PATTERN, ArtifactSpec, ModelRegisteredData, Stage
+from shared.manifest import FileEntry, manifest_digest, path_problem
 from shared.storage import parse_s3_uri
 
 from . import auth, cursor, documents, production, queries
@@ -390,7 +391,11 @@ REGISTER_BODY = {
         "schema": {
             "type": "object", "required": ["artifact"],
             "properties": {
-                "artifact": {"type": "string", "format": "binary", "description": "the model file (streamed)"},
+                "artifact": {"type": "array", "minItems": 1,
+                             "items": {"type": "string", "format": "binary"},
+                             "description": "the model file (streamed); or, as several parts, every file of a "
+                                            "model directory, each part's filename its path in the directory "
+                                            "(`MLmodel`, `data/model.pkl`): registered as a directory artifact"},
                 "version": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION,
                             "description": "default: the registry assigns the next"},
                 "format": {"type": "string", "pattern": _FORMAT.pattern,
@@ -495,22 +500,47 @@ async def register(name: NameParam, request: Request, res: Resources,
             raise Problem(413, f"the upload is {int(declared)} bytes; {name}'s policy allows artifacts of "
                                f"at most {limit}", kind="too-large")
     # Parsed here, after the token is checked: an unauthorised upload is never spooled.
-    async with request.form(max_files=1, max_fields=len(_JSON_FIELDS) + len(_TEXT_FIELDS),
+    max_files = res.policy.rule_for(name).validation.max_files
+    async with request.form(max_files=max_files, max_fields=len(_JSON_FIELDS) + len(_TEXT_FIELDS),
                             max_part_size=1024 * 1024) as form:
-        upload = form.get("artifact")
-        if not isinstance(upload, UploadFile):
+        uploads = form.getlist("artifact")
+        if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
             raise bad_request("artifact: a file part named 'artifact' is required (multipart/form-data)")
         fields = _registration(name, form, identity.name)
         workdir = FilePath(tempfile.mkdtemp(prefix="modelreg-upload-"))
         try:
-            path = workdir / _safe_filename(upload.filename)
-            sha256, size = await _spool(upload, path)
+            if len(uploads) == 1:
+                path = workdir / _safe_filename(uploads[0].filename)
+                sha256, size = await _spool(uploads[0], path)
+                described: dict[str, Any] = {"filename": path.name, "sha256": sha256, "size_bytes": size}
+            else:
+                path = workdir / "artifact"
+                described = await _spool_directory(uploads, path)
             async with _publishing("upload the artifact and publish model.registered"):
                 event_id = await res.registry.register(name, path, registered_by=identity.name, **fields)
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
     return {"event_id": event_id, "topic": "model.registered", "name": name, "version": fields.get("version"),
-            "actor": identity.name, "artifact": {"filename": path.name, "sha256": sha256, "size_bytes": size}}
+            "actor": identity.name, "artifact": described}
+
+
+async def _spool_directory(uploads: list[Any], root: FilePath) -> dict[str, Any]:
+    """Several parts: a model directory, each part's filename its relative path (checked as
+    ingest checks a directory's paths). Spooled under `root`; described by its manifest."""
+    entries = []
+    for upload in uploads:
+        relative = upload.filename or ""
+        problem = path_problem(relative)
+        if problem:
+            raise bad_request(f"artifact: a directory part's filename must be a safe relative path: {problem}")
+        target = root / relative
+        if target.exists() or any(parent.is_file() for parent in target.parents):
+            raise bad_request(f"artifact: {relative!r} is given twice, or under a file of the same name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sha256, size = await _spool(upload, target)
+        entries.append(FileEntry(relative, size, sha256))
+    return {"files": len(entries), "sha256": manifest_digest(entries),
+            "size_bytes": sum(e.size_bytes for e in entries)}
 
 
 @router.post("/models/{name}/versions/{version}/evaluations", status_code=202, response_model=Accepted,

@@ -17,7 +17,8 @@ from shared.events import STAGES
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     register = commands.add_parser("register", help="upload an artifact and publish model.registered")
     register.add_argument("name")
-    register.add_argument("--artifact", required=True, help="a local file, or an s3:// URI")
+    register.add_argument("--artifact", required=True,
+                          help="a local file or directory, or an s3:// URI (a prefix ending in '/': a directory)")
     register.add_argument("--version", type=int, help="default: the registry assigns the next")
     register.add_argument("--metric", action="append", default=[], metavar="K=V", help="training metric")
     register.add_argument("--param", action="append", default=[], metavar="K=V")
@@ -156,7 +157,9 @@ def _register_request(args: argparse.Namespace) -> dict[str, Any]:
     from shared.events import ArtifactSpec, ModelRegisteredData
 
     if not args.artifact.startswith("s3://") and not Path(args.artifact).is_file():
-        raise UserError(f"--artifact {args.artifact!r}: no such file")
+        if not Path(args.artifact).is_dir():
+            raise UserError(f"--artifact {args.artifact!r}: no such file or directory")
+        _check_directory(Path(args.artifact))
     dataset = None
     if args.dataset:
         uri, _, version = args.dataset.partition("@")
@@ -170,9 +173,24 @@ def _register_request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+def _check_directory(root: Path) -> None:
+    """A directory is checked before any upload: safe paths, no escaping symlinks, few enough files."""
+    from shared.directories import DirectoryRefused, walk
+    from shared.manifest import MAX_MANIFEST_FILES
+
+    try:
+        files = walk(root, MAX_MANIFEST_FILES)
+    except DirectoryRefused as refused:
+        raise UserError(f"--artifact {str(root)!r}: {refused.message}") from None
+    if len(files) > MAX_MANIFEST_FILES:
+        raise UserError(f"--artifact {str(root)!r}: more than {MAX_MANIFEST_FILES} files")
+    if not files:
+        raise UserError(f"--artifact {str(root)!r}: an empty directory")
+
+
 async def _register(registry: Any, args: argparse.Namespace, request: dict[str, Any]) -> str:
     path = Path(args.artifact)
-    bar = _progress(path) if path.is_file() else None
+    bar = _progress(path) if path.is_file() or path.is_dir() else None
     try:
         event_id = await registry.register(args.name, args.artifact, format=args.format,
                                            progress=bar.advance if bar else None, **request)
@@ -190,7 +208,9 @@ class _progress:
 
         self._progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                                   TransferSpeedColumn(), transient=False)
-        self._task = self._progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
+        total = (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir()
+                 else path.stat().st_size)
+        self._task = self._progress.add_task(f"uploading {path.name}", total=total)
         self._progress.start()
 
     def advance(self, done: int) -> None:

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from botocore.exceptions import ClientError
 
+from shared.directories import DirectoryRefused, walk
 from shared.manifest import (
     FileEntry,
     is_directory_uri,
@@ -303,34 +304,11 @@ async def list_directory(store: ObjectStore, source: DirectorySource, *, max_fil
 
 
 def _walk(root: Path, max_files: int) -> list[Listed]:
-    """A file:// directory's regular files. Symlinks may point at files inside the directory
-    only; symlinked directories, devices, FIFOs and sockets are refused (a FIFO would block)."""
-    listed: list[Listed] = []
-
-    def refused(error: OSError) -> None:
-        raise SourceRefused("artifact_unreadable", f"{error.filename}: {error.strerror}")
-
-    for folder, dirnames, filenames in os.walk(root, onerror=refused):
-        here = Path(folder)
-        for name in dirnames:
-            if (here / name).is_symlink():
-                raise SourceRefused("symlink_escape" if not _inside(here / name, root) else "invalid_path",
-                                    f"{(here / name).relative_to(root)}: a symlinked directory")
-        for name in sorted(filenames):
-            path = here / name
-            relative = path.relative_to(root).as_posix()
-            if path.is_symlink() and not _inside(path, root):
-                raise SourceRefused("symlink_escape", f"{relative}: a symlink to a file outside the directory")
-            if not path.is_file():
-                raise SourceRefused("invalid_path", f"{relative}: not a regular file")
-            listed.append(Listed(relative, path.stat().st_size, FileSource(Path(os.path.realpath(path)))))
-            if len(listed) > max_files:
-                return listed
-    return listed
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return Path(os.path.realpath(path)).is_relative_to(root)
+    try:
+        files = walk(root, max_files)
+    except DirectoryRefused as refused:
+        raise SourceRefused(refused.code, refused.message) from None
+    return [Listed(f.path, f.size_bytes, FileSource(f.real)) for f in files]
 
 
 def check_directory(listed: list[Listed], *, size_bytes: int, max_files: int,
