@@ -257,3 +257,58 @@ async def test_errors_and_tokens_as_mlflow_expects(
         assert answer.status_code == 404 and answer.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
         unknown_route = await http.get("/api/2.0/mlflow/experiments/list")
         assert unknown_route.status_code == 404 and unknown_route.json()["error_code"] == "ENDPOINT_NOT_FOUND"
+
+
+def _sklearn_model_dir(where: Path) -> tuple[Path, Any, Any]:
+    """A small scikit-learn classifier saved as an MLflow model directory (MLmodel, model.pkl,
+    its environment files), with the rows it was fitted on."""
+    import numpy as np
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.9, 0.1], [0.1, 0.8], [0.8, 0.3]])
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    model = LogisticRegression().fit(features, labels)
+    path = where / "model"
+    mlflow.sklearn.save_model(model, str(path), serialization_format="pickle")
+    return path, model, features
+
+
+async def _upload_dir(settings: Settings, local: Path, prefix: str) -> str:
+    from shared.storage import ObjectStore
+
+    async with ObjectStore(settings) as store:
+        await store.ensure_bucket()
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            await store.client.put_object(Bucket=settings.s3_bucket, Key=prefix + file.relative_to(local).as_posix(),
+                                          Body=file.read_bytes())
+    return f"s3://{settings.s3_bucket}/{prefix}"
+
+
+async def test_an_mlflow_model_directory_is_loaded_back_by_its_champion_alias(
+        settings: Settings, api: ApiService, tokens: dict[str, str], as_token: Callable[..., None],
+        kafka: Kafka, db: asyncpg.Pool, tmp_path: Path) -> None:
+    name = f"mlflow-{RUN}-sklearn"
+    local, model, features = await call(_sklearn_model_dir, tmp_path)
+    source = await _upload_dir(settings, local, f"inbox/{name}/model/")
+    as_token(tokens["publisher"])
+    created = await call(mlflow.register_model, source, name, await_registration_for=120)
+    assert created.version == "1"
+    version = await call(MlflowClient().get_model_version, name, "1")
+    assert version.status == "READY", version.status_message
+    await _qa(api, tokens["evaluator"], name, 1, "smoke")
+    await eventually(lambda: db.fetchval("SELECT champion = 1 FROM view_models WHERE name = $1", name))
+
+    as_token(tokens["reader"])
+    loaded = await call(mlflow.pyfunc.load_model, f"models:/{name}@champion")
+    assert list(loaded.predict(features)) == list(model.predict(features))
+    # what was loaded is the registry's copy, file for file
+    stored = await db.fetchval("SELECT artifact_uri FROM view_versions WHERE name = $1 AND version = 1", name)
+    assert stored.startswith(f"s3://{settings.s3_bucket}/artifacts/{name}/1/") and stored.endswith("/")
+    downloaded = Path(await call(mlflow.artifacts.download_artifacts, f"models:/{name}@champion",
+                                 dst_path=str(tmp_path / "copy")))
+    # (registered_model_meta is written by MLflow's client beside what it downloaded)
+    assert sorted(p.relative_to(downloaded).as_posix() for p in downloaded.rglob("*")
+                  if p.is_file() and p.name != "registered_model_meta") == \
+        sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    assert (downloaded / "MLmodel").read_bytes() == (local / "MLmodel").read_bytes()

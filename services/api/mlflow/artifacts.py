@@ -90,9 +90,9 @@ def children(keys: list[tuple[str, int]], prefix: str) -> list[dict[str, Any]]:
     shows them: a name relative to the listed directory, files with their size."""
     files: dict[str, dict[str, Any]] = {}
     for key, size in keys:
-        rest = key[len(prefix):]
-        if not rest:
+        if not key.startswith(prefix) or key == prefix:
             continue
+        rest = key[len(prefix):]
         head, slash, _ = rest.partition("/")
         if slash:
             files.setdefault(head, {"path": head, "is_dir": True})
