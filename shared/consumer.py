@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from opentelemetry.trace import SpanKind
@@ -46,6 +46,7 @@ from shared.events import (
     RegistryAuditData,
     RegistryDlq,
     RegistryDlqData,
+    Stage,
     new_event,
     parse_event,
 )
@@ -128,7 +129,7 @@ class Tx:
         return event
 
     def audit(self, action: str, *, name: str, version: int | None = None,
-              from_stage: str | None = None, to_stage: str | None = None,
+              from_stage: Stage | None = None, to_stage: Stage | None = None,
               actor: str | None = None, reason: str | None = None,
               evidence: dict[str, Any] | None = None,
               correlation: uuid.UUID | None = None) -> CloudEvent[RegistryAuditData]:
@@ -330,7 +331,8 @@ class BatchProcessor:
             parents = {d.event.id: self._parent(d) for d in ready if d.event is not None}
             await self._service.prepare(events, parents)
         fresh_ids = {id(d) for d in fresh}
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as lent, lent.transaction():
+            conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
             ids = [d.event.id if d.event is not None else d.record.dead_letter_id
                    for d in deliveries if id(d) in fresh_ids]
             inserted = {r[0] for r in await conn.fetch(

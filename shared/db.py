@@ -10,8 +10,13 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 log = logging.getLogger(__name__)
+
+# A connection of its own (`connect`) or one a pool lends (`async with pool.acquire()`): the
+# statements a function runs work the same on either.
+AnyConnection = asyncpg.Connection | PoolConnectionProxy
 
 # pg_advisory_lock key that serialises migrations across every instance starting at once.
 _MIGRATION_LOCK = 0x6D6F64656C726567  # "modelreg"
@@ -135,7 +140,7 @@ async def migrate(dsn: str) -> list[Migration]:
         await conn.close()
 
 
-async def pending_migrations(conn: asyncpg.Connection) -> list[int]:
+async def pending_migrations(conn: AnyConnection) -> list[int]:
     """Versions not yet applied (for readiness checks)."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     applied = set()

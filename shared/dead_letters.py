@@ -145,7 +145,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def _filters(service: str | None, kind: str | None, since: datetime | None,
              pending_only: bool = False) -> tuple[str, list[Any]]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     for column, value in (("service", service), ("kind", kind)):
         if value is not None:
             args.append(value)

@@ -41,7 +41,7 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]  # asyncio.Server's
         self.port = sockets[0].getsockname()[1] if sockets else self._port
         log.info("%s: health and metrics on http://127.0.0.1:%d/{healthz,readyz,metrics}", self.service, self.port)
 

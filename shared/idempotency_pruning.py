@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import Literal
 
 # How long Kafka may keep a closed segment before deleting it, beyond the retention: a
 # segment is deleted only once its newest record has expired, and rolled after segment.ms.
 DEFAULT_SEGMENT_ROLL = timedelta(days=7)
 
 
-def topic_retention(configs: Mapping[str, Mapping[str, str]], topic: str) -> timedelta | None | bool:
+def topic_retention(configs: Mapping[str, Mapping[str, str]], topic: str) -> timedelta | None | Literal[False]:
     """The retention the registry sets on `topic` (from the broker's TOPIC_CONFIGS): a
     timedelta, None when it keeps records forever, False when it sets none (broker default)."""
     value = configs.get(topic, {}).get("retention.ms")

@@ -43,16 +43,18 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
         context = ssl.create_default_context(
             cafile=_readable("KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile))
         if settings.kafka_ssl_certfile and settings.kafka_ssl_keyfile:
-            context.load_cert_chain(_readable("KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile),
-                                    _readable("KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile))
+            context.load_cert_chain(_readable_file("KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile),
+                                    _readable_file("KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile))
     except ssl.SSLError as exc:
         raise SettingsError(f"KAFKA_SSL_*: the CA, certificate or key file is not usable PEM: {exc}") from None
     return context
 
 
 def _readable(variable: str, path: Path | None) -> str | None:
-    if path is None:
-        return None
+    return None if path is None else _readable_file(variable, path)
+
+
+def _readable_file(variable: str, path: Path) -> str:
     if not path.is_file():
         raise SettingsError(f"{variable}: {path} is not a readable file")
     return str(path)

@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from shared import metrics, telemetry
-from shared.db import connect
+from shared.db import AnyConnection, connect
 from shared.events import CONTENT_TYPE, CloudEvent
 from shared.outbox_policy import check_serializable, disposition, publish_backoff, send_chains
 from shared.signing import sign_value
@@ -45,7 +45,7 @@ class OutboxRow:
                    headers={"content-type": CONTENT_TYPE, **(headers or {})})
 
 
-async def write_outbox(conn: asyncpg.Connection, service: str, rows: Sequence[OutboxRow]) -> None:
+async def write_outbox(conn: AnyConnection, service: str, rows: Sequence[OutboxRow]) -> None:
     """Insert rows, each signed by `service`, in one statement and wake the relay (NOTIFY
     fires at commit). Signed before they are stored: a row edited in the table is a forgery."""
     if not rows:
@@ -162,7 +162,7 @@ class OutboxRelay:
         finally:
             await conn.close()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self._service:
             self._wake.set()
 
@@ -260,11 +260,13 @@ class OutboxRelay:
         future = await self._send(self._topic_of(row["topic"]), row["key"], row["value"], headers)
         return await future
 
-    async def backlog(self, conn: asyncpg.Connection) -> int:
-        count, parked = await conn.fetchrow(
+    async def backlog(self, conn: AnyConnection) -> int:
+        row = await conn.fetchrow(
             """SELECT (SELECT count(*) FROM outbox WHERE service = $1),
                       (SELECT count(*) FROM outbox_parked WHERE service = $1 AND state = 'parked')""",
             self._service)
+        assert row is not None  # a SELECT without FROM returns one row
+        count, parked = int(row[0]), int(row[1])
         metrics.OUTBOX_BACKLOG.labels(self._service).set(count)
         metrics.OUTBOX_PARKED.labels(self._service).set(parked)
         return count

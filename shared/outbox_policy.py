@@ -71,7 +71,7 @@ def publish_backoff(failures: int, *, first: float = 0.2, cap: float = 10.0) -> 
     from `first`, at most `cap`; 0 when nothing failed."""
     if failures <= 0:
         return 0.0
-    return min(cap, first * 2 ** min(failures - 1, 32))
+    return min(cap, first * 2.0 ** min(failures - 1, 32))
 
 
 R = TypeVar("R")

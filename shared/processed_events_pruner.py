@@ -31,7 +31,7 @@ async def prune_processed_events(pool: asyncpg.Pool, consumer: str, before: date
     total = 0
     while True:
         async with pool.acquire() as conn:
-            deleted = await conn.fetchval(
+            deleted: int = await conn.fetchval(
                 """WITH doomed AS (
                        SELECT event_id FROM processed_events
                        WHERE consumer = $1 AND processed_at < $2

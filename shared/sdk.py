@@ -24,24 +24,26 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from boto3.s3.transfer import TransferConfig
 
+from shared.directories import DirectoryRefused, walk
 from shared.events import (
     CONTENT_TYPE,
     ArtifactSpec,
     CloudEvent,
     Dataset,
+    Environment,
     MetricsEvaluated,
     MetricsEvaluatedData,
     ModelRegistered,
     ModelRegisteredData,
     PromotionRequested,
     PromotionRequestedData,
+    Stage,
     new_event,
 )
 from shared.kafka_security import kafka_client_options
 from shared.keys import SigningKey
-from shared.settings import Settings
-from shared.directories import DirectoryRefused, walk
 from shared.manifest import MAX_MANIFEST_FILES, FileEntry, is_directory_uri, manifest_digest
+from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, S3Location, parse_s3_uri
 
 Progress = Callable[[int], None]  # called with the bytes done since the last call
@@ -150,7 +152,7 @@ class Registry:
                        registered_by: str | None = None, run_id: str | None = None,
                        format: str | None = None, progress: Progress | None = None) -> uuid.UUID:
         """Publish `model.registered`; returns its id (the version's correlation id)."""
-        data = dict(name=name, version=version, metrics=dict(metrics or {}), params=dict(params or {}),
+        data: dict[str, Any] = dict(name=name, version=version, metrics=dict(metrics or {}), params=dict(params or {}),
                     tags=dict(tags or {}), signature=dict(signature) if signature else None,
                     description=description, registered_by=registered_by or self.source, run_id=run_id,
                     dataset=Dataset(**dataset) if dataset else None)
@@ -171,7 +173,7 @@ class Registry:
         return await self.publish(event)
 
     async def evaluate(self, name: str, version: int, *, suite: str, metrics: Mapping[str, float],
-                       environment: str = "offline", passed: bool | None = None,
+                       environment: Environment = "offline", passed: bool | None = None,
                        dataset: Mapping[str, str] | None = None, evaluator: str | None = None,
                        correlationid: uuid.UUID | None = None) -> uuid.UUID:
         data = MetricsEvaluatedData(name=name, version=version, suite=suite, environment=environment,
@@ -181,7 +183,7 @@ class Registry:
         return await self.publish(new_event(MetricsEvaluated, data, source=self.source,
                                             correlationid=correlationid))
 
-    async def request_promotion(self, name: str, version: int, *, to_stage: str, actor: str,
+    async def request_promotion(self, name: str, version: int, *, to_stage: Stage, actor: str,
                                 reason: str) -> uuid.UUID:
         data = PromotionRequestedData(name=name, version=version, to_stage=to_stage, actor=actor, reason=reason)
         return await self.publish(new_event(PromotionRequested, data, source=self.source))

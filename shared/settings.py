@@ -6,7 +6,7 @@ import ipaddress
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -256,7 +256,7 @@ def production_refusals(settings: Settings) -> list[str]:
     return refusals
 
 
-def read_settings(model: type[S], **overrides: object) -> S:
+def read_settings(model: type[S], **overrides: Any) -> S:
     """Read a settings class from the environment; a wrong value raises `SettingsError`
     naming the variable, in one line."""
     try:

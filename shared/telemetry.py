@@ -52,7 +52,7 @@ def instrument_postgres() -> None:
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     except ImportError:  # pragma: no cover - the extra is not installed
         return
-    instrumentor = AsyncPGInstrumentor()
+    instrumentor = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]  # its __init__ is unannotated
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
 

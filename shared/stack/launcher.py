@@ -293,7 +293,8 @@ class LocalStack:
         self._save()
         for node in down:
             pid = self.kafka_node_pid(node.node_id)
-            if not wait_for(lambda node=node, pid=pid: port_open(node.port) or not alive(pid), 120):
+            # wait_for calls it before the loop moves on: the loop variables are the right ones
+            if not wait_for(lambda: port_open(node.port) or not alive(pid), 120):  # noqa: B023
                 raise StackError(f"Kafka did not open its port {node.port}:\n{tail(node.home / 'kafka.log')}")
             if not alive(pid):
                 raise StackError(f"Kafka (node {node.node_id}) exited:\n{tail(node.home / 'kafka.log')}")
