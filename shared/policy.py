@@ -24,6 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from shared.manifest import MAX_MANIFEST_FILES
+from shared.model_signatures import TrustedKey, load_trusted_key
 
 GiB = 1024**3
 METADATA_FIELDS = ("dataset", "description", "run_id", "signature")
@@ -128,6 +129,27 @@ class ValidationRule:
 
 
 @dataclass(frozen=True)
+class SigningRule:
+    """Model signatures (OpenSSF model signing, key-based): `required` rejects a version whose
+    directory has no `model.sig`; a signature that is present is always verified against
+    `trusted_keys` (elliptic-curve public keys) and the version's manifest."""
+
+    required: bool = False
+    trusted_keys: tuple[TrustedKey, ...] = ()
+
+    @property
+    def applies(self) -> bool:
+        """Whether validation looks at signatures at all for this rule."""
+        return self.required or bool(self.trusted_keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Keys as fingerprints (SHA-256 of the public key's PEM, as model_signing hints them):
+        the same key inline or from a file is the same policy."""
+        return {"required": self.required,
+                "trusted_keys": [f"sha256:{key.fingerprint}" for key in self.trusted_keys]}
+
+
+@dataclass(frozen=True)
 class Rule:
     match: str
     auto_staging: bool = True
@@ -140,6 +162,7 @@ class Rule:
     retention: Retention = field(default_factory=Retention)
     validation: ValidationRule = field(default_factory=ValidationRule)
     evaluator_not_author: bool | None = None  # None: true when the rule has thresholds
+    signing: SigningRule = field(default_factory=SigningRule)
 
     @property
     def evaluator_must_differ(self) -> bool:
@@ -183,6 +206,7 @@ class Rule:
                 else list(validation.allowed_formats),
                 "pickle_allow": list(validation.pickle_allow),
             },
+            "signing": self.signing.to_dict(),
         }
 
 
@@ -220,6 +244,7 @@ def _revision(rules: tuple[Rule, ...]) -> str:
         data["validation"]["pickle_allow"].sort()
         if data["validation"]["allowed_formats"] is not None:
             data["validation"]["allowed_formats"].sort()
+        data["signing"]["trusted_keys"].sort()
         canonical.append(data)
     dump = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(dump.encode()).hexdigest()[:16]
@@ -439,8 +464,9 @@ def _direction(value: object) -> Literal["higher", "lower"]:
 class _Reader:
     """Turns the constructed YAML into the public types, recording every problem it finds."""
 
-    def __init__(self, problems: _Problems) -> None:
+    def __init__(self, problems: _Problems, base_dir: Path | None = None) -> None:
         self.p = problems
+        self.base_dir = base_dir  # where relative key paths are (the policy file's directory)
 
     def scalar(self, value: object, loc: Loc, parse: Callable[[object], T], default: T) -> T:
         try:
@@ -550,6 +576,51 @@ class _Reader:
             pickle_allow=self.items(data.get("pickle_allow"), (*loc, "pickle_allow"), _pickle_pattern),
         )
 
+    def signing(self, value: object, loc: Loc) -> SigningRule:
+        if value is None:
+            return SigningRule()
+        data = self.mapping(value, loc, ("required", "trusted_keys"))
+        if data is None:
+            return SigningRule()
+        required = self.field(data, loc, "required", _boolean, False)
+        keys_loc = (*loc, "trusted_keys")
+        found = data.get("trusted_keys")
+        if found is not None and not isinstance(found, list):
+            self.p.add(keys_loc, f"expected a list of PEM public keys or key file paths, got {_got(found)}")
+            found = None
+        keys = [self.trusted_key(item, (*keys_loc, index)) for index, item in enumerate(found or [])]
+        trusted = tuple(dict.fromkeys(key for key in keys if key is not None))
+        if required and not found:
+            self.p.add(loc, "required: true needs trusted_keys (at least one public key): signatures "
+                            "are checked against keys the policy trusts (keyless Sigstore is not supported)")
+        return SigningRule(required=required, trusted_keys=trusted)
+
+    def trusted_key(self, value: object, loc: Loc) -> TrustedKey | None:
+        """An inline PEM public key, or the path of a PEM file (relative: to the policy file)."""
+        if not isinstance(value, str) or not value.strip():
+            self.p.add(loc, f"expected a PEM public key or a key file path, got {_got(value)}")
+            return None
+        if value.lstrip().startswith("-----BEGIN"):
+            pem, where = value.encode(), "inline key"
+        else:
+            path = Path(value)
+            if not path.is_absolute():
+                if self.base_dir is None:
+                    self.p.add(loc, f"{_got(value)} is a relative path and this policy has no file to be "
+                                    "relative to: give an absolute path or the PEM itself")
+                    return None
+                path = self.base_dir / path
+            try:
+                pem, where = path.read_bytes(), str(path)
+            except OSError as exc:
+                self.p.add(loc, f"cannot read the key file {path}: {exc.strerror or exc}")
+                return None
+        try:
+            return load_trusted_key(pem)
+        except ValueError as exc:
+            self.p.add(loc, f"{where}: {exc}")
+            return None
+
     def rule(self, value: object, loc: Loc) -> Rule | None:
         data = self.mapping(value, loc, _RULE_KEYS)
         if data is None:
@@ -575,6 +646,7 @@ class _Reader:
             retention=self.retention(data.get("retention"), (*loc, "retention")),
             validation=self.validation(data.get("validation"), (*loc, "validation")),
             evaluator_not_author=self.field(data, loc, "evaluator_not_author", _boolean, None),  # type: ignore[arg-type]
+            signing=self.signing(data.get("signing"), (*loc, "signing")),
         )
 
     def policy(self, value: object) -> tuple[Rule, ...]:
@@ -603,7 +675,7 @@ class _Reader:
 
 
 _RULE_KEYS = ("match", "auto_staging", "required_suites", "thresholds", "evaluator_not_author", "champion",
-              "approvers", "required_approvals", "rollback", "retention", "validation")
+              "approvers", "required_approvals", "rollback", "retention", "validation", "signing")
 
 
 def _non_negative(value: object) -> float:
@@ -636,8 +708,9 @@ def _file_count(value: object) -> int:
 # ---------------------------------------------------------------------------- entry points
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Parse and check a policy; every problem found is reported at once."""
+def parse_policy(text: str, source: str = "<policy>", base_dir: Path | None = None) -> Policy:
+    """Parse and check a policy; every problem found is reported at once. Relative key file
+    paths (signing.trusted_keys) are read from `base_dir`, the policy file's directory."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -649,7 +722,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         data = loader.construct_document(root) if root is not None else None  # flattens merge keys
     except yaml.YAMLError as exc:
         raise _yaml_error(source, text, exc) from None
-    rules = _Reader(problems).policy(data)
+    rules = _Reader(problems, base_dir).policy(data)
     problems.raise_if_any()
     return Policy(rules=rules, revision=_revision(rules), source=source)
 
@@ -663,7 +736,7 @@ def load_policy(path: Path | str | None) -> Policy:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise PolicyError(f"{path}: cannot read the policy file: {reason}") from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), Path(path).parent)
 
 
 DEFAULT_POLICY_YAML = """\
@@ -706,6 +779,13 @@ rules:
       required_metadata: []    # any of: signature, dataset, description, run_id
       allowed_formats: null    # null: any format; or a list such as [onnx, safetensors]
       pickle_allow: []         # extra globals a pickle may load, "module.name" globs such as "mylib.models.*"
+    # OpenSSF model signatures (`model_signing sign key DIR --private_key key.pem --signature
+    # DIR/model.sig`): a directory artifact's top-level model.sig is verified against these
+    # elliptic-curve public keys (inline PEM, or PEM file paths relative to this file) and
+    # must list exactly the directory's other files; required: true rejects unsigned versions.
+    signing:
+      required: false
+      trusted_keys: []
 """
 
 DEFAULT_POLICY = parse_policy(DEFAULT_POLICY_YAML, "<built-in policy>")

@@ -28,6 +28,7 @@ from shared.events import (
     QaRequestedData,
 )
 from shared.manifest import compare
+from shared.model_signatures import SignatureVerdict
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 from shared.storage import S3Location, is_missing, parse_s3_uri
@@ -44,6 +45,8 @@ from .logic import (
     siblings_of,
 )
 from .scan import ArtifactScan, Limits, scan_file
+from .signature import CHECK as SIGNATURE_CHECK
+from .signature import judge_signature, signature_check, signature_to_read
 
 SERVICE = "validation"
 READS_IN_FLIGHT = 8
@@ -56,10 +59,12 @@ class Validation:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.facts: dict[uuid.UUID, ArtifactFacts] = {}
+        self.signatures: dict[uuid.UUID, SignatureVerdict | None] = {}
 
     async def prepare(self, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
         """Read every stored artifact once: hash it, and scan it where it may be a pickle."""
         self.facts.clear()
+        self.signatures.clear()
         limit = asyncio.Semaphore(READS_IN_FLIGHT)
 
         async def inspect(event: CloudEvent[ModelIngestedData]) -> None:
@@ -68,10 +73,29 @@ class Validation:
                                     attributes={"modelreg.model": event.data.name,
                                                 "modelreg.version": event.data.version}):
                     self.facts[event.id] = await self._inspect(event.data)
+                    self.signatures[event.id] = await self._signature(event.data)
 
         async with asyncio.TaskGroup() as group:
             for event in events:
                 group.create_task(inspect(event))
+
+    async def _signature(self, data: ModelIngestedData) -> SignatureVerdict | None:
+        """The verdict on the directory's model.sig under the rule's signing policy."""
+        rule = self.resources.policy.rule_for(data.name).signing
+        manifest = data.artifact.manifest()
+        entry = signature_to_read(rule, manifest)
+        bundle = None
+        if entry is not None:
+            try:
+                prefix = parse_s3_uri(data.artifact.uri)
+                bundle = b"".join([chunk async for chunk in self.resources.store.stream(
+                    S3Location(prefix.bucket, prefix.key + entry.path))])
+            except ValueError:
+                bundle = None
+            except ClientError as exc:
+                if not is_missing(exc):
+                    raise
+        return judge_signature(rule, manifest, bundle)
 
     async def _inspect(self, data: ModelIngestedData) -> ArtifactFacts:
         try:
@@ -171,6 +195,9 @@ class Validation:
         data = event.data
         rule = self.resources.policy.rule_for(data.name)
         checks = run_checks(data, self.facts.pop(event.id), rule.validation)
+        signature = self.signatures.pop(event.id, None)
+        if signature is not None:
+            checks.append(signature_check(signature))
         passed = all(c.passed for c in checks)
         await tx.conn.execute(
             """INSERT INTO validation_results (name, version, passed, checks, suites)
@@ -181,7 +208,8 @@ class Validation:
             data.name, data.version, passed, [c.model_dump() for c in checks], list(rule.required_suites))
         evidence = {"checks": [c.model_dump() for c in checks], "policy_revision": self.resources.policy.revision}
         if not passed:
-            reasons = rejection_reasons(checks)
+            reasons = rejection_reasons(checks, {SIGNATURE_CHECK: signature.code} if signature and signature.code
+                                        else None)
             tx.emit(ModelRejected, ModelRejectedData(name=data.name, version=data.version, reasons=reasons))
             tx.audit("rejected", name=data.name, version=data.version, reason="; ".join(r.message for r in reasons),
                      evidence=evidence)

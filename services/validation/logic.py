@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -105,8 +105,11 @@ def _file_checks(ingested: ModelIngestedData, facts: ArtifactFacts, rule: Valida
     return checks
 
 
-def rejection_reasons(checks: list[Check]) -> list[Reason]:
-    return [Reason(code=REJECTION_CODES.get(c.name, c.name), message=f"{c.name}: {c.detail or 'failed'}")
+def rejection_reasons(checks: list[Check], codes: Mapping[str, str] | None = None) -> list[Reason]:
+    """A reason per failed check; `codes` names the code of checks whose code depends on how
+    they failed (the signature: signature_missing, _invalid, _untrusted, _mismatch)."""
+    codes = {**REJECTION_CODES, **(codes or {})}
+    return [Reason(code=codes.get(c.name, c.name), message=f"{c.name}: {c.detail or 'failed'}")
             for c in checks if not c.passed]
 
 
