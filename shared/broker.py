@@ -41,7 +41,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024 + 64 * 1024
 def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
     """FastStream's broker, for consuming: the outbox relay publishes with its own producer."""
     return KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        # A list: FastStream takes one string as one host, "a:9092,b:9092" included.
+        settings.kafka_bootstrap_servers.split(","),
         security=faststream_security(settings),
         client_id=client_id,
         consumer_only=True,

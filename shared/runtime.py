@@ -134,9 +134,18 @@ class ServiceApp:
                     raise RuntimeError(f"migrations not applied: {pending}")
 
         async def kafka() -> None:
-            host, _, port = self.settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
-            _reader, writer = await asyncio.open_connection(host, int(port))
-            writer.close()
+            """Any bootstrap server answering will do: a cluster rides out one broker down."""
+            failure: Exception | None = None
+            for server in self.settings.kafka_bootstrap_servers.split(","):
+                host, _, port = server.rpartition(":")
+                try:
+                    _reader, writer = await asyncio.open_connection(host, int(port))
+                except OSError as exc:
+                    failure = exc
+                    continue
+                writer.close()
+                return
+            raise failure or ConnectionError("no Kafka bootstrap server")
 
         async def s3() -> None:
             await store.client.head_bucket(Bucket=store.bucket)

@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 
 import aiohttp
 import yarl
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _SIGNED_ALWAYS = ("host", "x-amz-content-sha256", "x-amz-date")
@@ -129,6 +129,8 @@ class LeanS3:
         try:
             async for chunk in response.content.iter_chunked(chunk_size):
                 yield chunk
+        except aiohttp.ClientError as exc:  # the server went away in the middle of the body
+            raise ConnectionClosedError(endpoint_url=self._base) from exc
         finally:
             response.release()
 

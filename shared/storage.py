@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    IncompleteReadError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 from shared.s3lean import LeanS3
@@ -25,14 +28,26 @@ from shared.settings import Settings
 PART_SIZE = 8 * 1024 * 1024
 
 
+# Answers that say "not now" rather than "no": throttling, a server busy or restarting, and a
+# request whose signature time is off from the server's clock (a skewed clock is corrected by
+# NTP, or the signature is simply made again with the next attempt's time).
+RETRYABLE_CODES = frozenset({
+    "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+    "TooManyRequests", "TooManyRequestsException", "ServiceUnavailable", "InternalError",
+    "RequestTimeTooSkewed", "RequestExpired"})
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Faults worth waiting out (the server is down or busy), as opposed to bad requests."""
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)):
+    """Faults worth waiting out (the server is down, busy or the connection broke, also in the
+    middle of a streamed body), as opposed to bad requests."""
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
+                        ResponseStreamingError, IncompleteReadError, aiohttp.ClientConnectionError,
+                        aiohttp.ClientPayloadError)):
         return True
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = exc.response.get("Error", {}).get("Code", "")
-        return status >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling")
+        return status >= 500 or status == 429 or code in RETRYABLE_CODES
     return False
 
 

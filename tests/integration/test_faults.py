@@ -1,0 +1,278 @@
+"""Outages survived with nothing lost: a Kafka broker SIGKILLed, PostgreSQL restarted, the S3
+server down, each in the middle of a flow of registrations and QA results through the services
+running as their own OS processes.
+
+These tests take infrastructure away, so they never touch the shared default stack: they run
+a stack of their own (`modelreg stack up --brokers 3` in MODELREG_FAULT_STACK_DIR, default
+.modelreg-faults/ in the repository, on ports 19092-19097, 15432 and 19000 unless
+MODELREG_FAULT_KAFKA_PORT / _POSTGRES_PORT / _S3_PORT say otherwise), started here when it is
+not running and left up for the next run (CI stops it). Each test ends with every version
+accounted for: ingested once, validated, promoted to production in turn, one audit record per
+step, and the service processes it started are the ones still running (nothing was restarted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared.broker import ensure_topics, make_admin
+from shared.db import migrate
+from shared.events import TOPICS
+from shared.keys import write_keyring
+from shared.kafka_acls import apply_acls, remove_acls
+from shared.settings import Settings, load_settings
+from shared.stack import postgres
+from shared.stack.launcher import LocalStack, Ports
+from shared.stack.proc import alive
+from tests.integration.test_resilience import answer_qa, registrations
+from tests.support import Kafka, eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
+RUN = uuid.uuid4().hex[:8]
+
+
+def _fault_ports() -> Ports:
+    return Ports(kafka=int(os.environ.get("MODELREG_FAULT_KAFKA_PORT", "19092")),
+                 postgres=int(os.environ.get("MODELREG_FAULT_POSTGRES_PORT", "15432")),
+                 s3=int(os.environ.get("MODELREG_FAULT_S3_PORT", "19000")))
+
+
+@pytest.fixture(scope="module")
+def fault_stack() -> Iterator[LocalStack]:
+    stack = LocalStack(Path(os.environ.get("MODELREG_FAULT_STACK_DIR") or ROOT / ".modelreg-faults"))
+    if not all(stack.answers().values()) or stack.state.kafka_brokers != 3:
+        stack.up(_fault_ports(), brokers=3, log=lambda line: print(f"[fault stack] {line}"))
+    yield stack
+    if os.environ.get("CI"):
+        stack.down(purge=True, log=lambda line: print(f"[fault stack] {line}"))
+
+
+@pytest.fixture(scope="module")
+async def fault_settings(fault_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+    """This run's database, topics (and their ACLs), bucket and keys on the fault stack."""
+    database = f"modelreg_faults_{RUN}"
+    admin = await asyncpg.connect(postgres.dsn(fault_stack.ports.postgres, "postgres"))
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    await admin.close()
+    keys_dir = tmp_path_factory.mktemp("fault-keys")
+    # The stack's settings but this run's keyring (its alias would win over the field name).
+    stack_env = {k.lower(): v for k, v in fault_stack.env().items() if k != "MODELREG_KEYRING_FILE"}
+    settings = load_settings(**{**stack_env,
+                                "database_url": postgres.dsn(fault_stack.ports.postgres, database),
+                                "signing_key_file": keys_dir, "keyring_file": write_keyring(keys_dir),
+                                "s3_bucket": f"modelreg-faults-{RUN}", "topic_prefix": f"f{RUN}.",
+                                "topic_partitions": 3, "policy_file": str(ROOT / "tests" / "policy.yaml"),
+                                "health_port": 0, "archival_sweep_seconds": 0.5, "early_event_grace_seconds": 5})
+    await migrate(settings.dsn)
+    await ensure_topics(settings)
+    await apply_acls(settings, settings.topic_prefix)
+    yield settings
+    for part in ("kafka", "postgres", "s3"):  # a failed test may have left one down
+        {"kafka": fault_stack.start_kafka, "postgres": fault_stack.start_postgres,
+         "s3": fault_stack.start_s3}[part](log=lambda line: None)
+    await remove_acls(settings, settings.topic_prefix)
+    admin_client = make_admin(settings, "modelreg-tests")
+    await admin_client.start()
+    try:
+        await admin_client.delete_topics([t for t in await admin_client.list_topics()
+                                          if t.startswith(settings.topic_prefix)])
+    finally:
+        await admin_client.close()
+    admin = await asyncpg.connect(postgres.dsn(fault_stack.ports.postgres, "postgres"))
+    await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await admin.close()
+
+
+class Fleet:
+    """Each service as its own OS process, each its own Kafka principal, as in production."""
+
+    def __init__(self, stack: LocalStack, settings: Settings) -> None:
+        self.stack = stack
+        self.settings = settings
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = Path(stack.dir) / "logs" / f"faults-{RUN}"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def _env(self, name: str) -> dict[str, str]:
+        s = self.settings
+        return {**os.environ, **self.stack.env(name),
+                "DATABASE_URL": s.dsn, "S3_BUCKET": s.s3_bucket, "MODELREG_TOPIC_PREFIX": s.topic_prefix,
+                "MODELREG_TOPIC_PARTITIONS": str(s.topic_partitions), "MODELREG_POLICY_FILE": str(s.policy_file),
+                "MODELREG_KEYRING_FILE": str(s.keyring_file), "MODELREG_SIGNING_KEY_FILE": str(s.signing_key_file),
+                "MODELREG_HEALTH_PORT": "0", "MODELREG_ARCHIVAL_SWEEP_SECONDS": "0.5",
+                "MODELREG_EARLY_EVENT_GRACE_SECONDS": "5", "PYTHONPATH": str(ROOT)}
+
+    def start(self) -> None:
+        for name in SERVICES:
+            with open(self.logs / f"{name}.log", "ab") as log:
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli.main", "run", name], env=self._env(name),
+                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def all_running(self) -> bool:
+        return all(p.poll() is None for p in self.processes.values())
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+async def flow(fault_stack: LocalStack, fault_settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    fleet = Fleet(fault_stack, fault_settings)
+    fleet.start()
+    tap = Kafka(fault_settings)
+    await tap.start(TOPICS)
+    pool = await asyncpg.create_pool(fault_settings.dsn, min_size=1, max_size=2)
+    try:
+        yield {"fleet": fleet, "kafka": tap, "pool": pool, "settings": fault_settings}
+    finally:
+        fleet.stop()
+        await tap.stop()
+        await pool.close()
+
+
+def _about(prefix: str) -> Any:
+    """A dead letter of a record about one of the test's models (keyed by model name)."""
+    return lambda seen: (seen.data.get("key") or "").startswith(prefix)
+
+
+async def _publish(kafka: Kafka, events: list[dict[str, Any]], pace: float = 0.02) -> None:
+    """A steady flow rather than one burst, so the fault lands in the middle of it."""
+    for event in events:
+        await kafka.publish("model.registered", event)
+        await asyncio.sleep(pace)
+
+
+async def _all_accounted_for(flow: dict[str, Any], prefix: str, models: int, per_model: int,
+                             timeout: float = 240) -> None:
+    """Every version ingested exactly once with versions 1..n per model, validated, promoted
+    to production in turn (exactly once each), audited once per step, nothing dead-lettered."""
+    pool: asyncpg.Pool = flow["pool"]
+    total = models * per_model
+    like = prefix + "%"
+    try:
+        await eventually(lambda: pool.fetchval(
+            """SELECT count(DISTINCT (name, version)) = $2 FROM stage_history
+               WHERE name LIKE $1 AND to_stage = 'production'""", like, total), timeout=timeout)
+        await eventually(lambda: pool.fetchval(
+            "SELECT count(DISTINCT (name, version)) = $2 FROM audit_log WHERE name LIKE $1 AND action = 'promoted' "
+            "AND to_stage = 'production'", like, total), timeout=60)
+    except AssertionError:
+        stages = await pool.fetch("SELECT stage, count(*) FROM promotion_versions WHERE name LIKE $1 GROUP BY 1", like)
+        kafka: Kafka = flow["kafka"]
+        counts = {t: len(kafka.matching(t, lambda s: s.data.get("name", "").startswith(prefix)))
+                  for t in ("model.ingested", "model.validated", "model.rejected", "qa.requested",
+                            "metrics.evaluated", "model.promoted")}
+        counts["registry.dlq"] = len(kafka.matching("registry.dlq", _about(prefix)))
+        raise AssertionError(f"not every version reached production: stages {[tuple(r) for r in stages]}, "
+                             f"topics {counts}") from None
+    versions = await pool.fetch("SELECT name, array_agg(version ORDER BY version) AS v, "
+                                "bool_and(status = 'ingested') AS ok FROM model_versions WHERE name LIKE $1 "
+                                "GROUP BY name", like)
+    assert len(versions) == models
+    assert all(list(r["v"]) == list(range(1, per_model + 1)) and r["ok"] for r in versions), versions
+    # Exactly one decision per version and step; no audit record written twice.
+    assert await pool.fetchval("SELECT count(*) FROM stage_history WHERE name LIKE $1 AND to_stage = 'production'",
+                               like) == total
+    duplicates = await pool.fetch(
+        """SELECT name, version, action, to_stage, count(*) FROM audit_log WHERE name LIKE $1
+           GROUP BY 1, 2, 3, 4 HAVING count(*) > 1 AND action IN ('ingested', 'validated', 'promoted')""", like)
+    assert duplicates == []
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE name LIKE $1 AND action = 'ingested'",
+                               like) == total
+    kafka = flow["kafka"]
+    assert kafka.matching("registry.dlq", _about(prefix)) == []
+    assert kafka.matching("model.rejected", lambda s: s.data.get("name", "").startswith(prefix)) == []
+    assert flow["fleet"].all_running(), "a service died during the fault (it must ride it out)"
+
+
+async def test_a_broker_killed_mid_flow_and_restarted_loses_and_repeats_nothing(
+        flow: dict[str, Any], fault_stack: LocalStack) -> None:
+    kafka: Kafka = flow["kafka"]
+    prefix = f"brokerkill-{uuid.uuid4().hex[:6]}-"
+    models, per_model = 20, 5
+    names = [f"{prefix}{i % models}" for i in range(models * per_model)]
+    qa = asyncio.create_task(answer_qa(kafka, prefix))
+    try:
+        events = await registrations(flow["settings"], names)
+        half = len(events) // 2
+        await _publish(kafka, events[:half])
+        await kafka.wait_for("model.ingested", lambda s: s.data["name"].startswith(prefix), count=10, timeout=120)
+        # SIGKILL a broker that leads some of the run's partitions (every one of three does).
+        victim = fault_stack.kafka_nodes[1]
+        pid = fault_stack.kafka_node_pid(victim.node_id)
+        assert alive(pid)
+        os.kill(pid, signal.SIGKILL)
+        await _publish(kafka, events[half:])  # acks=all with min.insync.replicas 2: two brokers take it
+        await asyncio.sleep(10)
+        await asyncio.to_thread(fault_stack.start_kafka, log=lambda line: None)
+        assert alive(fault_stack.kafka_node_pid(victim.node_id))
+        await _all_accounted_for(flow, prefix, models, per_model)
+    finally:
+        qa.cancel()
+
+
+async def test_postgres_restarted_mid_flow_services_recover_without_a_restart(
+        flow: dict[str, Any], fault_stack: LocalStack) -> None:
+    kafka: Kafka = flow["kafka"]
+    prefix = f"pgrestart-{uuid.uuid4().hex[:6]}-"
+    models, per_model = 20, 5
+    names = [f"{prefix}{i % models}" for i in range(models * per_model)]
+    qa = asyncio.create_task(answer_qa(kafka, prefix))
+    try:
+        events = await registrations(flow["settings"], names)
+        half = len(events) // 2
+        await _publish(kafka, events[:half])
+        await kafka.wait_for("model.ingested", lambda s: s.data["name"].startswith(prefix), count=10, timeout=120)
+        await asyncio.to_thread(fault_stack.stop_postgres)  # fast shutdown: every session is cut
+        assert not fault_stack.answers()["postgres"]
+        await _publish(kafka, events[half:])
+        await asyncio.sleep(5)
+        await asyncio.to_thread(fault_stack.start_postgres, log=lambda line: None)
+        await _all_accounted_for(flow, prefix, models, per_model)
+    finally:
+        qa.cancel()
+        if not fault_stack.answers()["postgres"]:
+            await asyncio.to_thread(fault_stack.start_postgres, log=lambda line: None)
+
+
+async def test_s3_down_for_a_while_ingest_waits_instead_of_dead_lettering(
+        flow: dict[str, Any], fault_stack: LocalStack) -> None:
+    kafka: Kafka = flow["kafka"]
+    prefix = f"s3down-{uuid.uuid4().hex[:6]}-"
+    models, per_model = 10, 3
+    names = [f"{prefix}{i % models}" for i in range(models * per_model)]
+    qa = asyncio.create_task(answer_qa(kafka, prefix))
+    try:
+        events = await registrations(flow["settings"], names)  # the artifact is uploaded first
+        await asyncio.to_thread(fault_stack.stop_s3)
+        assert not fault_stack.answers()["s3"]
+        await _publish(kafka, events)
+        await asyncio.sleep(20)  # ingest sees S3 down for every one of them meanwhile
+        assert kafka.matching("registry.dlq", _about(prefix)) == []
+        assert kafka.matching("model.rejected", lambda s: s.data.get("name", "").startswith(prefix)) == []
+        await asyncio.to_thread(fault_stack.start_s3, log=lambda line: None)
+        await _all_accounted_for(flow, prefix, models, per_model)
+    finally:
+        qa.cancel()
+        if not fault_stack.answers()["s3"]:
+            await asyncio.to_thread(fault_stack.start_s3, log=lambda line: None)
