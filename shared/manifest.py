@@ -158,6 +158,16 @@ def describe(problems: Sequence[Discrepancy], shown: int = 10) -> str:
     return text + (f"; and {len(problems) - shown} more" if len(problems) > shown else "")
 
 
+def manifest_key(prefix: str) -> str:
+    """Where the registry keeps a directory's canonical manifest: beside the prefix, never in
+    it (`artifacts/m/3/<sha256>/` -> `artifacts/m/3/<sha256>.manifest`). It needs no trust of its
+    own: its SHA-256 is the version's sha256."""
+    return prefix.rstrip("/") + ".manifest"
+
+
+MAX_MANIFEST_BYTES = MAX_MANIFEST_FILES * (64 + 2 + 20 + 2 + MAX_PATH_BYTES + 1)
+
+
 def is_directory_uri(uri: str) -> bool:
     """Directory artifacts are named by a URI ending in '/' (an S3 prefix, a file:// directory)."""
     return uri.endswith("/")

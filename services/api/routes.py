@@ -18,14 +18,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
+from botocore.exceptions import ClientError
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from shared.events import MODEL_NAME_PATTERN, ArtifactSpec, ModelRegisteredData, Stage
-from shared.manifest import FileEntry, manifest_digest, path_problem
-from shared.storage import parse_s3_uri
+from shared.manifest import (
+    MAX_MANIFEST_BYTES,
+    FileEntry,
+    is_directory_uri,
+    manifest_digest,
+    manifest_key,
+    parse_manifest,
+    path_problem,
+)
+from shared.storage import S3Location, is_missing, parse_s3_uri
 
 from . import auth, cursor, documents, production, queries
 from .auth import Identity
@@ -325,6 +334,8 @@ async def presigned_artifact(res: ApiResources, name: str, version: int) -> dict
         location = parse_s3_uri(uri)
     except ValueError:
         raise not_found(f"{name} v{version}'s artifact {uri} is not in S3") from None
+    if is_directory_uri(uri):
+        return await _presigned_directory(res, row, location, archived)
     if await res.store.head(location) is None:
         raise not_found(f"{name} v{version}'s artifact is no longer stored at {uri}")
     seconds = res.api.presign_seconds
@@ -332,6 +343,36 @@ async def presigned_artifact(res: ApiResources, name: str, version: int) -> dict
         "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=seconds)
     return {"url": url, "expires_in": seconds, "expires_at": datetime.now(UTC) + timedelta(seconds=seconds),
             "uri": uri, "sha256": row["sha256"], "size_bytes": row["size_bytes"], "archived": archived}
+
+
+async def _presigned_directory(res: ApiResources, row: Any, prefix: S3Location, archived: bool) -> dict[str, Any]:
+    """A directory artifact: its stored manifest, checked against the version's sha256 (so it
+    needs no trust of its own), and a presigned URL per file with the digest it must have."""
+    where = S3Location(prefix.bucket, manifest_key(prefix.key))
+    text = bytearray()
+    try:
+        async for chunk in res.store.stream(where):
+            text += chunk
+            if len(text) > MAX_MANIFEST_BYTES:
+                break
+    except ClientError as exc:
+        if not is_missing(exc):
+            raise
+        raise not_found(f"{row['name']} v{row['version']}'s manifest is no longer stored at {where.uri}") from None
+    if hashlib.sha256(text).hexdigest() != row["sha256"]:
+        raise Problem(409, f"the stored manifest {where.uri} does not hash to the version's sha256 {row['sha256']}",
+                      kind="integrity")
+    seconds = res.api.presign_seconds
+
+    async def presign(key: str) -> str:
+        return await res.store.client.generate_presigned_url(
+            "get_object", Params={"Bucket": prefix.bucket, "Key": key}, ExpiresIn=seconds)
+
+    files = [{"path": e.path, "sha256": e.sha256, "size_bytes": e.size_bytes, "url": await presign(prefix.key + e.path)}
+             for e in parse_manifest(bytes(text))]
+    return {"url": await presign(where.key), "expires_in": seconds,
+            "expires_at": datetime.now(UTC) + timedelta(seconds=seconds), "uri": prefix.uri,
+            "sha256": row["sha256"], "size_bytes": row["size_bytes"], "archived": archived, "files": files}
 
 
 @router.get("/audit", response_model=AuditPage, responses=READ_ERRORS, tags=["audit"],

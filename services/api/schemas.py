@@ -227,14 +227,26 @@ class Explanation(BaseModel):
     gates: list[GateDoc]
 
 
-class ArtifactLink(BaseModel):
+class ArtifactFileLink(BaseModel):
+    """One file of a directory artifact: its presigned URL and what it must hash to."""
+
+    path: str
+    sha256: str
+    size_bytes: int
     url: str
+
+
+class ArtifactLink(BaseModel):
+    url: str = Field(description="The file; for a directory artifact, its canonical manifest (whose SHA-256 "
+                                 "is sha256)")
     expires_at: datetime
     expires_in: int
     uri: str
     sha256: str | None
     size_bytes: int | None
     archived: bool
+    files: list[ArtifactFileLink] | None = Field(
+        None, description="A directory artifact's files, each with its URL, sha256 and size from the manifest")
 
 
 class AuditRecord(BaseModel):

@@ -6,7 +6,8 @@ hashed and uploaded (multipart above one part), and at most a few parts are in f
 A directory artifact (an S3 prefix or a file:// directory, named with a trailing '/') is listed
 first (paths checked, the policy's file count and total size held), then each file is copied
 the same way, a few at a time, under `artifacts/<name>/<version>/<manifest sha256>/<path>`; its
-manifest (shared.manifest) is what the version's sha256 names.
+manifest (shared.manifest), whose digest the version's sha256 is, travels on model.ingested and
+is stored beside the prefix as `<manifest sha256>.manifest`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from botocore.exceptions import ClientError
 from shared.directories import DirectoryRefused, walk
 from shared.manifest import (
     FileEntry,
+    canonical_manifest,
     is_directory_uri,
     limit_problem,
     manifest_digest,
+    manifest_key,
     path_problem,
 )
 from shared.settings import Settings
@@ -354,6 +357,9 @@ async def copy_directory(store: ObjectStore, listed: list[Listed], dest_prefix: 
             raise ArtifactMismatch(code, f"the directory's manifest has {len(files)} files, {total} bytes and "
                                          f"sha256 {found_digest}; the event said {size_bytes} bytes and {sha256}",
                                    found_digest, total)
+        # Beside the files, for readers that do not get model.ingested (the API's downloads).
+        await store.put_if_absent(S3Location(store.bucket, manifest_key(dest_prefix)), canonical_manifest(files),
+                                  found_digest)
     except BaseException as exc:
         await _remove(store, [dest_prefix + path for path in copied])
         mismatch = _first_mismatch(exc)

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from shared.manifest import manifest_digest, FileEntry
+from services.api import auth
+from services.api.app import ApiService
+from services.api.settings import ApiSettings
+from shared.manifest import FileEntry, manifest_digest
 from shared.settings import Settings
 from shared.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.directory_models import EVIL_PICKLE, directory_manifest, mlflow_sklearn_dir
 from tests.integration.test_cli_commands import run
 from tests.integration.test_pipeline import audit_of, evaluated, promoted
-from tests.support import Kafka, cloudevent, for_model, unique_name
+from tests.support import Kafka, cloudevent, eventually, for_model, unique_name
 
 SYSTEM = "posix.system" if os.name == "posix" else "nt.system"
 MLFLOW_FILES = ["MLmodel", "conda.yaml", "model.pkl", "python_env.yaml", "requirements.txt"]
@@ -216,8 +221,6 @@ async def test_the_cli_uploads_a_directory(settings: Settings, kafka: Kafka, pip
     # the staged upload is dropped once the registry's copy is recorded
     async with ObjectStore(settings) as store:
         staged = parse_s3_uri(announced["uri"])
-        from tests.support import eventually
-
         await eventually(lambda: _empty(store, staged))
 
     refused = await run(settings, "register", name, "--artifact", str(tmp_path / "nowhere"))
@@ -226,3 +229,54 @@ async def test_the_cli_uploads_a_directory(settings: Settings, kafka: Kafka, pip
 
 async def _empty(store: ObjectStore, prefix: S3Location) -> bool:
     return not await store.list_prefix(prefix.bucket, prefix.key, 1)
+
+
+@pytest.fixture(scope="module")
+async def api_client(settings: Settings, pipeline) -> AsyncIterator[httpx.AsyncClient]:
+    service = ApiService(settings, ApiSettings(port=0, presign_seconds=120))
+    await service.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+            yield client
+    finally:
+        await service.stop()
+
+
+async def test_the_api_registers_a_directory_and_serves_it_file_by_file(
+        settings: Settings, kafka: Kafka, db, api_client: httpx.AsyncClient, tmp_path: Path) -> None:
+    name = unique_name("dir-api")
+    root = mlflow_sklearn_dir(tmp_path / "model")
+    (root / "data").mkdir()
+    (root / "data" / "example.json").write_text("[1, 2]")
+    sha256, size = directory_manifest(root)
+    token, _ = await auth.create(db, name=f"ci-{name}", role="publisher")
+    headers = {"Authorization": f"Bearer {token}"}
+    parts = [("artifact", (p, (root / p).read_bytes(), "application/octet-stream"))
+             for p in ("MLmodel", "model.pkl", "conda.yaml", "python_env.yaml", "requirements.txt", "data/example.json")]
+
+    traversal = [("artifact", ("../outside", b"x", "application/octet-stream")), parts[0]]
+    refused = await api_client.post(f"/api/v1/models/{name}/versions", files=traversal, headers=headers)
+    assert refused.status_code == 400 and "path traversal" in refused.json()["detail"], refused.text
+    twice = await api_client.post(f"/api/v1/models/{name}/versions", files=[parts[0], parts[0]], headers=headers)
+    assert twice.status_code == 400 and "given twice" in twice.json()["detail"], twice.text
+
+    answer = await api_client.post(f"/api/v1/models/{name}/versions", files=parts,
+                                   data={"format": "mlflow"}, headers=headers)
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["artifact"] == {"files": 6, "sha256": sha256, "size_bytes": size}
+    await assert_ingested_and_validated(settings, kafka, name, root, sha256, size)
+
+    async def link() -> dict | None:
+        got = await api_client.get(f"/api/v1/models/{name}/versions/1/artifact")
+        return got.json() if got.status_code == 200 else None
+
+    served = await eventually(link)
+    assert served["sha256"] == sha256 and served["uri"].endswith(f"/artifacts/{name}/1/{sha256}/")
+    assert [f["path"] for f in served["files"]] == [f["path"] for f in expected_files(root)]
+    async with httpx.AsyncClient(timeout=30) as outside:
+        manifest = (await outside.get(served["url"])).content
+        assert hashlib.sha256(manifest).hexdigest() == sha256
+        for file in served["files"]:
+            body = (await outside.get(file["url"])).content
+            assert hashlib.sha256(body).hexdigest() == file["sha256"] and len(body) == file["size_bytes"]
+            assert body == (root / file["path"]).read_bytes()
