@@ -252,6 +252,26 @@ class PromotionRequestedData(Data):
     reason: LongText
 
 
+class AttestationSignature(Data):
+    keyid: Annotated[str, StringConstraints(min_length=1, max_length=64),
+                     Field(description="The signing key's kid in the registry's JWKS (GET /api/v1/keys).")]
+    sig: Annotated[str, StringConstraints(min_length=1, max_length=1024),
+                   Field(description="Ed25519 signature (standard base64) of the DSSE v1 PAE of "
+                                     "payloadType and the decoded payload.")]
+
+
+class Attestation(Data):
+    """A DSSE envelope holding the registry's in-toto statement of a promotion (predicate
+    https://modelreg.dev/attestations/promotion/v1: name, version, stage, reason, policy
+    revision, gates passed, approvers, time; subject: the artifact's sha256), signed by
+    promotion's key. Verifiable without the CloudEvent around it (README: Signed promotions)."""
+
+    payloadType: Literal["application/vnd.in-toto+json"]  # noqa: N815 (DSSE's field names)
+    payload: Annotated[str, StringConstraints(min_length=1, max_length=65_536),
+                       Field(description="The statement's JSON, standard base64.")]
+    signatures: Annotated[list[AttestationSignature], Field(min_length=1, max_length=4)]
+
+
 class ModelPromotedData(Data):
     name: ModelName
     version: VersionNumber
@@ -261,6 +281,8 @@ class ModelPromotedData(Data):
     policy_revision: ShortText | None = None
     evidence: Evidence = {}
     previous_champion: VersionNumber | None = None
+    # Added: the signed statement of this promotion (absent on events from before it).
+    attestation: Attestation | None = None
 
 
 class ModelDemotedData(Data):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared.attestation import promotion_statement, sign_statement
 from shared.events import CATALOGUE, CONTENT_TYPE, MODEL_NAME_PATTERN, EventSpec
 from shared.keys import KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, SigningKey
 from shared.manifest import MANIFEST_DIGEST_RULE
@@ -155,10 +157,22 @@ def example(spec: EventSpec) -> dict[str, Any]:
     }
     if "name" in data:
         event["subject"] = data["name"]
+    if spec.topic == "model.promoted":
+        data["attestation"] = _example_attestation(data)
     if spec.topic in INTERNAL_TOPICS:
         event = _EXAMPLE_KEY.sign_event(event)
     spec.envelope.model_validate_json(json.dumps(event))  # an example that does not parse is a bug
     return event
+
+
+def _example_attestation(data: dict[str, Any]) -> dict[str, Any]:
+    return sign_statement(_EXAMPLE_KEY, promotion_statement(
+        name=data["name"], version=data["version"], from_stage=data["from_stage"], to_stage=data["to_stage"],
+        reason=data["reason"], artifact_uri="s3://modelreg-artifacts/artifacts/fraud-detector/3/" + "9f86d081" * 8,
+        sha256="9f86d081" * 8, policy_revision=data["policy_revision"],
+        evidence={"gates": [{"gate": "threshold:auc", "passed": True}, {"gate": "champion", "passed": True}]},
+        previous_champion=data["previous_champion"],
+        promoted_at=datetime(2026, 11, 27, 10, 0, tzinfo=UTC)))
 
 
 def asyncapi() -> dict[str, Any]:

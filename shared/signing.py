@@ -53,13 +53,18 @@ def forget(service: str) -> None:
     _keys.pop(service, None)
 
 
-def sign_value(service: str, value: bytes) -> bytes:
-    """A CloudEvent's JSON bytes with `signature` and `signingkey` set by `service`'s key."""
+def signing_key(service: str) -> SigningKey:
+    """`service`'s registered key (promotion signs its attestations with it)."""
     key = _keys.get(service)
     if key is None:
         raise MissingSigningKey(f"no signing key is registered for {service!r}: set "
                                 "MODELREG_SIGNING_KEY_FILE (`modelreg stack up` makes one per service)")
-    return key.sign_event_bytes(value)
+    return key
+
+
+def sign_value(service: str, value: bytes) -> bytes:
+    """A CloudEvent's JSON bytes with `signature` and `signingkey` set by `service`'s key."""
+    return signing_key(service).sign_event_bytes(value)
 
 
 # Who may write an outside topic, as the broker's ACLs say (shared/kafka_acls.py): an unsigned

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import metrics, telemetry
+from shared.attestation import promotion_statement, sign_statement
 from shared.consumer import ServiceHandlers, Tx
 from shared.events import (
+    Attestation,
     MetricsEvaluated,
     ModelArchived,
     ModelDemoted,
@@ -35,6 +37,7 @@ from shared.manifest import canonical_manifest, is_directory_uri
 from shared.policy import Rule
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
+from shared.signing import signing_key
 
 from . import early
 from .integrity import verify_artifact
@@ -324,7 +327,8 @@ class Promotion:
         the row as it now is."""
         event = tx.emit(ModelPromoted, ModelPromotedData(
             name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage, reason=reason,
-            policy_revision=self.policy.revision, evidence=evidence, previous_champion=previous_champion),
+            policy_revision=self.policy.revision, evidence=evidence, previous_champion=previous_champion,
+            attestation=self._attestation(row, to_stage, reason, evidence, previous_champion)),
             correlation=row.correlation_id)
         fields: dict[str, Any] = {"superseded_at": None, **columns}
         if to_stage == "production":
@@ -336,6 +340,15 @@ class Promotion:
                  evidence={**evidence, "previous_champion": previous_champion,
                            "policy_revision": self.policy.revision}, correlation=row.correlation_id)
         return moved
+
+    def _attestation(self, row: VersionRow, to_stage: str, reason: str, evidence: dict[str, Any],
+                     previous_champion: int | None) -> Attestation:
+        """The signed statement a deployment system can keep with the artifact (shared/attestation.py),
+        signed with this service's event key: one key, one keyring."""
+        return Attestation.model_validate(sign_statement(signing_key(SERVICE), promotion_statement(
+            name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage, reason=reason,
+            artifact_uri=row.artifact_uri, sha256=row.sha256, policy_revision=self.policy.revision,
+            evidence=evidence, previous_champion=previous_champion, promoted_at=datetime.now(UTC))))
 
     async def _demote(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
                       actor: str | None = None, superseded: bool = False, blocked: str | None = None) -> None:

@@ -372,3 +372,16 @@ def test_the_check_and_the_rejection_code_say_how_it_failed(model: Path) -> None
     bundle = signed(model)
     passing = signature_check(judge_signature(REQUIRED, manifest_of(model), bundle))  # type: ignore[arg-type]
     assert passing.passed and passing.detail.startswith("signed by trusted key")
+
+
+def test_the_readmes_signing_command_makes_a_signature_the_registry_accepts(model: Path) -> None:
+    """The command the README gives publishers, run as written with model_signing's CLI."""
+    import shlex
+    import subprocess
+    import sys
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [command] = [line for line in readme.splitlines() if line.startswith("model_signing sign key ")]
+    write_private(TEST_SIGNER, model.parent / "signer.pem")
+    cli = Path(sys.executable).with_name("model_signing")
+    subprocess.run([str(cli), *shlex.split(command)[1:]], cwd=model.parent, check=True, capture_output=True)
+    assert verdict(model, (model / "model.sig").read_bytes()).verified
