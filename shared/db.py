@@ -61,8 +61,9 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4,
                                      server_settings={"role": role} if role else None)
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, command_timeout=60)
+async def connect(dsn: str, *, role: str | None = None) -> asyncpg.Connection:
+    """One connection outside a pool, acting as `role` from its start (see `create_pool`)."""
+    conn = await asyncpg.connect(dsn, command_timeout=60, server_settings={"role": role} if role else None)
     await _init_connection(conn)
     return conn
 

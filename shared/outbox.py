@@ -107,8 +107,9 @@ class OutboxRelay:
 
     def __init__(self, dsn: str, service: str, send: Sender, topic_of: Callable[[str], str], *,
                  batch_size: int = 1000, poll_interval: float = 1.0,
-                 topic_exists: TopicCheck | None = None) -> None:
+                 topic_exists: TopicCheck | None = None, role: str | None = None) -> None:
         self._dsn = dsn
+        self._role = role  # the service's own PostgreSQL role, as its pool acts
         self._service = service
         self._send = send
         self._topic_of = topic_of
@@ -139,7 +140,7 @@ class OutboxRelay:
             backoff = min(backoff * 2, 5.0)
 
     async def _lead(self) -> None:
-        conn = await connect(self._dsn)
+        conn = await connect(self._dsn, role=self._role)
         try:
             lock_key = await conn.fetchval("SELECT hashtextextended($1, 0)", f"outbox:{self._service}")
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):

@@ -103,7 +103,8 @@ class ServiceApp:
                 except Exception:  # no answer: cannot tell, so the relay keeps retrying
                     return None
 
-            self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic, topic_exists=topic_exists)
+            self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic, topic_exists=topic_exists,
+                                     role=service_role(settings.db_role, self.name))
             self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
             self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
             await broker.start()

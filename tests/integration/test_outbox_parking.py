@@ -174,3 +174,43 @@ async def test_a_topic_the_principal_may_not_write_parks_on_real_kafka(settings:
     finally:
         await conn.close()
         await producer.stop()
+
+
+async def test_the_relay_acts_as_its_services_database_role(settings: Settings, db: asyncpg.Pool,
+                                                            caplog: Any) -> None:
+    """The relay's own connection takes the service's role as its pool does: as ingest it
+    publishes ingest's rows; as a role without rights on the outbox, it is refused."""
+    service = signing_service("outbox-role")
+    conn = await connect(settings.dsn)
+    try:
+        await conn.execute("""DO $$ BEGIN
+                                  CREATE ROLE modelreg_test_no_rights NOLOGIN;
+                              EXCEPTION WHEN duplicate_object THEN NULL; END $$""")
+        await _write(conn, service, [_row("r", "r1")])
+    finally:
+        await conn.close()
+    refused = ScriptedKafka()
+    as_api = asyncio.create_task(OutboxRelay(settings.dsn, service, refused.send, settings.topic,
+                                             poll_interval=0.05, role="modelreg_test_no_rights").run())
+    try:
+        for _ in range(200):
+            if any("permission denied" in r.getMessage() or "permission denied" in str(r.exc_info)
+                   for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"no permission error logged: {[r.getMessage() for r in caplog.records]}")
+    finally:
+        as_api.cancel()
+    assert refused.sent == []
+    allowed = ScriptedKafka()
+    as_ingest = asyncio.create_task(OutboxRelay(settings.dsn, service, allowed.send, settings.topic,
+                                                poll_interval=0.05, role="modelreg_ingest").run())
+    try:
+        for _ in range(200):
+            if allowed.sent:
+                break
+            await asyncio.sleep(0.05)
+        assert allowed.order_of("r") == [b"r1"]
+    finally:
+        as_ingest.cancel()
