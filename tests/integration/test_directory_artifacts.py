@@ -17,7 +17,8 @@ import pytest
 from services.api import auth
 from services.api.app import ApiService
 from services.api.settings import ApiSettings
-from shared.manifest import FileEntry, manifest_digest
+from services.archival.cold import move_from_cold
+from shared.manifest import FileEntry, manifest_digest, manifest_key
 from shared.settings import Settings
 from shared.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.directory_models import EVIL_PICKLE, directory_manifest, mlflow_sklearn_dir
@@ -280,3 +281,31 @@ async def test_the_api_registers_a_directory_and_serves_it_file_by_file(
             body = (await outside.get(file["url"])).content
             assert hashlib.sha256(body).hexdigest() == file["sha256"] and len(body) == file["size_bytes"]
             assert body == (root / file["path"]).read_bytes()
+
+
+async def test_a_rejected_directory_moves_to_cold_storage_file_by_file_and_comes_back(
+        settings: Settings, kafka: Kafka, pipeline, db, tmp_path: Path) -> None:
+    name = unique_name("life")  # rejected_grace 2s: the sweep archives it soon after
+    root = mlflow_sklearn_dir(tmp_path / "model", pickle_bytes=EVIL_PICKLE)
+    uri, sha256, size = await put_directory(settings, f"inbox/{name}/", root)
+    await kafka.publish("model.registered", registered(name, uri, sha256, size))
+    ingested = (await kafka.wait_for("model.ingested", for_model(name, 1)))[0]
+    stored = ingested.data["artifact"]["uri"]
+    files = {f["path"]: (root / f["path"]).read_bytes() for f in ingested.data["artifact"]["files"]}
+    archived = (await kafka.wait_for("model.archived", for_model(name, 1), timeout=60))[0]
+    assert archived.data["reason"] == "rejected"
+    row = await db.fetchrow("SELECT archive_uri FROM archival_versions WHERE name = $1 AND version = 1", name)
+    cold = parse_s3_uri(row["archive_uri"])
+    assert row["archive_uri"] == f"s3://{settings.s3_bucket}/archive/{parse_s3_uri(stored).key}"
+    assert await stored_files(settings, row["archive_uri"]) == files
+    assert await stored_files(settings, stored) == {}
+    async with ObjectStore(settings) as store:
+        manifest = b"".join([c async for c in store.stream(S3Location(cold.bucket, manifest_key(cold.key)))])
+        assert hashlib.sha256(manifest).hexdigest() == sha256
+        tags = await store.client.get_object_tagging(Bucket=cold.bucket, Key=cold.key + "model.pkl")
+        assert {"Key": "modelreg-stage", "Value": "archived"} in tags["TagSet"]
+        await move_from_cold(store, stored)  # what a restore does
+        await move_from_cold(store, stored)  # twice changes nothing
+        assert await store.head(S3Location(cold.bucket, manifest_key(parse_s3_uri(stored).key))) is not None
+    assert await stored_files(settings, stored) == files
+    assert await stored_files(settings, row["archive_uri"]) == {}
