@@ -100,7 +100,8 @@ async def test_register_promote_by_policy_and_load_by_champion_alias(
                          tags={"team": "risk"})
     assert created.version == "1"
     published = (await kafka.wait_for("model.registered", for_model(name, 1)))[0]
-    assert published.data["registered_by"] == f"ml-pipeline-{RUN}" and published.data["artifact"]["uri"] == artifact["uri"]
+    assert published.data["registered_by"] == f"ml-pipeline-{RUN}"
+    assert published.data["artifact"]["uri"] == artifact["uri"]
     client = MlflowClient()
     version = await call(client.get_model_version, name, "1")
     assert version.status == "READY" and version.current_stage in ("None", "Staging")
@@ -201,7 +202,8 @@ async def test_champion_alias_is_a_promotion_request_the_policy_decides(
     assert answer.status_code == 200, answer.text
     said = answer.json()["modelreg"]
     assert said["decided_by"] == "policy" and said["promotion_requested"]["to_stage"] == "production"
-    request = (await kafka.wait_for("promotion.requested", lambda s: s.event["id"] == said["promotion_requested"]["event_id"]))[0]
+    event_id = said["promotion_requested"]["event_id"]
+    request = (await kafka.wait_for("promotion.requested", lambda s: s.event["id"] == event_id))[0]
     assert request.data["actor"] == "alice" and request.data["to_stage"] == "production"
     await kafka.wait_for("model.promoted", lambda s: for_model(name, 1)(s) and s.data["to_stage"] == "production")
     await eventually(lambda: db.fetchval("SELECT champion = 1 FROM view_models WHERE name = $1", name))
@@ -247,6 +249,13 @@ async def test_errors_and_tokens_as_mlflow_expects(
     assert bad_filter.error_code == "INVALID_PARAMETER_VALUE" and "owner" in bad_filter.message
     write = await call(_refused, client.create_registered_model, f"mlflow-{RUN}-reader")
     assert write.error_code == "PERMISSION_DENIED"
+    as_token(tokens["publisher"])
+    for source, says in (("file:///tmp/model", "file:// sources"), ("s3://someone-elses/m.pkl", "ALLOWED_BUCKETS"),
+                         ("runs:/abc/model", "s3:// or file://")):
+        refused = await call(_refused, client.create_model_version, f"mlflow-{RUN}-sources", source)
+        assert refused.error_code == "INVALID_PARAMETER_VALUE" and says in refused.message, refused.message
+    bad_name = await call(_refused, client.create_registered_model, "Fraud Detector")
+    assert bad_name.error_code == "INVALID_PARAMETER_VALUE" and "lower-case" in bad_name.message
     as_token(tokens["scoped"])
     outside = await call(_refused, client.get_registered_model, f"mlflow-{RUN}-fraud")
     assert outside.error_code == "PERMISSION_DENIED"
@@ -262,8 +271,8 @@ async def test_errors_and_tokens_as_mlflow_expects(
 def _sklearn_model_dir(where: Path) -> tuple[Path, Any, Any]:
     """A small scikit-learn classifier saved as an MLflow model directory (MLmodel, model.pkl,
     its environment files), with the rows it was fitted on."""
-    import numpy as np
     import mlflow.sklearn
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     features = np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.9, 0.1], [0.1, 0.8], [0.8, 0.3]])

@@ -25,8 +25,8 @@ class Clause:
     value: Any         # str, int, or a tuple of str for IN
 
 
-MODEL_ATTRIBUTES = {"name": ("=", "!=", "LIKE", "ILIKE")}
-VERSION_ATTRIBUTES = {
+MODEL_ATTRIBUTES: dict[str, tuple[str, ...]] = {"name": ("=", "!=", "LIKE", "ILIKE")}
+VERSION_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "name": ("=", "!=", "LIKE", "ILIKE"),
     "run_id": ("=", "!=", "IN", "NOT IN"),
     "source_path": ("=", "!=", "LIKE", "ILIKE"),
@@ -108,6 +108,7 @@ def parse_filter(text: str | None, attributes: Mapping[str, tuple[str, ...]]) ->
 
 def _value(key_kind: str, key: str, op: str, value_kind: str, raw: str,
            attributes: Mapping[str, tuple[str, ...]]) -> Any:
+    allowed: tuple[str, ...]
     if key_kind == "tag":
         allowed = TAG_OPS
     elif key in attributes:
@@ -201,9 +202,12 @@ def sort(items: list[dict[str, Any]], orders: list[Order]) -> list[dict[str, Any
     """Stable sorts, last key first: the first order is the main one."""
     ordered = list(items)
     for order in reversed(orders):
-        ordered.sort(key=lambda item, key=order.key: _sort_key(item.get(key)), reverse=order.descending)
+        ordered.sort(key=_sort_key(order.key), reverse=order.descending)
     return ordered
 
 
-def _sort_key(value: Any) -> tuple[bool, Any]:
-    return (value is None, "" if value is None else value)
+def _sort_key(key: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
+    def of(item: dict[str, Any]) -> tuple[bool, Any]:
+        value = item.get(key)
+        return (value is None, "" if value is None else value)  # missing values last
+    return of

@@ -8,10 +8,6 @@ the champion alias and stage transitions. The policy decides promotions; nothing
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,22 +15,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from shared.events import MODEL_NAME_PATTERN
-
 from .. import auth
 from ..auth import Identity
 from ..resources import ApiResources, resources_of
 from ..routes import _publishing
-from . import filters, mapping, store
+from . import filters, mapping, parsing, store
 from .credentials import caller, may_read, must
 from .errors import MlflowError, MlflowRoute, invalid, not_found
 
 PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
 MAX_MODELS_PAGE = 1000
 MAX_VERSIONS_PAGE = 10_000
-_NAME = re.compile(MODEL_NAME_PATTERN)
-_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-_REPEATED = ("order_by", "stages")
 
 router = APIRouter(route_class=MlflowRoute, include_in_schema=False)
 Handler = Callable[[Request], Any]
@@ -47,110 +38,6 @@ def _route(path: str, *methods: str) -> Callable[[Handler], Handler]:
             router.add_api_route(prefix + path, handler, methods=list(methods))
         return handler
     return register
-
-
-# ---------------------------------------------------------------------------- parsing
-
-
-async def _params(request: Request) -> dict[str, Any]:
-    """MLflow's request message: query parameters for GET, else the JSON body."""
-    if request.method == "GET":
-        query = request.query_params
-        return {k: (query.getlist(k) if k in _REPEATED else query.get(k)) for k in query}
-    body = await request.body()
-    if not body.strip():
-        return dict(request.query_params)
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        raise invalid("the request body is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise invalid("the request body must be a JSON object")
-    return parsed
-
-
-def _text(params: dict[str, Any], field: str, *, required: bool = True, limit: int = 10_000) -> Any:
-    value = params.get(field)
-    if value in (None, "") and required:
-        raise invalid(f"missing value for required parameter '{field}'")
-    if value is not None and (not isinstance(value, str) or len(value) > limit):
-        raise invalid(f"'{field}' must be a string of at most {limit} characters")
-    return value
-
-
-def _name(params: dict[str, Any]) -> str:
-    name = _text(params, "name", limit=128)
-    if not _NAME.match(name):
-        raise invalid(f"model name {name[:128]!r}: modelreg names are lower-case letters, digits, '.', '_' and "
-                      "'-', starting with a letter or digit, at most 128")
-    return str(name)
-
-
-def _version(params: dict[str, Any]) -> int:
-    try:
-        return mapping.parse_version(_text(params, "version", limit=16) if isinstance(params.get("version"), str)
-                                     else params.get("version"))
-    except ValueError as exc:
-        raise invalid(str(exc)) from None
-
-
-def _alias(params: dict[str, Any]) -> str:
-    alias = _text(params, "alias", limit=255)
-    if not _ALIAS.match(alias):
-        raise invalid(f"alias {alias[:80]!r}: letters, digits, '_' and '-'")
-    return str(alias)
-
-
-def _tags(params: dict[str, Any]) -> dict[str, str]:
-    tags = params.get("tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, dict) and isinstance(t.get("key"), str) for t in tags):
-        raise invalid("'tags' must be a list of {key, value}")
-    return {t["key"]: str(t.get("value") or "") for t in tags}
-
-
-def _max_results(params: dict[str, Any], default: int, limit: int) -> int:
-    raw = params.get("max_results")
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise invalid(f"max_results {str(raw)[:20]!r}: expected a whole number") from None
-    if not 1 <= value <= limit:
-        raise invalid(f"max_results must be between 1 and {limit}, got {value}")
-    return value
-
-
-def _offset(token: Any) -> int:
-    if token in (None, ""):
-        return 0
-    try:
-        offset = json.loads(base64.urlsafe_b64decode(str(token).encode()))["offset"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise invalid("page_token is not one this server returned") from None
-    if not isinstance(offset, int) or offset < 0:
-        raise invalid("page_token is not one this server returned")
-    return offset
-
-
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _filter(text: Any, attributes: dict[str, tuple[str, ...]]) -> list[filters.Clause]:
-    try:
-        return filters.parse_filter(text, attributes)
-    except filters.FilterError as exc:
-        raise invalid(f"filter: {exc}") from None
-
-
-def _orders(items: Any, allowed: tuple[str, ...], default: list[filters.Order]) -> list[filters.Order]:
-    if isinstance(items, str):
-        items = [items]
-    try:
-        return filters.parse_order_by(items, allowed, default)
-    except filters.FilterError as exc:
-        raise invalid(str(exc)) from None
 
 
 def _resources(request: Request) -> ApiResources:
@@ -202,20 +89,16 @@ async def _identity(request: Request) -> Identity | None:
     return await caller(request)
 
 
-def _scoped(identity: Identity | None, names: list[str]) -> set[str]:
-    return {n for n in names if identity is None or identity.may_touch(n)}
-
-
 # ---------------------------------------------------------------------------- registered models
 
 
 @_route("/registered-models/create", "POST")
 async def create_registered_model(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     identity = must(await _identity(request), name, auth.PUBLISH)
-    description = _text(params, "description", required=False)
-    tags = _tags(params)
+    description = parsing.text(params, "description", required=False)
+    tags = parsing.tags(params)
     if await store.model(res.pool, name) is not None or not await store.create_model(
             res.pool, name, description, tags, identity.name):
         raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Registered Model (name={name}) already exists.")
@@ -224,22 +107,22 @@ async def create_registered_model(request: Request) -> dict[str, Any]:
 
 @_route("/registered-models/get", "GET")
 async def get_registered_model(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     may_read(request, await _identity(request), name)
     return {"registered_model": await _model_json(res, await _model_or_404(res, name))}
 
 
 @_route("/registered-models/search", "GET", "POST")
 async def search_registered_models(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
+    res, params = _resources(request), await parsing.params(request)
     identity = await _identity(request)
     may_read(request, identity)
-    clauses = _filter(params.get("filter"), filters.MODEL_ATTRIBUTES)
-    limit = _max_results(params, 100, MAX_MODELS_PAGE)
-    orders = _orders(params.get("order_by"), ("name", "creation_timestamp", "last_updated_timestamp"),
+    clauses = parsing.search_filter(params.get("filter"), filters.MODEL_ATTRIBUTES)
+    limit = parsing.max_results(params, 100, MAX_MODELS_PAGE)
+    orders = parsing.order_by(params.get("order_by"), ("name", "creation_timestamp", "last_updated_timestamp"),
                      [filters.Order("name", False)])
-    offset = _offset(params.get("page_token"))
+    offset = parsing.offset(params.get("page_token"))
     candidates = [m for m in await store.models(res.pool) if identity is None or identity.may_touch(m["name"])]
     found = [m for m in candidates if filters.matches(clauses, {"name": m["name"], "tags": m["tags"]})]
     keyed = [{**m, "creation_timestamp": mapping.millis(m["created_at"]),
@@ -247,17 +130,17 @@ async def search_registered_models(request: Request) -> dict[str, Any]:
     page = filters.sort(keyed, orders)[offset:offset + limit]
     answer: dict[str, Any] = {"registered_models": [await _model_json(res, m) for m in page]}
     if offset + limit < len(found):
-        answer["next_page_token"] = _page_token(offset + limit)
+        answer["next_page_token"] = parsing.page_token(offset + limit)
     return answer
 
 
 @_route("/registered-models/update", "PATCH")
 async def update_registered_model(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
     await _model_or_404(res, name)
-    await store.describe_model(res.pool, name, _text(params, "description", required=False) or "", identity.name)
+    await store.describe_model(res.pool, name, parsing.text(params, "description", required=False) or "", identity.name)
     return {"registered_model": await _model_json(res, await _model_or_404(res, name))}
 
 
@@ -269,8 +152,8 @@ async def rename_registered_model(request: Request) -> dict[str, Any]:
 
 @_route("/registered-models/delete", "DELETE")
 async def delete_registered_model(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     identity = must(await _identity(request), name, auth.PUBLISH)
     await _model_or_404(res, name)
     if await store.versions(res.pool, name):
@@ -282,10 +165,10 @@ async def delete_registered_model(request: Request) -> dict[str, Any]:
 
 @_route("/registered-models/set-tag", "POST")
 async def set_registered_model_tag(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
-    key, value = _text(params, "key", limit=250), _text(params, "value", required=False, limit=5000) or ""
+    key, value = parsing.text(params, "key", limit=250), parsing.text(params, "value", required=False, limit=5000) or ""
     await _model_or_404(res, name)
     await store.set_model_tag(res.pool, name, key, value, identity.name)
     return {}
@@ -293,10 +176,10 @@ async def set_registered_model_tag(request: Request) -> dict[str, Any]:
 
 @_route("/registered-models/delete-tag", "DELETE")
 async def delete_registered_model_tag(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
-    key = _text(params, "key", limit=250)
+    key = parsing.text(params, "key", limit=250)
     await _model_or_404(res, name)
     if not await store.delete_model_tag(res.pool, name, key, identity.name):
         raise not_found(f"Registered model tag with name={name}, key={key} not found")
@@ -305,8 +188,8 @@ async def delete_registered_model_tag(request: Request) -> dict[str, Any]:
 
 @_route("/registered-models/get-latest-versions", "GET", "POST")
 async def get_latest_versions(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     may_read(request, await _identity(request), name)
     await _model_or_404(res, name)
     stages = params.get("stages") or None
@@ -323,8 +206,8 @@ async def get_latest_versions(request: Request) -> dict[str, Any]:
 
 @_route("/registered-models/alias", "POST")
 async def set_registered_model_alias(request: Request) -> JSONResponse:
-    res, params = _resources(request), await _params(request)
-    name, alias, version = _name(params), _alias(params), _version(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, alias, version = parsing.model_name(params), parsing.alias(params), parsing.version(params)
     identity = await _identity(request)
     if alias == res.api.mlflow_champion_alias:
         identity = must(identity, name, auth.APPROVE)
@@ -340,8 +223,8 @@ async def set_registered_model_alias(request: Request) -> JSONResponse:
 
 @_route("/registered-models/alias", "DELETE")
 async def delete_registered_model_alias(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name, alias = _name(params), _alias(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, alias = parsing.model_name(params), parsing.alias(params)
     identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
     if alias == res.api.mlflow_champion_alias:
         raise invalid(f"{alias!r} is the production stage, which the promotion policy sets; to take a version out of "
@@ -353,8 +236,8 @@ async def delete_registered_model_alias(request: Request) -> dict[str, Any]:
 
 @_route("/registered-models/alias", "GET")
 async def get_model_version_by_alias(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name, alias = _name(params), _alias(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, alias = parsing.model_name(params), parsing.alias(params)
     may_read(request, await _identity(request), name)
     await _model_or_404(res, name)
     if alias == res.api.mlflow_champion_alias:
@@ -381,20 +264,25 @@ def _check_source(res: ApiResources, source: str) -> None:
                           "(MODELREG_ALLOWED_BUCKETS)")
         return
     if source.startswith("file://"):
-        return
+        # The event names the artifact's digest, which only a reader of the file can vouch for;
+        # the API does not read the server's files on a client's say-so.
+        raise invalid(f"source {source[:200]!r}: file:// sources are not taken through the MLflow API (a path on "
+                      "your machine is not one the registry can read, and the registration must carry the "
+                      "artifact's digest); copy the model to S3 and register the s3:// URI, or use "
+                      "`modelreg register`, which uploads a local file or directory")
     raise invalid(f"source {source[:200]!r}: modelreg registers artifacts from s3:// or file:// URIs (copy the "
                   "model to the registry's bucket, or one it may read, first)")
 
 
 @_route("/model-versions/create", "POST")
 async def create_model_version(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name = _name(params)
+    res, params = _resources(request), await parsing.params(request)
+    name = parsing.model_name(params)
     identity = must(await _identity(request), name, auth.PUBLISH)
-    source = str(_text(params, "source", limit=2048))
-    run_id = _text(params, "run_id", required=False, limit=256) or None
-    description = _text(params, "description", required=False) or None
-    tags = _tags(params)
+    source = str(parsing.text(params, "source", limit=2048))
+    run_id = parsing.text(params, "run_id", required=False, limit=256) or None
+    description = parsing.text(params, "description", required=False) or None
+    tags = parsing.tags(params)
     _check_source(res, source)
     version = await store.reserve_version(res.pool, name, source, run_id, identity.name)
     try:
@@ -419,8 +307,8 @@ async def create_model_version(request: Request) -> dict[str, Any]:
 
 @_route("/model-versions/get", "GET")
 async def get_model_version(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name, version = _name(params), _version(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, version = parsing.model_name(params), parsing.version(params)
     may_read(request, await _identity(request), name)
     row = await _version_or_404(res, name, version)
     return {"model_version": _version_json(row, await _version_aliases(res, name))}
@@ -428,15 +316,15 @@ async def get_model_version(request: Request) -> dict[str, Any]:
 
 @_route("/model-versions/search", "GET", "POST")
 async def search_model_versions(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
+    res, params = _resources(request), await parsing.params(request)
     identity = await _identity(request)
     may_read(request, identity)
-    clauses = _filter(params.get("filter"), filters.VERSION_ATTRIBUTES)
-    limit = _max_results(params, MAX_VERSIONS_PAGE, MAX_VERSIONS_PAGE)
-    orders = _orders(params.get("order_by"), ("name", "version_number", "creation_timestamp",
+    clauses = parsing.search_filter(params.get("filter"), filters.VERSION_ATTRIBUTES)
+    limit = parsing.max_results(params, MAX_VERSIONS_PAGE, MAX_VERSIONS_PAGE)
+    orders = parsing.order_by(params.get("order_by"), ("name", "version_number", "creation_timestamp",
                                                "last_updated_timestamp"),
                      [filters.Order("name", False), filters.Order("version_number", True)])
-    offset = _offset(params.get("page_token"))
+    offset = parsing.offset(params.get("page_token"))
     # one model named exactly: read only its versions
     only = next((c.value for c in clauses if c.kind == "attribute" and c.key == "name" and c.op == "="), None)
     rows = [r for r in await store.versions(res.pool, only) if identity is None or identity.may_touch(r["name"])]
@@ -458,17 +346,17 @@ async def search_model_versions(request: Request) -> dict[str, Any]:
         out.append(_version_json({**row, "mlflow_tags": None}, aliases[item["name"]]))
     answer: dict[str, Any] = {"model_versions": out}
     if offset + limit < len(keyed):
-        answer["next_page_token"] = _page_token(offset + limit)
+        answer["next_page_token"] = parsing.page_token(offset + limit)
     return answer
 
 
 @_route("/model-versions/update", "PATCH")
 async def update_model_version(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name, version = _name(params), _version(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, version = parsing.model_name(params), parsing.version(params)
     identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
     await _version_or_404(res, name, version)
-    await store.describe_version(res.pool, name, version, _text(params, "description", required=False) or "",
+    await store.describe_version(res.pool, name, version, parsing.text(params, "description", required=False) or "",
                                  identity.name)
     row = await _version_or_404(res, name, version)
     return {"model_version": _version_json(row, await _version_aliases(res, name))}
@@ -476,10 +364,10 @@ async def update_model_version(request: Request) -> dict[str, Any]:
 
 @_route("/model-versions/set-tag", "POST")
 async def set_model_version_tag(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name, version = _name(params), _version(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, version = parsing.model_name(params), parsing.version(params)
     identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
-    key, value = _text(params, "key", limit=250), _text(params, "value", required=False, limit=5000) or ""
+    key, value = parsing.text(params, "key", limit=250), parsing.text(params, "value", required=False, limit=5000) or ""
     await _version_or_404(res, name, version)
     await store.set_version_tag(res.pool, name, version, key, value, identity.name)
     return {}
@@ -487,10 +375,10 @@ async def set_model_version_tag(request: Request) -> dict[str, Any]:
 
 @_route("/model-versions/delete-tag", "DELETE")
 async def delete_model_version_tag(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name, version = _name(params), _version(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, version = parsing.model_name(params), parsing.version(params)
     identity = must(await _identity(request), name, auth.PUBLISH, auth.APPROVE)
-    key = _text(params, "key", limit=250)
+    key = parsing.text(params, "key", limit=250)
     row = await _version_or_404(res, name, version)
     if not await store.delete_version_tag(res.pool, name, version, key, identity.name):
         if key in (row.get("tags") or {}):
@@ -502,11 +390,11 @@ async def delete_model_version_tag(request: Request) -> dict[str, Any]:
 
 @_route("/model-versions/transition-stage", "POST")
 async def transition_model_version_stage(request: Request) -> dict[str, Any]:
-    res, params = _resources(request), await _params(request)
-    name, version = _name(params), _version(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, version = parsing.model_name(params), parsing.version(params)
     identity = must(await _identity(request), name, auth.APPROVE)
     try:
-        stage = mapping.stage_from_mlflow(str(_text(params, "stage", limit=32)))
+        stage = mapping.stage_from_mlflow(str(parsing.text(params, "stage", limit=32)))
     except ValueError as exc:
         raise invalid(str(exc)) from None
     row = await _version_or_404(res, name, version)
@@ -545,8 +433,8 @@ async def _request_stage(res: ApiResources, identity: Identity, row: dict[str, A
 async def get_model_version_download_uri(request: Request) -> dict[str, Any]:
     from .artifacts import download_uri
 
-    res, params = _resources(request), await _params(request)
-    name, version = _name(params), _version(params)
+    res, params = _resources(request), await parsing.params(request)
+    name, version = parsing.model_name(params), parsing.version(params)
     may_read(request, await _identity(request), name)
     row = await _version_or_404(res, name, version)
     if row.get("pending") or row.get("status") != "validated":

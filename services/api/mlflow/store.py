@@ -14,6 +14,7 @@ import asyncpg
 from ..queries import VERSION_FIELDS
 
 Db = asyncpg.Pool | asyncpg.Connection
+Conn = Any  # a connection from `pool.acquire()` (asyncpg's proxy type), in a transaction
 
 _MODELS = """
     SELECT n.name,
@@ -87,7 +88,7 @@ async def champion(db: Db, name: str) -> int | None:
 
 # ---------------------------------------------------------------------------- writes
 
-async def _log(conn: asyncpg.Connection, actor: str, action: str, name: str, *, version: int | None = None,
+async def _log(conn: Conn, actor: str, action: str, name: str, *, version: int | None = None,
                key: str | None = None, old: str | None = None, new: str | None = None) -> None:
     await conn.execute(
         """INSERT INTO mlflow_label_log (actor, action, name, version, key, old, new)
@@ -164,7 +165,8 @@ async def set_version_tag(pool: asyncpg.Pool, name: str, number: int, key: str, 
         old = await conn.fetchval(
             "SELECT tags ->> $3 FROM mlflow_version_labels WHERE name = $1 AND version = $2", name, number, key)
         await conn.execute(
-            """INSERT INTO mlflow_version_labels (name, version, tags) VALUES ($1, $2, jsonb_build_object($3::text, $4::text))
+            """INSERT INTO mlflow_version_labels (name, version, tags)
+               VALUES ($1, $2, jsonb_build_object($3::text, $4::text))
                ON CONFLICT (name, version) DO UPDATE
                SET tags = mlflow_version_labels.tags || jsonb_build_object($3::text, $4::text), updated_at = now()""",
             name, number, key, value)
