@@ -131,18 +131,17 @@ class Registry:
 
     async def _describe_s3_prefix(self, uri: str) -> ArtifactSpec:
         prefix = parse_s3_uri(uri)
-        objects = await self._store.list_prefix(prefix.bucket, prefix.key, MAX_MANIFEST_FILES + 1)
-        objects = [(key, size) for key, size in objects if not (key.endswith("/") and size == 0)]
+        objects = await self._store.list_files(prefix, MAX_MANIFEST_FILES + 1)
         if not objects:
             raise FileNotFoundError(f"{uri} holds no objects")
         if len(objects) > MAX_MANIFEST_FILES:
             raise DirectoryRefused("too_many_files", f"{uri} holds more than {MAX_MANIFEST_FILES} objects")
         entries = []
-        for key, _ in objects:
-            found = await self._store.digest(S3Location(prefix.bucket, key))
+        for path, _ in objects:
+            found = await self._store.digest(S3Location(prefix.bucket, prefix.key + path))
             if found is None:
-                raise FileNotFoundError(f"s3://{prefix.bucket}/{key} went away while it was read")
-            entries.append(FileEntry(key[len(prefix.key):], found[1], found[0]))
+                raise FileNotFoundError(f"{uri}{path} went away while it was read")
+            entries.append(FileEntry(path, found[1], found[0]))
         return ArtifactSpec(uri=uri, sha256=manifest_digest(entries), size_bytes=sum(e.size_bytes for e in entries))
 
     async def register(self, name: str, artifact: str | Path, *, version: int | None = None,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aioboto3
 import aiohttp
@@ -21,11 +23,14 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from shared.s3_copy_plan import DEFAULT_COPY_PART, copy_ranges
 from shared.s3lean import LeanS3
 from shared.settings import Settings
 
 # Parts of a multipart transfer: S3's minimum is 5 MiB; 8 MiB keeps memory bounded.
 PART_SIZE = 8 * 1024 * 1024
+# Part copies of one multipart copy in flight at once (the server does the work).
+COPY_LANES = 4
 
 
 # Answers that say "not now" rather than "no": throttling, a server busy or restarting, and a
@@ -147,15 +152,70 @@ class ObjectStore:
     async def list_prefix(self, bucket: str, prefix: str, limit: int) -> list[tuple[str, int]]:
         """(key, size) of the objects under `prefix`, in key order, at most `limit` of them
         (listing stops there: ask for one more than you accept to know there were too many)."""
-        found: list[tuple[str, int]] = []
+        return [(prefix + relative, size) async for relative, size in self._listing(bucket, prefix, limit, True)]
+
+    async def list_files(self, prefix: S3Location, limit: int) -> list[tuple[str, int]]:
+        """A directory artifact's files: (path relative to the prefix, size), at most `limit`;
+        the empty "folder" objects some tools write (a key ending in '/') are no files."""
+        return [item async for item in self._listing(prefix.bucket, prefix.key, limit, False)]
+
+    async def _listing(self, bucket: str, prefix: str, limit: int,
+                       markers: bool) -> AsyncIterator[tuple[str, int]]:
+        taken = 0
         paginator = self.client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=bucket, Prefix=prefix,
                                              PaginationConfig={"PageSize": min(1000, max(1, limit))}):
             for item in page.get("Contents", []):
-                found.append((item["Key"], int(item["Size"])))
-                if len(found) >= limit:
-                    return found
-        return found
+                relative, size = item["Key"][len(prefix):], int(item["Size"])
+                if not markers and relative.endswith("/") and size == 0:
+                    continue
+                yield relative, size
+                taken += 1
+                if taken >= limit:
+                    return
+
+    async def copy(self, source: S3Location, target: S3Location, *, tagging: str | None = None,
+                   storage_class: str | None = None) -> None:
+        """Server-side copy keeping the content type and metadata; `tagging` replaces the
+        tags (None keeps the source's), `storage_class` sets the class. Objects over
+        MODELREG_S3_MULTIPART_COPY_BYTES (S3's 5 GiB limit by default) are copied as a
+        multipart upload of ranged UploadPartCopy parts."""
+        head = await self.client.head_object(Bucket=source.bucket, Key=source.key)
+        threshold = self.settings.s3_multipart_copy_bytes
+        ranges = copy_ranges(int(head["ContentLength"]), threshold, min(DEFAULT_COPY_PART, threshold))
+        where = {"Bucket": target.bucket, "Key": target.key}
+        origin = {"Bucket": source.bucket, "Key": source.key}
+        cls = {"StorageClass": storage_class} if storage_class else {}
+        if ranges is None:
+            tags = {"TaggingDirective": "REPLACE", "Tagging": tagging} if tagging is not None else {}
+            await self.client.copy_object(**where, CopySource=origin, MetadataDirective="COPY", **tags, **cls)
+            return
+        if tagging is None:
+            found = (await self.client.get_object_tagging(**origin)).get("TagSet", [])
+            tagging = urlencode([(t["Key"], t["Value"]) for t in found])
+        upload = await self.client.create_multipart_upload(
+            **where, Metadata=head.get("Metadata", {}),
+            ContentType=head.get("ContentType", "application/octet-stream"),
+            **({"Tagging": tagging} if tagging else {}), **cls)
+        upload_id = upload["UploadId"]
+        lanes = asyncio.Semaphore(COPY_LANES)
+
+        async def part(number: int, first: int, last: int) -> dict[str, Any]:
+            async with lanes:
+                answer = await self.client.upload_part_copy(
+                    **where, UploadId=upload_id, PartNumber=number, CopySource=origin,
+                    CopySourceRange=f"bytes={first}-{last}")
+            return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
+
+        try:
+            parts = await asyncio.gather(*(part(n, first, last) for n, (first, last) in enumerate(ranges, 1)))
+            await self.client.complete_multipart_upload(**where, UploadId=upload_id,
+                                                        MultipartUpload={"Parts": list(parts)})
+        except BaseException:
+            # No half-copied upload left to bill for; the next attempt starts over.
+            with contextlib.suppress(Exception):
+                await self.client.abort_multipart_upload(**where, UploadId=upload_id)
+            raise
 
     async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
         assert self.lean is not None

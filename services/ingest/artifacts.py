@@ -278,17 +278,13 @@ async def list_directory(store: ObjectStore, source: DirectorySource, *, max_fil
     `max_files` files (listing stops there)."""
     if isinstance(source, S3Prefix):
         try:
-            objects = await store.list_prefix(source.bucket, source.prefix, max_files + 1)
+            objects = await store.list_files(S3Location(source.bucket, source.prefix), max_files + 1)
         except ClientError as exc:
             if is_missing(exc):
                 raise SourceRefused("artifact_missing", f"{source.uri}: no such bucket") from None
             raise
-        listed = []
-        for key, size in objects:
-            relative = key[len(source.prefix):]
-            if relative.endswith("/") and size == 0:
-                continue  # a "folder" marker some tools write: not a file
-            listed.append(Listed(relative, size, S3Location(source.bucket, key)))
+        listed = [Listed(relative, size, S3Location(source.bucket, source.prefix + relative))
+                  for relative, size in objects]
         where = source.uri
     else:
         listed = await asyncio.to_thread(_walk, source.path, max_files)

@@ -66,8 +66,7 @@ async def _verify_directory(store: ObjectStore, prefix: S3Location, sha256: str,
     async with asyncio.TaskGroup() as group:
         for entry in entries:
             group.create_task(digest(entry.path))
-    listed = await store.list_prefix(prefix.bucket, prefix.key, len(entries) + EXTRA_LISTED)
-    extra = [key[len(prefix.key):] for key, size in listed if not (key.endswith("/") and size == 0)]
+    extra = [path for path, _ in await store.list_files(prefix, len(entries) + EXTRA_LISTED)]
     problems = compare(entries, found, extra)
     if not problems:
         return Verdict(True)

@@ -138,9 +138,7 @@ class Validation:
         async with asyncio.TaskGroup() as group:
             for path in paths:
                 group.create_task(read(path))
-        listed = await self.resources.store.list_prefix(prefix.bucket, prefix.key, len(paths) + EXTRA_LISTED)
-        extra = [key[len(prefix.key):] for key, size in listed
-                 if not (key.endswith("/") and size == 0)]
+        extra = [path for path, _ in await self.resources.store.list_files(prefix, len(paths) + EXTRA_LISTED)]
         discrepancies = tuple(compare(manifest, found, extra))
         scanned, safe, detail = combine_scans(scans, declared_format_problem(data.artifact.format, paths))
         return ArtifactFacts(present=all(found.values()), sha256=data.artifact.sha256,
