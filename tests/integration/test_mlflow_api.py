@@ -209,6 +209,11 @@ async def test_champion_alias_is_a_promotion_request_the_policy_decides(
     await eventually(lambda: db.fetchval("SELECT champion = 1 FROM view_models WHERE name = $1", name))
     champion = await call(client.get_model_version_by_alias, name, "champion")
     assert champion.version == "1" and champion.current_stage == "Production"
+    # the audit log names the tokens' identities: who registered, who asked for production
+    actors = await eventually(lambda: db.fetch(
+        "SELECT action, actor FROM audit_log WHERE name = $1 AND action IN ('ingested', 'promoted')", name))
+    assert (("ingested", f"ml-pipeline-{RUN}") in {tuple(r) for r in actors})
+    assert any(r["action"] == "promoted" and "alice" in r["actor"] for r in actors), actors
     # transition-stage maps the same way: a request under the approver's name
     moved = await call(client.transition_model_version_stage, name, "1", "Archived")
     assert moved.version == "1"
