@@ -91,6 +91,7 @@ def _local_stack() -> Iterator[Endpoints]:
     principals: dict[str, dict[str, str]] = {}
     if stack.kafka_secured:
         from shared.stack.kafka_auth import PRINCIPALS
+        stack.add_new_principals()  # a stack made before a service existed learns its principal
         principals = {name: _kafka_security(stack.kafka_env(name)) for name in PRINCIPALS}
     else:
         warnings.warn(f"the local stack in {stack.dir} runs Kafka PLAINTEXT, without ACLs (it was created "

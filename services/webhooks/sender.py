@@ -30,7 +30,7 @@ class Outcome:
 
 class Sender:
     def __init__(self, *, allowed: tuple[ssrf.Network, ...], timeout_seconds: float, max_response_bytes: int,
-                 connections: int = 32) -> None:
+                 connections: int = 64) -> None:
         self.allowed = allowed
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self.max_response_bytes = max_response_bytes
@@ -39,7 +39,7 @@ class Sender:
 
     async def __aenter__(self) -> Sender:
         connector = aiohttp.TCPConnector(resolver=ssrf.GuardedResolver(self.allowed), limit=self._connections,
-                                         limit_per_host=4, use_dns_cache=False)
+                                         limit_per_host=0, use_dns_cache=False)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, trust_env=False,
                                               auto_decompress=False,
                                               headers={"User-Agent": "modelreg-webhooks/1"})

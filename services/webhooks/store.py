@@ -343,6 +343,7 @@ async def request_test(conn: Any, endpoint_id: uuid.UUID, message: Message, *, r
 
 
 async def finished(conn: Any, delivery_id: int) -> dict[str, Any] | None:
-    """The delivery once its first attempt is logged (None before)."""
+    """The delivery once its first attempt is logged (None before). Judged by the delivery's
+    own row, read first: its attempt rows commit with it, so they are there when it says so."""
     found = await get_delivery(conn, delivery_id)
-    return found if found is not None and found["attempt_log"] else None
+    return found if found is not None and found["attempts"] > 0 else None

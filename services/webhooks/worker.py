@@ -27,7 +27,7 @@ from .sender import Outcome, Sender
 
 log = logging.getLogger(__name__)
 
-BATCH = 64
+IN_FLIGHT = 64  # deliveries sent at once, across endpoints
 IDLE_SECONDS = 1.0
 
 
@@ -49,33 +49,54 @@ class DeliveryWorker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Keep up to `IN_FLIGHT` deliveries going: a slow receiver holds only its own
+        deliveries (one per model), never a round of everyone else's."""
+        in_flight: set[asyncio.Task[None]] = set()
         backoff = 0.5
-        while True:
-            try:
-                sent = await self.once()
-                backoff = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                passing = is_retryable(exc)
-                log.log(logging.WARNING if passing else logging.ERROR, "webhook delivery round failed: %s", exc,
-                        exc_info=not passing)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            if sent < BATCH:
-                self._wake.clear()
+        try:
+            while True:
+                room = IN_FLIGHT - len(in_flight)
+                claimed: list[store.Claimed] = []
+                if room > 0:
+                    self._wake.clear()
+                    try:
+                        claimed = await store.claim_due(self.pool, self.clock(), self.lease_seconds, room)
+                        backoff = 0.5
+                    except Exception as exc:
+                        passing = is_retryable(exc)
+                        log.log(logging.WARNING if passing else logging.ERROR, "claiming webhook deliveries failed: %s",
+                                exc, exc_info=not passing)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                        continue
+                for item in claimed:
+                    task = asyncio.create_task(self._deliver_logged(item))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if claimed and len(claimed) == room:
+                    continue  # more may be due: claim again once there is room
+                # A delivery done makes room (its model's next one may be due); new rows wake it
+                # only when there is room to take them.
+                woken = asyncio.ensure_future(self._wake.wait()) if room > 0 else None
                 try:
-                    await asyncio.wait_for(self._wake.wait(), IDLE_SECONDS)
-                except TimeoutError:
-                    pass
+                    await asyncio.wait({*in_flight, *([woken] if woken else [])}, timeout=IDLE_SECONDS,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if woken is not None:
+                        woken.cancel()
+        finally:
+            for task in in_flight:
+                task.cancel()
 
-    async def once(self) -> int:
-        """Claim what is due, send it concurrently (one per endpoint and model), record it."""
-        claimed = await store.claim_due(self.pool, self.clock(), self.lease_seconds, BATCH)
-        if claimed:
-            await asyncio.gather(*(self._deliver(c) for c in claimed))
-        return len(claimed)
+    async def _deliver_logged(self, claimed: store.Claimed) -> None:
+        try:
+            await self._deliver(claimed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # its lease runs out and it is sent again: at least once
+            passing = is_retryable(exc)
+            log.log(logging.WARNING if passing else logging.ERROR, "webhook delivery %d: %s", claimed.id, exc,
+                    exc_info=not passing)
 
     async def _deliver(self, claimed: store.Claimed) -> None:
         body = claimed.body.encode()

@@ -140,6 +140,19 @@ class LocalStack:
         """SASL_SSL with ACLs; False only for a stack formatted before that existed."""
         return kafka.secured(self.kafka_home)
 
+    def add_new_principals(self) -> list[str]:
+        """Principals added to the registry since this stack's Kafka was formatted (a new
+        service) get a password and a SCRAM credential on the running broker; returns them."""
+        from shared.kafka_users import add_missing_scram_users
+        from shared.settings import load_settings
+        from shared.stack.kafka_auth import PRINCIPALS
+
+        if not self.kafka_secured or not self.kafka_auth.exists() or set(PRINCIPALS) <= set(self.kafka_auth.passwords()):
+            return []
+        self.kafka_auth.ensure()
+        settings = load_settings(**{k.lower(): v for k, v in self.kafka_env().items()})
+        return add_missing_scram_users(settings, self.kafka_auth.passwords())
+
     def kafka_env(self, principal: str = ADMIN) -> dict[str, str]:
         """The Kafka settings of a client authenticating as `principal` (a service, an
         outside role, or the admin super user the stack itself uses)."""
@@ -352,6 +365,7 @@ class LocalStack:
                     raise
                 await asyncio.sleep(1)
         if self.kafka_secured:
+            await asyncio.to_thread(self.add_new_principals)
             await apply_acls(settings, "")
 
     async def _wait_for_brokers(self, settings: object) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -436,3 +437,38 @@ async def test_mlflows_webhook_api_and_payload(api: ApiService, tokens: dict[str
             assert headers["x-mlflow-signature"] == f"v1,{expected}"
             assert set(payload) == {"entity", "action", "timestamp", "data"}
         assert (await http.delete(f"{base}/{hook['webhook_id']}", headers=bearer)).json() == {}
+
+
+async def test_a_running_kafka_learns_a_principal_added_after_it_was_formatted(settings: Settings) -> None:
+    """How a stack made before the webhooks service existed gets its SCRAM user
+    (LocalStack.add_new_principals); `settings` connect as the admin super user."""
+    from kafka.admin import ScramMechanism, UserScramCredentialDeletion
+
+    from shared.kafka_acls import _admin
+    from shared.kafka_users import ensure_scram_users
+
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        pytest.fail("this test needs the SASL_SSL Kafka the local stack runs")
+    user = f"probe-{uuid.uuid4().hex[:8]}"
+    assert await ensure_scram_users(settings, {user: "a-probe-password-0123456789"}) == [user]
+    try:
+        assert await ensure_scram_users(settings, {user: "another-password-0123456789"}) == []  # kept as it is
+        from tests.support import settings_for as with_env
+
+        as_user = with_env(settings, {"KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": "a-probe-password-0123456789"})
+        from shared.broker import make_admin
+
+        client = make_admin(as_user, "modelreg-probe")
+        await client.start()  # authenticates with the new credential
+        await client.close()
+        wrong = make_admin(with_env(as_user, {"KAFKA_SASL_PASSWORD": "not-the-password-0123456789"}), "modelreg-probe")
+        with pytest.raises(Exception, match="Unable to bootstrap"):  # SaslAuthenticationFailed, logged
+            await wrong.start()
+        with contextlib.suppress(Exception):
+            await wrong.close()
+    finally:
+        admin = _admin(settings)
+        try:
+            admin.alter_user_scram_credentials([UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_512)])
+        finally:
+            admin.close()

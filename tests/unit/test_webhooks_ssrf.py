@@ -117,3 +117,10 @@ async def test_resolve_refusal_of_localhost_and_of_a_name_that_does_not_resolve(
     assert "loopback" in await ssrf.resolve_refusal("http://localhost:1/x", ())
     assert await ssrf.resolve_refusal("http://localhost:1/x", ssrf.parse_networks("127.0.0.0/8,::1")) is None
     assert "does not resolve" in await ssrf.resolve_refusal("http://no-such-host.invalid/x", ())
+
+
+def test_only_users_the_cluster_lacks_are_created():
+    from shared.kafka_users import missing_users
+
+    assert missing_users({"webhooks": "p1", "ingest": "p2"}, {"ingest", "admin"}) == {"webhooks": "p1"}
+    assert missing_users({"ingest": "p2"}, {"ingest"}) == {}
