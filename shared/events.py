@@ -187,6 +187,23 @@ class DlqError(Data):
 # ---------------------------------------------------------------------------- topic data
 
 
+class ImportedFrom(Data):
+    """Where an imported version came from (`modelreg import mlflow`): the other registry's
+    ids, for the audit trail. On `model.registered` (passed on in `model.ingested`) it is a
+    pipeline's claim: it only keeps the version out of automatic staging. On an ops
+    `promotion.requested` by an approver it asks promotion to give the version `stage` once it
+    passed validation, without the policy's gates (README: Importing from MLflow)."""
+
+    system: Literal["mlflow"]
+    tracking_uri: Uri
+    model: Annotated[str, StringConstraints(min_length=1, max_length=512)]  # the name over there
+    version: VersionNumber
+    run_id: ShortText | None = None
+    source: Uri | None = None
+    stage: Stage
+    aliases: Annotated[list[ShortText], Field(max_length=MAX_MAP_ENTRIES)] = []
+
+
 class ModelRegisteredData(Data):
     name: ModelName
     version: VersionNumber | None = None
@@ -199,6 +216,7 @@ class ModelRegisteredData(Data):
     signature: Annotated[dict[Key, JsonValue], Field(max_length=MAX_MAP_ENTRIES)] | None = None
     description: LongText | None = None
     registered_by: ShortText | None = None
+    imported_from: ImportedFrom | None = None
 
 
 class ModelIngestedData(Data):
@@ -212,6 +230,7 @@ class ModelIngestedData(Data):
     dataset: Dataset | None = None
     signature: Annotated[dict[Key, JsonValue], Field(max_length=MAX_MAP_ENTRIES)] | None = None
     description: LongText | None = None
+    imported_from: ImportedFrom | None = None
 
 
 class ModelValidatedData(Data):
@@ -250,6 +269,7 @@ class PromotionRequestedData(Data):
     to_stage: Stage
     actor: ShortText
     reason: LongText
+    imported_from: ImportedFrom | None = None
 
 
 class AttestationSignature(Data):

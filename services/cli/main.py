@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_parser(commands)
     from services.cli import webhooks
     webhooks.add_parser(commands)
+    from services.cli import mlflow_import
+    mlflow_import.add_parser(commands)
 
     schemas = commands.add_parser("schemas", help="the published event contract in schemas/")
     schemas.add_argument("action", choices=("generate", "check"))
@@ -162,6 +164,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
     if args.command == "webhooks":
         from services.cli import webhooks
         return webhooks.command(args)
+    if args.command == "import":
+        from services.cli import mlflow_import
+        return mlflow_import.command(args)
     if args.command == "keys":
         from services.cli import keys
         return keys.command(args)

@@ -13,8 +13,10 @@ from shared.stack.proc import alive
 
 CLIENT_PRINCIPALS = tuple(p for p in PRINCIPALS if p != BROKER)
 # Who a command of a source checkout connects as, when no KAFKA_* setting says otherwise.
+# `import` registers as the pipeline and asks for the imported stages as ops (a second set of
+# credentials: services/cli/mlflow_import).
 COMMAND_PRINCIPALS = {"register": "pipeline", "evaluate": "qa", "promote": "ops", "restore": "ops",
-                      "replay": "reader",
+                      "import": "pipeline", "replay": "reader",
                       "bench": "admin"}
 
 # Settings every client shares; the Kafka ones differ per principal (`credentials ROLE`).

@@ -197,7 +197,7 @@ class Ingest:
         tx.emit(ModelIngested, ModelIngestedData(
             name=data.name, version=version, artifact=ref, run_id=data.run_id,
             registered_by=data.registered_by, dataset=data.dataset, signature=data.signature,
-            description=data.description))
+            description=data.description, imported_from=data.imported_from))
         tx.audit("ingested", name=data.name, version=version, to_stage="none",
                  actor=data.registered_by or event.source, reason="registered",
                  evidence={"sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
@@ -207,7 +207,11 @@ class Ingest:
                            "metrics": data.metrics, "tags": data.tags, "params": data.params,
                            "format": artifact.format, "description": data.description,
                            "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None,
-                           "signature": data.signature})
+                           "signature": data.signature,
+                           # The pipeline's claim of where it came from; promotion acts only on an
+                           # approver's import request (README: Importing from MLflow).
+                           **({"imported_from": data.imported_from.model_dump(mode="json")}
+                              if data.imported_from is not None else {})})
 
     async def _refuse_until_uploaded(self, tx: Tx, event: ModelRegistered, refusal: Reason) -> None:
         """An artifact that is not there may only not be there *yet*: the registration is

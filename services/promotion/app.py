@@ -46,13 +46,14 @@ from .logic import (
     Result,
     authored_evaluation,
     choose_restore,
+    decide_import,
     decide_late_rejection,
     decide_manual,
     decide_promotion,
     decide_rollback,
 )
 from .store import VersionRow
-from .unit_of_work import PromotionBatch
+from .unit_of_work import IMPORT_CLAIMED, PendingImport, PromotionBatch
 
 SERVICE = "promotion"
 
@@ -83,12 +84,19 @@ class Promotion:
 
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
+        known = self.batch.get(data.name, data.version) is not None
         waited = self.batch.add_version(
             name=data.name, version=data.version, sha256=data.artifact.sha256,
             artifact_uri=data.artifact.uri, registered_by=data.registered_by, correlation_id=event.correlation,
             traceparent=telemetry.current_traceparent().get("traceparent"),
             manifest=(None if data.artifact.files is None
                       else canonical_manifest(data.artifact.manifest() or []).decode()))
+        if data.imported_from is not None and not known:
+            # Only keeps it out of automatic staging until an approver's import request (maybe
+            # among `waited`, replayed next) says which stage it had; a pipeline's marker alone
+            # can never move a version up.
+            self.batch.set_pending_import(data.name, data.version, PendingImport(
+                IMPORT_CLAIMED, "", "", data.imported_from.model_dump(mode="json"), event.id))
         if waited:
             await early.replay(tx, data.name, waited, self.waits_for_version)
 
@@ -102,6 +110,11 @@ class Promotion:
         if row is None:  # held
             return
         self.batch.update(row.name, row.version, blocked="rejected")
+        if (pending := self.batch.pending_import(row.name, row.version)) is not None:
+            if pending.to_stage == IMPORT_CLAIMED:
+                self.batch.clear_pending_import(row.name, row.version)
+            else:
+                await self._import(tx, self.batch.get(row.name, row.version) or row, pending)
         why = "; ".join(f"{r.code}: {r.message}" for r in event.data.reasons)
         await self._take_down(tx, row, "rejected", why, {"reasons": [r.model_dump() for r in event.data.reasons],
                                                          "rejected_by": event.source})
@@ -157,6 +170,13 @@ class Promotion:
         data = event.data
         row = await self._version(tx, data.name, data.version)
         if row is None:
+            return
+        if (pending := self.batch.pending_import(row.name, row.version)) is not None:
+            # An imported version takes the stage it had, not the policy's first step.
+            validated = self.batch.update(row.name, row.version, validated=True)
+            assert validated is not None
+            if pending.to_stage != IMPORT_CLAIMED:
+                await self._import(tx, validated, pending)
             return
         rule = self.policy.rule_for(row.name)
         if rule.auto_staging and row.stage == "none" and row.blocked is None:
@@ -283,6 +303,10 @@ class Promotion:
         row = await self._version(tx, data.name, data.version)
         if row is None:
             return
+        if data.imported_from is not None:
+            await self._import(tx, row, PendingImport(data.to_stage, data.actor, data.reason,
+                                                      data.imported_from.model_dump(mode="json"), event.id))
+            return
         rule = self.policy.rule_for(row.name)
         decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
                                  stage=row.stage, blocked=row.blocked, validated=row.validated,
@@ -317,6 +341,38 @@ class Promotion:
             done = True
         if done:
             self.batch.clear_approvals(row.name, row.version, data.to_stage)
+
+    async def _import(self, tx: Tx, row: VersionRow, request: PendingImport) -> None:
+        """Reproduce the stage a version had in the registry it was imported from, once it
+        passed validation, without the policy's gates (`decide_import` says who may ask)."""
+        decision = decide_import(self.policy.rule_for(row.name), actor=request.actor, to_stage=request.to_stage,
+                                 stage=row.stage, validated=row.validated, blocked=row.blocked,
+                                 registered_by=row.registered_by)
+        evidence = {"imported_from": request.imported_from, "requested_by": request.actor,
+                    "request_reason": request.reason, "to_stage": request.to_stage}
+        if decision.outcome == "wait":
+            self.batch.set_pending_import(row.name, row.version, request)
+            return
+        self.batch.clear_pending_import(row.name, row.version)
+        metrics.PROMOTION_DECISIONS.labels(f"import_{decision.outcome}").inc()
+        if decision.outcome == "refuse":
+            tx.audit("import_refused", name=row.name, version=row.version, from_stage=row.stage,
+                     to_stage=request.to_stage, actor=request.actor, reason=decision.detail, evidence=evidence,
+                     correlation=row.correlation_id)
+            return
+        if request.to_stage == "production" and row.stage != "production":
+            if not await self._to_production(tx, row, self.batch.champion(row.name), reason="manual",
+                                             evidence=evidence, actor=request.actor):
+                return  # quarantined: the stored bytes are not the ones registered
+        elif request.to_stage == "staging" and row.stage == "none":
+            await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=request.actor)
+        elif request.to_stage != row.stage:
+            await self._demote(tx, row, request.to_stage, reason="manual", evidence=evidence, actor=request.actor)
+        source = request.imported_from
+        tx.audit("imported", name=row.name, version=row.version, from_stage=row.stage, to_stage=request.to_stage,
+                 actor=request.actor,
+                 reason=f"{source.get('system')} {source.get('model')} v{source.get('version')}: {decision.detail}",
+                 evidence={**evidence, "policy_revision": self.policy.revision}, correlation=row.correlation_id)
 
     # -- stage changes ----------------------------------------------------------------------
 

@@ -294,3 +294,31 @@ def decide_late_rejection(stage: str, why: str) -> LateRejection:
     if stage == "staging":
         return LateRejection(True, False, f"rejected while in staging ({why}): demoted at once")
     return LateRejection(False, False, f"rejected ({why})")
+
+
+@dataclass(frozen=True)
+class ImportDecision:
+    outcome: str  # "apply" (move, or only record it), "wait" (for validation), "refuse"
+    detail: str
+
+
+def decide_import(rule: Rule, *, actor: str, to_stage: str, stage: str, validated: bool,
+                  blocked: str | None, registered_by: str | None = None) -> ImportDecision:
+    """An approver's request to reproduce the stage a version had in the registry it was
+    imported from. The gates are not run again (that registry already decided), but the
+    request must come from an approver, and the version must pass validation like any other:
+    the artifact scan decides whether it may ever be staged or crowned."""
+    if (refusal := rule.refuse_approver(actor, registered_by)) is not None:
+        return ImportDecision("refuse", refusal)
+    if to_stage == "archived":
+        return ImportDecision("refuse", "an import never archives; archived versions are imported in stage none")
+    if blocked is not None:
+        return ImportDecision("refuse", f"the version is {blocked}: an imported version is only staged or crowned "
+                                        "once it passes validation")
+    if stage == "archived":
+        return ImportDecision("refuse", "the version is archived here; restore it first")
+    if not validated:
+        return ImportDecision("wait", f"{to_stage} once validation passes")
+    if stage == to_stage:
+        return ImportDecision("apply", f"already in {to_stage}")
+    return ImportDecision("apply", f"{stage} -> {to_stage} as imported")

@@ -25,6 +25,25 @@ from .logic import Restorable, Result
 from .store import VersionRow
 
 _ROW = tuple(VersionRow.__dataclass_fields__)
+# An import request waiting for validation is kept as an approval row whose stage carries this
+# prefix, so it never counts as an approval of a manual request for that stage.
+_IMPORT_PREFIX = "import:"
+
+
+# A registration's import marker, before any approver asked for a stage (see app.on_ingested).
+IMPORT_CLAIMED = "claimed"
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingImport:
+    """An approver's import request (`modelreg import mlflow`) waiting for validation, or
+    (to_stage IMPORT_CLAIMED, no actor) a registration's unconfirmed import marker."""
+
+    to_stage: str
+    actor: str
+    reason: str
+    imported_from: dict[str, Any]
+    event_id: uuid.UUID
 
 
 @dataclasses.dataclass
@@ -49,6 +68,7 @@ class PromotionBatch:
         self._approvals: dict[tuple[str, int, str], set[str]] = {}
         self._new_approvals: list[tuple[Any, ...]] = []
         self._cleared_approvals: set[tuple[str, int, str]] = set()
+        self._imports: dict[tuple[str, int], PendingImport] = {}
         self._history: list[tuple[Any, ...]] = []
         self._waiting: dict[tuple[str, int], list[asyncpg.Record]] = {}
         self._holds: list[tuple[Any, ...]] = []
@@ -96,6 +116,16 @@ class PromotionBatch:
                        WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))""",
                     [k[0] for k in requested], [k[1] for k in requested]):
                 self._approvals.setdefault((r["name"], r["version"], r["to_stage"]), set()).add(r["actor"])
+        if keys:
+            for r in await self.conn.fetch(
+                    """SELECT name, version, to_stage, actor, reason, event_id FROM approvals
+                       WHERE to_stage LIKE 'import:%'
+                         AND (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))""",
+                    [k[0] for k in keys], [k[1] for k in keys]):
+                stored = json.loads(r["reason"])
+                self._imports[(r["name"], r["version"])] = PendingImport(
+                    r["to_stage"].removeprefix(_IMPORT_PREFIX), r["actor"], stored["reason"],
+                    stored["imported_from"], r["event_id"])
         arriving = sorted({(e.data.name, e.data.version) for e in events if e.topic == "model.ingested"})
         if arriving:
             for r in await self.conn.fetch(
@@ -200,6 +230,22 @@ class PromotionBatch:
         self._approvals.pop((name, version, to_stage), None)
         self._new_approvals = [a for a in self._new_approvals if a[:3] != (name, version, to_stage)]
         self._cleared_approvals.add((name, version, to_stage))
+
+    def pending_import(self, name: str, version: int) -> PendingImport | None:
+        return self._imports.get((name, version))
+
+    def set_pending_import(self, name: str, version: int, pending: PendingImport) -> None:
+        """Keep one import request per version: the newest replaces any earlier one."""
+        self.clear_pending_import(name, version)
+        self._imports[(name, version)] = pending
+        self.add_approval(name=name, version=version, to_stage=_IMPORT_PREFIX + pending.to_stage,
+                          actor=pending.actor, event_id=pending.event_id,
+                          reason=json.dumps({"reason": pending.reason, "imported_from": pending.imported_from}))
+
+    def clear_pending_import(self, name: str, version: int) -> None:
+        earlier = self._imports.pop((name, version), None)
+        if earlier is not None:
+            self.clear_approvals(name, version, _IMPORT_PREFIX + earlier.to_stage)
 
     def hold(self, *, event_id: uuid.UUID, topic: str, name: str, version: int, partition: int, offset: int,
              payload: bytes) -> None:
