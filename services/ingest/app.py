@@ -202,7 +202,7 @@ class Ingest:
                  actor=data.registered_by or event.source, reason="registered",
                  evidence={"sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
                            "artifact_uri": ref.uri, "source_uri": artifact.uri,
-                           "already_stored": getattr(prepared.copied, "already_stored", False),
+                           "already_stored": prepared.copied.already_stored,
                            **({"file_count": len(files)} if files is not None else {}), "run_id": data.run_id,
                            "metrics": data.metrics, "tags": data.tags, "params": data.params,
                            "format": artifact.format, "description": data.description,

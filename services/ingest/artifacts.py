@@ -24,12 +24,14 @@ from botocore.exceptions import ClientError
 
 from shared.directories import DirectoryRefused, walk
 from shared.manifest import (
+    MAX_MANIFEST_BYTES,
     FileEntry,
     canonical_manifest,
     is_directory_uri,
     limit_problem,
     manifest_digest,
     manifest_key,
+    parse_manifest,
     path_problem,
 )
 from shared.settings import Settings
@@ -270,6 +272,7 @@ class CopiedDirectory:
     sha256: str                  # the manifest's digest
     size_bytes: int
     files: tuple[FileEntry, ...]  # sorted by path
+    already_stored: bool = False
 
 
 async def list_directory(store: ObjectStore, source: DirectorySource, *, max_files: int) -> list[Listed]:
@@ -325,7 +328,14 @@ def check_directory(listed: list[Listed], *, size_bytes: int, max_files: int,
 async def copy_directory(store: ObjectStore, listed: list[Listed], dest_prefix: str, *,
                          sha256: str, size_bytes: int) -> CopiedDirectory:
     """Copy every listed file under `dest_prefix` (which ends in '/'), then check the manifest
-    of what was read against the event's sha256 and size. A mismatch removes the copies."""
+    of what was read against the event's sha256 and size. A mismatch removes the copies.
+
+    The stored manifest is written last: when it is there (a redelivery), the copy is complete
+    and nothing is copied or removed again; when it is not, no recorded version uses the files."""
+    done = await _stored_manifest(store, dest_prefix, sha256)
+    if done is not None:
+        return CopiedDirectory(f"s3://{store.bucket}/{dest_prefix}", sha256, sum(e.size_bytes for e in done),
+                               tuple(done), already_stored=True)
     limit = asyncio.Semaphore(FILES_IN_FLIGHT)
     copied: dict[str, FileEntry] = {}
     budget = [size_bytes]  # no file may take the total past the announced size
@@ -363,6 +373,23 @@ async def copy_directory(store: ObjectStore, listed: list[Listed], dest_prefix: 
             raise mismatch from None
         raise
     return CopiedDirectory(f"s3://{store.bucket}/{dest_prefix}", sha256, size_bytes, files)
+
+
+async def _stored_manifest(store: ObjectStore, dest_prefix: str, sha256: str) -> list[FileEntry] | None:
+    """The manifest of a copy completed earlier, if it is there and hashes to `sha256`."""
+    text = bytearray()
+    try:
+        async for chunk in store.stream(S3Location(store.bucket, manifest_key(dest_prefix))):
+            text += chunk
+            if len(text) > MAX_MANIFEST_BYTES:
+                return None
+    except ClientError as exc:
+        if is_missing(exc):
+            return None
+        raise
+    if hashlib.sha256(text).hexdigest() != sha256:
+        return None
+    return parse_manifest(bytes(text))
 
 
 def _first_mismatch(exc: BaseException) -> ArtifactMismatch | SourceRefused | None:

@@ -92,9 +92,19 @@ async def test_an_mlflow_directory_from_an_s3_prefix_is_ingested_with_its_manife
     root = mlflow_sklearn_dir(tmp_path / "model")
     (root / "data").mkdir()
     (root / "data" / "input_example.json").write_text('{"columns": ["a"], "data": [[1.0]]}')
-    uri, sha256, size = await put_directory(settings, f"uploads/{name}/run-1/", root)
-    await kafka.publish("model.registered", registered(name, uri, sha256, size))
+    uri, sha256, size = await put_directory(settings, f"inbox/{name}/run-1/", root)
+    event = registered(name, uri, sha256, size)
+    await kafka.publish("model.registered", event)
     await assert_ingested_and_validated(settings, kafka, name, root, sha256, size)
+    # a redelivery finds the copy complete: nothing copied again, nothing removed
+    await kafka.publish("model.registered", event)
+    later = registered(name, uri, sha256, size)  # behind it on the model's partition
+    await kafka.publish("model.registered", later)
+    await kafka.wait_for("model.ingested", for_model(name, 2))
+    assert len(kafka.matching("model.ingested", for_model(name, 1))) == 1
+    stored = f"s3://{settings.s3_bucket}/artifacts/{name}/1/{sha256}/"
+    assert await stored_files(settings, stored) == {f["path"]: (root / f["path"]).read_bytes()
+                                                    for f in expected_files(root)}
 
 
 async def test_an_mlflow_directory_from_a_file_uri_is_ingested_and_validated(
