@@ -26,7 +26,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -163,7 +163,7 @@ class ServiceHandlers:
     retryable: Callable[[BaseException], bool] = field(default=lambda exc: False)
     batch_handlers: dict[str, BatchHandler] = field(default_factory=dict)
     # Long-running tasks beside consumption (e.g. archival's periodic sweep).
-    background: tuple[Callable[[], Awaitable[None]], ...] = ()
+    background: tuple[Callable[[], Coroutine[Any, Any, None]], ...] = ()
     trace_fallback: TraceFallback | None = None
     # Called once a batch's transaction has committed (clean-up that must not run earlier).
     after_commit: Callable[[], Awaitable[None]] | None = None

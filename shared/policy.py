@@ -315,9 +315,9 @@ class _Problems:
         if not isinstance(node, ScalarNode) or node.tag == _MERGE_TAG:
             return False
         try:
-            return self._loader.construct_object(node) == part
+            return bool(self._loader.construct_object(node) == part)
         except yaml.YAMLError:
-            return node.value == str(part)
+            return bool(node.value == str(part))
 
     def raise_if_any(self) -> None:
         if self.found:
@@ -505,6 +505,7 @@ class _Reader:
         return tuple(t for t in found if t is not None)
 
     def threshold(self, key: object, spec: object, loc: Loc) -> Threshold | None:
+        metric: object  # the key itself when it has no suite, checked below
         suite, slash, metric = key.partition("/") if isinstance(key, str) else ("", "", "")
         if not slash:
             suite, metric = "", key
@@ -534,7 +535,7 @@ class _Reader:
         if "metric" not in data:
             self.p.add(loc, "missing required key 'metric'")
         metric = self.scalar(data.get("metric"), (*loc, "metric"), _text, "?") if "metric" in data else "?"
-        direction = self.field(data, loc, "direction", _direction, "higher")
+        direction: Literal["higher", "lower"] = self.field(data, loc, "direction", _direction, "higher")
         improvement = self.field(data, loc, "min_improvement", _non_negative, 0.0)
         return ChampionRule(metric=metric, direction=direction, min_improvement=improvement)
 
@@ -567,7 +568,7 @@ class _Reader:
             self.p.add((*loc, "allowed_formats"),
                        "an empty list rejects every artifact; use null to allow any format")
         return ValidationRule(
-            max_size_bytes=self.field(data, loc, "max_size_bytes", _optional_size, 5 * GiB),
+            max_size_bytes=self.field(data, loc, "max_size_bytes", _optional_size, ValidationRule.max_size_bytes),
             max_files=self.field(data, loc, "max_files", _file_count, MAX_MANIFEST_FILES),
             required_metadata=self.items(data.get("required_metadata"), (*loc, "required_metadata"),
                                          _metadata),
@@ -645,7 +646,7 @@ class _Reader:
             rollback=self.thresholds(data.get("rollback"), (*loc, "rollback")),
             retention=self.retention(data.get("retention"), (*loc, "retention")),
             validation=self.validation(data.get("validation"), (*loc, "validation")),
-            evaluator_not_author=self.field(data, loc, "evaluator_not_author", _boolean, None),  # type: ignore[arg-type]
+            evaluator_not_author=self.field(data, loc, "evaluator_not_author", _boolean, None),
             signing=self.signing(data.get("signing"), (*loc, "signing")),
         )
 
