@@ -230,19 +230,21 @@ async def record_attempt(pool: asyncpg.Pool, claimed: Claimed, attempt: Attempt,
     number = claimed.attempts + 1
     status = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
     async with pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            """UPDATE webhook_deliveries
+               SET attempts = $2, status = $3::text, next_attempt_at = COALESCE($4::timestamptz, next_attempt_at),
+                   claimed_until = NULL, last_status = $5, last_error = $6,
+                   finished_at = CASE WHEN $3::text <> 'pending' THEN $7::timestamptz END
+               WHERE id = $1 RETURNING true""",
+            claimed.id, number, status, retry_at, attempt.status_code, attempt.error, attempt.attempted_at)
+        if not updated:
+            return  # its endpoint was deleted while it was being sent: nothing left to log it in
         await conn.execute(
             """INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms, error,
                                              response_excerpt, retry_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
             claimed.id, number, attempt.attempted_at, attempt.status_code, attempt.latency_ms, attempt.error,
             attempt.response_excerpt, retry_at)
-        await conn.execute(
-            """UPDATE webhook_deliveries
-               SET attempts = $2, status = $3::text, next_attempt_at = COALESCE($4::timestamptz, next_attempt_at),
-                   claimed_until = NULL, last_status = $5, last_error = $6,
-                   finished_at = CASE WHEN $3::text <> 'pending' THEN $7::timestamptz END
-               WHERE id = $1""",
-            claimed.id, number, status, retry_at, attempt.status_code, attempt.error, attempt.attempted_at)
         if claimed.kind == "test":
             return  # a test says nothing about the endpoint's health
         if disable_reason is not None:
