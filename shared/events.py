@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import accumulate
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -35,9 +35,9 @@ from shared.manifest import (
     path_problem,
 )
 
-SPEC_VERSION = "1.0"
+SPEC_VERSION: Final = "1.0"  # Final: its type is the Literal the envelope requires
 CONTENT_TYPE = "application/cloudevents+json"
-DATA_CONTENT_TYPE = "application/json"
+DATA_CONTENT_TYPE: Final = "application/json"
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_MAP_ENTRIES = 256
 # No contract event nests deeper than a dozen levels; a parser meeting thousands recurses into
