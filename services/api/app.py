@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-
-import time
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -27,13 +26,13 @@ from prometheus_client import Counter, Histogram
 from shared.broker import ensure_topics
 from shared.db import create_pool, migrate, pending_migrations, service_role
 from shared.health import CHECK_TIMEOUT, HealthServer
+from shared.keys import load_keyring
 from shared.policy import load_policy
 from shared.runtime import until_signalled
 from shared.sdk import Registry
 from shared.settings import Settings
-from shared.storage import ObjectStore
-from shared.keys import load_keyring
 from shared.signing import service_key
+from shared.storage import ObjectStore
 
 from . import auth, dlq, mlflow, problems, routes, ui
 from . import webhooks as webhook_routes

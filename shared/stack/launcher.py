@@ -147,7 +147,8 @@ class LocalStack:
         from shared.settings import load_settings
         from shared.stack.kafka_auth import PRINCIPALS
 
-        if not self.kafka_secured or not self.kafka_auth.exists() or set(PRINCIPALS) <= set(self.kafka_auth.passwords()):
+        if (not self.kafka_secured or not self.kafka_auth.exists()
+                or set(PRINCIPALS) <= set(self.kafka_auth.passwords())):
             return []
         self.kafka_auth.ensure()
         settings = load_settings(**{k.lower(): v for k, v in self.kafka_env().items()})

@@ -263,7 +263,8 @@ async def test_the_api_registers_a_directory_and_serves_it_file_by_file(
     token, _ = await auth.create(db, name=f"ci-{name}", role="publisher")
     headers = {"Authorization": f"Bearer {token}"}
     parts = [("artifact", (p, (root / p).read_bytes(), "application/octet-stream"))
-             for p in ("MLmodel", "model.pkl", "conda.yaml", "python_env.yaml", "requirements.txt", "data/example.json")]
+             for p in ("MLmodel", "model.pkl", "conda.yaml", "python_env.yaml", "requirements.txt",
+                       "data/example.json")]
 
     traversal = [("artifact", ("../outside", b"x", "application/octet-stream")), parts[0]]
     refused = await api_client.post(f"/api/v1/models/{name}/versions", files=traversal, headers=headers)

@@ -29,8 +29,8 @@ import pytest
 from shared.broker import ensure_topics, make_admin
 from shared.db import migrate
 from shared.events import TOPICS
-from shared.keys import write_keyring
 from shared.kafka_acls import apply_acls, remove_acls
+from shared.keys import write_keyring
 from shared.settings import Settings, load_settings
 from shared.stack import postgres
 from shared.stack.launcher import LocalStack, Ports

@@ -132,7 +132,8 @@ async def webhooks(settings: Settings, kafka: Kafka, pipeline: Any) -> AsyncIter
     await app.stop()
 
 
-async def _endpoint(db: asyncpg.Pool, settings: Settings, receiver: Receiver, path: str, **kwargs: Any) -> store.Endpoint:
+async def _endpoint(db: asyncpg.Pool, settings: Settings, receiver: Receiver, path: str,
+                    **kwargs: Any) -> store.Endpoint:
     async with db.acquire() as conn:
         endpoint = await manage.create(conn, _webhook_settings(settings), url=receiver.base + path,
                                        created_by="tests", **kwargs)
@@ -368,7 +369,8 @@ async def test_the_http_api_is_for_admins(api: ApiService, tokens: dict[str, str
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
         body = {"url": receiver.base + path, "events": ["model.promoted"], "stages": ["production"]}
         assert (await http.post("/api/v1/webhooks", json=body)).status_code == 401
-        forbidden = await http.post("/api/v1/webhooks", json=body, headers={"Authorization": f"Bearer {tokens['reader']}"})
+        forbidden = await http.post("/api/v1/webhooks", json=body,
+                                    headers={"Authorization": f"Bearer {tokens['reader']}"})
         assert forbidden.status_code == 403
         admin = {"Authorization": f"Bearer {tokens['admin']}"}
         created = await http.post("/api/v1/webhooks", json=body, headers=admin)
@@ -455,7 +457,8 @@ async def test_a_running_kafka_learns_a_principal_added_after_it_was_formatted(s
         assert await ensure_scram_users(settings, {user: "another-password-0123456789"}) == []  # kept as it is
         from tests.support import settings_for as with_env
 
-        as_user = with_env(settings, {"KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": "a-probe-password-0123456789"})
+        as_user = with_env(settings, {"KAFKA_SASL_USERNAME": user,
+                                      "KAFKA_SASL_PASSWORD": "a-probe-password-0123456789"})
         from shared.broker import make_admin
 
         client = make_admin(as_user, "modelreg-probe")
