@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     aws_secret_access_key: SecretStr = Field(SecretStr("modelreg-secret"),
                                              validation_alias="AWS_SECRET_ACCESS_KEY")
     aws_region: str = Field("us-east-1", validation_alias="AWS_REGION")
+    # Server-side copies of bigger objects go as multipart UploadPartCopy (S3's CopyObject
+    # stops at 5 GiB); tests set a few MiB to copy in parts on a real server.
+    s3_multipart_copy_bytes: int = Field(5 * 1024**3, ge=5 * 1024**2, le=5 * 1024**3,
+                                         validation_alias="MODELREG_S3_MULTIPART_COPY_BYTES")
     policy_file: Path | None = Field(None, validation_alias="MODELREG_POLICY_FILE")
     # Integration tests and shared clusters namespace every topic and consumer group with this.
     topic_prefix: str = Field("", validation_alias="MODELREG_TOPIC_PREFIX")

@@ -182,7 +182,9 @@ class ObjectStore:
         multipart upload of ranged UploadPartCopy parts."""
         head = await self.client.head_object(Bucket=source.bucket, Key=source.key)
         threshold = self.settings.s3_multipart_copy_bytes
-        ranges = copy_ranges(int(head["ContentLength"]), threshold, min(DEFAULT_COPY_PART, threshold))
+        # A size not told (a proxy may drop it from a HEAD answer): one copy, which the server
+        # itself refuses if the object is too big for it.
+        ranges = copy_ranges(int(head.get("ContentLength") or 0), threshold, min(DEFAULT_COPY_PART, threshold))
         where = {"Bucket": target.bucket, "Key": target.key}
         origin = {"Bucket": source.bucket, "Key": source.key}
         cls = {"StorageClass": storage_class} if storage_class else {}

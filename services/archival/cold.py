@@ -61,14 +61,13 @@ async def _move_directory(store: ObjectStore, source: S3Location, target: S3Loca
 
 
 async def _to_cold(store: ObjectStore, source: S3Location, target: S3Location) -> None:
-    copy = {"Bucket": target.bucket, "Key": target.key, "CopySource": {"Bucket": source.bucket, "Key": source.key},
-            "TaggingDirective": "REPLACE", "Tagging": TAGGING, "MetadataDirective": "COPY"}
+    # store.copy: over 5 GiB, a multipart copy (one CopyObject cannot take it).
     try:
-        await store.client.copy_object(**copy, StorageClass=COLD_STORAGE_CLASS)
+        await store.copy(source, target, tagging=TAGGING, storage_class=COLD_STORAGE_CLASS)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("InvalidStorageClass", "NotImplemented"):
             raise
-        await store.client.copy_object(**copy)  # a server without cold classes: prefix and tag only
+        await store.copy(source, target, tagging=TAGGING)  # a server without cold classes: prefix and tag only
     await store.client.delete_object(Bucket=source.bucket, Key=source.key)
 
 
@@ -90,7 +89,5 @@ async def move_from_cold(store: ObjectStore, uri: str) -> None:
 
 
 async def _from_cold(store: ObjectStore, source: S3Location, target: S3Location) -> None:
-    await store.client.copy_object(Bucket=target.bucket, Key=target.key,
-                                   CopySource={"Bucket": source.bucket, "Key": source.key},
-                                   TaggingDirective="REPLACE", Tagging="", MetadataDirective="COPY")
+    await store.copy(source, target, tagging="")  # untagged, the default storage class
     await store.client.delete_object(Bucket=source.bucket, Key=source.key)
