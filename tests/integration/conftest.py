@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from services.api.app import ApiService
+from services.api.settings import ApiSettings
 from shared.broker import ensure_topics
 from shared.db import migrate
 from shared.events import TOPICS
@@ -123,3 +125,12 @@ async def ingest(settings: Settings, kafka: Kafka) -> ServiceApp:
 @pytest.fixture(scope="session")
 async def pipeline(settings: Settings, kafka: Kafka) -> dict[str, ServiceApp]:
     return await running(settings, "ingest", "validation", "promotion", "archival", "audit")
+
+
+@pytest.fixture(scope="module")
+async def api_service(settings: Settings, pipeline) -> AsyncIterator[ApiService]:
+    """The HTTP API over the running pipeline (its JWKS is what deployment systems fetch)."""
+    service = ApiService(settings, ApiSettings(port=0))
+    await service.start()
+    yield service
+    await service.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -16,20 +15,11 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 
 from services.api.app import ApiService
-from services.api.settings import ApiSettings
 from shared.events import ModelValidated, ModelValidatedData, RegistryAudit, RegistryAuditData, new_event
 from shared.keys import Keyring
 from shared.settings import Settings
 from tests.integration.test_pipeline import QA, promoted, register
 from tests.support import Kafka, eventually, for_model, signed, unique_name
-
-
-@pytest.fixture(scope="module")
-async def api_service(settings: Settings, pipeline) -> AsyncIterator[ApiService]:
-    service = ApiService(settings, ApiSettings(port=0))
-    await service.start()
-    yield service
-    await service.stop()
 
 
 async def test_forged_records_are_dead_lettered_and_the_champion_stays(

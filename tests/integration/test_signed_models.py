@@ -11,7 +11,6 @@ import asyncio
 import base64
 import json
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.api.app import ApiService
-from services.api.settings import ApiSettings
 from shared.attestation import verify_attestation
 from shared.keys import Keyring
 from shared.model_signatures import load_trusted_key
@@ -32,14 +30,6 @@ from tests.signed_models import TEST_SIGNER, public_pem, sign_directory
 from tests.support import Kafka, for_model, unique_name
 
 SIGNER = load_trusted_key(public_pem(TEST_SIGNER))
-
-
-@pytest.fixture(scope="module")
-async def api_service(settings: Settings, pipeline) -> AsyncIterator[ApiService]:
-    service = ApiService(settings, ApiSettings(port=0))
-    await service.start()
-    yield service
-    await service.stop()
 
 
 def signed_model(root: Path, key: ec.EllipticCurvePrivateKey = TEST_SIGNER) -> Path:
