@@ -348,6 +348,23 @@ async def presigned_artifact(res: ApiResources, name: str, version: int) -> dict
 async def _presigned_directory(res: ApiResources, row: Any, prefix: S3Location, archived: bool) -> dict[str, Any]:
     """A directory artifact: its stored manifest, checked against the version's sha256 (so it
     needs no trust of its own), and a presigned URL per file with the digest it must have."""
+    where, text = await verified_manifest(res, row, prefix)
+    seconds = res.api.presign_seconds
+
+    async def presign(key: str) -> str:
+        return await res.store.client.generate_presigned_url(
+            "get_object", Params={"Bucket": prefix.bucket, "Key": key}, ExpiresIn=seconds)
+
+    files = [{"path": e.path, "sha256": e.sha256, "size_bytes": e.size_bytes, "url": await presign(prefix.key + e.path)}
+             for e in parse_manifest(text)]
+    return {"url": await presign(where.key), "expires_in": seconds,
+            "expires_at": datetime.now(UTC) + timedelta(seconds=seconds), "uri": prefix.uri,
+            "sha256": row["sha256"], "size_bytes": row["size_bytes"], "archived": archived, "files": files}
+
+
+async def verified_manifest(res: ApiResources, row: Any, prefix: S3Location) -> tuple[S3Location, bytes]:
+    """Where a directory artifact's manifest is stored, and its bytes, once they hash to the
+    version's sha256 (also the MLflow API's list of what it may hand out)."""
     where = S3Location(prefix.bucket, manifest_key(prefix.key))
     text = bytearray()
     try:
@@ -362,17 +379,7 @@ async def _presigned_directory(res: ApiResources, row: Any, prefix: S3Location, 
     if hashlib.sha256(text).hexdigest() != row["sha256"]:
         raise Problem(409, f"the stored manifest {where.uri} does not hash to the version's sha256 {row['sha256']}",
                       kind="integrity")
-    seconds = res.api.presign_seconds
-
-    async def presign(key: str) -> str:
-        return await res.store.client.generate_presigned_url(
-            "get_object", Params={"Bucket": prefix.bucket, "Key": key}, ExpiresIn=seconds)
-
-    files = [{"path": e.path, "sha256": e.sha256, "size_bytes": e.size_bytes, "url": await presign(prefix.key + e.path)}
-             for e in parse_manifest(bytes(text))]
-    return {"url": await presign(where.key), "expires_in": seconds,
-            "expires_at": datetime.now(UTC) + timedelta(seconds=seconds), "uri": prefix.uri,
-            "sha256": row["sha256"], "size_bytes": row["size_bytes"], "archived": archived, "files": files}
+    return where, bytes(text)
 
 
 @router.get("/audit", response_model=AuditPage, responses=READ_ERRORS, tags=["audit"],

@@ -7,7 +7,7 @@ MLflow's client (`mlflow.store.artifact.http_artifact_repo.HttpArtifactRepositor
 Basic credentials) as its registry calls: the client needs no S3 credentials, only a token that
 may read the model, and it gets exactly the bytes that passed validation (the archive copy once
 archived). A single-file artifact shows as a directory holding one file, named as its source
-was; an artifact stored under a prefix (a directory model) as that directory.
+was; a directory model as the files of its manifest (checked against the version's sha256).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from shared.manifest import FileEntry, is_directory_uri, parse_manifest
 from shared.storage import S3Location, parse_s3_uri
 
 from ..resources import ApiResources, resources_of
+from ..routes import verified_manifest
 from . import mapping, store
 from .credentials import caller, may_read
 from .errors import MlflowRoute, invalid, not_found
 
 ROOT = "/api/2.0/mlflow-artifacts/artifacts"
-MAX_LISTED = 10_000
 
 router = APIRouter(route_class=MlflowRoute, include_in_schema=False)
 
@@ -56,12 +57,14 @@ def parse_path(path: str) -> ArtifactPath:
 
 @dataclass(frozen=True)
 class Stored:
-    """Where a version's bytes are: one object (shown as `filename`), or a prefix."""
+    """Where a version's bytes are: one object (shown as `filename`), or a directory's prefix
+    and the files its verified manifest names (nothing else under the prefix is handed out)."""
 
     location: S3Location
     single: bool
     filename: str
     size: int | None
+    files: dict[str, FileEntry]
 
 
 async def _stored(request: Request, wanted: ArtifactPath) -> tuple[ApiResources, Stored]:
@@ -77,12 +80,15 @@ async def _stored(request: Request, wanted: ArtifactPath) -> tuple[ApiResources,
     if not uri:
         raise not_found(f"{wanted.name} v{wanted.version} has no stored artifact")
     location = parse_s3_uri(uri)
-    head = await res.store.head(location)
     filename = posixpath.basename((row.get("source_uri") or "").rstrip("/")) or "artifact"
-    if head is not None:
-        return res, Stored(location, True, filename, int(head.get("ContentLength") or 0))
-    prefix = location.key.rstrip("/") + "/"
-    return res, Stored(S3Location(location.bucket, prefix), False, filename, None)
+    if is_directory_uri(uri):
+        _, text = await verified_manifest(res, row, location)
+        files = {entry.path: entry for entry in parse_manifest(text)}
+        return res, Stored(location, False, filename, None, files)
+    head = await res.store.head(location)
+    if head is None:
+        raise not_found(f"{wanted.name} v{wanted.version}'s artifact is no longer stored")
+    return res, Stored(location, True, filename, int(head.get("ContentLength") or 0), {})
 
 
 def children(keys: list[tuple[str, int]], prefix: str) -> list[dict[str, Any]]:
@@ -107,19 +113,16 @@ async def list_artifacts(request: Request, path: str = "") -> dict[str, Any]:
         wanted = parse_path(path)
     except ValueError as exc:
         raise invalid(str(exc)) from None
-    res, stored = await _stored(request, wanted)
+    _, stored = await _stored(request, wanted)
     if stored.single:
         if wanted.inner in ("", stored.filename):
             return {"files": [{"path": stored.filename, "is_dir": False, "file_size": stored.size}]}
         return {"files": []}
-    prefix = stored.location.key + (wanted.inner.rstrip("/") + "/" if wanted.inner else "")
-    keys = await res.store.list_prefix(stored.location.bucket, prefix, MAX_LISTED)
-    if not keys and wanted.inner:
-        exact = await res.store.head(S3Location(stored.location.bucket, prefix.rstrip("/")))
-        if exact is not None:  # a file: MLflow's listing of a file names the file itself
-            return {"files": [{"path": posixpath.basename(wanted.inner), "is_dir": False,
-                               "file_size": int(exact.get("ContentLength") or 0)}]}
-    return {"files": children(keys, prefix)}
+    if wanted.inner in stored.files:  # a file: MLflow's listing of a file names the file itself
+        entry = stored.files[wanted.inner]
+        return {"files": [{"path": posixpath.basename(entry.path), "is_dir": False, "file_size": entry.size_bytes}]}
+    prefix = wanted.inner.rstrip("/") + "/" if wanted.inner else ""
+    return {"files": children([(e.path, e.size_bytes) for e in stored.files.values()], prefix)}
 
 
 @router.get(ROOT + "/{path:path}")
@@ -129,14 +132,12 @@ async def download_artifact(request: Request, path: str) -> StreamingResponse:
     except ValueError as exc:
         raise invalid(str(exc)) from None
     res, stored = await _stored(request, wanted)
-    if stored.single:
-        if wanted.inner != stored.filename:
-            raise not_found(f"{wanted.name} v{wanted.version} has no file {wanted.inner!r}")
-        location = stored.location
-    else:
+    if stored.single and wanted.inner == stored.filename:
+        location, size = stored.location, stored.size
+    elif not stored.single and wanted.inner in stored.files:
         location = S3Location(stored.location.bucket, stored.location.key + wanted.inner)
-    head = await res.store.head(location) if wanted.inner else None
-    if head is None:
+        size = stored.files[wanted.inner].size_bytes
+    else:
         raise not_found(f"{wanted.name} v{wanted.version} has no file {wanted.inner!r}")
     return StreamingResponse(res.store.stream(location), media_type="application/octet-stream",
-                             headers={"Content-Length": str(head.get("ContentLength") or 0)})
+                             headers={"Content-Length": str(size or 0)})
