@@ -308,7 +308,8 @@ class LocalStack:
         for node in down:
             pid = self.kafka_node_pid(node.node_id)
             # wait_for calls it before the loop moves on: the loop variables are the right ones
-            if not wait_for(lambda: port_open(node.port) or not alive(pid), 120):  # noqa: B023
+            # A broker killed mid-write recovers its logs before it listens: minutes on a busy machine.
+            if not wait_for(lambda: port_open(node.port) or not alive(pid), 300):  # noqa: B023
                 raise StackError(f"Kafka did not open its port {node.port}:\n{tail(node.home / 'kafka.log')}")
             if not alive(pid):
                 raise StackError(f"Kafka (node {node.node_id}) exited:\n{tail(node.home / 'kafka.log')}")
