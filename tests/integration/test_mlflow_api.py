@@ -326,3 +326,20 @@ async def test_an_mlflow_model_directory_is_loaded_back_by_its_champion_alias(
                   if p.is_file() and p.name != "registered_model_meta") == \
         sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
     assert (downloaded / "MLmodel").read_bytes() == (local / "MLmodel").read_bytes()
+
+
+async def test_searches_page_and_order_as_asked(
+        api: ApiService, tokens: dict[str, str], as_token: Callable[..., None]) -> None:
+    as_token(tokens["publisher"])
+    client = MlflowClient()
+    names = [f"mlflow-{RUN}-page-{letter}" for letter in "abc"]
+    for name in names:
+        await call(client.create_registered_model, name)
+    query = f"name LIKE 'mlflow-{RUN}-page-%'"
+    first = await call(client.search_registered_models, filter_string=query, max_results=2, order_by=["name DESC"])
+    assert [m.name for m in first] == names[::-1][:2] and first.token
+    rest = await call(client.search_registered_models, filter_string=query, max_results=2, order_by=["name DESC"],
+                      page_token=first.token)
+    assert [m.name for m in rest] == names[:1] and not rest.token
+    forged = await call(_refused, client.search_registered_models, filter_string=query, page_token="bm90LWpzb24=")
+    assert forged.error_code == "INVALID_PARAMETER_VALUE"

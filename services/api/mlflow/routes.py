@@ -85,6 +85,12 @@ async def _version_or_404(res: ApiResources, name: str, version: int) -> dict[st
     return row
 
 
+def _page(items: list[dict[str, Any]], offset: int, limit: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """One page of a sorted search result, and the token of the next when there is one."""
+    more = offset + limit < len(items)
+    return items[offset:offset + limit], ({"next_page_token": parsing.page_token(offset + limit)} if more else {})
+
+
 async def _identity(request: Request) -> Identity | None:
     return await caller(request)
 
@@ -127,11 +133,8 @@ async def search_registered_models(request: Request) -> dict[str, Any]:
     found = [m for m in candidates if filters.matches(clauses, {"name": m["name"], "tags": m["tags"]})]
     keyed = [{**m, "creation_timestamp": mapping.millis(m["created_at"]),
               "last_updated_timestamp": mapping.millis(m["updated_at"])} for m in found]
-    page = filters.sort(keyed, orders)[offset:offset + limit]
-    answer: dict[str, Any] = {"registered_models": [await _model_json(res, m) for m in page]}
-    if offset + limit < len(found):
-        answer["next_page_token"] = parsing.page_token(offset + limit)
-    return answer
+    page, answer = _page(filters.sort(keyed, orders), offset, limit)
+    return {"registered_models": [await _model_json(res, m) for m in page], **answer}
 
 
 @_route("/registered-models/update", "PATCH")
@@ -336,18 +339,14 @@ async def search_model_versions(request: Request) -> dict[str, Any]:
                 "last_updated_timestamp": mapping.millis(row.get("updated_at"))}
         if filters.matches(clauses, item):
             keyed.append(item)
-    page = filters.sort(keyed, orders)[offset:offset + limit]
+    page, answer = _page(filters.sort(keyed, orders), offset, limit)
     aliases: dict[str, dict[int, list[str]]] = {}
     out = []
     for item in page:
         if item["name"] not in aliases:
             aliases[item["name"]] = await _version_aliases(res, item["name"])
-        row = {k: v for k, v in item.items() if k != "tags"} | {"tags": item.get("tags")}
-        out.append(_version_json({**row, "mlflow_tags": None}, aliases[item["name"]]))
-    answer: dict[str, Any] = {"model_versions": out}
-    if offset + limit < len(keyed):
-        answer["next_page_token"] = parsing.page_token(offset + limit)
-    return answer
+        out.append(_version_json({**item, "mlflow_tags": None}, aliases[item["name"]]))  # tags already merged
+    return {"model_versions": out, **answer}
 
 
 @_route("/model-versions/update", "PATCH")
