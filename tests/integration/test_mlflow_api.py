@@ -135,6 +135,9 @@ async def test_register_promote_by_policy_and_load_by_champion_alias(
     model = await call(client.get_registered_model, name)
     assert model.name == name and model.aliases == {"champion": "1"}
     assert [v.version for v in model.latest_versions] == ["1"]
+    latest = await call(client.get_latest_versions, name, stages=["Production"])
+    assert [(v.version, v.current_stage) for v in latest] == [("1", "Production")]
+    assert await call(client.get_latest_versions, name, stages=["Staging"]) == []
     for query in (f"name = '{name}'", f"name LIKE 'mlflow-{RUN}-%'", f"name ILIKE 'MLFLOW-{RUN}-FRAUD'"):
         assert [m.name for m in await call(client.search_registered_models, filter_string=query)] == [name], query
     versions = await call(client.search_model_versions, f"name = '{name}' AND tags.team = 'risk'")
