@@ -160,17 +160,17 @@ async def test_every_promotion_of_the_glob_arrives_once_in_order_across_an_outag
         await register(settings, kafka, name, 1)
         await register(settings, kafka, other, 1)
         await kafka.wait_for("model.promoted", promoted(name, 1, "production"))
-        await eventually(lambda: len(receiver.bodies(path)) == 2, timeout=30)
+        await eventually(lambda: len(receiver.bodies(path)) == 2, timeout=60)
 
         # Down: 503 with Retry-After while v2 is promoted, then the port closed while v3 is.
         receiver.mode = "503"
         await register(settings, kafka, name, 2)
         await kafka.wait_for("model.promoted", promoted(name, 2, "production"))
-        await eventually(lambda: receiver.refused >= 2, timeout=30)
+        await eventually(lambda: receiver.refused >= 2, timeout=60)
         await receiver.stop()
         await register(settings, kafka, name, 3)
         await kafka.wait_for("model.promoted", promoted(name, 3, "production"))
-        await eventually(lambda: _refused_connections(db, endpoint.id), timeout=30)
+        await eventually(lambda: _refused_connections(db, endpoint.id), timeout=60)
         assert len(receiver.bodies(path)) == 2  # nothing got through while it was down
         receiver.mode = "up"
         await receiver.start()
@@ -198,7 +198,7 @@ async def test_every_promotion_of_the_glob_arrives_once_in_order_across_an_outag
 
     # The delivery log: every attempt, the 503s and the refused connections among them (the
     # last attempt is logged just after the receiver answers it).
-    await eventually(lambda: _all_delivered(db, endpoint.id), timeout=30)
+    await eventually(lambda: _all_delivered(db, endpoint.id), timeout=60)
     attempts = await _attempts(db, endpoint.id)
     statuses = [a["status_code"] for a in attempts]
     assert statuses.count(204) == 6
@@ -229,7 +229,8 @@ async def test_a_filter_by_stage_and_a_redelivery_with_the_same_webhook_id(
     qa = asyncio.create_task(QA(kafka, name, {1: {"auc": 0.92}}).run())
     try:
         await register(settings, kafka, name, 1)
-        await eventually(lambda: len(receiver.bodies(path)) == 1, timeout=30)
+        await kafka.wait_for("model.promoted", promoted(name, 1, "production"), timeout=60)
+        await eventually(lambda: len(receiver.bodies(path)) == 1, timeout=60)
     finally:
         qa.cancel()
     [(_, webhook_id, body)] = [a for a in receiver.accepted if a[0] == path]
@@ -237,7 +238,7 @@ async def test_a_filter_by_stage_and_a_redelivery_with_the_same_webhook_id(
 
     [delivery] = await store.list_deliveries(db, endpoint_id=endpoint.id)
     [again] = await store.redeliver(db, requested_by="tests", delivery_id=delivery["id"])
-    await eventually(lambda: len(receiver.bodies(path)) == 2, timeout=30)
+    await eventually(lambda: len(receiver.bodies(path)) == 2, timeout=60)
     assert receiver.accepted[-1][1] == webhook_id  # the receiver's idempotency key is the same
     assert (await store.get_delivery(db, again))["kind"] == "replay"
 
@@ -291,7 +292,7 @@ async def test_an_endpoint_failing_past_the_limit_is_disabled_and_audited(
                      endpoint.id)
     await register(settings, kafka, name, 1)
     audit = (await kafka.wait_for("registry.audit", lambda s: s.data["action"] == "webhook_disabled"
-                                  and s.data["evidence"].get("endpoint_id") == str(endpoint.id), timeout=30))[0]
+                                  and s.data["evidence"].get("endpoint_id") == str(endpoint.id), timeout=60))[0]
     assert audit.event["source"] == "modelreg/webhooks" and audit.event["signature"]
     assert "every attempt failed since" in audit.data["reason"]
     disabled = await store.get_endpoint(db, endpoint.id)
@@ -366,7 +367,7 @@ async def tokens(db: asyncpg.Pool) -> dict[str, str]:
 async def test_the_http_api_is_for_admins(api: ApiService, tokens: dict[str, str], receiver: Receiver,
                                           webhooks: ServiceApp) -> None:
     path = f"/api/{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
         body = {"url": receiver.base + path, "events": ["model.promoted"], "stages": ["production"]}
         assert (await http.post("/api/v1/webhooks", json=body)).status_code == 401
         forbidden = await http.post("/api/v1/webhooks", json=body,
@@ -397,7 +398,7 @@ async def test_mlflows_webhook_api_and_payload(api: ApiService, tokens: dict[str
     base = "/api/3.0/mlflow/webhooks"
     name = unique_name("life")
     secret = "an-mlflow-shared-secret"
-    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
         unauthenticated = await http.get(base)
         assert unauthenticated.status_code == 401 and unauthenticated.json()["error_code"] == "UNAUTHENTICATED"
         # MLflow's client sends the token as basic auth's password (MLFLOW_TRACKING_USERNAME/PASSWORD).
@@ -425,7 +426,7 @@ async def test_mlflows_webhook_api_and_payload(api: ApiService, tokens: dict[str
         qa = asyncio.create_task(QA(kafka, name, {1: {"auc": 0.92}}).run())
         try:
             await register(settings, kafka, name, 1)
-            await eventually(lambda: len([m for m in receiver.mlflow if name.encode() in m[1]]) == 2, timeout=30)
+            await eventually(lambda: len([m for m in receiver.mlflow if name.encode() in m[1]]) == 2, timeout=60)
         finally:
             qa.cancel()
         messages = [(h, json.loads(b)) for h, b in receiver.mlflow if name.encode() in b]
