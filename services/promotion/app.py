@@ -349,7 +349,7 @@ class Promotion:
                                  stage=row.stage, validated=row.validated, blocked=row.blocked,
                                  registered_by=row.registered_by)
         evidence = {"imported_from": request.imported_from, "requested_by": request.actor,
-                    "request_reason": request.reason, "to_stage": request.to_stage}
+                    "request_reason": request.reason, "to_stage": request.to_stage, "approvers": [request.actor]}
         if decision.outcome == "wait":
             self.batch.set_pending_import(row.name, row.version, request)
             return

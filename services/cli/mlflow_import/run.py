@@ -83,24 +83,25 @@ async def last_audit_seq(conn: Any) -> int:
 
 
 async def settled(conn: Any, since: int, waiting: set[tuple[str, int]]) -> dict[tuple[str, int], str]:
-    """What became of each version asked about: imported, refused (why) or rejected (why)."""
+    """What became of each version asked about: rejected (why: the reasons validation or
+    ingest gave), imported (its stage), or refused (why)."""
     names = sorted({n for n, _ in waiting})
     found: dict[tuple[str, int], str] = {}
+    for r in await conn.fetch(
+            """SELECT name, version, status, reasons FROM view_versions
+               WHERE name = ANY($1::text[]) AND status IN ('rejected', 'quarantined')""", names):
+        key = (r["name"], r["version"])
+        if key in waiting:
+            reasons = "; ".join(f"{x.get('code')}: {x.get('message')}" for x in (r["reasons"] or []))
+            found[key] = f"{r['status']}: {reasons or 'see modelreg show'}"
     for r in await conn.fetch(
             """SELECT name, version, action, to_stage, reason FROM audit_log
                WHERE seq > $1 AND name = ANY($2::text[]) AND action IN ('imported', 'import_refused')
                ORDER BY seq""", since, names):
         key = (r["name"], r["version"])
-        if key in waiting:
+        if key in waiting and key not in found:
             found[key] = (f"imported: {r['to_stage']}" if r["action"] == "imported"
                           else f"not staged: {r['reason']}")
-    for r in await conn.fetch(
-            """SELECT name, version, status, reasons FROM view_versions
-               WHERE name = ANY($1::text[]) AND status IN ('rejected', 'quarantined')""", names):
-        key = (r["name"], r["version"])
-        if key in waiting and key not in found:
-            reasons = "; ".join(f"{x.get('code')}: {x.get('message')}" for x in (r["reasons"] or []))
-            found[key] = f"{r['status']}: {reasons or 'see modelreg show'}"
     return found
 
 

@@ -120,6 +120,11 @@ class MlflowSource:
 
     def versions(self, name: str) -> list[MlflowVersion]:
         quoted = name.replace("'", "\\'")
+        # Searches leave aliases out (MLflow fills them only on get): the model's own list says.
+        model = self._call(f"reading {name!r}", lambda: self.client.get_registered_model(name))
+        aliases: dict[int, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(int(version), []).append(alias)
         found: list[MlflowVersion] = []
         token = None
         while True:
@@ -131,7 +136,8 @@ class MlflowSource:
                     continue
                 found.append(MlflowVersion(
                     name=v.name, version=int(v.version), stage=v.current_stage or "None", status=v.status or "READY",
-                    aliases=tuple(v.aliases or ()), run_id=v.run_id or None, source=v.source or None,
+                    aliases=tuple(sorted({*(v.aliases or ()), *aliases.get(int(v.version), [])})),
+                    run_id=v.run_id or None, source=v.source or None,
                     description=v.description or None, user_id=v.user_id or None, tags=dict(v.tags or {})))
             token = page.token
             if not token:
