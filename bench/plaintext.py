@@ -95,6 +95,7 @@ class PlaintextPipeline:
         self.ctx = ctx
         self.stack = ctx.target.stack
         self.home = self.stack.dir / "bench-plaintext" / ctx.run_id
+        self.logs = self.stack.dir / "logs" / f"bench-plaintext-{ctx.run_id}"
         self.kafka_pid: int | None = None
         self.services: dict[str, int] = {}
         self.port = _free_port()
@@ -142,7 +143,8 @@ class PlaintextPipeline:
                     waiting.discard(name)
             await asyncio.sleep(0.2)
         if waiting:
-            raise RuntimeError(f"{', '.join(sorted(waiting))} did not start on the PLAINTEXT Kafka; logs in {logs}")
+            raise RuntimeError(f"{', '.join(sorted(waiting))} did not start on the PLAINTEXT Kafka; logs in "
+                               f"{self.logs}")
 
     def settings(self) -> Settings:
         """The benchmark's own client settings (publisher, tap, lag) for the PLAINTEXT run."""
@@ -157,16 +159,19 @@ class PlaintextPipeline:
         return [*(resources.Proc(n, pid) for n, pid in self.services.items()),
                 resources.Proc("kafka", self.kafka_pid), *shared]
 
-    async def stop(self) -> None:
+    async def stop(self, *, keep_logs: bool) -> None:
         for pid in self.services.values():
             await asyncio.to_thread(terminate, pid, timeout=40)
         await asyncio.to_thread(terminate, self.kafka_pid, timeout=40)
+        if keep_logs and (self.home / "logs").exists():  # a failed run's logs, where the error says
+            shutil.copytree(self.home / "logs", self.logs, dirs_exist_ok=True)
         shutil.rmtree(self.home, ignore_errors=True)
         await _drop_database(self.stack.ports.postgres)
 
 
 async def run(ctx: Context, results: dict[str, Any]) -> dict[str, Any]:
     plain = PlaintextPipeline(ctx)
+    failed = True
     try:
         await plain.start()
         target = dataclasses.replace(ctx.target, settings=plain.settings())
@@ -178,11 +183,12 @@ async def run(ctx: Context, results: dict[str, Any]) -> dict[str, Any]:
                                        auc_seed=ctx.config.seed, label="plaintext warm-up")
         if not progress.done(warm):
             raise RuntimeError("the PLAINTEXT pipeline did not decide its warm-up versions; logs in "
-                               f"{plain.home / 'logs'}")
+                               f"{plain.logs}")
         await wait_caught_up(target.settings, resources.SERVICES, timeout=60)
         measured = await pipeline.run(plain_ctx, plain.procs())
+        failed = False
     finally:
-        await plain.stop()
+        await plain.stop(keep_logs=failed)
     signatures = (results.get("trust") or {}).get("cpu_ms_per_version")
     figures = compare(results.get("throughput") or {}, measured, ctx.config.versions, signatures)
     figures["plaintext_run"] = {k: v for k, v in measured.items() if k != "curves"}
