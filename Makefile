@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo up test unit install schemas clean
+.PHONY: demo up test test-slow unit install schemas clean
 
 demo: $(STAMP)
 	$(VENV)/bin/modelreg demo
@@ -13,7 +13,11 @@ up: $(STAMP)
 	$(VENV)/bin/modelreg up
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+# The long fault and import scenarios (tests marked slow): about 25 minutes on 2 cores.
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -p no:cacheprovider -m slow $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests/unit

@@ -40,6 +40,10 @@ from shared.stack.proc import alive
 from tests.integration.test_resilience import answer_qa, registrations
 from tests.support import Kafka, eventually
 
+# Not in `make test` (a three-broker stack of its own and three outages: about 15 minutes);
+# `make test-slow` runs it.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
 RUN = uuid.uuid4().hex[:8]

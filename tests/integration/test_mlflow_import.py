@@ -36,6 +36,10 @@ from tests.integration.conftest import as_principal
 from tests.integration.test_cli_commands import _environment
 from tests.support import eventually, kafka_env
 
+# Not in `make test` (a real MLflow server, installed on first use, and three imports: 5 to 10
+# minutes); `make test-slow` runs it.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN = uuid.uuid4().hex[:6]
 FRAUD = f"Life Import {RUN} Fraud"            # MLflow allows capitals and spaces ...
