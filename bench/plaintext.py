@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from bench import pipeline, resources
 from bench.context import Context
 from bench.tap import wait_caught_up
-from shared.broker import ensure_topics
+from shared.broker import ensure_topics_once_up
 from shared.settings import Settings
 from shared.stack import kafka, postgres
 from shared.stack.proc import alive, port_open, spawn, tail, terminate, wait_for
@@ -120,14 +120,7 @@ class PlaintextPipeline:
         if not opened or not alive(self.kafka_pid):
             raise RuntimeError(f"the PLAINTEXT Kafka did not start:\n{tail(self.home / 'kafka.log')}")
         settings = self.settings()
-        for attempt in range(60):
-            try:
-                await ensure_topics(settings)
-                break
-            except Exception:
-                if attempt == 59:
-                    raise
-                await asyncio.sleep(1)
+        await ensure_topics_once_up(settings)
         logs = self.home / "logs"
         for name in resources.SERVICES:
             self.services[name] = spawn([sys.executable, "-m", "services.cli.main", "run", name],

@@ -161,3 +161,16 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor
 async def _keep_raw(message: Any) -> Any:
     """The processor parses every record itself, so FastStream need not decode anything."""
     return None
+
+
+async def ensure_topics_once_up(settings: Settings, attempts: int = 60) -> None:
+    """`ensure_topics` against a broker that has just started: retried each second until it
+    answers, the last failure raised."""
+    for attempt in range(attempts):
+        try:
+            await ensure_topics(settings)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(1)

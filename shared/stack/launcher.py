@@ -343,7 +343,7 @@ class LocalStack:
         """The database, the bucket and the contract topics, so clients can publish at once."""
         import asyncpg
 
-        from shared.broker import ensure_topics
+        from shared.broker import ensure_topics_once_up
         from shared.kafka_acls import apply_acls
         from shared.settings import load_settings
         from shared.storage import ObjectStore
@@ -358,14 +358,7 @@ class LocalStack:
         async with ObjectStore(settings) as store:
             await store.ensure_bucket()
         await self._wait_for_brokers(settings)
-        for attempt in range(60):
-            try:
-                await ensure_topics(settings)
-                break
-            except Exception:
-                if attempt == 59:
-                    raise
-                await asyncio.sleep(1)
+        await ensure_topics_once_up(settings)
         if self.kafka_secured:
             await asyncio.to_thread(self.add_new_principals)
             await apply_acls(settings, "")
