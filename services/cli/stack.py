@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 from services.cli.errors import UserError
 from shared.kafka_acls import OUTSIDE_ROLE_READS, OUTSIDE_ROLE_WRITES, OUTSIDE_ROLES
@@ -18,6 +19,10 @@ CLIENT_PRINCIPALS = tuple(p for p in PRINCIPALS if p != BROKER)
 COMMAND_PRINCIPALS = {"register": "pipeline", "evaluate": "qa", "promote": "ops", "restore": "ops",
                       "import": "pipeline", "replay": "reader",
                       "bench": "admin"}
+
+# Outside roles that upload artifacts: their credentials include the stack's publisher S3
+# account, which may write the bucket's uploads/ and nothing else (shared/stack/s3.py).
+S3_PUBLISHER_ROLES = ("pipeline",)
 
 # Settings every client shares; the Kafka ones differ per principal (`credentials ROLE`).
 _KAFKA_PREFIX = "KAFKA_"
@@ -79,7 +84,8 @@ def export_lines(env: dict[str, str]) -> list[str]:
 
 
 def print_credentials(stack: LocalStack, role: str) -> int:
-    """One principal's Kafka client settings, as lines a shell can eval."""
+    """One principal's Kafka client settings (a publisher's: and its S3 keys), as lines a
+    shell can eval."""
     if role not in CLIENT_PRINCIPALS:
         raise UserError(f"unknown role {role!r}; one of: {', '.join(CLIENT_PRINCIPALS)}")
     if not stack.kafka_secured:
@@ -88,7 +94,14 @@ def print_credentials(stack: LocalStack, role: str) -> int:
     if not stack.kafka_auth.exists():
         raise UserError(f"the stack in {stack.dir} has not been started yet: `modelreg stack up` makes "
                         "its Kafka credentials")
-    for line in export_lines(stack.kafka_env(role)):
+    env = stack.kafka_env(role)
+    if role in S3_PUBLISHER_ROLES:
+        env.update(stack.publisher_s3_env())
+        if not stack.uploads_confined:
+            print(f"warning: the stack's S3 server ({stack.state.s3_server or 'not running'}) does not confine this "
+                  "S3 credential to uploads/ (moto checks no policies; a versitygw started before publisher "
+                  "accounts needs `modelreg stack up`)", file=sys.stderr)
+    for line in export_lines(env):
         print(line)
     return 0
 

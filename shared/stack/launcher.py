@@ -66,6 +66,9 @@ class StackState:
     postgres_user: str | None = None
     services: dict[str, int] = field(default_factory=dict)  # name -> pid of a background service
     s3_server: str | None = None
+    # The running S3 server confines the publisher account to uploads/ (versitygw started with
+    # its internal IAM); False for moto, and for a versitygw started before publishers existed.
+    s3_publisher: bool = False
 
 
 class LocalStack:
@@ -175,6 +178,16 @@ class LocalStack:
             "MODELREG_KEYRING_FILE": str(self.keyring_file),
         }
 
+    def publisher_s3_env(self) -> dict[str, str]:
+        """The S3 credential of outside publishers (`modelreg stack credentials pipeline`): it
+        may write under uploads/ and nothing else where the stack runs versitygw."""
+        return s3.publisher_account(self.dir).env()
+
+    @property
+    def uploads_confined(self) -> bool:
+        """Whether the running S3 server holds the publisher credential to uploads/."""
+        return self.state.s3_publisher and alive(self.state.s3_pid)
+
     # -- up -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -264,13 +277,20 @@ class LocalStack:
 
     def _up_s3(self, log: Log) -> None:
         if alive(self.state.s3_pid):
-            return
+            if self.state.s3_server != "versitygw" or self.state.s3_publisher:
+                return
+            # Started before publishers had their own account: its IAM needs a restart (the
+            # objects are files, nothing is lost; requests in flight fail once).
+            log("restarting the S3 server to give publishers their own account (uploads/ only)")
+            terminate(self.state.s3_pid, timeout=60)
+            self.state.s3_pid = None
         self._check_port_free(self.ports.s3, "s3")
         kind, binary = s3.choose(self.cache_dir, log)
         log(f"starting the S3 server ({kind}) on 127.0.0.1:{self.ports.s3}")
         ready = self.dir / "s3.ready"
         ready.unlink(missing_ok=True)
         self.state.s3_server = kind
+        self.state.s3_publisher = False
         self.state.s3_pid = s3.start(kind, binary, self.dir, self.ports.s3, S3_ACCESS_KEY, S3_SECRET_KEY, ready,
                                      _import_root())
         self._save()
@@ -282,6 +302,14 @@ class LocalStack:
 
         if not wait_for(answering, 120) or not alive(self.state.s3_pid):
             raise StackError(f"the S3 server did not start:\n{tail(self.dir / 'logs' / 's3.log')}")
+        if kind == "moto":
+            log(f"warning: {s3.INSECURE_FALLBACK}")
+            return
+        assert binary is not None
+        s3.ensure_account(binary, self.ports.s3, s3.S3Account(S3_ACCESS_KEY, S3_SECRET_KEY),
+                          s3.publisher_account(self.dir))
+        self.state.s3_publisher = True
+        self._save()
 
     def _up_kafka(self, log: Log) -> None:
         nodes = self.kafka_nodes
@@ -357,6 +385,8 @@ class LocalStack:
         settings = load_settings(**{k.lower(): v for k, v in self.env().items()}, topic_prefix="")
         async with ObjectStore(settings) as store:
             await store.ensure_bucket()
+            if self.state.s3_publisher:
+                await s3.confine_publishers(store.client, S3_BUCKET, [s3.publisher_account(self.dir).access_key])
         await self._wait_for_brokers(settings)
         await ensure_topics_once_up(settings)
         if self.kafka_secured:

@@ -6,6 +6,10 @@ snapshot directory when it is stopped with SIGTERM, and loads them back when it 
 talks to moto only through the S3 API, so moto's internals can change under it. A SIGKILL
 loses what changed since the last start: this is a development server.
 
+It is also an INSECURE one: moto checks no request signatures and no bucket policies, so any
+credential (the publishers' too) can write `artifacts/`. The stack uses it only where
+versitygw cannot be built, and says so at every start.
+
     python -m shared.stack.s3server --port 9000 --data .modelreg/s3
 """
 
@@ -104,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from moto.server import ThreadedMotoServer
 
+    from shared.stack.s3 import INSECURE_FALLBACK
+
+    log.warning(INSECURE_FALLBACK)
     server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
     server.start()
     log.info("restored %d objects from %s", load(args.port, args.data), args.data)
