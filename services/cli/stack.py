@@ -159,4 +159,7 @@ def print_status(stack: LocalStack) -> int:
         print(f"# -- {role}: {_role_summary(role)}")
         for line in export_lines(stack.kafka_env(role)):
             print(f"#   {line}")
+        if role in S3_PUBLISHER_ROLES:
+            confined = "writes uploads/ only" if stack.uploads_confined else "NOT confined to uploads/ (see README)"
+            print(f"#   S3 keys: `modelreg stack credentials {role}` ({confined})")
     return 0 if all(answers.values()) else 1

@@ -26,12 +26,14 @@ from shared.settings import Settings
 from shared.stack.launcher import S3_BUCKET, LocalStack
 from shared.stack.s3 import confine_publishers
 from shared.storage import ObjectStore
-from shared.upload_policy import publisher_bucket_policy
+from shared.upload_policy import publisher_bucket_policy, publisher_identity_policy
 from tests.conftest import Endpoints
 from tests.integration.conftest import as_principal
 from tests.integration.test_cli_commands import modelreg
 from tests.integration.test_kafka_acls import role_env
 from tests.support import Kafka, for_model, settings_for, unique_name
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,7 @@ async def test_a_publisher_writes_uploads_and_nothing_else(
         "deleting an artifact": publisher_s3.delete_object(Bucket=bucket, Key=stored),
         "reading an artifact": publisher_s3.get_object(Bucket=bucket, Key=stored),
         "writing the archive": publisher_s3.put_object(Bucket=bucket, Key=f"archive/{name}/1/model.pkl", Body=b"x"),
+        "writing a checkpoint": publisher_s3.put_object(Bucket=bucket, Key=f"checkpoints/{name}.json", Body=b"{}"),
         "a key beside the prefix": publisher_s3.put_object(Bucket=bucket, Key=f"uploads-{name}/model.pkl", Body=b"x"),
         "listing the bucket": publisher_s3.list_objects_v2(Bucket=bucket, Prefix="artifacts/"),
         "replacing the bucket policy": publisher_s3.delete_bucket_policy(Bucket=bucket),
@@ -140,3 +143,9 @@ async def test_register_through_the_cli_with_the_publisher_credential(
     assert stored.startswith("artifacts/"), stored
     body = await (await services_s3.get_object(Bucket=confined.s3_bucket, Key=stored))["Body"].read()
     assert body == artifact.read_bytes()
+
+
+def test_the_infra_example_is_the_publishers_policy() -> None:
+    """infra/s3's IAM policy for real S3 grants what the local stack's bucket policy grants."""
+    example = json.loads((ROOT / "infra" / "s3" / "publisher-uploads-policy.json").read_text())
+    assert example == publisher_identity_policy("modelreg")
