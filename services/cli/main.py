@@ -110,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.environ.get("MODELREG_POLICY_FILE") and (policy := default_policy()):
         os.environ["MODELREG_POLICY_FILE"] = policy
     # ... and beside the local stack, connects to Kafka as the principal the command acts as.
-    from services.cli.stack import local_kafka_defaults
+    from services.cli.stack import local_kafka_defaults, local_s3_defaults
 
     os.environ.update(local_kafka_defaults(args.command, getattr(args, "service", None)))
+    os.environ.update(local_s3_defaults(args.command))  # and uploads with the publisher's S3 key
     from services.cli.keys import local_signing_defaults
 
     os.environ.update(local_signing_defaults(args.command, getattr(args, "service", None)))

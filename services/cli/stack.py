@@ -21,8 +21,10 @@ COMMAND_PRINCIPALS = {"register": "pipeline", "evaluate": "qa", "promote": "ops"
                       "bench": "admin"}
 
 # Outside roles that upload artifacts: their credentials include the stack's publisher S3
-# account, which may write the bucket's uploads/ and nothing else (shared/stack/s3.py).
+# account, which may write the bucket's uploads/ and nothing else (shared/stack/s3.py); and
+# the commands that upload as that role.
 S3_PUBLISHER_ROLES = ("pipeline",)
+S3_PUBLISHER_COMMANDS = ("register", "import")
 
 # Settings every client shares; the Kafka ones differ per principal (`credentials ROLE`).
 _KAFKA_PREFIX = "KAFKA_"
@@ -123,6 +125,25 @@ def local_kafka_defaults(command: str, service: str | None = None) -> dict[str, 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS", env["KAFKA_BOOTSTRAP_SERVERS"]) != env["KAFKA_BOOTSTRAP_SERVERS"]:
         return {}  # pointed at another cluster
     return env
+
+
+def local_s3_defaults(command: str) -> dict[str, str]:
+    """For a command that uploads (`register`, `import`) beside the default local stack with no
+    S3 key of its own: the publisher's keys, which may write uploads/ only. Empty when an AWS
+    key is set, the command points at another S3 endpoint or bucket, or the stack's S3 server
+    does not confine publishers (moto; a versitygw started before publisher accounts)."""
+    import os
+
+    if command not in S3_PUBLISHER_COMMANDS or os.environ.get("AWS_ACCESS_KEY_ID") \
+            or os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        return {}
+    stack = LocalStack()
+    if not stack.state_file.exists() or not stack.uploads_confined:
+        return {}
+    env = stack.env()
+    if any(os.environ.get(name, env[name]) != env[name] for name in ("S3_ENDPOINT_URL", "S3_BUCKET")):
+        return {}  # pointed at another store
+    return stack.publisher_s3_env()
 
 
 def _role_summary(role: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from services.cli.stack import local_s3_defaults
 from shared.settings import Settings
 from shared.stack.launcher import S3_BUCKET, LocalStack
 from shared.stack.s3 import confine_publishers
@@ -143,6 +144,22 @@ async def test_register_through_the_cli_with_the_publisher_credential(
     assert stored.startswith("artifacts/"), stored
     body = await (await services_s3.get_object(Bucket=confined.s3_bucket, Key=stored))["Body"].read()
     assert body == artifact.read_bytes()
+
+
+def test_uploading_commands_beside_the_stack_default_to_the_publisher_key(
+        publisher_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source checkout's `modelreg register` / `import` with no AWS_* of its own uploads as
+    the publisher (as it connects to Kafka as the pipeline), never with the services' key."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ENDPOINT_URL", "S3_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    assert local_s3_defaults("register") == publisher_env
+    assert local_s3_defaults("import") == publisher_env
+    assert local_s3_defaults("promote") == {}  # uploads nothing
+    monkeypatch.setenv("S3_BUCKET", "another-bucket")
+    assert local_s3_defaults("register") == {}  # another store: the caller's own settings
+    monkeypatch.delenv("S3_BUCKET")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "the-callers-own")
+    assert local_s3_defaults("register") == {}
 
 
 def test_the_infra_example_is_the_publishers_policy() -> None:
