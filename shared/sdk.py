@@ -10,6 +10,8 @@ Every call validates its input against the event contract before anything is sen
 publishes one CloudEvent keyed by the model name. Local artifacts are hashed and uploaded to
 the registry bucket's `uploads/` prefix first, streamed (multipart for large files); a local
 directory is uploaded file by file and registered by its manifest's digest (shared.manifest).
+A `file://` URI is not uploaded: it names a file or directory under MODELREG_ARTIFACT_ROOTS that
+ingest reads in place; it is hashed here for the event (shared.local_artifacts).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from boto3.s3.transfer import TransferConfig
 
-from shared.directories import DirectoryRefused, walk
+from shared.directories import DirectoryRefused, LocalFile, walk
 from shared.events import (
     CONTENT_TYPE,
     ArtifactSpec,
@@ -42,6 +44,7 @@ from shared.events import (
 )
 from shared.kafka_security import kafka_client_options
 from shared.keys import SigningKey
+from shared.local_artifacts import file_uri, local_artifact_path
 from shared.manifest import MAX_MANIFEST_FILES, FileEntry, is_directory_uri, manifest_digest
 from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, S3Location, parse_s3_uri
@@ -99,15 +102,7 @@ class Registry:
         """Hash every file of a local directory (an MLflow model, a Hugging Face folder), then
         stream each to one `uploads/` prefix; the spec names the prefix (ending in '/'), the
         manifest's digest and the files' total size (shared.manifest)."""
-        files = await asyncio.to_thread(walk, root, max_files)
-        if len(files) > max_files:
-            raise DirectoryRefused("too_many_files", f"{root} holds more than {max_files} files")
-        if not files:
-            raise DirectoryRefused("artifact_missing", f"{root} holds no files")
-        entries = []
-        for file in files:
-            sha256, size = await asyncio.to_thread(_hash_file, file.real)
-            entries.append(FileEntry(file.path, size, sha256))
+        files, entries = await _hash_directory(root, max_files)
         prefix = f"uploads/{name}/{uuid.uuid4().hex}/"
         await self._store.ensure_bucket()
         for file in files:
@@ -118,6 +113,18 @@ class Registry:
                                           max_concurrency=4))
         return ArtifactSpec(uri=f"s3://{self.settings.s3_bucket}/{prefix}", sha256=manifest_digest(entries),
                             size_bytes=sum(e.size_bytes for e in entries))
+
+    async def describe_file_uri(self, uri: str) -> ArtifactSpec:
+        """sha256 and size of a `file://` artifact the registry reads in place (it must be under
+        MODELREG_ARTIFACT_ROOTS, shared.local_artifacts), hashed here and copied by ingest, which
+        checks the digest again; a directory: of its manifest. The spec names the real path."""
+        path = local_artifact_path(uri, self.settings.artifact_root_paths)
+        if path.is_dir():
+            _, entries = await _hash_directory(path, MAX_MANIFEST_FILES)
+            return ArtifactSpec(uri=file_uri(path), sha256=manifest_digest(entries),
+                                size_bytes=sum(e.size_bytes for e in entries))
+        sha256, size = await asyncio.to_thread(_hash_file, path)
+        return ArtifactSpec(uri=file_uri(path), sha256=sha256, size_bytes=size, format=_format_of(path))
 
     async def describe_s3(self, uri: str) -> ArtifactSpec:
         """sha256 and size of an artifact already in S3 (streamed, not downloaded whole); for a
@@ -162,8 +169,7 @@ class Registry:
         if text.startswith("s3://"):
             spec = await self.describe_s3(text)
         elif text.startswith("file://"):
-            raise ValueError("give a local path or an s3:// URI; file:// URIs are for pipelines "
-                             "publishing their own events")
+            spec = await self.describe_file_uri(text)
         else:
             spec = await self.upload(name, Path(text), progress=progress)
         if format is not None:
@@ -186,6 +192,20 @@ class Registry:
                                 reason: str) -> uuid.UUID:
         data = PromotionRequestedData(name=name, version=version, to_stage=to_stage, actor=actor, reason=reason)
         return await self.publish(new_event(PromotionRequested, data, source=self.source))
+
+
+async def _hash_directory(root: Path, max_files: int) -> tuple[list[LocalFile], list[FileEntry]]:
+    """A local directory's files and their manifest entries (refused: none, or too many)."""
+    files = await asyncio.to_thread(walk, root, max_files)
+    if len(files) > max_files:
+        raise DirectoryRefused("too_many_files", f"{root} holds more than {max_files} files")
+    if not files:
+        raise DirectoryRefused("artifact_missing", f"{root} holds no files")
+    entries = []
+    for file in files:
+        sha256, size = await asyncio.to_thread(_hash_file, file.real)
+        entries.append(FileEntry(file.path, size, sha256))
+    return files, entries
 
 
 def _hash_file(path: Path) -> tuple[str, int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 from botocore.exceptions import ClientError
 
 from shared.directories import DirectoryRefused, walk
+from shared.local_artifacts import LocalSourceRefused, local_artifact_path
 from shared.manifest import (
     MAX_MANIFEST_BYTES,
     FileEntry,
@@ -94,23 +94,11 @@ def resolve_source(uri: str, settings: Settings) -> Source | DirectorySource:
             return S3Prefix(bucket, key)
         return S3Location(bucket, key)
     if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise SourceRefused("invalid_uri", f"{uri!r} names a remote host")
-        raw = unquote(parts.path)
-        if ".." in Path(raw).parts:
-            raise SourceRefused("path_traversal", f"{uri!r} contains '..'")
-        if not settings.artifact_root_paths:
-            raise SourceRefused("path_not_allowed",
-                                "file:// artifacts are disabled: no MODELREG_ARTIFACT_ROOTS configured")
-        resolved = Path(os.path.realpath(raw))
-        if not any(resolved.is_relative_to(root) for root in settings.artifact_root_paths):
-            code = "symlink_escape" if Path(raw).is_symlink() or resolved != Path(raw) else "path_not_allowed"
-            raise SourceRefused(code, f"{uri!r} is not under an allowed artifact directory")
-        if resolved.is_dir():  # a directory artifact, with or without the trailing '/'
-            return FileDirectory(resolved)
-        if is_directory_uri(raw) or not resolved.is_file():
-            raise SourceRefused("artifact_missing", f"{uri!r} does not exist or is not a regular file")
-        return FileSource(resolved)
+        try:
+            resolved = local_artifact_path(uri, settings.artifact_root_paths)
+        except LocalSourceRefused as exc:
+            raise SourceRefused(exc.code, exc.message) from None
+        return FileDirectory(resolved) if resolved.is_dir() else FileSource(resolved)
     raise SourceRefused("unsupported_scheme",
                         f"artifact URIs must be s3:// or file://, not {parts.scheme or 'a bare path'!r}")
 

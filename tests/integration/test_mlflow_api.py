@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import pickle
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from services.api import auth
 from services.api.app import ApiService
 from services.api.settings import ApiSettings
+from shared.local_artifacts import file_uri
 from shared.settings import Settings
 from tests.support import Kafka, eventually, for_model, put_artifact
 
@@ -258,8 +260,8 @@ async def test_errors_and_tokens_as_mlflow_expects(
     write = await call(_refused, client.create_registered_model, f"mlflow-{RUN}-reader")
     assert write.error_code == "PERMISSION_DENIED"
     as_token(tokens["publisher"])
-    for source, says in (("file:///tmp/model", "file:// sources"), ("s3://someone-elses/m.pkl", "ALLOWED_BUCKETS"),
-                         ("runs:/abc/model", "s3:// or file://")):
+    for source, says in (("file:///tmp/model", "MODELREG_ARTIFACT_ROOTS"),
+                         ("s3://someone-elses/m.pkl", "ALLOWED_BUCKETS"), ("runs:/abc/model", "s3:// URIs, or file://")):
         refused = await call(_refused, client.create_model_version, f"mlflow-{RUN}-sources", source)
         assert refused.error_code == "INVALID_PARAMETER_VALUE" and says in refused.message, refused.message
     bad_name = await call(_refused, client.create_registered_model, "Fraud Detector")
@@ -302,6 +304,20 @@ async def _upload_dir(settings: Settings, local: Path, prefix: str) -> str:
     return f"s3://{settings.s3_bucket}/{prefix}"
 
 
+async def _crown_and_load(settings: Settings, api: ApiService, tokens: dict[str, str], as_token: Callable[..., None],
+                          db: asyncpg.Pool, name: str, model: Any, features: Any) -> str:
+    """A QA result crowns version 1 (the policy's decision); a reader loads `models:/NAME@champion`
+    with MLflow and it predicts as the model did. Returns where the registry keeps its copy."""
+    await _qa(api, tokens["evaluator"], name, 1, "smoke")
+    await eventually(lambda: db.fetchval("SELECT champion = 1 FROM view_models WHERE name = $1", name))
+    as_token(tokens["reader"])
+    loaded = await call(mlflow.pyfunc.load_model, f"models:/{name}@champion")
+    assert list(loaded.predict(features)) == list(model.predict(features))
+    stored = await db.fetchval("SELECT artifact_uri FROM view_versions WHERE name = $1 AND version = 1", name)
+    assert stored.startswith(f"s3://{settings.s3_bucket}/artifacts/{name}/1/")  # the registry's copy
+    return str(stored)
+
+
 async def test_an_mlflow_model_directory_is_loaded_back_by_its_champion_alias(
         settings: Settings, api: ApiService, tokens: dict[str, str], as_token: Callable[..., None],
         kafka: Kafka, db: asyncpg.Pool, tmp_path: Path) -> None:
@@ -313,15 +329,9 @@ async def test_an_mlflow_model_directory_is_loaded_back_by_its_champion_alias(
     assert created.version == "1"
     version = await call(MlflowClient().get_model_version, name, "1")
     assert version.status == "READY", version.status_message
-    await _qa(api, tokens["evaluator"], name, 1, "smoke")
-    await eventually(lambda: db.fetchval("SELECT champion = 1 FROM view_models WHERE name = $1", name))
-
-    as_token(tokens["reader"])
-    loaded = await call(mlflow.pyfunc.load_model, f"models:/{name}@champion")
-    assert list(loaded.predict(features)) == list(model.predict(features))
+    stored = await _crown_and_load(settings, api, tokens, as_token, db, name, model, features)
+    assert stored.endswith("/")
     # what was loaded is the registry's copy, file for file
-    stored = await db.fetchval("SELECT artifact_uri FROM view_versions WHERE name = $1 AND version = 1", name)
-    assert stored.startswith(f"s3://{settings.s3_bucket}/artifacts/{name}/1/") and stored.endswith("/")
     downloaded = Path(await call(mlflow.artifacts.download_artifacts, f"models:/{name}@champion",
                                  dst_path=str(tmp_path / "copy")))
     # (registered_model_meta is written by MLflow's client beside what it downloaded)
@@ -346,3 +356,37 @@ async def test_searches_page_and_order_as_asked(
     assert [m.name for m in rest] == names[:1] and not rest.token
     forged = await call(_refused, client.search_registered_models, filter_string=query, page_token="bm90LWpzb24=")
     assert forged.error_code == "INVALID_PARAMETER_VALUE"
+
+
+async def test_a_model_directory_on_a_disk_the_registry_reads_registers_and_loads_back(
+        settings: Settings, api: ApiService, tokens: dict[str, str], as_token: Callable[..., None],
+        kafka: Kafka, db: asyncpg.Pool, tmp_path: Path) -> None:
+    """`mlflow.register_model` of a local model directory (the plain absolute path MLflow's local
+    stores give) and `create_model_version` of a `file://` URI, both under the registry's artifact
+    root (MODELREG_ARTIFACT_ROOTS, which ingest reads in place); anything else is refused."""
+    name = f"mlflow-{RUN}-local"
+    [root] = settings.artifact_root_paths
+    local, model, features = await call(_sklearn_model_dir, Path(tempfile.mkdtemp(dir=root)))
+    as_token(tokens["publisher"])
+    created = await call(mlflow.register_model, str(local), name, await_registration_for=120)
+    assert created.version == "1"
+    published = (await kafka.wait_for("model.registered", for_model(name, 1)))[0]
+    assert published.data["artifact"]["uri"] == file_uri(local)  # a directory: ends in '/'
+    client = MlflowClient()
+    first = await call(client.get_model_version, name, "1")
+    assert first.status == "READY" and first.source == file_uri(local), first.status_message
+    second = await call(client.create_model_version, name, (local / "model.pkl").as_uri(), await_creation_for=120)
+    assert second.version == "2"
+    second = await call(client.get_model_version, name, "2")  # the answer above was the pending one
+    assert second.status == "READY" and second.source == (local / "model.pkl").as_uri(), second.status_message
+    await _crown_and_load(settings, api, tokens, as_token, db, name, model, features)
+
+    # Outside the root: another directory, a symlink out of the root, '..': refused, naming the root.
+    as_token(tokens["publisher"])
+    outside, _, _ = await call(_sklearn_model_dir, tmp_path)
+    escape = local.parent / "escape"
+    escape.symlink_to(outside, target_is_directory=True)
+    for source in (str(outside), outside.as_uri(), str(escape), f"file://{local}/../../{outside.name}"):
+        refused = await call(_refused, client.create_model_version, name, source)
+        assert refused.error_code == "INVALID_PARAMETER_VALUE" and str(root) in refused.message, refused.message
+    assert [v.version for v in await call(client.search_model_versions, f"name = '{name}'")] == ["2", "1"]

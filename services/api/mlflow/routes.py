@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+
+from shared.local_artifacts import LocalSourceRefused, local_artifact_path, roots_text
 
 from .. import auth
 from ..auth import Identity
@@ -259,22 +262,31 @@ async def get_model_version_by_alias(request: Request) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- model versions
 
 
-def _check_source(res: ApiResources, source: str) -> None:
+def _source_uri(res: ApiResources, source: str) -> str:
+    """The artifact URI a version's `source` is registered from, or MLflow's INVALID_PARAMETER_VALUE:
+    an s3:// object or prefix in a bucket the registry may read, or a file or directory model
+    under MODELREG_ARTIFACT_ROOTS (a `file://` URI, or the plain absolute path MLflow's local
+    artifact stores give), which ingest reads in place; the rule is ingest's own
+    (shared.local_artifacts: real paths, no '..', no symlink out of the roots)."""
     if source.startswith("s3://"):
         bucket = source[5:].split("/", 1)[0]
         if bucket not in res.settings.allowed_bucket_names:
             raise invalid(f"source {source[:200]!r}: bucket {bucket!r} is not one the registry may read "
                           "(MODELREG_ALLOWED_BUCKETS)")
-        return
+        return source
+    if source.startswith("/"):
+        source = "file://" + quote(source)
     if source.startswith("file://"):
-        # The event names the artifact's digest, which only a reader of the file can vouch for;
-        # the API does not read the server's files on a client's say-so.
-        raise invalid(f"source {source[:200]!r}: file:// sources are not taken through the MLflow API (a path on "
-                      "your machine is not one the registry can read, and the registration must carry the "
-                      "artifact's digest); copy the model to S3 and register the s3:// URI, or use "
-                      "`modelreg register`, which uploads a local file or directory")
-    raise invalid(f"source {source[:200]!r}: modelreg registers artifacts from s3:// or file:// URIs (copy the "
-                  "model to the registry's bucket, or one it may read, first)")
+        roots = res.settings.artifact_root_paths
+        try:
+            local_artifact_path(source, roots)
+        except LocalSourceRefused as exc:
+            raise invalid(f"source {source[:200]!r}: {exc.message}; the registry reads local models only from "
+                          f"under {roots_text(roots)} (MODELREG_ARTIFACT_ROOTS)") from None
+        return source
+    raise invalid(f"source {source[:200]!r}: modelreg registers artifacts from s3:// URIs, or file:// URIs and "
+                  "absolute paths under its artifact roots (copy the model to the registry's bucket, or one it "
+                  "may read, first)")
 
 
 @_route("/model-versions/create", "POST")
@@ -286,15 +298,15 @@ async def create_model_version(request: Request) -> dict[str, Any]:
     run_id = parsing.text(params, "run_id", required=False, limit=256) or None
     description = parsing.text(params, "description", required=False) or None
     tags = parsing.tags(params)
-    _check_source(res, source)
+    uri = _source_uri(res, source)
     version = await store.reserve_version(res.pool, name, source, run_id, identity.name)
     try:
         async with _publishing("publish model.registered"):
             try:
-                event_id = await res.registry.register(name, source, version=version, tags=tags,
+                event_id = await res.registry.register(name, uri, version=version, tags=tags,
                                                        description=description, run_id=run_id,
                                                        registered_by=identity.name)
-            except FileNotFoundError as exc:  # an OSError, which _publishing would call a Kafka/S3 outage
+            except (FileNotFoundError, PermissionError) as exc:  # OSErrors, which _publishing would call an outage
                 raise invalid(f"source: {exc}") from None
             except ValidationError:
                 raise
