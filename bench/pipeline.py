@@ -109,7 +109,10 @@ def _rate(count: int, times: dict[Key, float], total: int) -> dict[str, Any]:
             "complete": len(times) >= total}
 
 
-async def run(ctx: Context, procs: list[resources.Proc] | None) -> dict[str, Any]:
+async def run(ctx: Context, procs: list[resources.Proc] | None, *, idle: dict[str, float] | None = None,
+              kind: str = "t") -> dict[str, Any]:
+    """The throughput load on names of `kind`; with `procs`, their CPU across it (and `idle`,
+    what each burns per second doing nothing, to take that out of the per-version cost)."""
     config = ctx.config
     snapshots: list[resources.Snapshot] = []
     left = 0
@@ -118,7 +121,7 @@ async def run(ctx: Context, procs: list[resources.Proc] | None) -> dict[str, Any
         if procs:
             snapshots.append(resources.snapshot(procs))
 
-    progress = await push(ctx, ctx.names("t"), config.versions, config.models, timeout=config.timeout,
+    progress = await push(ctx, ctx.names(kind), config.versions, config.models, timeout=config.timeout,
                           auc_seed=config.seed, on_start=start_cpu)
     if procs:  # CPU until the services (the audit writer last) have consumed everything the run caused
         left = await wait_caught_up(ctx.settings, resources.SERVICES, timeout=min(120.0, config.timeout))
@@ -141,4 +144,6 @@ async def run(ctx: Context, procs: list[resources.Proc] | None) -> dict[str, Any
         result["cpu_seconds"] = {name: round(after.cpu[name] - before.cpu[name], 3) for name in before.cpu}
         result["cpu_wall_seconds"] = round(after.at - before.at, 3)
         result["lag_left_at_cpu_snapshot"] = left
+        if idle:
+            result["idle_cpu_per_second"] = idle
     return result

@@ -133,7 +133,7 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
     if res:
         table.add_section()
         per = res.get("per_versions")
-        row("resources: idle memory before the run; CPU across the throughput phase"
+        row("resources: idle memory before the run, idle CPU; CPU across the throughput phase"
             + (f" (per 1,000 of {per:,} versions)" if per else " (throughput not run)"), "")
         for name in (*SERVICES, *INFRA):
             proc = res["processes"].get(name)
@@ -145,6 +145,9 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
             text = memory + (f", {cpu:.2f} CPU-s / 1k versions" if cpu is not None else "")
             row(f"  {name}" + (f" ({proc['note']})" if proc.get("note") else ""), text,
                 f"idle RSS: {name}" if name in SERVICES else None)
+            idle_cpu = proc.get("idle_cpu_percent_of_a_core")
+            if idle_cpu is not None:
+                row("    idle CPU", f"{idle_cpu:.2f}% of a core", f"idle CPU: {name}" if name in SERVICES else None)
     console.print(table)
 
     comparisons = results.get("mlflow_comparison") or []

@@ -8,6 +8,7 @@ run), and, for PostgreSQL's many processes, the proportional set size (Pss) from
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -144,6 +145,19 @@ class Snapshot:
 
 def snapshot(procs: list[Proc]) -> Snapshot:
     return Snapshot(time.monotonic(), {p.name: p.cpu_seconds() for p in procs})
+
+
+def cpu_rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU seconds each part used per second of wall time between two snapshots (1.0: one core)."""
+    wall = after.at - before.at
+    return {name: round((after.cpu[name] - before.cpu[name]) / wall, 5) for name in before.cpu} if wall > 0 else {}
+
+
+async def idle_cpu(procs: list[Proc], seconds: float) -> dict[str, float]:
+    """What each part burns doing nothing (polls, heartbeats, timers), per second, over `seconds`."""
+    before = snapshot(procs)
+    await asyncio.sleep(seconds)
+    return cpu_rates(before, snapshot(procs))
 
 
 @dataclass

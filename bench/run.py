@@ -23,6 +23,7 @@ from bench.tap import wait_caught_up
 from bench.target import Target, describe_machine, prepare
 
 MIB = 1024 * 1024
+IDLE_SECONDS = 20.0  # long enough for a few of every idle loop's turns (polls, heartbeats, outbox timers)
 
 
 def log(line: str) -> None:
@@ -74,9 +75,14 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
             log(f"the services still have {left:,} events to consume from before this run")
         await phase("warm-up", warm_up(ctx))
         results.pop("warm-up", None)
+    idle_rates = None
+    if measure_cpu and procs and "warm-up" not in errors:
+        await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
+        log(f"--- idle CPU ({IDLE_SECONDS:g} s with nothing to do)")
+        idle_rates = await resources.idle_cpu(procs, IDLE_SECONDS)
     if config.has("throughput") and "warm-up" not in errors:
         await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
-        await phase("throughput", pipeline.run(ctx, procs))
+        await phase("throughput", pipeline.run(ctx, procs, idle=idle_rates))
     if config.has("latency") and "warm-up" not in errors:
         await wait_caught_up(ctx.settings, resources.SERVICES, timeout=120)
         await phase("latency", latency.run(ctx))
@@ -94,6 +100,8 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
         cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
         versions = config.versions if cpu else None
         for name, proc in idle["processes"].items():
+            if idle_rates and name in idle_rates:
+                proc["idle_cpu_percent_of_a_core"] = round(idle_rates[name] * 100, 2)
             if name in cpu and versions:
                 proc["cpu_seconds"] = cpu[name]
                 proc["cpu_seconds_per_1000_versions"] = round(cpu[name] / versions * 1000, 3)

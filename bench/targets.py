@@ -70,6 +70,8 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     for service in SERVICES:
         listed.append(Goal(f"idle RSS: {service}", "MiB", "<", 120,
                            lambda r, s=service: dig(r, "resources", "processes", s, "idle_mib")))
+        listed.append(Goal(f"idle CPU: {service}", "% of a core", "<=", 1,
+                           lambda r, s=service: dig(r, "resources", "processes", s, "idle_cpu_percent_of_a_core")))
     return listed
 
 
