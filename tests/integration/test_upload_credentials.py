@@ -119,7 +119,7 @@ async def test_a_publisher_writes_uploads_and_nothing_else(
         "writing a checkpoint": publisher_s3.put_object(Bucket=bucket, Key=f"checkpoints/{name}.json", Body=b"{}"),
         "a key beside the prefix": publisher_s3.put_object(Bucket=bucket, Key=f"uploads-{name}/model.pkl", Body=b"x"),
         "listing the bucket": publisher_s3.list_objects_v2(Bucket=bucket, Prefix="artifacts/"),
-        "replacing the bucket policy": publisher_s3.delete_bucket_policy(Bucket=bucket),
+        "removing the bucket policy": publisher_s3.delete_bucket_policy(Bucket=bucket),
     }
     outcomes = {what: await _denied(call) for what, call in refused.items()}
     assert outcomes == dict.fromkeys(refused, True)
