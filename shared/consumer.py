@@ -183,7 +183,10 @@ _NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNAB
 
 def is_retryable(exc: BaseException) -> bool:
     """Infrastructure faults: wait them out rather than dead-letter anything. A file that
-    cannot be read is not one (it will not be readable next time either)."""
+    cannot be read is not one (it will not be readable next time either). Concurrent work (a
+    TaskGroup of artifact copies) fails with a group: retryable when every fault in it is."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_retryable(inner) for inner in exc.exceptions)
     if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
         return True
     if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
@@ -273,6 +276,8 @@ class BatchProcessor:
         self.consumed += len(records)
 
     def _retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, BaseExceptionGroup):
+            return all(self._retryable(inner) for inner in exc.exceptions)
         return is_retryable(exc) or self._service.retryable(exc)
 
     async def _isolate(self, deliveries: list[Delivery]) -> None:

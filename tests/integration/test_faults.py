@@ -8,9 +8,11 @@ a stack of their own (`modelreg stack up --brokers 3` in MODELREG_FAULT_STACK_DI
 MODELREG_FAULT_KAFKA_PORT / _POSTGRES_PORT / _S3_PORT say otherwise), started here when it is
 not running and left up for the next run (CI stops it). The flows are kept small (60
 versions over 15 models) and the waits long: the cluster shares two cores with everything
-else. Each test ends with every version accounted for: ingested once, validated, promoted to
-production in turn, one audit record per step, and the service processes it started are the
-ones still running (nothing was restarted).
+else. Readiness is watched: PostgreSQL or S3 away makes every service answer 503 naming it,
+one broker of three does not. Each test ends with every version accounted for
+(bench/accounting.py: ingested once, validated, promoted to production in turn, one audit
+record per step, lag drained to zero, every service ready again, `modelreg audit verify` and
+`modelreg replay` clean), and the service processes it started are the ones still running.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +28,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bench.accounting import Expected, account_for
+from bench.fleet import SERVICES, Fleet, wait_all_ready, wait_all_unready
 from shared.broker import ensure_topics, make_admin
 from shared.db import migrate
 from shared.events import TOPICS
@@ -35,17 +37,17 @@ from shared.kafka_acls import apply_acls, remove_acls
 from shared.keys import write_keyring
 from shared.settings import Settings, load_settings
 from shared.stack import postgres
+from shared.stack.kafka_auth import ADMIN
 from shared.stack.launcher import LocalStack, Ports
 from shared.stack.proc import alive
 from tests.integration.test_resilience import answer_qa, registrations
-from tests.support import Kafka, eventually
+from tests.support import Kafka
 
 # Not in `make test` (a three-broker stack of its own and three outages: about 15 minutes);
 # `make test-slow` runs it.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
 RUN = uuid.uuid4().hex[:8]
 
 
@@ -101,55 +103,31 @@ async def fault_settings(fault_stack: LocalStack, tmp_path_factory: pytest.TempP
     await admin.close()
 
 
-class Fleet:
-    """Each service as its own OS process, each its own Kafka principal, as in production."""
-
-    def __init__(self, stack: LocalStack, settings: Settings) -> None:
-        self.stack = stack
-        self.settings = settings
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs = Path(stack.dir) / "logs" / f"faults-{RUN}"
-        self.logs.mkdir(parents=True, exist_ok=True)
-
-    def _env(self, name: str) -> dict[str, str]:
-        s = self.settings
-        return {**os.environ, **self.stack.env(name),
-                "DATABASE_URL": s.dsn, "S3_BUCKET": s.s3_bucket, "MODELREG_TOPIC_PREFIX": s.topic_prefix,
-                "MODELREG_TOPIC_PARTITIONS": str(s.topic_partitions), "MODELREG_POLICY_FILE": str(s.policy_file),
-                "MODELREG_KEYRING_FILE": str(s.keyring_file), "MODELREG_SIGNING_KEY_FILE": str(s.signing_key_file),
-                "MODELREG_HEALTH_PORT": "0", "MODELREG_ARCHIVAL_SWEEP_SECONDS": "0.5",
-                "MODELREG_EARLY_EVENT_GRACE_SECONDS": "5", "PYTHONPATH": str(ROOT)}
-
-    def start(self) -> None:
-        for name in SERVICES:
-            with open(self.logs / f"{name}.log", "ab") as log:
-                self.processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli.main", "run", name], env=self._env(name),
-                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def all_running(self) -> bool:
-        return all(p.poll() is None for p in self.processes.values())
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
+def _service_env(stack: LocalStack, settings: Settings, principal: str) -> dict[str, str]:
+    """The run's database, topics, policy and keys; Kafka as `principal` (a service, or the admin
+    `modelreg` commands run as)."""
+    s = settings
+    return {**stack.env(principal),
+            "DATABASE_URL": s.dsn, "S3_BUCKET": s.s3_bucket, "MODELREG_TOPIC_PREFIX": s.topic_prefix,
+            "MODELREG_TOPIC_PARTITIONS": str(s.topic_partitions), "MODELREG_POLICY_FILE": str(s.policy_file),
+            "MODELREG_KEYRING_FILE": str(s.keyring_file), "MODELREG_SIGNING_KEY_FILE": str(s.signing_key_file),
+            "MODELREG_ARCHIVAL_SWEEP_SECONDS": "0.5", "MODELREG_EARLY_EVENT_GRACE_SECONDS": "5"}
 
 
 @pytest.fixture
 async def flow(fault_stack: LocalStack, fault_settings: Settings) -> AsyncIterator[dict[str, Any]]:
-    fleet = Fleet(fault_stack, fault_settings)
-    fleet.start()
+    """Each service as its own OS process, each its own Kafka principal, as in production; ready
+    (200 on /readyz) before the test starts its flow."""
+    fleet = Fleet(lambda name: _service_env(fault_stack, fault_settings, name),
+                  logs=Path(fault_stack.dir) / "logs" / f"faults-{RUN}")
+    fleet.start_all()
     tap = Kafka(fault_settings)
     await tap.start(TOPICS)
     pool = await asyncpg.create_pool(fault_settings.dsn, min_size=1, max_size=2)
     try:
-        yield {"fleet": fleet, "kafka": tap, "pool": pool, "settings": fault_settings}
+        await wait_all_ready(fleet)
+        yield {"fleet": fleet, "kafka": tap, "pool": pool, "settings": fault_settings,
+               "cli_env": {**os.environ, **_service_env(fault_stack, fault_settings, ADMIN)}}
     finally:
         fleet.stop()
         await tap.stop()
@@ -168,47 +146,28 @@ async def _publish(kafka: Kafka, events: list[dict[str, Any]], pace: float = 0.0
         await asyncio.sleep(pace)
 
 
-async def _all_accounted_for(flow: dict[str, Any], prefix: str, models: int, per_model: int,
-                             timeout: float = 420) -> None:
-    """Every version ingested exactly once with versions 1..n per model, validated, promoted
-    to production in turn (exactly once each), audited once per step, nothing dead-lettered."""
-    pool: asyncpg.Pool = flow["pool"]
-    total = models * per_model
-    like = prefix + "%"
-    try:
-        await eventually(lambda: pool.fetchval(
-            """SELECT count(DISTINCT (name, version)) = $2 FROM stage_history
-               WHERE name LIKE $1 AND to_stage = 'production'""", like, total), timeout=timeout)
-        await eventually(lambda: pool.fetchval(
-            "SELECT count(DISTINCT (name, version)) = $2 FROM audit_log WHERE name LIKE $1 AND action = 'promoted' "
-            "AND to_stage = 'production'", like, total), timeout=60)
-    except AssertionError:
-        stages = await pool.fetch("SELECT stage, count(*) FROM promotion_versions WHERE name LIKE $1 GROUP BY 1", like)
-        kafka: Kafka = flow["kafka"]
+async def _all_accounted_for(flow: dict[str, Any], prefix: str, models: int, per_model: int) -> None:
+    """The end state every fault scenario must reach (bench/accounting.py): every version
+    promoted to production in turn exactly once, nothing dead-lettered, lag drained, every
+    service ready again, the audit chain intact and `modelreg replay` clean; and the service
+    processes are the ones the test started (none died)."""
+    kafka: Kafka = flow["kafka"]
+
+    async def where_they_are() -> str:
+        stages = await flow["pool"].fetch("SELECT stage, count(*) FROM promotion_versions WHERE name LIKE $1 "
+                                          "GROUP BY 1", prefix + "%")
         counts = {t: len(kafka.matching(t, lambda s: s.data.get("name", "").startswith(prefix)))
                   for t in ("model.ingested", "model.validated", "model.rejected", "qa.requested",
                             "metrics.evaluated", "model.promoted")}
         counts["registry.dlq"] = len(kafka.matching("registry.dlq", _about(prefix)))
-        raise AssertionError(f"not every version reached production: stages {[tuple(r) for r in stages]}, "
-                             f"topics {counts}") from None
-    versions = await pool.fetch("SELECT name, array_agg(version ORDER BY version) AS v, "
-                                "bool_and(status = 'ingested') AS ok FROM model_versions WHERE name LIKE $1 "
-                                "GROUP BY name", like)
-    assert len(versions) == models
-    assert all(list(r["v"]) == list(range(1, per_model + 1)) and r["ok"] for r in versions), versions
-    # Exactly one decision per version and step; no audit record written twice.
-    assert await pool.fetchval("SELECT count(*) FROM stage_history WHERE name LIKE $1 AND to_stage = 'production'",
-                               like) == total
-    duplicates = await pool.fetch(
-        """SELECT name, version, action, to_stage, count(*) FROM audit_log WHERE name LIKE $1
-           GROUP BY 1, 2, 3, 4 HAVING count(*) > 1 AND action IN ('ingested', 'validated', 'promoted')""", like)
-    assert duplicates == []
-    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE name LIKE $1 AND action = 'ingested'",
-                               like) == total
-    kafka = flow["kafka"]
+        return f"stages {[tuple(r) for r in stages]}, topics {counts}"
+
+    expected = Expected(prefix, {f"{prefix}{i}": per_model for i in range(models)})
+    end = await account_for(flow["fleet"], flow["settings"], flow["pool"], expected, flow["cli_env"],
+                            progress=where_they_are)
+    end.require()
     assert kafka.matching("registry.dlq", _about(prefix)) == []
-    assert kafka.matching("model.rejected", lambda s: s.data.get("name", "").startswith(prefix)) == []
-    assert flow["fleet"].all_running(), "a service died during the fault (it must ride it out)"
+    assert flow["fleet"].kills == dict.fromkeys(SERVICES, 0) and not flow["fleet"].exited()
 
 
 async def test_a_broker_killed_mid_flow_and_restarted_loses_and_repeats_nothing(
@@ -229,6 +188,10 @@ async def test_a_broker_killed_mid_flow_and_restarted_loses_and_repeats_nothing(
         assert alive(pid)
         os.kill(pid, signal.SIGKILL)
         await _publish(kafka, events[half:])  # acks=all with min.insync.replicas 2: two brokers take it
+        # Two brokers of three are a working cluster: no service may call itself unready for it
+        # (Kubernetes would take every replica out at once over one broker).
+        during = await flow["fleet"].readiness_all()
+        assert {name: state.status for name, state in during.items()} == dict.fromkeys(SERVICES, 200), during
         await asyncio.sleep(10)
         await asyncio.to_thread(fault_stack.start_kafka, log=lambda line: None)
         assert alive(fault_stack.kafka_node_pid(victim.node_id))
@@ -252,7 +215,7 @@ async def test_postgres_restarted_mid_flow_services_recover_without_a_restart(
         await asyncio.to_thread(fault_stack.stop_postgres)  # fast shutdown: every session is cut
         assert not fault_stack.answers()["postgres"]
         await _publish(kafka, events[half:])
-        await asyncio.sleep(5)
+        await wait_all_unready(flow["fleet"], "postgres")
         await asyncio.to_thread(fault_stack.start_postgres, log=lambda line: None)
         await _all_accounted_for(flow, prefix, models, per_model)
     finally:
@@ -273,7 +236,8 @@ async def test_s3_down_for_a_while_ingest_waits_instead_of_dead_lettering(
         await asyncio.to_thread(fault_stack.stop_s3)
         assert not fault_stack.answers()["s3"]
         await _publish(kafka, events)
-        await asyncio.sleep(20)  # ingest sees S3 down for every one of them meanwhile
+        await wait_all_unready(flow["fleet"], "s3")
+        await asyncio.sleep(15)  # ingest sees S3 down for every one of them meanwhile
         assert kafka.matching("registry.dlq", _about(prefix)) == []
         assert kafka.matching("model.rejected", lambda s: s.data.get("name", "").startswith(prefix)) == []
         await asyncio.to_thread(fault_stack.start_s3, log=lambda line: None)

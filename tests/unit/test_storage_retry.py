@@ -58,3 +58,10 @@ def test_missing_objects_are_told_apart_from_outages() -> None:
     assert is_missing(_client_error(404, "NoSuchKey"))
     assert not is_missing(EndpointConnectionError(endpoint_url="http://s3"))
     assert not is_missing(_client_error(503, "SlowDown"))
+
+
+def test_a_group_of_concurrent_copies_failing_on_an_outage_is_waited_out() -> None:
+    outage = EndpointConnectionError(endpoint_url="http://s3")
+    assert consumer_retries(ExceptionGroup("copies", [outage, ExceptionGroup("nested", [outage])]))
+    # One fault in the group that is not infrastructure: the batch is not simply waited out.
+    assert not consumer_retries(ExceptionGroup("copies", [outage, ValueError("a bug")]))
