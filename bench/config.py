@@ -11,9 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "plaintext", "resources")
-# The plaintext comparison starts a second broker and pipeline: asked for by name (--only ...,plaintext).
-DEFAULT_PHASES = tuple(p for p in PHASES if p != "plaintext")
+PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "plaintext", "soak", "resources")
+# Asked for by name (--only ...,plaintext,soak): the plaintext comparison starts a second broker
+# and pipeline; the soak kills services for ten minutes.
+OPT_IN_PHASES = ("plaintext", "soak")
+DEFAULT_PHASES = tuple(p for p in PHASES if p not in OPT_IN_PHASES)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -30,6 +32,7 @@ class BenchConfig:
     concurrency: int = 1          # keep-alive connections driving the API (one poller: latency, not queueing)
     large_bytes: int = 2 * 1024**3
     replay_max_events: int | None = None  # None: the whole registry.audit topic
+    soak_seconds: float = 600.0   # soak: registrations flow and services are SIGKILLed for this long
     timeout: float = 600.0        # the longest any phase waits for the pipeline
     api_url: str = field(default_factory=lambda: f"http://127.0.0.1:{os.environ.get('MODELREG_API_PORT', '8080')}")
     out: Path = RESULTS_DIR
@@ -51,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = BenchConfig()
     parser.add_argument("--only", default=",".join(DEFAULT_PHASES), metavar="PHASES",
                         help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all but plaintext, "
-                             "which runs the throughput load again on a PLAINTEXT broker of its own)")
+                             "which runs the throughput load again on a PLAINTEXT broker of its own, and soak, "
+                             "which SIGKILLs services of a pipeline of its own at random while versions flow)")
     parser.add_argument("--versions", type=_positive(int), default=d.versions,
                         help=f"throughput: versions to push through the pipeline (default {d.versions})")
     parser.add_argument("--models", type=_positive(int), default=d.models,
@@ -75,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="large artifact: size in MiB (for small runs)")
     parser.add_argument("--replay-max-events", type=_positive(int), default=None, metavar="N",
                         help="replay: only about the last N audit events (default: the whole topic)")
+    parser.add_argument("--soak-seconds", type=_positive(float), default=d.soak_seconds,
+                        help=f"soak: seconds of flow and random SIGKILLs (default {d.soak_seconds:g})")
     parser.add_argument("--timeout", type=_positive(float), default=d.timeout,
                         help=f"longest wait for the pipeline in any phase, seconds (default {d.timeout:g})")
     parser.add_argument("--api-url", default=None,
@@ -107,7 +113,8 @@ def from_args(args: argparse.Namespace) -> BenchConfig:
         phases=tuple(p for p in PHASES if p in phases), versions=args.versions, models=min(args.models, args.versions),
         rate=args.rate, duration=args.duration, lookup_versions=args.lookup_versions,
         lookup_models=args.lookup_models, lookup_requests=args.lookup_requests, concurrency=args.concurrency,
-        large_bytes=large, replay_max_events=args.replay_max_events, timeout=args.timeout,
+        large_bytes=large, replay_max_events=args.replay_max_events, soak_seconds=args.soak_seconds,
+        timeout=args.timeout,
         api_url=(args.api_url or defaults.api_url).rstrip("/"), out=args.out, keep=args.keep,
         compare_mlflow=args.compare_mlflow, seed=args.seed)
 

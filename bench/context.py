@@ -37,13 +37,16 @@ class Context:
     async def small_artifact(self) -> ArtifactSpec:
         """A 1 KiB artifact in the registry bucket's `inbox/`, uploaded once per run."""
         if self.artifact is None:
-            prefix = safetensors_prefix(SMALL_ARTIFACT_BYTES)
-            body = prefix + os.urandom(SMALL_ARTIFACT_BYTES - len(prefix))
-            key = f"inbox/bench-{self.run_id}/model.safetensors"
-            async with ObjectStore(self.settings) as store:
-                await store.ensure_bucket()
-                await store.client.put_object(Bucket=self.settings.s3_bucket, Key=key, Body=body)
-            self.artifact = ArtifactSpec(uri=f"s3://{self.settings.s3_bucket}/{key}",
-                                         sha256=hashlib.sha256(body).hexdigest(), size_bytes=len(body),
-                                         format="safetensors")
+            self.artifact = await put_small_artifact(self.settings, f"inbox/bench-{self.run_id}/model.safetensors")
         return self.artifact
+
+
+async def put_small_artifact(settings: Settings, key: str) -> ArtifactSpec:
+    """A 1 KiB safetensors artifact at `key` of the registry bucket."""
+    prefix = safetensors_prefix(SMALL_ARTIFACT_BYTES)
+    body = prefix + os.urandom(SMALL_ARTIFACT_BYTES - len(prefix))
+    async with ObjectStore(settings) as store:
+        await store.ensure_bucket()
+        await store.client.put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
+    return ArtifactSpec(uri=f"s3://{settings.s3_bucket}/{key}", sha256=hashlib.sha256(body).hexdigest(),
+                        size_bytes=len(body), format="safetensors")

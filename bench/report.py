@@ -129,6 +129,15 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
         if plain.get("signatures_cpu_ms_per_version") is not None:
             row("  signatures per version (the trust phase, in both runs)",
                 _num(plain["signatures_cpu_ms_per_version"], 2, "CPU ms"))
+    soaked = results.get("soak")
+    if soaked:
+        table.add_section()
+        row(f"soak: {soaked['versions']:,} versions over {soaked['seconds']:.0f} s, a random service SIGKILLed "
+            f"{soaked['kills']} times ({', '.join(f'{n} {k}' for n, k in soaked['kills_by_service'].items() if k)})",
+            "every version accounted for" if soaked["accounted_for"] else "NOT accounted for")
+        row(f"  after the flow: every version at its stage ({soaked['failing_qa_kept_in_staging']} failing QA kept "
+            "in staging) / every consumer caught up",
+            f"{_num(soaked['settle_seconds_after_flow'], 1, 's')} / {_num(soaked['drain_seconds_after_flow'], 1, 's')}")
     res = results.get("resources")
     if res:
         table.add_section()

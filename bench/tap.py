@@ -159,14 +159,17 @@ class Tap:
 
 
 class QaResponder:
-    """Answers every `qa.requested` at once with a passing `metrics.evaluated` per suite.
+    """Answers every `qa.requested` at once with a `metrics.evaluated` per suite, passing
+    unless `passes(name, version)` says otherwise.
 
     `auc` comes from `auc(name, version)`; the latency metric always passes the demo rule.
     """
 
-    def __init__(self, publisher: Publisher, auc: Callable[[str, int], float] | None = None) -> None:
+    def __init__(self, publisher: Publisher, auc: Callable[[str, int], float] | None = None,
+                 passes: Callable[[str, int], bool] | None = None) -> None:
         self.publisher = publisher
         self.auc = auc or (lambda _name, _version: 0.95)
+        self.passes = passes or (lambda _name, _version: True)
         self.answered: dict[tuple[str, int], float] = {}  # (name, version) -> when published (time.time())
         self.requested: dict[tuple[str, int], float] = {}  # -> the qa.requested event's time
 
@@ -178,7 +181,7 @@ class QaResponder:
         for suite in data.get("suites") or ["offline-eval"]:
             evaluated = MetricsEvaluatedData(
                 name=name, version=version, suite=suite, environment="offline",
-                metrics={"auc": self.auc(name, version), "latency_p99_ms": 12.0}, passed=True,
+                metrics={"auc": self.auc(name, version), "latency_p99_ms": 12.0}, passed=self.passes(name, version),
                 evaluator="qa/modelreg-bench")  # not the registrant: evaluator_not_author ignores those
             event = new_event(MetricsEvaluated, evaluated, source=SOURCE,
                               correlationid=uuid.UUID(correlation) if correlation else None,

@@ -7,9 +7,6 @@ import asyncio
 import collections
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,14 +14,15 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from bench.accounting import Expected, account_for
+from bench.fleet import Fleet, wait_all_ready
+from bench.soak import SoakPlan, soak
 from shared.broker import ensure_topics
 from shared.db import migrate
 from shared.events import TOPICS
 from shared.settings import Settings
 from tests.conftest import Endpoints, _with_database
 from tests.support import Kafka, cloudevent, eventually, kafka_env, put_artifact
-
-SERVICES = ("ingest", "validation", "promotion", "archival", "audit")
 
 
 async def answer_qa(kafka: Kafka, prefix: str, suite: str = "smoke") -> None:
@@ -110,7 +108,7 @@ async def isolated(endpoints: Endpoints, settings: Settings) -> AsyncIterator[Se
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, **kafka_env(settings),
+    return {**kafka_env(settings),
             "DATABASE_URL": settings.dsn, "S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
             "S3_BUCKET": settings.s3_bucket,
             "AWS_ACCESS_KEY_ID": settings.aws_access_key_id.get_secret_value(),
@@ -119,44 +117,15 @@ def _env(settings: Settings) -> dict[str, str]:
             "MODELREG_TOPIC_PARTITIONS": str(settings.topic_partitions),
             "MODELREG_POLICY_FILE": str(settings.policy_file),
             "MODELREG_KEYRING_FILE": str(settings.keyring_file),
-            "MODELREG_SIGNING_KEY_FILE": str(settings.signing_key_file),  # the run's keys directory
-            "MODELREG_HEALTH_PORT": "0"}  # beside a running stack's services
-
-
-class Fleet:
-    """Each service as its own OS process, as in production."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.env = _env(settings)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str) -> None:
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "run", name], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def kill(self, name: str) -> None:
-        self.processes[name].send_signal(signal.SIGKILL)
-        self.processes[name].wait()
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            "MODELREG_SIGNING_KEY_FILE": str(settings.signing_key_file)}  # the run's keys directory
 
 
 async def test_services_killed_mid_stream_lose_and_repeat_nothing(isolated: Settings) -> None:
     settings = isolated
     kafka = Kafka(settings)
     await kafka.start(TOPICS)
-    fleet = Fleet(settings)
-    for name in SERVICES:
-        fleet.start(name)
+    fleet = Fleet(lambda _name: _env(settings))
+    fleet.start_all()
     prefix = f"crash-{uuid.uuid4().hex[:6]}-"
     names = [f"{prefix}{i}" for i in range(60)]
     qa = asyncio.create_task(answer_qa(kafka, prefix))
@@ -181,33 +150,11 @@ async def test_services_killed_mid_stream_lose_and_repeat_nothing(isolated: Sett
         fleet.start("promotion")
         fleet.start("audit")
 
-        try:
-            await eventually(lambda: pool.fetchval(
-                "SELECT count(*) = 60 FROM promotion_versions WHERE name LIKE $1 AND stage = 'production'",
-                prefix + "%"), timeout=150)
-        except AssertionError:
-            stages = await pool.fetch("SELECT stage, count(*) FROM promotion_versions WHERE name LIKE $1 "
-                                      "GROUP BY 1", prefix + "%")
-            counts = {t: len(kafka.matching(t, lambda s: s.data.get("name", "").startswith(prefix)))
-                      for t in ("model.ingested", "model.validated", "qa.requested", "metrics.evaluated",
-                                "model.promoted", "registry.dlq")}
-            outbox = await pool.fetch("SELECT service, count(*) FROM outbox GROUP BY 1")
-            raise AssertionError(f"stages {[tuple(r) for r in stages]}, topics {counts}, "
-                                 f"outbox {[tuple(r) for r in outbox]}") from None
-        await eventually(lambda: pool.fetchval(
-            "SELECT count(DISTINCT name) = 60 FROM audit_log WHERE name LIKE $1 AND action = 'promoted' "
-            "AND to_stage = 'production'", prefix + "%"), timeout=60)
-    finally:
-        qa.cancel()
-        fleet.stop()
-
-    try:
-        # State changed exactly once per version and stage...
-        history = await pool.fetch("SELECT name, version, to_stage, count(*) FROM stage_history "
-                                   "WHERE name LIKE $1 GROUP BY 1, 2, 3", prefix + "%")
-        assert len(history) == 120 and all(r["count"] == 1 for r in history)
-        assert await pool.fetchval("SELECT count(*) FROM model_versions WHERE name LIKE $1", prefix + "%") == 60
-        # ...each decision was published under one event id (a crash may re-send it, never re-decide it)...
+        # Every version in production once, audited once, lag drained, audit chain and replay clean.
+        end = await account_for(fleet, settings, pool, Expected(prefix, dict.fromkeys(names, 1)),
+                                {**os.environ, **_env(settings)}, timeout=150)
+        end.require()
+        # Each decision was published under one event id (a crash may re-send it, never re-decide it).
         def mine(s) -> bool:
             return bool(s.data["name"].startswith(prefix))
 
@@ -219,16 +166,29 @@ async def test_services_killed_mid_stream_lose_and_repeat_nothing(isolated: Sett
         for seen in kafka.matching("model.ingested", mine):
             ingested[(seen.data["name"], seen.data["version"])].add(seen.event["id"])
         assert len(ingested) == 60 and all(len(ids) == 1 for ids in ingested.values())
-        # ...and the audit log holds each record once, in an intact chain.
-        duplicates = await pool.fetchval(
-            "SELECT count(*) FROM (SELECT name, version, action, to_stage FROM audit_log WHERE name LIKE $1 "
-            "AND action IN ('ingested', 'validated', 'promoted') GROUP BY 1, 2, 3, 4 HAVING count(*) > 1) d",
-            prefix + "%")
-        assert duplicates == 0
-        from services.audit import store as audit_store
-
-        async with pool.acquire() as conn:
-            assert (await audit_store.verify(conn)).intact
     finally:
+        qa.cancel()
+        fleet.stop()
         await pool.close()
         await kafka.stop()
+
+
+@pytest.mark.slow  # two minutes of flow and kills, then the accounting: `make test-slow`
+async def test_a_two_minute_soak_of_random_sigkills_loses_and_repeats_nothing(isolated: Settings) -> None:
+    """The benchmark's soak (bench/soak.py), shortened: registrations and QA results flow while
+    a random service is SIGKILLed every 8-20 s and started again; afterwards every version is
+    where its QA result puts it (production once, or staging when it failed), each decision
+    audited once, lag drained, audit chain and replay clean."""
+    fleet = Fleet(lambda _name: _env(isolated))
+    fleet.start_all()
+    plan = SoakPlan(seconds=120, kill_every=(8, 20), down_for=(0, 3), settle_timeout=420)
+    try:
+        await wait_all_ready(fleet)
+        result = await soak(isolated, fleet, {**os.environ, **_env(isolated)}, plan, f"soak-{uuid.uuid4().hex[:6]}-",
+                            print)
+    finally:
+        fleet.stop()
+    assert result["problems"] == []
+    # The seeded draw kills at least four times in 120 s; three allow for sleeps overrunning on a busy machine.
+    assert result["kills"] >= 3 and sum(result["kills_by_service"].values()) == result["kills"]
+    assert result["failing_qa_kept_in_staging"] > 0 and result["versions"] > plan.models
