@@ -99,7 +99,8 @@ def choose(cache_dir: Path, log: Callable[[str], None]) -> tuple[str, Path | Non
         binary = versitygw_binary(cache_dir, log)
         if binary is not None:
             return "versitygw", binary
-        log("no Go toolchain to build versitygw: falling back to moto (slower; install Go for speed)")
+        log("no Go toolchain to build versitygw: falling back to moto (slower, and it confines no publisher "
+            "to uploads/; install Go)")
     if importlib.util.find_spec("moto") is None:
         raise StackError("no S3 server available: install Go (for versitygw) or pip install 'modelreg[stack]' "
                          "(for moto)")
@@ -111,7 +112,7 @@ def versitygw_binary(cache_dir: Path, log: Callable[[str], None]) -> Path | None
     binary = home / "versitygw"
     if binary.exists():
         return binary
-    go = shutil.which("go")
+    go = go_toolchain()
     if not go:
         return None
     log(f"building versitygw {VERSITYGW_VERSION} from the Go module proxy (first run only, a few minutes)")
@@ -123,6 +124,17 @@ def versitygw_binary(cache_dir: Path, log: Callable[[str], None]) -> Path | None
         log(f"building versitygw failed:\n{(result.stdout + result.stderr)[-1500:]}")
         return None
     return binary
+
+
+def go_toolchain() -> str | None:
+    """`go` on PATH, else where Go's own installer puts it: a non-interactive shell (CI's) may
+    not have read the profile that adds it to PATH, and without it the stack falls back to moto,
+    which confines no publisher."""
+    found = shutil.which("go")
+    if found:
+        return found
+    standard = Path("/usr/local/go/bin/go")
+    return str(standard) if os.access(standard, os.X_OK) else None
 
 
 def start(kind: str, binary: Path | None, stack_dir: Path, port: int, access_key: str, secret_key: str,
