@@ -9,7 +9,9 @@ publishes twice, which consumers absorb through their processed-event ids.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +23,8 @@ from opentelemetry.trace import SpanKind
 
 from shared import metrics, telemetry
 from shared.db import AnyConnection, connect
-from shared.events import CONTENT_TYPE, CloudEvent
+from shared.dead_letters import model_of
+from shared.events import CONTENT_TYPE, CloudEvent, RegistryAudit, RegistryAuditData, new_event
 from shared.outbox_policy import check_serializable, disposition, publish_backoff, send_chains
 from shared.signing import sign_value
 
@@ -94,6 +97,43 @@ class RelayPass:
 class _Parked:
     reason: str
     error: str
+
+
+PARKED_ACTION = "outbox_parked"
+
+
+def parked_audit(service: str, row_id: int, topic: str, key: str | None, value: bytes, reason: str,
+                 error: str) -> OutboxRow | None:
+    """The `outbox_parked` audit record of a row the relay parked (None for a registry.audit
+    row: its record would go the same refused way, and park again for ever).
+
+    Sent without a key: keyed by its model it would wait behind the very row it reports."""
+    if topic == RegistryAudit.topic:
+        return None
+    try:
+        parked = json.loads(value)
+        data = parked.get("data") if isinstance(parked, dict) else None
+    except ValueError:  # unreadable is also a reason to park: the record says so
+        parked, data = None, None
+    version = data.get("version") if isinstance(data, dict) else None
+    event_id = parked.get("id") if isinstance(parked, dict) else None
+    correlation = _uuid(parked.get("correlationid")) if isinstance(parked, dict) else None
+    source = f"modelreg/{service}"
+    audit = new_event(RegistryAudit, RegistryAuditData(
+        action=PARKED_ACTION, name=model_of(key),
+        version=version if isinstance(version, int) and not isinstance(version, bool) and version > 0 else None,
+        actor=source, reason=f"{reason}: {error}"[:10_000],
+        evidence={"topic": topic, "reason": reason, "outbox_id": row_id,
+                  "event_id": event_id if isinstance(event_id, str) else None},
+    ), source=source, correlationid=correlation)
+    return OutboxRow(topic=audit.topic, key=None, value=audit.to_json(), headers={"content-type": CONTENT_TYPE})
+
+
+def _uuid(text: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(text)) if text else None
+    except ValueError:
+        return None
 
 
 class OutboxRelay:
@@ -197,6 +237,10 @@ class OutboxRelay:
                     list(parked), [p.error for p in parked.values()], [p.reason for p in parked.values()])
             await conn.execute("DELETE FROM outbox WHERE service = $1 AND id = ANY($2::bigint[])",
                                self._service, [r["id"] for r in sent] + list(parked))
+            by_id = {r["id"]: r for r in rows}
+            audits = [parked_audit(self._service, i, by_id[i]["topic"], by_id[i]["key"], bytes(by_id[i]["value"]),
+                                   park.reason, park.error) for i, park in parked.items()]
+            await write_outbox(conn, self._service, [a for a in audits if a is not None])
         for park in parked.values():
             metrics.OUTBOX_PARKED_TOTAL.labels(self._service, park.reason).inc()
         if parked:

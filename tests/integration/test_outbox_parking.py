@@ -171,6 +171,15 @@ async def test_a_topic_the_principal_may_not_write_parks_on_real_kafka(settings:
         assert (parked["key"], parked["topic"], parked["reason"]) == (blocked, forbidden, "authorization")
         await kafka.wait_for(allowed, lambda s: s.key == flowing)
         assert kafka.matching(allowed, lambda s: s.key == blocked) == []
+        # Besides the alert metric, the audit log hears of it: the next pass sends the record
+        # (unkeyed, so the parked row it reports does not hold it back).
+        assert (await relay.relay_once(conn)).sent == 1
+        [audited] = await kafka.wait_for("registry.audit", lambda s: s.data.get("action") == "outbox_parked"
+                                         and s.data.get("name") == blocked)
+        assert audited.key is None and audited.data["actor"] == f"modelreg/{service}"
+        assert {k: audited.data["evidence"][k] for k in ("topic", "reason", "outbox_id")} == \
+            {"topic": forbidden, "reason": "authorization", "outbox_id": parked["id"]}
+        assert audited.data["reason"].startswith("authorization: TopicAuthorizationFailedError")
     finally:
         await conn.close()
         await producer.stop()
