@@ -4,7 +4,8 @@ The credential is the one `modelreg stack credentials pipeline` prints. With it 
 (and a multipart upload) under `uploads/` works; under `artifacts/` (a new key, or over an
 artifact ingest stored) and `archive/` it gets AccessDenied, and so do reads, deletes and a
 copy from uploads/ into artifacts/. `modelreg register` through the CLI with that credential
-still registers a model end to end (ingest, which has its own credential, copies it).
+still registers a model, a file or a directory, end to end (ingest, which has its own
+credential, copies it to artifacts/).
 
 Only versitygw (the local stack's S3 server where Go is available, as in CI) enforces bucket
 policies; on moto, or on endpoints that are not the local stack, these tests fail saying so.
@@ -29,8 +30,10 @@ from shared.stack.s3 import confine_publishers
 from shared.storage import ObjectStore
 from shared.upload_policy import publisher_bucket_policy, publisher_identity_policy
 from tests.conftest import Endpoints
+from tests.directory_models import directory_manifest, mlflow_sklearn_dir
 from tests.integration.conftest import as_principal
 from tests.integration.test_cli_commands import modelreg
+from tests.integration.test_directory_artifacts import assert_ingested_and_validated
 from tests.integration.test_kafka_acls import role_env
 from tests.support import Kafka, for_model, settings_for, unique_name
 
@@ -144,6 +147,17 @@ async def test_register_through_the_cli_with_the_publisher_credential(
     assert stored.startswith("artifacts/"), stored
     body = await (await services_s3.get_object(Bucket=confined.s3_bucket, Key=stored))["Body"].read()
     assert body == artifact.read_bytes()
+
+
+async def test_register_a_directory_through_the_cli_with_the_publisher_credential(
+        confined: Settings, settings: Settings, kafka: Kafka, pipeline: Any, tmp_path: Path) -> None:
+    name = unique_name("publisher-dir")
+    root = mlflow_sklearn_dir(tmp_path / "model")
+    sha256, size = directory_manifest(root)
+    done = await asyncio.to_thread(modelreg, confined, "register", name, "--artifact", str(root),
+                                   "--format", "mlflow", "--registered-by", "pipelines/publisher-test")
+    assert done.returncode == 0, done.stderr
+    await assert_ingested_and_validated(settings, kafka, name, root, sha256, size)
 
 
 def test_uploading_commands_beside_the_stack_default_to_the_publisher_key(
