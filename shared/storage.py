@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import os
@@ -218,6 +219,34 @@ class ObjectStore:
             with contextlib.suppress(Exception):
                 await self.client.abort_multipart_upload(**where, UploadId=upload_id)
             raise
+
+    async def copy_hashed(self, source: S3Location, target: S3Location, etag: str | None) -> str | None:
+        """One server-side CopyObject (objects up to 5 GiB) asking the server for the SHA-256 of
+        the whole object it wrote (`ChecksumAlgorithm=SHA256`, a FULL_OBJECT checksum). Returns
+        that digest in hex, or None when the server gave none (then the caller hashes the copy).
+        With `etag`, the server copies only that version of the source (CopySourceIfMatch)."""
+        condition = {"CopySourceIfMatch": etag} if etag else {}
+        answer = await self.client.copy_object(
+            Bucket=target.bucket, Key=target.key, CopySource={"Bucket": source.bucket, "Key": source.key},
+            ChecksumAlgorithm="SHA256", **condition)
+        result = answer.get("CopyObjectResult") or {}
+        checksum = result.get("ChecksumSHA256")
+        if not checksum or result.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+            return None
+        return base64.b64decode(checksum).hex()
+
+    async def stored_checksum(self, location: S3Location) -> tuple[bool, str | None]:
+        """Whether the object exists, and the full-object SHA-256 (hex) the server stored with
+        it, if any (objects written by `copy_hashed` have one)."""
+        try:
+            head = await self.client.head_object(Bucket=location.bucket, Key=location.key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if is_missing(exc):
+                return False, None
+            raise
+        checksum = head.get("ChecksumSHA256")
+        full = head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
+        return True, base64.b64decode(checksum).hex() if checksum and full else None
 
     async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
         assert self.lean is not None

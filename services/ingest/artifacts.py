@@ -1,7 +1,8 @@
 """Where an artifact may come from, and its streamed, hashed copy into the registry bucket.
 
-Memory stays bounded whatever the artifact's size: the source is read in parts, each part is
-hashed and uploaded (multipart above one part), and at most a few parts are in flight.
+Memory stays bounded whatever the artifact's size. An S3 object bigger than one part is copied
+by the S3 server, which also computes its SHA-256; anything else (a small object, a file) is
+read in parts, each part hashed and uploaded (multipart above one part), a few parts in flight.
 
 A directory artifact (an S3 prefix or a file:// directory, named with a trailing '/') is listed
 first (paths checked, the policy's file count and total size held), then each file is copied
@@ -38,6 +39,8 @@ from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, S3Location, is_missing
 
 PARTS_IN_FLIGHT = 2
+# CopyObject's limit: a bigger S3 object is streamed through ingest in parts instead.
+SERVER_COPY_MAX_BYTES = 5 * 1024**3
 FILES_IN_FLIGHT = 4  # files of one directory copied at once (each holds at most 3 parts)
 
 
@@ -171,7 +174,7 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
     A digest or size that differs from the event's leaves nothing behind.
     """
     destination = S3Location(store.bucket, dest_key)
-    if size_bytes > PART_SIZE and await store.head(destination) is not None:
+    if size_bytes > PART_SIZE and await _stored_already(store, destination, sha256, size_bytes):
         return Copied(destination.uri, sha256, size_bytes, already_stored=True)
 
     def as_announced(found: str, size: int) -> None:
@@ -182,15 +185,74 @@ async def copy_artifact(store: ObjectStore, source: Source, dest_key: str, *,
                       f"and sha256 {found}; the event said {size_bytes} bytes and {sha256}",
                 None if size > size_bytes else found, size)
 
-    found, size, stored = await _upload(store, source, dest_key, size_bytes, as_announced)
+    found, size, stored = await _upload(store, source, dest_key, size_bytes, as_announced, expected=size_bytes)
     return Copied(destination.uri, found, size, already_stored=not stored)
 
 
+async def _stored_already(store: ObjectStore, destination: S3Location, sha256: str, size_bytes: int) -> bool:
+    """Whether a redelivery finds the artifact stored. A server copy lands at its key before it
+    is checked, and ingest may have stopped in between, so what is there must prove to be the
+    announced bytes: by the checksum the server stored with it, else by hashing it (a rare,
+    streamed read). Anything else is copied again over it."""
+    exists, checksum = await store.stored_checksum(destination)
+    if not exists:
+        return False
+    if checksum is not None:
+        return checksum == sha256
+    return await store.digest(destination) == (sha256, size_bytes)
+
+
 async def _upload(store: ObjectStore, source: Source, dest_key: str, limit: int,
+                  accept: Callable[[str, int], None], *, expected: int) -> tuple[str, int, bool]:
+    """Copy `source` to `dest_key`: (sha256, size, whether this call stored it). `expected` is
+    the size the event or the listing gave: an S3 object bigger than one part is copied by the
+    S3 server itself (`_copy_in_server`), anything else is streamed through here (one GET and
+    one PUT for a small object). `accept(sha256, size)` may raise, which leaves nothing behind."""
+    if isinstance(source, S3Location) and PART_SIZE < expected <= SERVER_COPY_MAX_BYTES:
+        return await _copy_in_server(store, source, dest_key, limit, accept)
+    return await _stream(store, source, dest_key, limit, accept)
+
+
+async def _copy_in_server(store: ObjectStore, source: S3Location, dest_key: str, limit: int,
+                          accept: Callable[[str, int], None]) -> tuple[str, int, bool]:
+    """The S3 server copies the object and computes its SHA-256 (CopyObject with a checksum):
+    no byte passes through ingest, so its memory stays flat however big the artifact, and the
+    copy runs at the server's disk speed. A server that returns no checksum gets its copy
+    hashed by streaming it back, still in bounded memory."""
+    head = await store.head(source)
+    if head is None:
+        raise SourceRefused("artifact_missing", f"{source.uri} does not exist")
+    size = int(head["ContentLength"])
+    if size > limit:
+        accept("", size)  # refuses what is bigger than announced, before a byte is copied
+    if size > min(limit, SERVER_COPY_MAX_BYTES):
+        return await _stream(store, source, dest_key, limit, accept)
+    destination = S3Location(store.bucket, dest_key)
+    try:
+        found = await store.copy_hashed(source, destination, head.get("ETag"))
+    except ClientError as exc:
+        if is_missing(exc) or exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+            raise SourceRefused("artifact_missing",
+                                f"{source.uri} was removed or replaced while it was copied") from None
+        raise
+    try:
+        if found is None:
+            hashed = await store.digest(destination)
+            if hashed is None:
+                raise SourceRefused("artifact_missing", f"the copy of {source.uri} vanished")
+            found, size = hashed
+        accept(found, size)
+    except BaseException:
+        await _remove(store, [dest_key])
+        raise
+    return found, size, True
+
+
+async def _stream(store: ObjectStore, source: Source, dest_key: str, limit: int,
                   accept: Callable[[str, int], None]) -> tuple[str, int, bool]:
-    """Stream `source` to `dest_key`: (sha256, size, whether this call stored it). Reads at most
-    `limit` + 1 bytes; `accept(sha256, size)` may raise before the object is completed, which
-    then leaves nothing behind."""
+    """Stream `source` to `dest_key` in parts, hashing on the way. Reads at most `limit` + 1
+    bytes; `accept(sha256, size)` may raise before the object is completed, which then leaves
+    nothing behind."""
     digest = hashlib.sha256()
     size = 0
     upload_id: str | None = None
@@ -335,7 +397,8 @@ async def copy_directory(store: ObjectStore, listed: list[Listed], dest_prefix: 
 
     async def copy(item: Listed) -> None:
         async with limit:
-            found, size, _ = await _upload(store, item.source, dest_prefix + item.path, budget[0], within_budget)
+            found, size, _ = await _upload(store, item.source, dest_prefix + item.path, budget[0], within_budget,
+                                           expected=item.size_bytes)
             budget[0] -= size
             copied[item.path] = FileEntry(item.path, size, found)
 
