@@ -18,7 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from shared import keys
@@ -85,7 +85,9 @@ class LocalStack:
             raw = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return StackState()
-        return StackState(ports=Ports(**raw.pop("ports", {})), **raw)
+        # Keys this version does not know (a newer one wrote the file) are left out, not fatal.
+        known = {f.name for f in fields(StackState)}
+        return StackState(ports=Ports(**raw.pop("ports", {})), **{k: v for k, v in raw.items() if k in known})
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

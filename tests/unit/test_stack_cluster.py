@@ -51,3 +51,14 @@ def test_each_node_knows_the_whole_quorum_and_replicates_the_internal_topics() -
     single = _props(broker_properties("/d", "127.0.0.1:9093", []))
     assert (single["node.id"], single["offsets.topic.replication.factor"],
             single["min.insync.replicas"]) == ("1", "1", "1")
+
+
+def test_a_state_file_written_by_a_newer_version_still_loads(tmp_path: Path) -> None:
+    import json
+
+    from shared.stack.launcher import LocalStack
+
+    (tmp_path / "stack.json").write_text(json.dumps(
+        {"ports": {"kafka": 19092}, "s3_pid": 42, "s3_server": "versitygw", "a_field_from_the_future": True}))
+    state = LocalStack(tmp_path, cache_dir=tmp_path).state
+    assert (state.ports.kafka, state.s3_pid, state.s3_server) == (19092, 42, "versitygw")
