@@ -103,17 +103,20 @@ class Settings(BaseSettings):
     # Webhooks (services/webhooks): networks endpoints may reach although loopback, private or
     # link-local (comma-separated addresses or CIDRs; empty: public addresses only), a request's
     # time limit and how much of an answer is read, the retry schedule (first delay, doubling up
-    # to the cap), and how long an endpoint may fail every attempt before it is disabled.
+    # to the cap: 5 s, 10 s, ... 5 min, so a receiver back from an outage waits at most about one
+    # cap), and how long an endpoint may fail every attempt before it is disabled.
     webhooks_allow_networks: str = Field("", validation_alias="MODELREG_WEBHOOKS_ALLOW_NETWORKS")
     webhooks_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias="MODELREG_WEBHOOKS_TIMEOUT_SECONDS")
     webhooks_max_response_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024,
                                              validation_alias="MODELREG_WEBHOOKS_MAX_RESPONSE_BYTES")
     webhooks_retry_first_seconds: float = Field(5.0, gt=0, le=86_400,
                                                 validation_alias="MODELREG_WEBHOOKS_RETRY_FIRST_SECONDS")
-    webhooks_retry_max_seconds: float = Field(3600.0, gt=0, le=86_400,
+    webhooks_retry_max_seconds: float = Field(300.0, gt=0, le=86_400,
                                               validation_alias="MODELREG_WEBHOOKS_RETRY_MAX_SECONDS")
     webhooks_disable_after_seconds: float = Field(86_400.0, gt=0, le=90 * 86_400,
                                                   validation_alias="MODELREG_WEBHOOKS_DISABLE_AFTER_SECONDS")
+    # How long the delivery log keeps a finished delivery and its attempts (replays need it).
+    webhooks_keep_days: float = Field(30.0, ge=1, le=3650, validation_alias="MODELREG_WEBHOOKS_KEEP_DAYS")
 
     @field_validator("webhooks_allow_networks")
     @classmethod

@@ -153,8 +153,8 @@ async def update_webhook(request: Request, res: Resources, endpoint_id: uuid.UUI
 @router.delete("/api/v1/webhooks/{endpoint_id}", status_code=204, responses=ERRORS,
                summary="Remove an endpoint and its delivery log (admin)")
 async def delete_webhook(res: Resources, endpoint_id: uuid.UUID,
-                         _admin: Identity = Depends(requires(ADMIN))) -> Response:
-    if not await store.delete_endpoint(res.pool, endpoint_id):
+                         admin: Identity = Depends(requires(ADMIN))) -> Response:
+    if not await store.delete_endpoint(res.pool, endpoint_id, deleted_by=admin.name):
         raise not_found(f"no webhook {endpoint_id}")
     return Response(status_code=204)
 
@@ -382,9 +382,9 @@ async def mlflow_update(request: Request, webhook_id: str) -> Any:
 @router.delete(MLFLOW + "/{webhook_id}", include_in_schema=False)
 @_mlflow_route
 async def mlflow_delete(request: Request, webhook_id: str) -> Any:
-    await _mlflow_admin(request)
+    admin = await _mlflow_admin(request)
     endpoint = await _mlflow_endpoint(request, webhook_id)
-    await store.delete_endpoint(resources_of(request).pool, endpoint.id)
+    await store.delete_endpoint(resources_of(request).pool, endpoint.id, deleted_by=admin.name)
     return {}
 
 

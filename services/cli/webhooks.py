@@ -173,7 +173,7 @@ async def _list(conn: Any, args: argparse.Namespace, settings: Any) -> int:
 async def _delete(conn: Any, args: argparse.Namespace, settings: Any) -> int:
     from services.webhooks import store
 
-    if not await store.delete_endpoint(conn, args.id):
+    if not await store.delete_endpoint(conn, args.id, deleted_by=_actor()):
         raise UserError(f"no webhook {args.id}")
     print(f"deleted webhook {args.id} and its delivery log")
     return 0

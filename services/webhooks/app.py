@@ -7,6 +7,9 @@ Two halves that share only the database:
   on a receiver, so a slow or dead endpoint cannot hold up consumption;
 - the delivery worker (services/webhooks/worker.py) sends what is due, outside any
   transaction, and logs every attempt.
+
+Beside them, periodic chores (services/webhooks/maintenance.py): endpoint changes made by the
+CLI and the API become signed audit records; the delivery log is pruned by age.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import asyncpg
 
 from shared.consumer import ServiceHandlers, Tx
 from shared.events import TOPICS, CloudEvent
-from shared.runtime import Resources, ServiceApp
+from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
 
 from . import logic, ssrf, store
+from .maintenance import AUDIT_POLL_SECONDS, PRUNE_EVERY_SECONDS, Maintenance
 from .sender import Sender
 from .worker import DeliveryWorker
 
@@ -87,9 +91,13 @@ class Webhooks:
 
 def build(resources: Resources) -> ServiceHandlers:
     webhooks = Webhooks(resources)
+    chores = Maintenance(resources.pool, keep=timedelta(days=resources.settings.webhooks_keep_days))
     return ServiceHandlers(SERVICE, {topic: webhooks.on_event for topic in TOPICS},
-                           background=(webhooks.deliver_forever,), batch_scope=webhooks.batch_scope,
-                           after_commit=webhooks.after_commit)
+                           background=(webhooks.deliver_forever,
+                                       lambda: every(AUDIT_POLL_SECONDS, chores.audit_changes,
+                                                     "auditing webhook endpoint changes"),
+                                       lambda: every(PRUNE_EVERY_SECONDS, chores.prune, "pruning webhook deliveries")),
+                           batch_scope=webhooks.batch_scope, after_commit=webhooks.after_commit)
 
 
 def create_app(settings: Settings) -> ServiceApp:

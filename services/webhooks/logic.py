@@ -1,7 +1,8 @@
 """The webhooks service's decisions, as plain functions (no I/O, the clock passed in).
 
 - which endpoints want an event (`wants`: event types, model-name globs, stages);
-- when to try a failed delivery again (`retry_delay`: exponential, honouring `Retry-After`);
+- when to try a failed delivery again (`retry_delay`: exponential to a cap, honouring
+  `Retry-After`; `wait_after_outage`: what that means for a receiver back after an outage);
 - when an endpoint that keeps failing is switched off (`after_attempt`);
 - how a message is signed (Standard Webhooks, and MLflow's headers for endpoints created
   through MLflow's API) and what its body is (`mlflow_messages` maps registry events to
@@ -101,8 +102,14 @@ def check_subscription(topics: Sequence[str], models: Sequence[str], stages: Seq
 
 @dataclass(frozen=True)
 class RetrySchedule:
+    """A failed delivery is tried again after `first`, then doubling, never more than `cap`
+    apart (each delay stretched by up to a quarter, see `retry_delay`). The cap is what keeps
+    recovery prompt: a receiver back after an outage of any length waits at most one capped
+    delay (`wait_after_outage`), and any delivery that gets through pulls its endpoint's
+    other waiting retries forward (store.record_attempt)."""
+
     first: timedelta = timedelta(seconds=5)
-    cap: timedelta = timedelta(hours=1)
+    cap: timedelta = timedelta(minutes=5)
 
 
 def retry_delay(failures: int, schedule: RetrySchedule, retry_after: timedelta | None = None,
@@ -121,6 +128,17 @@ def retry_delay(failures: int, schedule: RetrySchedule, retry_after: timedelta |
     if retry_after is not None:
         delay = max(delay, min(retry_after, RETRY_AFTER_CEILING))
     return delay
+
+
+def wait_after_outage(outage: timedelta, schedule: RetrySchedule, jitter: float = 0.999) -> timedelta:
+    """How long a receiver that was down for `outage` waits for a delivery that failed first
+    at the outage's start: from its return to the next attempt (every attempt before it
+    failed), with each delay stretched by `jitter` (the worst by default)."""
+    at, failures = timedelta(0), 0
+    while at < outage:
+        failures += 1
+        at += retry_delay(failures, schedule, jitter=jitter)
+    return at - outage
 
 
 def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:

@@ -1,4 +1,4 @@
-"""The webhooks tables (migration 0012): endpoints, deliveries and attempts.
+"""The webhooks tables (migrations 0012, 0016): endpoints, deliveries, attempts, endpoint changes.
 
 Used by the service (recording and sending), and by the CLI and the API (managing endpoints,
 reading the log, asking for tests and replays, which the service's worker then sends).
@@ -7,8 +7,9 @@ Every function takes a connection or pool and runs one statement or one short tr
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,16 +74,27 @@ def _iso(moment: datetime | None) -> str | None:
 # -- endpoints -----------------------------------------------------------------------------
 
 
+# What an endpoint change's audit record says about the endpoint (never its secret).
+_CHANGE = """jsonb_build_object('name', name, 'url', url, 'format', format, 'topics', topics, 'models', models,
+                                'stages', stages, 'status', status)"""
+
+
 async def create_endpoint(conn: Any, *, name: str, url: str, description: str | None, secret: str,
                           fmt: Format, subscription: Subscription, mlflow_events: Sequence[str] = (),
                           created_by: str, active: bool = True) -> Endpoint:
+    """The endpoint, and (in the same statement) the change the service audits."""
     row = await conn.fetchrow(
-        f"""INSERT INTO webhook_endpoints (id, name, url, description, secret, format, topics, models, stages,
-                                           mlflow_events, status, disabled_at, disabled_reason, created_by)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                    CASE WHEN $11 = 'disabled' THEN now() END, CASE WHEN $11 = 'disabled' THEN 'created disabled' END,
-                    $12)
-            RETURNING {_ENDPOINT}""",
+        f"""WITH made AS (
+                INSERT INTO webhook_endpoints (id, name, url, description, secret, format, topics, models, stages,
+                                               mlflow_events, status, disabled_at, disabled_reason, created_by)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                        CASE WHEN $11 = 'disabled' THEN now() END,
+                        CASE WHEN $11 = 'disabled' THEN 'created disabled' END, $12)
+                RETURNING {_ENDPOINT}),
+            logged AS (
+                INSERT INTO webhook_endpoint_changes (endpoint_id, action, actor, evidence)
+                SELECT id, 'webhook_created', created_by, {_CHANGE} FROM made)
+            SELECT * FROM made""",
         uuid.uuid4(), name, url, description, secret, fmt, list(subscription.topics), list(subscription.models),
         list(subscription.stages), list(mlflow_events), "active" if active else "disabled", created_by)
     return Endpoint.of(row)
@@ -128,9 +140,69 @@ async def update_endpoint(conn: Any, endpoint_id: uuid.UUID, **changes: Any) -> 
     return Endpoint.of(row) if row is not None else None
 
 
-async def delete_endpoint(conn: Any, endpoint_id: uuid.UUID) -> bool:
-    """The endpoint, its deliveries and their attempts."""
-    return await conn.fetchval("DELETE FROM webhook_endpoints WHERE id = $1 RETURNING true", endpoint_id) is True
+async def delete_endpoint(conn: Any, endpoint_id: uuid.UUID, *, deleted_by: str) -> bool:
+    """The endpoint, its deliveries and their attempts; and (in the same statement) the change
+    the service audits, naming who deleted it."""
+    return await conn.fetchval(
+        f"""WITH gone AS (DELETE FROM webhook_endpoints WHERE id = $1 RETURNING *),
+                 logged AS (INSERT INTO webhook_endpoint_changes (endpoint_id, action, actor, evidence)
+                            SELECT id, 'webhook_deleted', $2, {_CHANGE} FROM gone)
+            SELECT true FROM gone""", endpoint_id, deleted_by) is True
+
+
+@dataclass(frozen=True)
+class EndpointChange:
+    """An endpoint created or deleted, waiting for its audit record."""
+
+    id: int
+    endpoint_id: uuid.UUID
+    action: str
+    actor: str
+    evidence: dict[str, Any]
+    changed_at: datetime
+
+
+async def audit_endpoint_changes(pool: asyncpg.Pool, audit: Callable[[EndpointChange], OutboxRow],
+                                 limit: int = 100) -> int:
+    """Up to `limit` unaudited endpoint changes, oldest first: their audit records (`audit`)
+    written to the outbox and the changes marked audited, in one transaction; how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            """SELECT id, endpoint_id, action, actor, evidence, changed_at FROM webhook_endpoint_changes
+               WHERE audited_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
+        if not rows:
+            return 0
+        changes = [EndpointChange(r["id"], r["endpoint_id"], r["action"], r["actor"], _json(r["evidence"]),
+                                  r["changed_at"]) for r in rows]
+        await write_outbox(conn, SERVICE, [audit(c) for c in changes])
+        await conn.execute("UPDATE webhook_endpoint_changes SET audited_at = now() WHERE id = ANY($1::bigint[])",
+                           [c.id for c in changes])
+    return len(changes)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+async def prune_deliveries(pool: asyncpg.Pool, before: datetime, *, batch: int = 1000,
+                           max_batches: int = 100) -> int:
+    """Delete finished deliveries (delivered or failed; their attempts go with them) that
+    finished before `before`, oldest first, `batch` rows per transaction so no long lock is
+    held, at most `max_batches` (the next round goes on); how many. Pending ones are kept."""
+    pruned = 0
+    for _ in range(max_batches):
+        async with pool.acquire() as conn:
+            deleted = await conn.fetchval(
+                """WITH doomed AS (
+                       SELECT id FROM webhook_deliveries
+                       WHERE status <> 'pending' AND finished_at < $1
+                       ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+                   gone AS (DELETE FROM webhook_deliveries d USING doomed WHERE d.id = doomed.id RETURNING 1)
+                   SELECT count(*) FROM gone""", before, batch)
+        pruned += deleted
+        if deleted < batch:
+            break
+    return pruned
 
 
 async def active_endpoints(conn: Any) -> list[Endpoint]:
@@ -226,7 +298,8 @@ async def record_attempt(pool: asyncpg.Pool, claimed: Claimed, attempt: Attempt,
     """The attempt, the delivery's new state (delivered, failed for good, or due again at
     `retry_at`) and the endpoint's failure clock (disabled when `disable_reason`; a disabled
     endpoint's pending deliveries are failed with it: a replay sends them again), with
-    `on_disable` (its audit record) written to the outbox then, in the same transaction."""
+    `on_disable` (its audit record) written to the outbox then, in the same transaction. A
+    delivery that got through makes the endpoint's retries that are backing off due at once."""
     number = claimed.attempts + 1
     status = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
     async with pool.acquire() as conn, conn.transaction():
@@ -264,6 +337,13 @@ async def record_attempt(pool: asyncpg.Pool, claimed: Claimed, attempt: Attempt,
                 """UPDATE webhook_endpoints SET failing_since = $2::timestamptz
                    WHERE id = $1 AND failing_since IS DISTINCT FROM $2::timestamptz""",
                 claimed.endpoint_id, endpoint_failing_since)
+            if delivered:
+                # The receiver answers again: its deliveries backing off after failed attempts
+                # are due now, not at the end of their delays (claim_due keeps each model's order).
+                await conn.execute(
+                    """UPDATE webhook_deliveries SET next_attempt_at = $2
+                       WHERE endpoint_id = $1 AND status = 'pending' AND attempts > 0 AND next_attempt_at > $2""",
+                    claimed.endpoint_id, attempt.attempted_at)
 
 
 async def endpoint_failing_since(pool: asyncpg.Pool, endpoint_id: uuid.UUID) -> datetime | None:

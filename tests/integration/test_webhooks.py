@@ -1,12 +1,15 @@
 """Webhooks through the running services: a local HTTP receiver verifies every message with the
 `standardwebhooks` package, sees each promotion of its glob exactly once and in order although
 it answers 503 and then refuses connections for a while in the middle, and the delivery log in
-PostgreSQL shows the failed attempts. Also: the SSRF guard at creation and at connect, the
+PostgreSQL shows the failed attempts (for a minute-long outage: a slow test, `make test-slow`).
+Also: a success bringing the endpoint's backed-off retries forward, the SSRF guard at creation and at connect, the
 response cap and time limit, disabling after a run of failures (audited), the CLI and both
 HTTP APIs (the registry's and MLflow's shape).
 
-The webhooks service runs here with a short retry schedule (0.2 s doubling to 1 s) and the
-receiver's loopback address allow-listed (MODELREG_WEBHOOKS_ALLOW_NETWORKS=127.0.0.1/32).
+The webhooks service runs here with a short retry schedule (0.2 s doubling to 1 s), endpoints
+disabled after 5 minutes of failures, and the receiver's loopback address allow-listed
+(MODELREG_WEBHOOKS_ALLOW_NETWORKS=127.0.0.1/32). What the deployed schedule (5 s doubling to
+5 minutes) means for a receiver back after an outage is a unit test (test_webhooks_logic).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -28,10 +32,11 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from services.api import auth
 from services.api.app import ApiService
 from services.api.settings import ApiSettings
 from services.webhooks import manage, ssrf, store
-from services.webhooks.logic import WebhookInputError
+from services.webhooks.logic import Message, WebhookInputError
 from services.webhooks.sender import Sender
 from shared.runtime import ServiceApp
 from shared.settings import Settings
@@ -119,7 +124,8 @@ def _webhook_settings(settings: Settings) -> Settings:
                                    "MODELREG_WEBHOOKS_RETRY_FIRST_SECONDS": "0.2",
                                    "MODELREG_WEBHOOKS_RETRY_MAX_SECONDS": "1",
                                    "MODELREG_WEBHOOKS_TIMEOUT_SECONDS": "2",
-                                   "MODELREG_WEBHOOKS_DISABLE_AFTER_SECONDS": "60"})
+                                   # longer than the minute-long outage, which must not disable
+                                   "MODELREG_WEBHOOKS_DISABLE_AFTER_SECONDS": "300"})
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +217,96 @@ async def test_every_promotion_of_the_glob_arrives_once_in_order_across_an_outag
     assert (await store.get_endpoint(db, endpoint.id)).failing_since is None  # a success stopped the clock
 
 
+OUTAGE_SECONDS = 60
+
+
+@pytest.mark.slow  # a real minute of outage: `make test-slow`
+async def test_a_receiver_down_for_a_minute_gets_every_promotion_once_in_order_per_model(
+        settings: Settings, kafka: Kafka, pipeline: Any, webhooks: ServiceApp, db: asyncpg.Pool) -> None:
+    """Two models of the glob are promoted while the receiver's port is closed for a minute;
+    once it is back, it verifies (standardwebhooks) each promotion exactly once, each model's
+    in the order promotion published them, and the log holds the minute of failed attempts."""
+    glob = unique_name("life")  # the policy's life-* rule promotes on the QA result
+    names = [f"{glob}-a", f"{glob}-b"]
+    receiver = Receiver()  # its own port: closing it disturbs no other test's endpoint
+    await receiver.start()
+    path = f"/outage/{glob}"
+    endpoint = await _endpoint(db, settings, receiver, path, topics=["model.promoted"], models=[f"{glob}-*"])
+    qa = [asyncio.create_task(QA(kafka, name, {1: {"auc": 0.92}, 2: {"auc": 0.95}}).run()) for name in names]
+    try:
+        for name in names:
+            await register(settings, kafka, name, 1)
+        for name in names:
+            await kafka.wait_for("model.promoted", promoted(name, 1, "production"), timeout=120)
+        await eventually(lambda: len(receiver.bodies(path)) == 4, timeout=60)
+
+        await receiver.stop()
+        for name in names:
+            await register(settings, kafka, name, 2)
+        for name in names:
+            await kafka.wait_for("model.promoted", promoted(name, 2, "production"), timeout=120)
+        # Down for a minute from the moment both models' deliveries are failing.
+        await eventually(lambda: _failed_for_every_model(db, endpoint.id, names), timeout=60)
+        await asyncio.sleep(OUTAGE_SECONDS)
+        assert len(receiver.bodies(path)) == 4  # nothing got through while it was down
+        await receiver.start()
+        await eventually(lambda: len(receiver.bodies(path)) >= 8, timeout=120)
+        await eventually(lambda: _all_delivered(db, endpoint.id), timeout=60)
+    finally:
+        for task in qa:
+            task.cancel()
+        await receiver.stop()
+
+    received = receiver.bodies(path)
+    ids = [e["id"] for e in received]
+    assert len(ids) == len(set(ids)) == 8 and receiver.forged == 0  # every one once, every one verified
+    for name in names:
+        on_kafka = [s.event["id"] for s in kafka.matching("model.promoted", lambda s, n=name: s.data["name"] == n)]
+        assert [e["id"] for e in received if e["data"]["name"] == name] == on_kafka
+        assert [(e["data"]["version"], e["data"]["to_stage"]) for e in received if e["data"]["name"] == name] == \
+            [(1, "staging"), (1, "production"), (2, "staging"), (2, "production")]
+    # The log: per model, refused connections for the whole minute (the first and the last
+    # failure a minute apart, the attempt after the last a success), each one counted.
+    attempts = await db.fetch(
+        """SELECT d.model, a.attempted_at, a.status_code, a.error FROM webhook_attempts a
+           JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1 ORDER BY a.id""", endpoint.id)
+    for name in names:
+        failed = [a for a in attempts if a["model"] == name and a["status_code"] is None]
+        assert failed and all(a["error"] for a in failed)
+        assert (failed[-1]["attempted_at"] - failed[0]["attempted_at"]).total_seconds() >= OUTAGE_SECONDS - 5
+    assert [a["status_code"] for a in attempts].count(204) == 8
+    rows = await store.list_deliveries(db, endpoint_id=endpoint.id, with_attempts=True)
+    assert sum(len(r["attempt_log"]) for r in rows) == len(attempts) > 8
+
+
+async def _failed_for_every_model(db: asyncpg.Pool, endpoint_id: uuid.UUID, names: list[str]) -> bool:
+    return {a["model"] for a in await _attempts(db, endpoint_id) if a["status_code"] is None} == set(names)
+
+
+async def test_a_delivery_that_gets_through_brings_the_endpoints_waiting_retries_forward(
+        settings: Settings, db: asyncpg.Pool, receiver: Receiver) -> None:
+    # A paused endpoint: the running worker claims none of its deliveries; the attempts are
+    # recorded here as the worker records them.
+    endpoint = await _endpoint(db, settings, receiver, f"/forward/{uuid.uuid4().hex[:8]}", active=False)
+    async with db.acquire() as conn:
+        await store.record_deliveries(conn, [store.NewDelivery(endpoint.id, Message(uuid.uuid4(), "{}"), None,
+                                                               "model.promoted", model) for model in ("m-a", "m-b")])
+    rows = await db.fetch("SELECT id, message_id, model FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id",
+                          endpoint.id)
+    claimed = {r["model"]: store.Claimed(r["id"], endpoint.id, r["message_id"], "{}", "event", 0, endpoint.url,
+                                         endpoint.secret, "standard") for r in rows}
+    now = datetime.now(UTC)
+    later = now + timedelta(hours=1)
+    await store.record_attempt(db, claimed["m-b"], store.Attempt(now, 503, 3.0, "HTTP 503", None), delivered=False,
+                               retry_at=later, endpoint_failing_since=now, disable_reason=None)
+    back = now + timedelta(seconds=2)
+    await store.record_attempt(db, claimed["m-a"], store.Attempt(back, 204, 3.0, None, None), delivered=True,
+                               retry_at=None, endpoint_failing_since=None, disable_reason=None)
+    due = await db.fetchrow("SELECT status, next_attempt_at FROM webhook_deliveries WHERE id = $1",
+                            claimed["m-b"].id)
+    assert (due["status"], due["next_attempt_at"]) == ("pending", back)  # not an hour later
+
+
 async def _all_delivered(db: asyncpg.Pool, endpoint_id: uuid.UUID) -> bool:
     return {r["status"] for r in await store.list_deliveries(db, endpoint_id=endpoint_id)} == {"delivered"}
 
@@ -287,8 +383,8 @@ async def test_an_endpoint_failing_past_the_limit_is_disabled_and_audited(
     async with db.acquire() as conn:
         endpoint = await manage.create(conn, _webhook_settings(settings), url=dead, created_by="tests",
                                        models=[name])
-    # It has been failing for longer than the service's limit (60 s here): the next failure disables it.
-    await db.execute("UPDATE webhook_endpoints SET failing_since = now() - interval '2 minutes' WHERE id = $1",
+    # It has been failing for longer than the service's limit (5 minutes here): the next failure disables it.
+    await db.execute("UPDATE webhook_endpoints SET failing_since = now() - interval '10 minutes' WHERE id = $1",
                      endpoint.id)
     await register(settings, kafka, name, 1)
     audit = (await kafka.wait_for("registry.audit", lambda s: s.data["action"] == "webhook_disabled"
@@ -298,7 +394,10 @@ async def test_an_endpoint_failing_past_the_limit_is_disabled_and_audited(
     disabled = await store.get_endpoint(db, endpoint.id)
     assert disabled.status == "disabled" and disabled.disabled_reason == audit.data["reason"]
     deliveries = await store.list_deliveries(db, endpoint_id=endpoint.id)
-    assert deliveries and {d["status"] for d in deliveries} == {"failed"}
+    # Failed with it; except, never tried, what a batch recorded that had read the endpoints
+    # before the disable (they wait for the endpoint to be enabled again).
+    assert "failed" in {d["status"] for d in deliveries}
+    assert all(d["status"] == "failed" or (d["status"] == "pending" and d["attempts"] == 0) for d in deliveries)
 
 
 async def test_the_cli_manages_tests_and_replays(settings: Settings, webhooks: ServiceApp, receiver: Receiver,
@@ -344,6 +443,57 @@ async def test_the_cli_manages_tests_and_replays(settings: Settings, webhooks: S
 
     done = await run(cli_settings, "webhooks", "delete", created["id"])
     assert done.returncode == 0 and await store.get_endpoint(db, uuid.UUID(created["id"])) is None
+    [(_, creator), (_, deleter)] = await _audited(db, created["id"])
+    assert creator == deleter == created["created_by"]  # the CLI's actor (ops/$USER)
+
+
+async def _audited(db: asyncpg.Pool, endpoint_id: str) -> list[tuple[str, str]]:
+    """The endpoint's creation and deletion in audit_log, as (action, actor): signed by the
+    webhooks service (its registry.audit records) and written by the audit writer."""
+    async def both() -> list[asyncpg.Record]:
+        rows = await db.fetch(
+            """SELECT action, actor, name, source, evidence FROM audit_log
+               WHERE action IN ('webhook_created', 'webhook_deleted') AND evidence->>'endpoint_id' = $1
+               ORDER BY seq""", endpoint_id)
+        return rows if len(rows) == 2 else []
+
+    rows = await eventually(both, timeout=60)
+    assert [r["action"] for r in rows] == ["webhook_created", "webhook_deleted"]
+    assert {(r["name"], r["source"]) for r in rows} == {("_unknown", "modelreg/webhooks")}
+    for row in rows:
+        evidence = json.loads(row["evidence"]) if isinstance(row["evidence"], str) else row["evidence"]
+        assert evidence["url"].startswith("http://127.0.0.1:") and "secret" not in evidence
+    return [(r["action"], r["actor"]) for r in rows]
+
+
+async def test_the_delivery_log_is_pruned_after_its_keep_time(settings: Settings, db: asyncpg.Pool,
+                                                              receiver: Receiver) -> None:
+    from services.webhooks.maintenance import Maintenance
+
+    endpoint = await _endpoint(db, settings, receiver, f"/prune/{uuid.uuid4().hex[:8]}", active=False)
+    async with db.acquire() as conn:
+        await store.record_deliveries(conn, [store.NewDelivery(endpoint.id, Message(uuid.uuid4(), "{}"), None,
+                                                               "model.promoted", f"m-{n}") for n in range(4)])
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id",
+                                           endpoint.id)]
+    now = datetime.now(UTC)
+    # delivered 40 and 31 days ago, failed 29 days ago, and one still pending from 40 days ago
+    for delivery_id, (status, age) in zip(ids, [("delivered", 40), ("failed", 31), ("failed", 29),
+                                                ("pending", 40)], strict=True):
+        finished = now - timedelta(days=age) if status != "pending" else None
+        await db.execute("""UPDATE webhook_deliveries SET status = $2, finished_at = $3, created_at = $4
+                            WHERE id = $1""", delivery_id, status, finished, now - timedelta(days=age))
+        await db.execute("""INSERT INTO webhook_attempts (delivery_id, attempt, attempted_at, status_code, latency_ms)
+                            VALUES ($1, 1, $2, 503, 1.0)""", delivery_id, now - timedelta(days=age))
+    # A batch of one row per transaction: the loop goes on until a batch comes back short.
+    # (Other tests' rows are younger; the running service's own round may take these first.)
+    chores = Maintenance(db, keep=timedelta(days=30), clock=lambda: now, batch=1)
+    await chores.prune()
+    left = await db.fetch("SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 ORDER BY id", endpoint.id)
+    assert [r["id"] for r in left] == ids[2:]  # the two finished over 30 days ago, not the pending one
+    assert await db.fetchval("SELECT count(*) FROM webhook_attempts WHERE delivery_id = ANY($1)", ids[:2]) == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_attempts WHERE delivery_id = ANY($1)", ids[2:]) == 2
+    assert await chores.prune() == 0
 
 
 @pytest.fixture(scope="module")
@@ -356,8 +506,6 @@ async def api(settings: Settings, pipeline: Any) -> AsyncIterator[ApiService]:
 
 @pytest.fixture(scope="module")
 async def tokens(db: asyncpg.Pool) -> dict[str, str]:
-    from services.api import auth
-
     run = uuid.uuid4().hex[:6]
     admin, _ = await auth.create(db, name=f"hooks-admin-{run}", role="admin")
     reader, _ = await auth.create(db, name=f"hooks-reader-{run}", role="reader")
@@ -365,7 +513,7 @@ async def tokens(db: asyncpg.Pool) -> dict[str, str]:
 
 
 async def test_the_http_api_is_for_admins(api: ApiService, tokens: dict[str, str], receiver: Receiver,
-                                          webhooks: ServiceApp) -> None:
+                                          webhooks: ServiceApp, db: asyncpg.Pool) -> None:
     path = f"/api/{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(base_url=api.url, timeout=60) as http:
         body = {"url": receiver.base + path, "events": ["model.promoted"], "stages": ["production"]}
@@ -390,11 +538,13 @@ async def test_the_http_api_is_for_admins(api: ApiService, tokens: dict[str, str
         assert paused.json()["status"] == "disabled" and paused.json()["disabled_reason"] == "disabled by an admin"
         assert (await http.delete(f"/api/v1/webhooks/{hook['id']}", headers=admin)).status_code == 204
         assert (await http.get(f"/api/v1/webhooks/{hook['id']}", headers=admin)).status_code == 404
+    assert [actor for _, actor in await _audited(db, hook["id"])] == [hook["created_by"]] * 2
+    assert hook["created_by"].startswith("hooks-admin-")  # the admin token's name
 
 
 async def test_mlflows_webhook_api_and_payload(api: ApiService, tokens: dict[str, str], receiver: Receiver,
                                                webhooks: ServiceApp, settings: Settings, kafka: Kafka,
-                                               pipeline: Any) -> None:
+                                               pipeline: Any, db: asyncpg.Pool) -> None:
     base = "/api/3.0/mlflow/webhooks"
     name = unique_name("life")
     secret = "an-mlflow-shared-secret"
@@ -440,6 +590,8 @@ async def test_mlflows_webhook_api_and_payload(api: ApiService, tokens: dict[str
             assert headers["x-mlflow-signature"] == f"v1,{expected}"
             assert set(payload) == {"entity", "action", "timestamp", "data"}
         assert (await http.delete(f"{base}/{hook['webhook_id']}", headers=bearer)).json() == {}
+    audited = await _audited(db, hook["webhook_id"])
+    assert {actor for _, actor in audited} == {(await auth.identify(db, tokens["admin"])).name}
 
 
 async def test_a_running_kafka_learns_a_principal_added_after_it_was_formatted(settings: Settings) -> None:

@@ -104,6 +104,31 @@ def test_retry_after_is_honoured_when_longer_and_bounded():
     assert logic.retry_delay(1, SCHEDULE, retry_after=timedelta(days=365)) == logic.RETRY_AFTER_CEILING
 
 
+def _deployed_schedule() -> RetrySchedule:
+    """The schedule the services run with unless told otherwise (Settings' defaults, which
+    docker-compose.yml and infra/k8s/config.yaml repeat)."""
+    from shared.settings import Settings
+
+    fields = Settings.model_fields
+    return RetrySchedule(timedelta(seconds=fields["webhooks_retry_first_seconds"].default),
+                         timedelta(seconds=fields["webhooks_retry_max_seconds"].default))
+
+
+def test_a_receiver_back_after_a_minute_gets_the_next_attempt_within_seconds():
+    # attempts 5, 15, 35 and 75 s after the first failure (each stretched by up to a quarter)
+    schedule = _deployed_schedule()
+    assert logic.wait_after_outage(timedelta(minutes=1), schedule, jitter=0.0) == timedelta(seconds=15)
+    assert logic.wait_after_outage(timedelta(minutes=1), schedule) < timedelta(seconds=35)
+
+
+@pytest.mark.parametrize("outage", [timedelta(seconds=1), timedelta(minutes=1), timedelta(minutes=17),
+                                    timedelta(hours=2), timedelta(hours=23)])
+def test_after_any_outage_the_wait_is_at_most_one_stretched_cap(outage):
+    schedule = _deployed_schedule()
+    assert schedule.cap <= timedelta(minutes=5)  # not an hour: a receiver back is served within minutes
+    assert logic.wait_after_outage(outage, schedule) <= schedule.cap * 1.25
+
+
 @pytest.mark.parametrize(("failures", "jitter"), [(0, 0.0), (-1, 0.0), (1, 1.0), (1, -0.1)])
 def test_retry_delay_refuses_nonsense(failures, jitter):
     with pytest.raises(ValueError):
