@@ -97,10 +97,11 @@ def test_bench_smoke(endpoints: Endpoints, tmp_path: Path) -> None:
         # each figure is its own measurement scaled to 1,000 versions, and together they are work
         cpu, per_1000 = processes[name]["cpu_seconds"], processes[name]["cpu_seconds_per_1000_versions"]
         assert cpu >= 0 and per_1000 == round(cpu / 20 * 1000, 3), (name, processes[name])
+        assert processes[name]["idle_cpu_percent_of_a_core"] >= 0, (name, processes[name])
     assert sum(processes[name]["cpu_seconds"] for name in names) > 0
 
     judged = {row["figure"]: row for row in results["targets"]}
-    assert len(judged) == 12, judged
+    assert len(judged) == 17, judged  # 7 figures, and idle RSS and CPU of each of the 5 services
     for figure, row in judged.items():  # every figure measured, and judged against its target
         op, threshold = row["target"].split()
         value = row["value"]
