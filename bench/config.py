@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "plaintext", "soak", "resources")
+PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "scan", "plaintext", "soak", "resources")
 # Asked for by name (--only ...,plaintext,soak): the plaintext comparison starts a second broker
 # and pipeline; the soak kills services for ten minutes.
 OPT_IN_PHASES = ("plaintext", "soak")

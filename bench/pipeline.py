@@ -109,6 +109,17 @@ def _rate(count: int, times: dict[Key, float], total: int) -> dict[str, Any]:
             "complete": len(times) >= total}
 
 
+def cpu_ms_per_version(result: dict[str, Any], versions: int) -> float | None:
+    """CPU milliseconds per version across every measured process of a throughput result, less
+    what those processes burn idle over the run's wall time when that was measured."""
+    cpu = result.get("cpu_seconds")
+    if not cpu or not versions:
+        return None
+    idle = result.get("idle_cpu_per_second") or {}
+    idle_seconds = sum(idle.get(name, 0.0) for name in cpu) * result.get("cpu_wall_seconds", 0.0)
+    return round(max(sum(cpu.values()) - idle_seconds, 0.0) / versions * 1e3, 2)
+
+
 async def run(ctx: Context, procs: list[resources.Proc] | None, *, idle: dict[str, float] | None = None,
               kind: str = "t") -> dict[str, Any]:
     """The throughput load on names of `kind`; with `procs`, their CPU across it (and `idle`,

@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from bench import pipeline, resources
 from bench.context import Context
+from bench.pipeline import cpu_ms_per_version
 from bench.tap import wait_caught_up
 from shared.broker import ensure_topics_once_up
 from shared.settings import Settings
@@ -66,17 +67,6 @@ async def _drop_database(port: int) -> None:
         await conn.close()
 
 
-def per_version(result: dict[str, Any], versions: int) -> float | None:
-    """CPU milliseconds per version across every measured process of a throughput result, less
-    what those processes burn idle over the run's wall time when that was measured."""
-    cpu = result.get("cpu_seconds")
-    if not cpu or not versions:
-        return None
-    idle = result.get("idle_cpu_per_second") or {}
-    idle_seconds = sum(idle.get(name, 0.0) for name in cpu) * result.get("cpu_wall_seconds", 0.0)
-    return round(max(sum(cpu.values()) - idle_seconds, 0.0) / versions * 1e3, 2)
-
-
 def _mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return round(sum(known) / len(known), 2) if known else None
@@ -88,8 +78,8 @@ def compare(secured: dict[str, Any], plaintext: dict[str, Any], versions: int,
     `secured_again` (the secured load once more, after the PLAINTEXT run), the secured figures
     are the mean of both runs."""
     runs = [secured] if secured_again is None else [secured, secured_again]
-    secured_ms = _mean([per_version(r, versions) for r in runs])
-    plain_ms = per_version(plaintext, versions)
+    secured_ms = _mean([cpu_ms_per_version(r, versions) for r in runs])
+    plain_ms = cpu_ms_per_version(plaintext, versions)
     figures: dict[str, Any] = {
         "secured": {"staging_per_second": _mean([pipeline_rate(r, "staging") for r in runs]),
                     "decided_per_second": _mean([pipeline_rate(r, "decided") for r in runs]),

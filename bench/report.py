@@ -113,6 +113,20 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
             row(f"  of the pipeline's {signed['pipeline_cpu_ms_per_version']:.1f} CPU ms per version",
                 _num(signed["share_of_pipeline_cpu_percent"], 1, "%"),
                 "signed events: signing + verifying, share of the pipeline's CPU per version")
+    scanned = results.get("scan")
+    if scanned:
+        table.add_section()
+        small = scanned["throughput_artifact"]
+        row(f"artifact scan: the throughput's {small['bytes']:,}-byte {small['format']} file, spooled and scanned",
+            _num(small["cpu_ms"], 3, "CPU ms/version"))
+        if "share_of_pipeline_cpu_percent" in scanned:
+            row(f"  of the pipeline's {scanned['pipeline_cpu_ms_per_version']:.1f} CPU ms per version",
+                _num(scanned["share_of_pipeline_cpu_percent"], 1, "%"),
+                "artifact scan: share of the pipeline's CPU per version")
+        forest = scanned["sklearn_joblib"]
+        row("  a scikit-learn forest, joblib.dump(compress=3)"
+            + (f" ({forest['bytes']:,} bytes)" if "bytes" in forest else ""),
+            _num(forest["cpu_ms"], 2, "CPU ms") if "cpu_ms" in forest else forest["not_measured"])
     plain = results.get("plaintext")
     if plain:
         table.add_section()

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import config as config_module
-from bench import large, latency, lookup, pipeline, plaintext, replayrate, report, resources, soak, targets, trust
+from bench import large, latency, lookup, pipeline, plaintext, replayrate, report, resources, scan, soak, targets, trust
 from bench.config import BenchConfig
 from bench.context import Context
 from bench.tap import wait_caught_up
@@ -94,6 +94,8 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
         await phase("replay", replayrate.run(ctx))
     if config.has("trust"):
         await phase("trust", trust.run(ctx, results))
+    if config.has("scan"):
+        await phase("scan", scan.run(ctx, results))
     if config.has("plaintext") and "throughput" in results:
         await phase("plaintext", plaintext.run(ctx, results))
     if config.has("soak"):

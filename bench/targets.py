@@ -66,6 +66,8 @@ def goals(results: dict[str, Any]) -> list[Goal]:
              lambda r: dig(r, "replay", "events_per_second")),
         Goal("signed events: signing + verifying, share of the pipeline's CPU per version", "%", "<=", 15,
              lambda r: dig(r, "trust", "share_of_pipeline_cpu_percent")),
+        Goal("artifact scan: share of the pipeline's CPU per version", "%", "<=", 10,
+             lambda r: dig(r, "scan", "share_of_pipeline_cpu_percent")),
     ]
     for service in SERVICES:
         listed.append(Goal(f"idle RSS: {service}", "MiB", "<=", 80,

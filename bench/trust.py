@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.pipeline import cpu_ms_per_version
 from shared import signing
 from shared.events import CATALOGUE
 from shared.kafka_acls import SERVICE_READS
@@ -69,11 +70,9 @@ def measure(rounds: int = 2000) -> dict[str, Any]:
 
 async def run(ctx: Any, results: dict[str, Any]) -> dict[str, Any]:
     figures = measure()
-    cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
-    versions = ctx.config.versions
-    if cpu and versions:
-        pipeline_ms = sum(cpu.values()) / versions * 1e3
-        figures["pipeline_cpu_ms_per_version"] = round(pipeline_ms, 3)
+    pipeline_ms = cpu_ms_per_version(results.get("throughput") or {}, ctx.config.versions)
+    if pipeline_ms:
+        figures["pipeline_cpu_ms_per_version"] = pipeline_ms
         figures["share_of_pipeline_cpu_percent"] = round(figures["cpu_ms_per_version"] / pipeline_ms * 100, 1)
     ctx.log(f"trust: signing {figures['sign_us_per_event']} µs/event, verifying {figures['verify_us_per_event']} "
             f"µs/event: {figures['cpu_ms_per_version']} CPU ms per version"

@@ -87,6 +87,10 @@ def test_bench_smoke(endpoints: Endpoints, tmp_path: Path) -> None:
     assert _positive(signed["sign_us_per_event"]) and _positive(signed["verify_us_per_event"])
     assert _positive(signed["share_of_pipeline_cpu_percent"])
 
+    scanned = results["scan"]
+    assert _positive(scanned["throughput_artifact"]["cpu_ms"]) and _positive(scanned["share_of_pipeline_cpu_percent"])
+    assert _positive(scanned["sklearn_joblib"]["cpu_ms"])  # the test extra installs scikit-learn
+
     assert "plaintext" not in results  # asked for by name only
 
     processes = results["resources"]["processes"]
@@ -101,7 +105,7 @@ def test_bench_smoke(endpoints: Endpoints, tmp_path: Path) -> None:
     assert sum(processes[name]["cpu_seconds"] for name in names) > 0
 
     judged = {row["figure"]: row for row in results["targets"]}
-    assert len(judged) == 17, judged  # 7 figures, and idle RSS and CPU of each of the 5 services
+    assert len(judged) == 18, judged  # 8 figures, and idle RSS and CPU of each of the 5 services
     for figure, row in judged.items():  # every figure measured, and judged against its target
         op, threshold = row["target"].split()
         value = row["value"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.plaintext import compare, per_version
+from bench.pipeline import cpu_ms_per_version as per_version
+from bench.plaintext import compare
 from bench.resources import Snapshot, cpu_rates
 
 
