@@ -25,7 +25,7 @@ from shared import metrics, telemetry
 from shared.db import AnyConnection, connect
 from shared.dead_letters import model_of
 from shared.events import CONTENT_TYPE, CloudEvent, RegistryAudit, RegistryAuditData, new_event
-from shared.outbox_policy import check_serializable, disposition, publish_backoff, send_chains
+from shared.outbox_policy import check_serializable, disposition, publish_backoff, replace_producer, send_chains
 from shared.signing import sign_value
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class RelayPass:
     sent: int = 0
     parked: int = 0
     retry: int = 0  # rows a passing error kept back (they and their model's later rows wait)
+    error: str | None = None  # the first such error
 
     @property
     def moved(self) -> int:
@@ -147,13 +148,15 @@ class OutboxRelay:
 
     def __init__(self, dsn: str, service: str, send: Sender, topic_of: Callable[[str], str], *,
                  batch_size: int = 1000, poll_interval: float = 1.0,
-                 topic_exists: TopicCheck | None = None, role: str | None = None) -> None:
+                 topic_exists: TopicCheck | None = None, role: str | None = None,
+                 replace_sender: Callable[[], Awaitable[None]] | None = None) -> None:
         self._dsn = dsn
         self._role = role  # the service's own PostgreSQL role, as its pool acts
         self._service = service
         self._send = send
         self._topic_of = topic_of
         self._topic_exists = topic_exists
+        self._replace_sender = replace_sender  # a fresh producer behind `send`, after failures in a row
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
@@ -189,12 +192,7 @@ class OutboxRelay:
             while True:
                 done = await self.relay_once(conn)
                 if done.retry:
-                    self._failed_passes += 1
-                    delay = publish_backoff(self._failed_passes)
-                    metrics.OUTBOX_PUBLISH_RETRIES.labels(self._service).inc()
-                    log.warning("outbox of %s: %d event(s) not published (Kafka unavailable?); "
-                                "retrying in %.1fs", self._service, done.retry, delay)
-                    await asyncio.sleep(delay)
+                    await self._after_failed_pass(done)
                     continue
                 self._failed_passes = 0
                 if not done.moved:
@@ -213,6 +211,23 @@ class OutboxRelay:
         except TimeoutError:
             pass
         self._wake.clear()
+
+    async def _after_failed_pass(self, done: RelayPass) -> None:
+        """Back off; every few failed passes in a row, get a fresh producer first."""
+        self._failed_passes += 1
+        delay = publish_backoff(self._failed_passes)
+        metrics.OUTBOX_PUBLISH_RETRIES.labels(self._service).inc()
+        log.warning("outbox of %s: %d event(s) not published (%s); retrying in %.1fs",
+                    self._service, done.retry, done.error, delay)
+        if self._replace_sender is not None and replace_producer(self._failed_passes):
+            try:
+                await self._replace_sender()
+                log.warning("outbox of %s: replaced its Kafka producer after %d failed passes",
+                            self._service, self._failed_passes)
+            except Exception as exc:  # Kafka still away: the old producer stays, the next round tries again
+                log.warning("outbox of %s: could not start a fresh Kafka producer (%s: %s)",
+                            self._service, type(exc).__name__, exc)
+        await asyncio.sleep(delay)
 
     async def relay_once(self, conn: asyncpg.Connection) -> RelayPass:
         """Publish one batch: each model's rows in order, the models concurrently; delete what
@@ -252,8 +267,9 @@ class OutboxRelay:
         self.published += len(sent)
         for row in sent:
             metrics.EVENTS_EMITTED.labels(self._service, row["topic"]).inc()
-        retry = sum(1 for o in outcomes.values() if isinstance(o, BaseException))
-        return RelayPass(sent=len(sent), parked=len(parked), retry=retry)
+        errors = [o for o in outcomes.values() if isinstance(o, BaseException)]
+        return RelayPass(sent=len(sent), parked=len(parked), retry=len(errors),
+                         error=f"{type(errors[0]).__name__}: {errors[0]}"[:500] if errors else None)
 
     async def _send_chain(self, chain: list[asyncpg.Record],
                           outcomes: dict[int, BaseException | _Parked | None]) -> None:

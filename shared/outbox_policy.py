@@ -74,6 +74,17 @@ def publish_backoff(failures: int, *, first: float = 0.2, cap: float = 10.0) -> 
     return min(cap, first * 2.0 ** min(failures - 1, 32))
 
 
+# An idempotent producer whose batches expired while the cluster was away can stay out of
+# step with the brokers' sequence numbers for good (aiokafka never bumps its epoch): after
+# this many failed passes in a row the relay gets a fresh producer (a new producer id).
+REPLACE_PRODUCER_EVERY = 3
+
+
+def replace_producer(failed_passes: int, every: int = REPLACE_PRODUCER_EVERY) -> bool:
+    """Whether the relay replaces its producer after its `failed_passes`-th failed pass in a row."""
+    return failed_passes > 0 and failed_passes % every == 0
+
+
 R = TypeVar("R")
 
 

@@ -89,21 +89,11 @@ class ServiceApp:
             handlers = self._build(self.resources)
 
             broker = make_broker(settings, client_id=f"modelreg-{self.name}")
-            producer = make_producer(settings, client_id=f"modelreg-{self.name}-outbox")
+            producer = OutboxProducer(settings, client_id=f"modelreg-{self.name}-outbox")
             await _when_reachable("Kafka", producer.start)
             self._stack.push_async_callback(producer.stop)
-
-            async def send(topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
-                return await producer.send(topic, value, key=key.encode() if key else None,
-                                           headers=[(k, v.encode()) for k, v in headers.items()])
-
-            async def topic_exists(topic: str) -> bool | None:
-                try:
-                    return topic in (await producer.client.fetch_all_metadata()).topics()
-                except Exception:  # no answer: cannot tell, so the relay keeps retrying
-                    return None
-
-            self.relay = OutboxRelay(settings.dsn, self.name, send, settings.topic, topic_exists=topic_exists,
+            self.relay = OutboxRelay(settings.dsn, self.name, producer.send, settings.topic,
+                                     topic_exists=producer.topic_exists, replace_sender=producer.replace,
                                      role=service_role(settings.db_role, self.name))
             self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
             self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
@@ -210,6 +200,47 @@ class ServiceApp:
             tune_garbage_collection()
             await until_signalled()
             log.info("%s stopping", self.name)
+
+
+class OutboxProducer:
+    """The outbox relay's Kafka producer, which the relay may replace with a fresh one (after
+    a cluster outage an idempotent producer can stay out of step with the brokers)."""
+
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._producer = make_producer(settings, client_id)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
+        return await self._producer.send(topic, value, key=key.encode() if key else None,
+                                         headers=[(k, v.encode()) for k, v in headers.items()])
+
+    async def topic_exists(self, topic: str) -> bool | None:
+        try:
+            return topic in (await self._producer.client.fetch_all_metadata()).topics()
+        except Exception:  # no answer: cannot tell, so the relay keeps retrying
+            return None
+
+    async def replace(self) -> None:
+        """Start a fresh producer (raises, keeping the old one, while Kafka is away), then drop
+        the old one: what it had not delivered is still in the outbox and goes again."""
+        fresh = make_producer(self._settings, self._client_id)
+        try:
+            await fresh.start()
+        except BaseException:
+            await fresh.stop()
+            raise
+        old, self._producer = self._producer, fresh
+        try:
+            await asyncio.wait_for(old.stop(), timeout=CHECK_TIMEOUT * 5)
+        except Exception as exc:  # its pending sends fail; their rows are retried
+            log.debug("stopping the replaced producer: %s", exc)
 
 
 def tune_garbage_collection() -> None:

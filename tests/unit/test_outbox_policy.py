@@ -21,6 +21,7 @@ from shared.outbox_policy import (
     check_serializable,
     disposition,
     publish_backoff,
+    replace_producer,
     send_chains,
 )
 
@@ -63,6 +64,11 @@ def test_backoff_doubles_up_to_a_cap_and_is_zero_without_failures() -> None:
     assert all(b >= a for a, b in zip(waits, waits[1:], strict=False))
     assert max(waits) == 10
     assert publish_backoff(10_000, cap=7) == 7
+
+
+def test_the_producer_is_replaced_every_few_failed_passes_in_a_row() -> None:
+    assert [n for n in range(0, 10) if replace_producer(n, every=3)] == [3, 6, 9]
+    assert not replace_producer(0)
 
 
 def test_chains_keep_each_models_rows_in_order_and_loose_rows_apart() -> None:
