@@ -390,3 +390,35 @@ async def test_a_model_directory_on_a_disk_the_registry_reads_registers_and_load
         refused = await call(_refused, client.create_model_version, name, source)
         assert refused.error_code == "INVALID_PARAMETER_VALUE" and str(root) in refused.message, refused.message
     assert [v.version for v in await call(client.search_model_versions, f"name = '{name}'")] == ["2", "1"]
+
+
+async def test_a_logged_model_of_a_local_tracking_store_registers_by_its_artifact_location(
+        settings: Settings, api: ApiService, tokens: dict[str, str], as_token: Callable[..., None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow 3 logs a model in a run and registers `runs:/RUN/model` as `models:/m-ID`, which
+    only the tracking store can resolve: refused, saying what to register instead; the logged
+    model's artifact location (in a local store under the artifact root) then registers."""
+    import mlflow.sklearn
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    name = f"mlflow-{RUN}-logged"
+    [root] = settings.artifact_root_paths
+    as_token(tokens["publisher"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (Path(tempfile.mkdtemp(dir=root)) / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store; the registry is modelreg's
+
+    def log_model() -> tuple[str, str]:
+        model = LogisticRegression().fit(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([0, 1]))
+        with mlflow.start_run() as run:
+            info = mlflow.sklearn.log_model(model, name="model", serialization_format="pickle")
+        return run.info.run_id, info.model_id
+
+    run_id, model_id = await call(log_model)
+    refused = await call(_refused, mlflow.register_model, f"runs:/{run_id}/model", name)
+    assert refused.error_code == "INVALID_PARAMETER_VALUE" and "get_logged_model" in refused.message, refused.message
+    location = (await call(MlflowClient().get_logged_model, model_id)).artifact_location
+    assert location.startswith(root.as_uri())
+    created = await call(mlflow.register_model, location, name, await_registration_for=120)
+    version = await call(MlflowClient().get_model_version, name, created.version)
+    assert version.status == "READY", version.status_message

@@ -284,6 +284,14 @@ def _source_uri(res: ApiResources, source: str) -> str:
             raise invalid(f"source {source[:200]!r}: {exc.message}; the registry reads local models only from "
                           f"under {roots_text(roots)} (MODELREG_ARTIFACT_ROOTS)") from None
         return source
+    if source.startswith("models:/"):
+        # MLflow 3 registers a logged model (`runs:/...`, `log_model(registered_model_name=...)`)
+        # by its id; its files are in the caller's tracking store, which the registry cannot reach.
+        raise invalid(f"source {source[:200]!r}: an MLflow logged model, kept by your tracking store, which modelreg "
+                      "cannot read; register its files instead: mlflow.register_model(MlflowClient()"
+                      ".get_logged_model(MODEL_ID).artifact_location, NAME), an s3:// location in a bucket the "
+                      "registry may read (MODELREG_ALLOWED_BUCKETS) or a local one under "
+                      f"{roots_text(res.settings.artifact_root_paths)} (MODELREG_ARTIFACT_ROOTS)")
     raise invalid(f"source {source[:200]!r}: modelreg registers artifacts from s3:// URIs, or file:// URIs and "
                   "absolute paths under its artifact roots (copy the model to the registry's bucket, or one it "
                   "may read, first)")
