@@ -1,10 +1,11 @@
 """Webhooks through the running services: a local HTTP receiver verifies every message with the
 `standardwebhooks` package, sees each promotion of its glob exactly once and in order although
 it answers 503 and then refuses connections for a while in the middle, and the delivery log in
-PostgreSQL shows the failed attempts (for a minute-long outage: a slow test, `make test-slow`).
-Also: a success bringing the endpoint's backed-off retries forward, the SSRF guard at creation and at connect, the
-response cap and time limit, disabling after a run of failures (audited), the CLI and both
-HTTP APIs (the registry's and MLflow's shape).
+PostgreSQL shows the failed attempts (for a minute-long outage on the deployed retry schedule:
+test_webhooks_outage, a slow test). Also: a success bringing the endpoint's backed-off retries
+forward, the SSRF guard at creation and at connect, the response cap and time limit, disabling
+after a run of failures (audited), endpoints created and deleted in the audit log, pruning the
+delivery log, the CLI and both HTTP APIs (the registry's and MLflow's shape).
 
 The webhooks service runs here with a short retry schedule (0.2 s doubling to 1 s), endpoints
 disabled after 5 minutes of failures, and the receiver's loopback address allow-listed
@@ -215,72 +216,6 @@ async def test_every_promotion_of_the_glob_arrives_once_in_order_across_an_outag
     assert len(rows) == 6 and {r["status"] for r in rows} == {"delivered"}
     assert sum(len(r["attempt_log"]) for r in rows) == len(attempts)
     assert (await store.get_endpoint(db, endpoint.id)).failing_since is None  # a success stopped the clock
-
-
-OUTAGE_SECONDS = 60
-
-
-@pytest.mark.slow  # a real minute of outage: `make test-slow`
-async def test_a_receiver_down_for_a_minute_gets_every_promotion_once_in_order_per_model(
-        settings: Settings, kafka: Kafka, pipeline: Any, webhooks: ServiceApp, db: asyncpg.Pool) -> None:
-    """Two models of the glob are promoted while the receiver's port is closed for a minute;
-    once it is back, it verifies (standardwebhooks) each promotion exactly once, each model's
-    in the order promotion published them, and the log holds the minute of failed attempts."""
-    glob = unique_name("life")  # the policy's life-* rule promotes on the QA result
-    names = [f"{glob}-a", f"{glob}-b"]
-    receiver = Receiver()  # its own port: closing it disturbs no other test's endpoint
-    await receiver.start()
-    path = f"/outage/{glob}"
-    endpoint = await _endpoint(db, settings, receiver, path, topics=["model.promoted"], models=[f"{glob}-*"])
-    qa = [asyncio.create_task(QA(kafka, name, {1: {"auc": 0.92}, 2: {"auc": 0.95}}).run()) for name in names]
-    try:
-        for name in names:
-            await register(settings, kafka, name, 1)
-        for name in names:
-            await kafka.wait_for("model.promoted", promoted(name, 1, "production"), timeout=120)
-        await eventually(lambda: len(receiver.bodies(path)) == 4, timeout=60)
-
-        await receiver.stop()
-        for name in names:
-            await register(settings, kafka, name, 2)
-        for name in names:
-            await kafka.wait_for("model.promoted", promoted(name, 2, "production"), timeout=120)
-        # Down for a minute from the moment both models' deliveries are failing.
-        await eventually(lambda: _failed_for_every_model(db, endpoint.id, names), timeout=60)
-        await asyncio.sleep(OUTAGE_SECONDS)
-        assert len(receiver.bodies(path)) == 4  # nothing got through while it was down
-        await receiver.start()
-        await eventually(lambda: len(receiver.bodies(path)) >= 8, timeout=120)
-        await eventually(lambda: _all_delivered(db, endpoint.id), timeout=60)
-    finally:
-        for task in qa:
-            task.cancel()
-        await receiver.stop()
-
-    received = receiver.bodies(path)
-    ids = [e["id"] for e in received]
-    assert len(ids) == len(set(ids)) == 8 and receiver.forged == 0  # every one once, every one verified
-    for name in names:
-        on_kafka = [s.event["id"] for s in kafka.matching("model.promoted", lambda s, n=name: s.data["name"] == n)]
-        assert [e["id"] for e in received if e["data"]["name"] == name] == on_kafka
-        assert [(e["data"]["version"], e["data"]["to_stage"]) for e in received if e["data"]["name"] == name] == \
-            [(1, "staging"), (1, "production"), (2, "staging"), (2, "production")]
-    # The log: per model, refused connections for the whole minute (the first and the last
-    # failure a minute apart, the attempt after the last a success), each one counted.
-    attempts = await db.fetch(
-        """SELECT d.model, a.attempted_at, a.status_code, a.error FROM webhook_attempts a
-           JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1 ORDER BY a.id""", endpoint.id)
-    for name in names:
-        failed = [a for a in attempts if a["model"] == name and a["status_code"] is None]
-        assert failed and all(a["error"] for a in failed)
-        assert (failed[-1]["attempted_at"] - failed[0]["attempted_at"]).total_seconds() >= OUTAGE_SECONDS - 5
-    assert [a["status_code"] for a in attempts].count(204) == 8
-    rows = await store.list_deliveries(db, endpoint_id=endpoint.id, with_attempts=True)
-    assert sum(len(r["attempt_log"]) for r in rows) == len(attempts) > 8
-
-
-async def _failed_for_every_model(db: asyncpg.Pool, endpoint_id: uuid.UUID, names: list[str]) -> bool:
-    return {a["model"] for a in await _attempts(db, endpoint_id) if a["status_code"] is None} == set(names)
 
 
 async def test_a_delivery_that_gets_through_brings_the_endpoints_waiting_retries_forward(
