@@ -74,6 +74,15 @@ class S3Location:
         return f"s3://{self.bucket}/{self.key}"
 
 
+def _full_object_sha256(answer: dict[str, Any]) -> str | None:
+    """The SHA-256 (hex) of a whole object in a HeadObject or CopyObject answer; None when the
+    server gave none, or only a composite one (a checksum of part checksums)."""
+    checksum = answer.get("ChecksumSHA256")
+    if not checksum or answer.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    return base64.b64decode(checksum).hex()
+
+
 def parse_s3_uri(uri: str) -> S3Location:
     if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")
@@ -229,24 +238,35 @@ class ObjectStore:
         answer = await self.client.copy_object(
             Bucket=target.bucket, Key=target.key, CopySource={"Bucket": source.bucket, "Key": source.key},
             ChecksumAlgorithm="SHA256", **condition)
-        result = answer.get("CopyObjectResult") or {}
-        checksum = result.get("ChecksumSHA256")
-        if not checksum or result.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
-            return None
-        return base64.b64decode(checksum).hex()
+        return _full_object_sha256(answer.get("CopyObjectResult") or {})
 
     async def stored_checksum(self, location: S3Location) -> tuple[bool, str | None]:
         """Whether the object exists, and the full-object SHA-256 (hex) the server stored with
         it, if any (objects written by `copy_hashed` have one)."""
+        head = await self._head_with_checksum(location)
+        return (False, None) if head is None else (True, _full_object_sha256(head))
+
+    async def known_digest(self, location: S3Location) -> tuple[str, int] | None:
+        """sha256 and size of a stored object, None when it is missing: one HEAD when the server
+        keeps a full-object SHA-256 with it (it computed it from the bytes it wrote, and refuses
+        a write whose declared checksum does not match them), else the object streamed."""
+        head = await self._head_with_checksum(location)
+        if head is None:
+            return None
+        checksum = _full_object_sha256(head)
+        if checksum is not None:
+            return checksum, int(head["ContentLength"])
+        return await self.digest(location)
+
+    async def _head_with_checksum(self, location: S3Location) -> dict[str, Any] | None:
         try:
-            head = await self.client.head_object(Bucket=location.bucket, Key=location.key, ChecksumMode="ENABLED")
+            head: dict[str, Any] = await self.client.head_object(Bucket=location.bucket, Key=location.key,
+                                                                 ChecksumMode="ENABLED")
         except ClientError as exc:
             if is_missing(exc):
-                return False, None
+                return None
             raise
-        checksum = head.get("ChecksumSHA256")
-        full = head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"
-        return True, base64.b64decode(checksum).hex() if checksum and full else None
+        return head
 
     async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
         assert self.lean is not None

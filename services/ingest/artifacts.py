@@ -194,12 +194,7 @@ async def _stored_already(store: ObjectStore, destination: S3Location, sha256: s
     is checked, and ingest may have stopped in between, so what is there must prove to be the
     announced bytes: by the checksum the server stored with it, else by hashing it (a rare,
     streamed read). Anything else is copied again over it."""
-    exists, checksum = await store.stored_checksum(destination)
-    if not exists:
-        return False
-    if checksum is not None:
-        return checksum == sha256
-    return await store.digest(destination) == (sha256, size_bytes)
+    return await store.known_digest(destination) == (sha256, size_bytes)
 
 
 async def _upload(store: ObjectStore, source: Source, dest_key: str, limit: int,

@@ -1,6 +1,10 @@
 """The integrity check before any move to production: the stored artifact still is what was
 registered. A single file must hash to the version's sha256; a directory's files must each
-match its manifest (shared.manifest), and no file may have appeared beside them."""
+match its manifest (shared.manifest), and no file may have appeared beside them.
+
+An object the S3 server keeps a full-object SHA-256 with (ingest's server-side copies) is
+checked by that checksum, one HEAD, instead of being read again: the server computed it from
+the bytes it wrote, and any later write replaces it with the new bytes' checksum or none."""
 
 from __future__ import annotations
 
@@ -29,14 +33,14 @@ class Verdict:
 
 
 async def verify_artifact(store: ObjectStore, uri: str, sha256: str, manifest: str | None) -> Verdict:
-    """Re-read the stored artifact (streamed) and hold it to the record."""
+    """Hold the stored artifact (its server checksum, else its bytes streamed) to the record."""
     try:
         location = parse_s3_uri(uri)
     except ValueError:
         return Verdict(False, f"stored artifact {uri} is not an s3:// URI",
                        {"expected_sha256": sha256, "found_sha256": None, "artifact_uri": uri})
     if not is_directory_uri(uri):
-        found = await store.digest(location)
+        found = await store.known_digest(location)
         found_sha = found[0] if found else None
         if found_sha == sha256:
             return Verdict(True)
@@ -61,7 +65,7 @@ async def _verify_directory(store: ObjectStore, prefix: S3Location, sha256: str,
 
     async def digest(path: str) -> None:
         async with limit:
-            found[path] = await store.digest(S3Location(prefix.bucket, prefix.key + path))
+            found[path] = await store.known_digest(S3Location(prefix.bucket, prefix.key + path))
 
     async with asyncio.TaskGroup() as group:
         for entry in entries:

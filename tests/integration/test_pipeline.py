@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from shared.settings import Settings
-from shared.storage import ObjectStore, parse_s3_uri
+from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
 from tests.support import Kafka, Seen, cloudevent, eventually, for_model, put_artifact, unique_name
 
 
-def registered(name: str, artifact: dict, registered_by: str = "pipelines/train") -> dict:
-    return cloudevent("model.registered", {"name": name, "artifact": dict(artifact, format="pickle"),
+def registered(name: str, artifact: dict, registered_by: str = "pipelines/train", fmt: str = "pickle") -> dict:
+    return cloudevent("model.registered", {"name": name, "artifact": dict(artifact, format=fmt),
                                            "registered_by": registered_by, "metrics": {"auc": 0.9}})
 
 
@@ -239,6 +239,42 @@ async def test_a_tampered_artifact_is_quarantined_before_production(
     assert quarantined.data["evidence"]["expected_sha256"] == ingested.data["artifact"]["sha256"]
     assert quarantined.data["evidence"]["found_sha256"] not in (None, ingested.data["artifact"]["sha256"])
     assert not kafka.matching("model.promoted", promoted(name, 1, "production"))
+
+
+def _safetensors(total: int) -> bytes:
+    """A valid safetensors file of `total` bytes: one uint8 tensor filling what the header leaves."""
+    data = total
+    for _ in range(3):
+        header = json.dumps({"w": {"dtype": "U8", "shape": [data], "data_offsets": [0, data]}}).encode()
+        header += b" " * (-len(header) % 8)
+        data = total - 8 - len(header)
+    return len(header).to_bytes(8, "little") + header + os.urandom(data)
+
+
+async def test_a_large_artifact_is_held_to_the_checksum_the_s3_server_keeps(
+        settings: Settings, kafka: Kafka, pipeline) -> None:
+    """Ingest lets the S3 server copy an artifact of several parts, and the server keeps the
+    copy's SHA-256; the integrity check before production reads that instead of the bytes. An
+    intact one is crowned; one overwritten by a copy of other bytes (which brings the other
+    bytes' checksum along) is quarantined."""
+    intact, tampered = unique_name("life"), unique_name("life")
+    size = PART_SIZE + 1024 * 1024
+    for name in (intact, tampered):
+        artifact = await put_artifact(settings, f"inbox/{name}/model.safetensors", _safetensors(size))
+        await kafka.publish("model.registered", registered(name, artifact, fmt="safetensors"))
+    stored = {}
+    for name in (intact, tampered):
+        stored[name] = (await kafka.wait_for("model.ingested", for_model(name, 1)))[0].data["artifact"]
+        await kafka.wait_for("model.promoted", promoted(name, 1, "staging"))
+    decoy = await put_artifact(settings, f"inbox/{tampered}/decoy.safetensors", _safetensors(size))
+    async with ObjectStore(settings) as store:
+        await store.copy_hashed(parse_s3_uri(decoy["uri"]), parse_s3_uri(stored[tampered]["uri"]), None)
+    for name in (intact, tampered):
+        await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.99}))
+    await kafka.wait_for("model.promoted", promoted(intact, 1, "production"))
+    quarantined = (await kafka.wait_for("registry.audit", audit_of(tampered, "quarantined", 1)))[0]
+    assert quarantined.data["evidence"]["found_sha256"] == decoy["sha256"] != stored[tampered]["sha256"]
+    assert not kafka.matching("model.promoted", promoted(tampered, 1, "production"))
 
 
 async def test_superseded_and_rejected_versions_are_archived(settings: Settings, kafka: Kafka, pipeline,
