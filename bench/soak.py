@@ -2,9 +2,10 @@
 random moments and started again, then every version accounted for (bench/accounting.py).
 
 The phase (`--only soak`, `--soak-seconds`, default 600) runs a pipeline of its own on the
-stack: its own database, topic prefix (with its ACLs) and service processes, so it kills
-nothing anyone else started; all of it is removed afterwards (the services' logs stay under
-the stack's logs/bench-soak-RUN/). `soak()` is the run itself, which the slow tests call for
+stack: its own database, topic prefix (with its ACLs), bucket (the audit writer's signed
+checkpoints there must be its own) and service processes, so it kills nothing anyone else
+started; all of it is removed afterwards (the services' logs stay under the stack's
+logs/bench-soak-RUN/). `soak()` is the run itself, which the slow tests call for
 two minutes on their own pipeline.
 
 About one version in five gets a failing QA result and must stay in staging; the others
@@ -34,6 +35,7 @@ from shared.events import ArtifactSpec, ModelRegistered, ModelRegisteredData, ne
 from shared.kafka_acls import apply_acls, remove_acls
 from shared.settings import Settings
 from shared.stack import postgres
+from shared.storage import ObjectStore
 
 Log = Callable[[str], None]
 
@@ -145,11 +147,12 @@ class SoakFailed(RuntimeError):
 async def run(ctx: Context) -> dict[str, Any]:
     """The benchmark phase: a pipeline of its own on the stack, soaked for `--soak-seconds`."""
     stack = ctx.target.stack
-    database, prefix = f"modelreg_bench_soak_{ctx.run_id}", f"bsoak{ctx.run_id}."
+    database, prefix, bucket = f"modelreg_bench_soak_{ctx.run_id}", f"bsoak{ctx.run_id}.", f"bench-soak-{ctx.run_id}"
     dsn = postgres.dsn(stack.ports.postgres, database)
-    settings = ctx.settings.model_copy(update={"database_url": SecretStr(dsn), "topic_prefix": prefix})
+    settings = ctx.settings.model_copy(update={"database_url": SecretStr(dsn), "topic_prefix": prefix,
+                                               "s3_bucket": bucket})
     await _database(stack.ports.postgres, f'CREATE DATABASE "{database}"')
-    own = {"DATABASE_URL": dsn, "MODELREG_TOPIC_PREFIX": prefix}
+    own = {"DATABASE_URL": dsn, "MODELREG_TOPIC_PREFIX": prefix, "S3_BUCKET": bucket}
     fleet = Fleet(lambda name: {**ctx.target.env, **stack.kafka_env(name), **own,
                                 "MODELREG_SIGNING_KEY_FILE": str(stack.signing_key_file(name))},
                   logs=stack.dir / "logs" / f"bench-soak-{ctx.run_id}")
@@ -164,8 +167,13 @@ async def run(ctx: Context) -> dict[str, Any]:
                             ctx.log)
     finally:
         await asyncio.to_thread(fleet.stop)
-        await _remove_topics(settings)
-        await _database(stack.ports.postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        for what, cleanup in (("topics", _remove_topics(settings)), ("bucket", _remove_bucket(settings)),
+                              ("database", _database(stack.ports.postgres,
+                                                     f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))):
+            try:
+                await cleanup
+            except Exception as exc:  # noqa: BLE001 - a leftover is reported, never hides the result
+                ctx.log(f"soak: could not remove its {what}: {type(exc).__name__}: {exc}")
     if not result["accounted_for"]:
         raise SoakFailed(result)
     return result
@@ -177,6 +185,14 @@ async def _database(port: int, statement: str) -> None:
         await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def _remove_bucket(settings: Settings) -> None:
+    async with ObjectStore(settings) as store:
+        while keys := [key for key, _ in await store.list_prefix(settings.s3_bucket, "", 1000)]:
+            await store.client.delete_objects(Bucket=settings.s3_bucket,
+                                              Delete={"Objects": [{"Key": key} for key in keys]})
+        await store.client.delete_bucket(Bucket=settings.s3_bucket)
 
 
 async def _remove_topics(settings: Settings) -> None:
