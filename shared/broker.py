@@ -150,7 +150,8 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor
     )
 
     async def on_batch(_body: Any, message: KafkaMessage) -> None:
-        raw = message.raw_message if isinstance(message.raw_message, tuple) else (message.raw_message,)
+        # A batch: a tuple of records from Kafka, a list from FastStream's TestKafkaBroker.
+        raw = message.raw_message if isinstance(message.raw_message, (tuple, list)) else (message.raw_message,)
         await processor.process([
             Record(topic=r.topic[prefix_length:], partition=r.partition, offset=r.offset,
                    key=r.key, value=r.value, headers=tuple(r.headers or ()))
