@@ -1,6 +1,6 @@
-"""Outages survived with nothing lost: a Kafka broker SIGKILLed, PostgreSQL restarted, the S3
-server down, each in the middle of a flow of registrations and QA results through the services
-running as their own OS processes.
+"""Outages survived with nothing lost: a Kafka broker SIGKILLed, the whole Kafka cluster
+stopped, PostgreSQL restarted, the S3 server down, each in the middle of a flow of
+registrations and QA results through the services running as their own OS processes.
 
 These tests take infrastructure away, so they never touch the shared default stack: they run
 a stack of their own (`modelreg stack up --brokers 3` in MODELREG_FAULT_STACK_DIR, default
@@ -8,11 +8,12 @@ a stack of their own (`modelreg stack up --brokers 3` in MODELREG_FAULT_STACK_DI
 MODELREG_FAULT_KAFKA_PORT / _POSTGRES_PORT / _S3_PORT say otherwise), started here when it is
 not running and left up for the next run (CI stops it). The flows are kept small (60
 versions over 15 models) and the waits long: the cluster shares two cores with everything
-else. Readiness is watched: PostgreSQL or S3 away makes every service answer 503 naming it,
-one broker of three does not. Each test ends with every version accounted for
-(bench/accounting.py: ingested once, validated, promoted to production in turn, one audit
-record per step, lag drained to zero, every service ready again, `modelreg audit verify` and
-`modelreg replay` clean), and the service processes it started are the ones still running.
+else. Readiness is watched: PostgreSQL, S3 or every Kafka broker away makes every service
+answer 503 naming it; one broker of three does not. Each test ends with every version
+accounted for (bench/accounting.py: ingested once, validated, promoted to production in
+turn, one audit record per step, lag drained to zero, every service ready again, `modelreg
+audit verify` and `modelreg replay` clean), and the service processes it started are the
+ones still running.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from shared.settings import Settings, load_settings
 from shared.stack import postgres
 from shared.stack.kafka_auth import ADMIN
 from shared.stack.launcher import LocalStack, Ports
-from shared.stack.proc import alive
+from shared.stack.proc import alive, terminate
 from tests.integration.test_resilience import answer_qa, registrations
 from tests.support import Kafka
 
-# Not in `make test` (a three-broker stack of its own and three outages: about 15 minutes);
+# Not in `make test` (a three-broker stack of its own and four outages: about 20 minutes);
 # `make test-slow` runs it.
 pytestmark = pytest.mark.slow
 
@@ -139,55 +140,82 @@ def _about(prefix: str) -> Any:
     return lambda seen: (seen.data.get("key") or "").startswith(prefix)
 
 
-async def _publish(kafka: Kafka, events: list[dict[str, Any]], pace: float = 0.02) -> None:
-    """A steady flow rather than one burst, so the fault lands in the middle of it."""
-    for event in events:
-        await kafka.publish("model.registered", event)
-        await asyncio.sleep(pace)
+class Scenario:
+    """One fault scenario's flow: `models` x `per_model` registrations of models named
+    KIND-xxxxxx-N (artifact uploaded first), a QA system answering them, and the end state
+    every scenario must reach."""
 
+    def __init__(self, flow: dict[str, Any], kind: str, models: int, per_model: int) -> None:
+        self.flow = flow
+        self.kafka: Kafka = flow["kafka"]
+        self.prefix = f"{kind}-{uuid.uuid4().hex[:6]}-"
+        self.models, self.per_model = models, per_model
+        self.events: list[dict[str, Any]] = []
+        self._sent = 0
+        self._qa: asyncio.Task[None] | None = None
 
-async def _all_accounted_for(flow: dict[str, Any], prefix: str, models: int, per_model: int) -> None:
-    """The end state every fault scenario must reach (bench/accounting.py): every version
-    promoted to production in turn exactly once, nothing dead-lettered, lag drained, every
-    service ready again, the audit chain intact and `modelreg replay` clean; and the service
-    processes are the ones the test started (none died)."""
-    kafka: Kafka = flow["kafka"]
+    async def __aenter__(self) -> Scenario:
+        self._qa = asyncio.create_task(answer_qa(self.kafka, self.prefix))
+        names = [f"{self.prefix}{i % self.models}" for i in range(self.models * self.per_model)]
+        self.events = await registrations(self.flow["settings"], names)
+        return self
 
-    async def where_they_are() -> str:
-        stages = await flow["pool"].fetch("SELECT stage, count(*) FROM promotion_versions WHERE name LIKE $1 "
-                                          "GROUP BY 1", prefix + "%")
-        counts = {t: len(kafka.matching(t, lambda s: s.data.get("name", "").startswith(prefix)))
-                  for t in ("model.ingested", "model.validated", "model.rejected", "qa.requested",
-                            "metrics.evaluated", "model.promoted")}
-        counts["registry.dlq"] = len(kafka.matching("registry.dlq", _about(prefix)))
-        return f"stages {[tuple(r) for r in stages]}, topics {counts}"
+    async def __aexit__(self, *exc: object) -> None:
+        if self._qa is not None:
+            self._qa.cancel()
 
-    expected = Expected(prefix, {f"{prefix}{i}": per_model for i in range(models)})
-    end = await account_for(flow["fleet"], flow["settings"], flow["pool"], expected, flow["cli_env"],
-                            progress=where_they_are)
-    end.require()
-    assert kafka.matching("registry.dlq", _about(prefix)) == []
-    assert flow["fleet"].kills == dict.fromkeys(SERVICES, 0) and not flow["fleet"].exited()
+    async def publish(self, share: float = 1.0, pace: float = 0.02) -> None:
+        """The next `share` of the registrations (all that is left by default), at a steady
+        pace rather than in one burst, so the fault lands in the middle of the flow."""
+        upto = len(self.events) if share >= 1 else self._sent + int(len(self.events) * share)
+        for event in self.events[self._sent:upto]:
+            await self.kafka.publish("model.registered", event)
+            await asyncio.sleep(pace)
+        self._sent = upto
+
+    async def ingested(self, count: int) -> None:
+        await self.kafka.wait_for("model.ingested", lambda s: s.data["name"].startswith(self.prefix),
+                                  count=count, timeout=300)
+
+    def mine(self, seen: Any) -> bool:
+        return bool(seen.data.get("name", "").startswith(self.prefix))
+
+    async def all_accounted_for(self) -> None:
+        """The end state every fault scenario must reach (bench/accounting.py): every version
+        promoted to production in turn exactly once, nothing dead-lettered, lag drained, every
+        service ready again, the audit chain intact and `modelreg replay` clean; and the
+        service processes are the ones the test started (none died)."""
+        kafka, prefix = self.kafka, self.prefix
+
+        async def where_they_are() -> str:
+            stages = await self.flow["pool"].fetch("SELECT stage, count(*) FROM promotion_versions "
+                                                   "WHERE name LIKE $1 GROUP BY 1", prefix + "%")
+            counts = {t: len(kafka.matching(t, self.mine))
+                      for t in ("model.ingested", "model.validated", "model.rejected", "qa.requested",
+                                "metrics.evaluated", "model.promoted")}
+            counts["registry.dlq"] = len(kafka.matching("registry.dlq", _about(prefix)))
+            return f"stages {[tuple(r) for r in stages]}, topics {counts}"
+
+        expected = Expected(prefix, {f"{prefix}{i}": self.per_model for i in range(self.models)})
+        fleet: Fleet = self.flow["fleet"]
+        end = await account_for(fleet, self.flow["settings"], self.flow["pool"], expected, self.flow["cli_env"],
+                                progress=where_they_are)
+        end.require()
+        assert kafka.matching("registry.dlq", _about(prefix)) == []
+        assert fleet.kills == dict.fromkeys(SERVICES, 0) and not fleet.exited()
 
 
 async def test_a_broker_killed_mid_flow_and_restarted_loses_and_repeats_nothing(
         flow: dict[str, Any], fault_stack: LocalStack) -> None:
-    kafka: Kafka = flow["kafka"]
-    prefix = f"brokerkill-{uuid.uuid4().hex[:6]}-"
-    models, per_model = 15, 4
-    names = [f"{prefix}{i % models}" for i in range(models * per_model)]
-    qa = asyncio.create_task(answer_qa(kafka, prefix))
-    try:
-        events = await registrations(flow["settings"], names)
-        half = len(events) // 2
-        await _publish(kafka, events[:half])
-        await kafka.wait_for("model.ingested", lambda s: s.data["name"].startswith(prefix), count=10, timeout=300)
+    async with Scenario(flow, "brokerkill", models=15, per_model=4) as run:
+        await run.publish(0.5)
+        await run.ingested(10)
         # SIGKILL a broker that leads some of the run's partitions (every one of three does).
         victim = fault_stack.kafka_nodes[1]
         pid = fault_stack.kafka_node_pid(victim.node_id)
         assert alive(pid)
         os.kill(pid, signal.SIGKILL)
-        await _publish(kafka, events[half:])  # acks=all with min.insync.replicas 2: two brokers take it
+        await run.publish()  # acks=all with min.insync.replicas 2: two brokers take it
         # Two brokers of three are a working cluster: no service may call itself unready for it
         # (Kubernetes would take every replica out at once over one broker).
         during = await flow["fleet"].readiness_all()
@@ -195,54 +223,57 @@ async def test_a_broker_killed_mid_flow_and_restarted_loses_and_repeats_nothing(
         await asyncio.sleep(10)
         await asyncio.to_thread(fault_stack.start_kafka, log=lambda line: None)
         assert alive(fault_stack.kafka_node_pid(victim.node_id))
-        await _all_accounted_for(flow, prefix, models, per_model)
-    finally:
-        qa.cancel()
+        await run.all_accounted_for()
+
+
+async def test_the_whole_kafka_cluster_stopped_for_30s_is_waited_out(
+        flow: dict[str, Any], fault_stack: LocalStack) -> None:
+    """The default stack's single broker stopped for 30 s, played here with every broker of
+    the cluster: no bootstrap server answers, every service answers 503 naming Kafka, rides it
+    out and is ready again once the cluster is back."""
+    async with Scenario(flow, "kafkadown", models=10, per_model=3) as run:
+        await run.publish(0.5)
+        await run.ingested(5)
+        pids = [fault_stack.kafka_node_pid(node.node_id) for node in fault_stack.kafka_nodes]
+        await asyncio.gather(*(asyncio.to_thread(terminate, pid, timeout=60) for pid in pids))
+        assert not fault_stack.answers()["kafka"]
+        await wait_all_unready(flow["fleet"], "kafka")
+        await asyncio.sleep(30)
+        await asyncio.to_thread(fault_stack.start_kafka, log=lambda line: None)
+        await run.publish()  # the rest once it is back (a producer cannot wait 30 s)
+        await run.all_accounted_for()
 
 
 async def test_postgres_restarted_mid_flow_services_recover_without_a_restart(
         flow: dict[str, Any], fault_stack: LocalStack) -> None:
-    kafka: Kafka = flow["kafka"]
-    prefix = f"pgrestart-{uuid.uuid4().hex[:6]}-"
-    models, per_model = 15, 4
-    names = [f"{prefix}{i % models}" for i in range(models * per_model)]
-    qa = asyncio.create_task(answer_qa(kafka, prefix))
     try:
-        events = await registrations(flow["settings"], names)
-        half = len(events) // 2
-        await _publish(kafka, events[:half])
-        await kafka.wait_for("model.ingested", lambda s: s.data["name"].startswith(prefix), count=10, timeout=300)
-        await asyncio.to_thread(fault_stack.stop_postgres)  # fast shutdown: every session is cut
-        assert not fault_stack.answers()["postgres"]
-        await _publish(kafka, events[half:])
-        await wait_all_unready(flow["fleet"], "postgres")
-        await asyncio.to_thread(fault_stack.start_postgres, log=lambda line: None)
-        await _all_accounted_for(flow, prefix, models, per_model)
+        async with Scenario(flow, "pgrestart", models=15, per_model=4) as run:
+            await run.publish(0.5)
+            await run.ingested(10)
+            await asyncio.to_thread(fault_stack.stop_postgres)  # fast shutdown: every session is cut
+            assert not fault_stack.answers()["postgres"]
+            await run.publish()
+            await wait_all_unready(flow["fleet"], "postgres")
+            await asyncio.to_thread(fault_stack.start_postgres, log=lambda line: None)
+            await run.all_accounted_for()
     finally:
-        qa.cancel()
         if not fault_stack.answers()["postgres"]:
             await asyncio.to_thread(fault_stack.start_postgres, log=lambda line: None)
 
 
 async def test_s3_down_for_a_while_ingest_waits_instead_of_dead_lettering(
         flow: dict[str, Any], fault_stack: LocalStack) -> None:
-    kafka: Kafka = flow["kafka"]
-    prefix = f"s3down-{uuid.uuid4().hex[:6]}-"
-    models, per_model = 10, 3
-    names = [f"{prefix}{i % models}" for i in range(models * per_model)]
-    qa = asyncio.create_task(answer_qa(kafka, prefix))
     try:
-        events = await registrations(flow["settings"], names)  # the artifact is uploaded first
-        await asyncio.to_thread(fault_stack.stop_s3)
-        assert not fault_stack.answers()["s3"]
-        await _publish(kafka, events)
-        await wait_all_unready(flow["fleet"], "s3")
-        await asyncio.sleep(15)  # ingest sees S3 down for every one of them meanwhile
-        assert kafka.matching("registry.dlq", _about(prefix)) == []
-        assert kafka.matching("model.rejected", lambda s: s.data.get("name", "").startswith(prefix)) == []
-        await asyncio.to_thread(fault_stack.start_s3, log=lambda line: None)
-        await _all_accounted_for(flow, prefix, models, per_model)
+        async with Scenario(flow, "s3down", models=10, per_model=3) as run:  # the artifact is uploaded first
+            await asyncio.to_thread(fault_stack.stop_s3)
+            assert not fault_stack.answers()["s3"]
+            await run.publish()
+            await wait_all_unready(flow["fleet"], "s3")
+            await asyncio.sleep(15)  # ingest sees S3 down for every one of them meanwhile
+            assert run.kafka.matching("registry.dlq", _about(run.prefix)) == []
+            assert run.kafka.matching("model.rejected", run.mine) == []
+            await asyncio.to_thread(fault_stack.start_s3, log=lambda line: None)
+            await run.all_accounted_for()
     finally:
-        qa.cancel()
         if not fault_stack.answers()["s3"]:
             await asyncio.to_thread(fault_stack.start_s3, log=lambda line: None)
