@@ -3,10 +3,15 @@
 Event-driven for supersession and manual requests; time-driven (a periodic sweep) for
 rejected versions past their grace period and staging versions past their age. Several
 instances may sweep: rows are taken `FOR UPDATE SKIP LOCKED`, so none is archived twice.
+
+Deciding and moving are apart: a batch or the sweep records the decision in its transaction;
+the artifact moves to cold storage after that commits, with no transaction open, and a second
+transaction marks the version archived and emits model.archived (`finish_archives`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -40,6 +45,8 @@ SERVICE = "archival"
 log = logging.getLogger(__name__)
 
 _KEPT = "version, stage, staged_at, superseded_at, rejected_at"
+# How often decided archives are looked for when no batch or sweep announced one.
+FINISH_POLL_SECONDS = 5.0
 
 
 def _kept(row: asyncpg.Record) -> Kept:
@@ -54,6 +61,8 @@ class Archival:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.policy = resources.policy
+        # Set when an archive was decided: its artifact moves after the deciding transaction.
+        self.archives_due = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def batch_scope(self, conn: asyncpg.Connection, events: list[Any]) -> AsyncIterator[None]:
@@ -111,12 +120,15 @@ class Archival:
         elif superseded:
             await self._trim_superseded(tx, data.name)
 
-    async def _trim_superseded(self, tx: Tx, name: str) -> None:
+    async def _trim_superseded(self, tx: Tx, name: str) -> int:
+        """Archive the model's superseded versions beyond what its retention keeps; how many."""
         retention = self.policy.rule_for(name).retention
         rows = await tx.conn.fetch(
             f"SELECT {_KEPT} FROM archival_versions WHERE name = $1 AND archived_at IS NULL FOR UPDATE", name)
+        decided = 0
         for item in superseded_beyond_keep([_kept(r) for r in rows], retention):
-            await self.archive(tx, name, item.version, item.reason, restorable=item.restorable)
+            decided += await self.archive(tx, name, item.version, item.reason, restorable=item.restorable)
+        return decided
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
         data = event.data
@@ -130,29 +142,75 @@ class Archival:
             data.name, data.version, event.time, event.correlation)
 
     async def archive(self, tx: Tx, name: str, version: int, reason: str, *, restorable: bool) -> bool:
-        """Archive one version; False when there is nothing to do (yet)."""
+        """Decide to archive one version; False when there is nothing to do (yet). The artifact
+        moves once this transaction has committed (`finish_archives`), never inside it."""
         row = await tx.conn.fetchrow(
-            """SELECT stage, artifact_uri, archived_at, correlation_id FROM archival_versions
+            """SELECT stage, artifact_uri, archived_at, archive_requested_at FROM archival_versions
                WHERE name = $1 AND version = $2""",
             name, version)
-        if row is None or row["archived_at"] is not None:
+        if row is None or row["archived_at"] is not None or row["archive_requested_at"] is not None:
             return False
         if row["artifact_uri"] is None and reason != "rejected":
             return False  # model.ingested is still on its way: archived once it is here (on_ingested, or the sweep)
-        # A version ingest refused never had an artifact stored: archived with nothing to move.
-        archive_uri = await move_to_cold(self.resources.store, row["artifact_uri"]) if row["artifact_uri"] else None
         await tx.conn.execute(
+            """UPDATE archival_versions SET archive_requested_at = now(), archive_reason = $3,
+                      archive_restorable = $4, archive_from_stage = $5, updated_at = now()
+               WHERE name = $1 AND version = $2""",
+            name, version, reason, restorable, row["stage"] if row["stage"] != "archived" else "none")
+        self.archives_due.set()
+        return True
+
+    async def finish_archives(self, limit: int = 100) -> int:
+        """Move the artifacts of the versions whose archiving was decided, each outside any
+        transaction, then mark each archived and emit model.archived in one; returns how many."""
+        async with self.resources.pool.acquire() as conn:
+            due = await conn.fetch(
+                """SELECT name, version, artifact_uri FROM archival_versions
+                   WHERE archive_requested_at IS NOT NULL AND archived_at IS NULL
+                   ORDER BY archive_requested_at LIMIT $1""", limit)
+        for item in due:
+            # A version ingest refused never had an artifact stored: archived with nothing to move.
+            uri = item["artifact_uri"]
+            archive_uri = await move_to_cold(self.resources.store, uri) if uri else None
+            async with self.resources.pool.acquire() as conn, conn.transaction():
+                await self._record_archived(conn, item["name"], item["version"], archive_uri)
+        return len(due)
+
+    async def _record_archived(self, conn: asyncpg.Connection, name: str, version: int,
+                               archive_uri: str | None) -> None:
+        row = await conn.fetchrow(
+            """SELECT artifact_uri, correlation_id, archive_reason, archive_restorable, archive_from_stage
+               FROM archival_versions
+               WHERE name = $1 AND version = $2 AND archive_requested_at IS NOT NULL AND archived_at IS NULL
+               FOR UPDATE""", name, version)
+        if row is None:
+            return  # another instance recorded it (its move found the artifact already moved)
+        await conn.execute(
             """UPDATE archival_versions SET stage = 'archived', archived_at = now(), archive_uri = $3,
                       updated_at = now() WHERE name = $1 AND version = $2""", name, version, archive_uri)
-        from_stage = row["stage"] if row["stage"] != "archived" else "none"
-        restorable = restorable and archive_uri is not None
+        reason, from_stage = row["archive_reason"], row["archive_from_stage"]
+        restorable = bool(row["archive_restorable"]) and archive_uri is not None
         correlation = row["correlation_id"]  # the archived version's life, whatever caused this
+        tx = Tx(conn, SERVICE, None, correlation=correlation)
         tx.emit(ModelArchived, ModelArchivedData(name=name, version=version, from_stage=from_stage, reason=reason,
                                                  restorable=restorable), correlation=correlation)
         tx.audit("archived", name=name, version=version, from_stage=from_stage, to_stage="archived",
                  reason=reason, evidence={"archive_uri": archive_uri, "artifact_uri": row["artifact_uri"],
                                           "restorable": restorable}, correlation=correlation)
-        return True
+        await write_outbox(conn, SERVICE, tx.rows)
+
+    async def finish_archives_forever(self) -> None:
+        """Finish decided archives as soon as a batch or the sweep decides one, and every few
+        seconds anyway (what a crash or an S3 outage left unfinished)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.archives_due.wait(), FINISH_POLL_SECONDS)
+            self.archives_due.clear()
+            try:
+                while await self.finish_archives():
+                    pass
+            except Exception as exc:  # noqa: BLE001 - S3 or PostgreSQL away: the next turn retries
+                log.warning("archival: finishing archives failed, retried in %ss: %s", FINISH_POLL_SECONDS, exc)
 
     async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
         """An approver asks for an archived version back (stage `none`): the artifact returns
@@ -192,12 +250,13 @@ class Archival:
     async def sweep_forever(self) -> None:
         async def once() -> None:
             if archived := await self.sweep(datetime.now(UTC)):
-                log.info("archival sweep archived %d version(s)", archived)
+                log.info("archival sweep: %d version(s) to archive", archived)
 
         await every(self.resources.settings.archival_sweep_seconds, once, "archival sweep")
 
     async def sweep(self, now: datetime, limit: int = 200) -> int:
-        """Archive what is due by time; returns how many were archived."""
+        """Decide to archive what is due by time; returns how many (their artifacts move once
+        this transaction has committed)."""
         retentions = [rule.retention for rule in self.policy.rules] + [Retention()]
         # Only rows that some rule could find due are read.
         grace = min(r.rejected_grace for r in retentions)
@@ -247,11 +306,12 @@ class Archival:
                 if not await _try_lock(conn, row["name"]):
                     continue
                 tx = Tx(conn, SERVICE, None)
-                await self._trim_superseded(tx, row["name"])
-                archived += sum(1 for r in tx.rows if r.topic == ModelArchived.topic)
+                archived += await self._trim_superseded(tx, row["name"])
                 outbox.extend(tx.rows)
             await write_outbox(conn, SERVICE, outbox)
-            return archived
+        if archived:
+            self.archives_due.set()
+        return archived
 
 
 def build(resources: Resources) -> ServiceHandlers:
@@ -262,7 +322,7 @@ def build(resources: Resources) -> ServiceHandlers:
         "model.demoted": archival.on_demoted,
         "model.rejected": archival.on_rejected,
         "promotion.requested": archival.on_requested,
-    }, background=(archival.sweep_forever,), batch_scope=archival.batch_scope)
+    }, background=(archival.sweep_forever, archival.finish_archives_forever), batch_scope=archival.batch_scope)
 
 
 def create_app(settings: Settings) -> ServiceApp:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -31,6 +33,8 @@ from tests.support import Kafka, eventually, for_model, signed, unique_name
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 REFUSAL = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidStorageClass</Code>'
            b"<Message>The storage class you specified is not valid</Message></Error>")
+UNAVAILABLE = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
+               b"<Message>Please reduce your request rate.</Message></Error>")
 
 
 class NoColdStorageS3:
@@ -40,6 +44,8 @@ class NoColdStorageS3:
         self.upstream = upstream.rstrip("/")
         self.refused: list[str] = []  # the storage classes asked for, and refused
         self.forwarded = 0
+        self.down = False  # answer every request 503, as an S3 server in an outage
+        self.refused_while_down = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -62,6 +68,9 @@ class NoColdStorageS3:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.down:
+            self.refused_while_down += 1
+            return web.Response(status=503, body=UNAVAILABLE, content_type="application/xml")
         asked = request.headers.get("x-amz-storage-class")
         if asked and asked != "STANDARD":
             self.refused.append(asked)
@@ -108,12 +117,38 @@ async def own_database(settings: Settings, endpoints: Endpoints) -> AsyncIterato
         await conn.close()
 
 
-@pytest.mark.parametrize("request_first", [False, True], ids=["ingested-first", "archive-request-first"])
-async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_and_tagged(
-        settings: Settings, no_cold_s3: NoColdStorageS3, own_database: str, request_first: bool) -> None:
-    """Also when the archive request overtakes the version's `model.ingested` (Kafka does not
-    order the two topics): the artifact moves once its location arrives."""
-    # an archival service of its own (topics, database), whose S3 is the server without classes
+@dataclass
+class OwnArchival:
+    """An archival service of its own (topics, database), whose S3 is the proxy."""
+
+    settings: Settings
+    tap: Kafka
+    db: asyncpg.Connection
+
+    async def stored_artifact(self, store_settings: Settings, name: str, body: bytes) -> S3Location:
+        stored = S3Location(store_settings.s3_bucket, f"artifacts/{name}/1/{hashlib.sha256(body).hexdigest()}")
+        async with ObjectStore(store_settings) as store:  # straight to the real server
+            await store.ensure_bucket()
+            await store.client.put_object(Bucket=stored.bucket, Key=stored.key, Body=body)
+        return stored
+
+    def archive_request(self, name: str, stored: S3Location, body: bytes) -> list[tuple[str, Any, str]]:
+        """What ingest and promotion (an approver's request) would have published, with who signs each."""
+        ingested = new_event(ModelIngested, ModelIngestedData(
+            name=name, version=1, artifact=ArtifactRef(uri=stored.uri, sha256=hashlib.sha256(body).hexdigest(),
+                                                       size_bytes=len(body))), source="modelreg/ingest")
+        demoted = new_event(ModelDemoted, ModelDemotedData(
+            name=name, version=1, from_stage="none", to_stage="archived", reason="manual"),
+            source="modelreg/promotion", correlationid=ingested.correlationid)
+        return [("model.ingested", ingested, "ingest"), ("model.demoted", demoted, "promotion")]
+
+    async def publish(self, topic: str, event: Any, service: str, name: str) -> None:
+        await self.tap.publish_raw(topic, signed(self.settings, event, service=service), key=name)
+
+
+@pytest.fixture
+async def own_archival(settings: Settings, no_cold_s3: NoColdStorageS3, own_database: str
+                       ) -> AsyncIterator[OwnArchival]:
     mine = settings.model_copy(update={"s3_endpoint_url": no_cold_s3.url,
                                        "database_url": settings.database_url.__class__(own_database),
                                        "topic_prefix": f"{settings.topic_prefix}cold{uuid.uuid4().hex[:4]}."})
@@ -124,39 +159,72 @@ async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_
     await archival.start()
     db = await asyncpg.connect(own_database)
     try:
-        name = unique_name("cold")
-        body = b"an artifact bound for cold storage"
-        sha256 = hashlib.sha256(body).hexdigest()
-        stored = S3Location(settings.s3_bucket, f"artifacts/{name}/1/{sha256}")
-        async with ObjectStore(settings) as store:  # straight to the real server
-            await store.ensure_bucket()
-            await store.client.put_object(Bucket=stored.bucket, Key=stored.key, Body=body)
-        # what ingest and promotion (an approver's request) would have published, signed as theirs
-        ingested = new_event(ModelIngested, ModelIngestedData(
-            name=name, version=1, artifact=ArtifactRef(uri=stored.uri, sha256=sha256, size_bytes=len(body))),
-            source="modelreg/ingest")
-        demoted = new_event(ModelDemoted, ModelDemotedData(
-            name=name, version=1, from_stage="none", to_stage="archived", reason="manual"),
-            source="modelreg/promotion", correlationid=ingested.correlationid)
-        events = [("model.ingested", ingested, "ingest"), ("model.demoted", demoted, "promotion")]
-        for topic, event, service in reversed(events) if request_first else events:
-            await tap.publish_raw(topic, signed(mine, event, service=service), key=name)
-            # archival has applied it before the next one is sent: the order is the one named
-            await eventually(lambda event=event: db.fetchval(
-                "SELECT count(*) = 1 FROM processed_events WHERE event_id = $1", event.id))
-        archived = (await tap.wait_for("model.archived", for_model(name, 1)))[0]
-        assert (archived.data["reason"], archived.data["restorable"]) == ("manual", True)
-        assert no_cold_s3.refused == [COLD_STORAGE_CLASS]  # it asked for the cold class once, refused
-        target = S3Location(stored.bucket, "archive/" + stored.key)
-        async with ObjectStore(settings) as store:
-            assert await store.head(stored) is None
-            got = await store.client.get_object(Bucket=target.bucket, Key=target.key)
-            assert await got["Body"].read() == body
-            assert got.get("StorageClass", "STANDARD") == "STANDARD"
-            tags = await store.client.get_object_tagging(Bucket=target.bucket, Key=target.key)
-        key, value = TAGGING.split("=")
-        assert {"Key": key, "Value": value} in tags["TagSet"]
+        yield OwnArchival(mine, tap, db)
     finally:
         await db.close()
         await archival.stop()
         await tap.stop()
+
+
+@pytest.mark.parametrize("request_first", [False, True], ids=["ingested-first", "archive-request-first"])
+async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_and_tagged(
+        settings: Settings, no_cold_s3: NoColdStorageS3, own_archival: OwnArchival, request_first: bool) -> None:
+    """Also when the archive request overtakes the version's `model.ingested` (Kafka does not
+    order the two topics): the artifact moves once its location arrives."""
+    name = unique_name("cold")
+    body = b"an artifact bound for cold storage"
+    stored = await own_archival.stored_artifact(settings, name, body)
+    events = own_archival.archive_request(name, stored, body)
+    for topic, event, service in reversed(events) if request_first else events:
+        await own_archival.publish(topic, event, service, name)
+        # archival has applied it before the next one is sent: the order is the one named
+        await eventually(lambda event=event: own_archival.db.fetchval(
+            "SELECT count(*) = 1 FROM processed_events WHERE event_id = $1", event.id))
+    archived = (await own_archival.tap.wait_for("model.archived", for_model(name, 1)))[0]
+    assert (archived.data["reason"], archived.data["restorable"]) == ("manual", True)
+    assert no_cold_s3.refused == [COLD_STORAGE_CLASS]  # it asked for the cold class once, refused
+    target = S3Location(stored.bucket, "archive/" + stored.key)
+    async with ObjectStore(settings) as store:
+        assert await store.head(stored) is None
+        got = await store.client.get_object(Bucket=target.bucket, Key=target.key)
+        assert await got["Body"].read() == body
+        assert got.get("StorageClass", "STANDARD") == "STANDARD"
+        tags = await store.client.get_object_tagging(Bucket=target.bucket, Key=target.key)
+    key, value = TAGGING.split("=")
+    assert {"Key": key, "Value": value} in tags["TagSet"]
+
+
+async def test_an_archive_is_decided_while_s3_is_down_and_the_artifact_moves_once_it_is_back(
+        settings: Settings, no_cold_s3: NoColdStorageS3, own_archival: OwnArchival) -> None:
+    """No S3 call inside an open transaction: archival records its decision without touching
+    S3, so an outage holds no transaction (and no model's rows) open; the artifact moves and
+    model.archived goes out once S3 answers again."""
+    name = unique_name("cold")
+    body = b"an artifact that waits out an S3 outage"
+    stored = await own_archival.stored_artifact(settings, name, body)
+    events = own_archival.archive_request(name, stored, body)
+    no_cold_s3.down = True
+    for topic, event, service in events:
+        await own_archival.publish(topic, event, service, name)
+    # Both events applied and committed during the outage, the decision recorded with them.
+    ids = [event.id for _, event, _ in events]
+    await eventually(lambda: own_archival.db.fetchval(
+        "SELECT count(*) = 2 FROM processed_events WHERE event_id = ANY($1::uuid[])", ids))
+    row = await own_archival.db.fetchrow(
+        "SELECT archive_requested_at, archived_at, archive_reason FROM archival_versions "
+        "WHERE name = $1 AND version = 1", name)
+    assert row["archive_requested_at"] is not None and row["archived_at"] is None, dict(row)
+    assert row["archive_reason"] == "manual"
+    await eventually(lambda: no_cold_s3.refused_while_down > 0)  # the move was tried, and refused
+    assert not own_archival.tap.matching("model.archived", for_model(name, 1))
+    async with ObjectStore(settings) as store:
+        assert await store.head(stored) is not None  # still where it was
+
+    no_cold_s3.down = False
+    archived = (await own_archival.tap.wait_for("model.archived", for_model(name, 1)))[0]
+    assert (archived.data["reason"], archived.data["restorable"]) == ("manual", True)
+    assert await own_archival.db.fetchval(
+        "SELECT archived_at IS NOT NULL FROM archival_versions WHERE name = $1 AND version = 1", name)
+    async with ObjectStore(settings) as store:
+        assert await store.head(stored) is None
+        assert await store.head(S3Location(stored.bucket, "archive/" + stored.key)) is not None
