@@ -6,7 +6,8 @@ instances may sweep: rows are taken `FOR UPDATE SKIP LOCKED`, so none is archive
 
 Deciding and moving are apart: a batch or the sweep records the decision in its transaction;
 the artifact moves to cold storage after that commits, with no transaction open, and a second
-transaction marks the version archived and emits model.archived (`finish_archives`).
+transaction marks the version archived and emits model.archived (`finish_archives`). A restore
+goes the same way back (`finish_restores`).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class Archival:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.policy = resources.policy
-        # Set when an archive was decided: its artifact moves after the deciding transaction.
-        self.archives_due = asyncio.Event()
+        # Set when an archive or a restore was decided: the artifact moves after the deciding transaction.
+        self.moves_due = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def batch_scope(self, conn: asyncpg.Connection, events: list[Any]) -> AsyncIterator[None]:
@@ -157,7 +158,7 @@ class Archival:
                       archive_restorable = $4, archive_from_stage = $5, updated_at = now()
                WHERE name = $1 AND version = $2""",
             name, version, reason, restorable, row["stage"] if row["stage"] != "archived" else "none")
-        self.archives_due.set()
+        self.moves_due.set()
         return True
 
     async def finish_archives(self, limit: int = 100) -> int:
@@ -199,23 +200,23 @@ class Archival:
                                           "restorable": restorable}, correlation=correlation)
         await write_outbox(conn, SERVICE, tx.rows)
 
-    async def finish_archives_forever(self) -> None:
-        """Finish decided archives as soon as a batch or the sweep decides one, and every few
-        seconds anyway (what a crash or an S3 outage left unfinished)."""
+    async def finish_moves_forever(self) -> None:
+        """Finish decided archives and restores as soon as a batch or the sweep decides one, and
+        every few seconds anyway (what a crash or an S3 outage left unfinished)."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.archives_due.wait(), FINISH_POLL_SECONDS)
-            self.archives_due.clear()
+                await asyncio.wait_for(self.moves_due.wait(), FINISH_POLL_SECONDS)
+            self.moves_due.clear()
             try:
-                while await self.finish_archives():
+                while await self.finish_archives() + await self.finish_restores():
                     pass
             except Exception as exc:  # noqa: BLE001 - S3 or PostgreSQL away: the next turn retries
-                log.warning("archival: finishing archives failed, retried in %ss: %s", FINISH_POLL_SECONDS, exc)
+                log.warning("archival: moving artifacts failed, retried in %ss: %s", FINISH_POLL_SECONDS, exc)
 
     async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
-        """An approver asks for an archived version back (stage `none`): the artifact returns
-        from cold storage and the version is movable again. Promotion leaves these requests to
-        us, and decides every other one."""
+        """An approver asks for an archived version back (stage `none`): once this transaction
+        has committed, the artifact returns from cold storage and the version is movable again
+        (`finish_restores`). Promotion leaves these requests to us, and decides every other one."""
         data = event.data
         if data.to_stage != "none":
             return
@@ -234,16 +235,61 @@ class Archival:
                      to_stage="none", actor=data.actor, reason=decision.detail, evidence=evidence,
                      correlation=correlation)
             return
-        await move_from_cold(self.resources.store, row["artifact_uri"])
+        # The artifact comes back once this transaction has committed (`finish_restores`).
+        request = {"actor": data.actor, "reason": data.reason, "detail": decision.detail,
+                   "time": event.time.isoformat(),
+                   "evidence": {**evidence, **({"sent_by": tx.sender} if tx.sender else {})}}
         await tx.conn.execute(
-            """UPDATE archival_versions SET stage = 'none', stage_event_time = $3, archived_at = NULL,
-                      archive_uri = NULL, staged_at = NULL, superseded_at = NULL, updated_at = now()
-               WHERE name = $1 AND version = $2""", data.name, data.version, event.time)
-        tx.emit(ModelRestored, ModelRestoredData(name=data.name, version=data.version,
-                                                 artifact_uri=row["artifact_uri"], actor=data.actor,
-                                                 reason=data.reason), correlation=correlation)
-        tx.audit("restored", name=data.name, version=data.version, from_stage="archived", to_stage="none",
-                 actor=data.actor, reason=decision.detail, evidence=evidence, correlation=correlation)
+            """UPDATE archival_versions SET restore_requested_at = now(), restore_request = $3::jsonb,
+                      updated_at = now()
+               WHERE name = $1 AND version = $2 AND restore_requested_at IS NULL""",
+            data.name, data.version, request)
+        self.moves_due.set()
+
+    async def finish_restores(self, limit: int = 100) -> int:
+        """Bring back the artifacts of approved restores, each outside any transaction, then make
+        each version movable and emit model.restored in one; returns how many were handled."""
+        async with self.resources.pool.acquire() as conn:
+            due = await conn.fetch(
+                """SELECT name, version, artifact_uri FROM archival_versions WHERE restore_requested_at IS NOT NULL
+                   ORDER BY restore_requested_at LIMIT $1""", limit)
+        for item in due:
+            missing = None
+            try:
+                await move_from_cold(self.resources.store, item["artifact_uri"])
+            except FileNotFoundError as exc:
+                missing = str(exc)
+            async with self.resources.pool.acquire() as conn, conn.transaction():
+                await self._record_restored(conn, item["name"], item["version"], missing)
+        return len(due)
+
+    async def _record_restored(self, conn: asyncpg.Connection, name: str, version: int, missing: str | None) -> None:
+        row = await conn.fetchrow(
+            """SELECT artifact_uri, correlation_id, restore_request FROM archival_versions
+               WHERE name = $1 AND version = $2 AND restore_requested_at IS NOT NULL FOR UPDATE""", name, version)
+        if row is None:
+            return  # another instance recorded it
+        request = row["restore_request"]
+        correlation = row["correlation_id"]
+        tx = Tx(conn, SERVICE, None, correlation=correlation)
+        if missing is not None:  # nothing to bring back: refused, and the version stays archived
+            await conn.execute("""UPDATE archival_versions SET restore_requested_at = NULL, restore_request = NULL,
+                                         updated_at = now() WHERE name = $1 AND version = $2""", name, version)
+            tx.audit("restore_refused", name=name, version=version, from_stage="archived", to_stage="none",
+                     actor=request["actor"], reason=missing, evidence=request["evidence"], correlation=correlation)
+        else:
+            await conn.execute(
+                """UPDATE archival_versions SET stage = 'none', stage_event_time = $3, archived_at = NULL,
+                          archive_uri = NULL, staged_at = NULL, superseded_at = NULL, archive_requested_at = NULL,
+                          restore_requested_at = NULL, restore_request = NULL, updated_at = now()
+                   WHERE name = $1 AND version = $2""", name, version, datetime.fromisoformat(request["time"]))
+            tx.emit(ModelRestored, ModelRestoredData(name=name, version=version, artifact_uri=row["artifact_uri"],
+                                                     actor=request["actor"], reason=request["reason"]),
+                    correlation=correlation)
+            tx.audit("restored", name=name, version=version, from_stage="archived", to_stage="none",
+                     actor=request["actor"], reason=request["detail"], evidence=request["evidence"],
+                     correlation=correlation)
+        await write_outbox(conn, SERVICE, tx.rows)
 
     # -- the periodic sweep ------------------------------------------------------------------
 
@@ -310,7 +356,7 @@ class Archival:
                 outbox.extend(tx.rows)
             await write_outbox(conn, SERVICE, outbox)
         if archived:
-            self.archives_due.set()
+            self.moves_due.set()
         return archived
 
 
@@ -322,7 +368,7 @@ def build(resources: Resources) -> ServiceHandlers:
         "model.demoted": archival.on_demoted,
         "model.rejected": archival.on_rejected,
         "promotion.requested": archival.on_requested,
-    }, background=(archival.sweep_forever, archival.finish_archives_forever), batch_scope=archival.batch_scope)
+    }, background=(archival.sweep_forever, archival.finish_moves_forever), batch_scope=archival.batch_scope)
 
 
 def create_app(settings: Settings) -> ServiceApp:
