@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.settings import read_settings
@@ -27,6 +28,29 @@ class ApiSettings(BaseSettings):
     # champion, setting it asks the policy for a promotion.
     mlflow_champion_alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]{1,255}$",
                                        validation_alias="MODELREG_API_MLFLOW_CHAMPION_ALIAS")
+    # The team's MLflow tracking server (services/api/mlflow/tracking.py): MLflow 3 registers a
+    # logged model as `models:/m-ID`, whose files only that server can locate. Unset: such
+    # sources are refused with what to do. The token, if it needs one, goes as a bearer token
+    # (the caller's own token is never forwarded).
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MODELREG_API_MLFLOW_TRACKING_URI")
+    mlflow_tracking_token: SecretStr | None = Field(None, validation_alias="MODELREG_API_MLFLOW_TRACKING_TOKEN")
+
+    @field_validator("mlflow_tracking_uri", "mlflow_tracking_token", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("expected the http(s):// URL of an MLflow tracking server")
+        if parts.username or parts.password:
+            raise ValueError("no credentials in the URL: set MODELREG_API_MLFLOW_TRACKING_TOKEN")
+        return value.rstrip("/")
 
     @field_validator("open_reads")
     @classmethod

@@ -261,7 +261,8 @@ async def test_errors_and_tokens_as_mlflow_expects(
     assert write.error_code == "PERMISSION_DENIED"
     as_token(tokens["publisher"])
     for source, says in (("file:///tmp/model", "MODELREG_ARTIFACT_ROOTS"),
-                         ("s3://someone-elses/m.pkl", "ALLOWED_BUCKETS"), ("runs:/abc/model", "s3:// URIs, or file://")):
+                         ("s3://someone-elses/m.pkl", "ALLOWED_BUCKETS"),
+                         ("runs:/abc/model", "MODELREG_API_MLFLOW_TRACKING_URI"), ("ftp://x/m", "s3:// URIs, or file://")):
         refused = await call(_refused, client.create_model_version, f"mlflow-{RUN}-sources", source)
         assert refused.error_code == "INVALID_PARAMETER_VALUE" and says in refused.message, refused.message
     bad_name = await call(_refused, client.create_registered_model, "Fraud Detector")

@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,19 +55,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def running_mlflow_server(where: Path, *artifact_options: str) -> Iterator[str]:
+    """A real `mlflow server` (sqlite backend in `where`) with these artifact options, until the
+    block ends; yields its URL."""
     from bench.mlflow_compare import interpreter
 
     python = interpreter(lambda line: print(f"[mlflow] {line}"))
-    where = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(where / "server.log", "ab") as log:
         server = subprocess.Popen(
             [python, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{where / 'mlflow.db'}",
-             "--artifacts-destination", str(where / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
+             *artifact_options, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             # No background job runners: the registry is all this test needs of the server.
             env={**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
@@ -90,6 +91,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    where = tmp_path_factory.mktemp("mlflow-server")
+    with running_mlflow_server(where, "--artifacts-destination", str(where / "artifacts")) as url:
+        yield url
 
 
 class _Unsafe:

@@ -14,6 +14,9 @@ STAGE_TO_MLFLOW = {"none": "None", "staging": "Staging", "production": "Producti
 _MLFLOW_TO_STAGE = {v.lower(): k for k, v in STAGE_TO_MLFLOW.items()}
 
 PENDING, READY, FAILED = "PENDING_REGISTRATION", "READY", "FAILED_REGISTRATION"
+# The label holding the MLflow logged model a version was registered from (models:/m-ID);
+# ModelVersion.model_id is read from it.
+MODEL_ID_TAG = "mlflow.model_id"
 
 
 def stage_from_mlflow(stage: str) -> str:
@@ -83,6 +86,7 @@ def model_version(row: Mapping[str, Any], *, aliases: Iterable[str] = (),
         "status_message": registration.message,
         "tags": tag_list(tags),
         "aliases": sorted(aliases),
+        "model_id": tags.get(MODEL_ID_TAG),
     })
 
 

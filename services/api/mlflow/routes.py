@@ -22,7 +22,7 @@ from .. import auth
 from ..auth import Identity
 from ..resources import ApiResources, resources_of
 from ..routes import _publishing
-from . import filters, mapping, parsing, store
+from . import filters, mapping, parsing, store, tracking
 from .credentials import caller, may_read, must
 from .errors import MlflowError, MlflowRoute, invalid, not_found
 
@@ -284,17 +284,42 @@ def _source_uri(res: ApiResources, source: str) -> str:
             raise invalid(f"source {source[:200]!r}: {exc.message}; the registry reads local models only from "
                           f"under {roots_text(roots)} (MODELREG_ARTIFACT_ROOTS)") from None
         return source
-    if source.startswith("models:/"):
-        # MLflow 3 registers a logged model (`runs:/...`, `log_model(registered_model_name=...)`)
-        # by its id; its files are in the caller's tracking store, which the registry cannot reach.
-        raise invalid(f"source {source[:200]!r}: an MLflow logged model, kept by your tracking store, which modelreg "
-                      "cannot read; register its files instead: mlflow.register_model(MlflowClient()"
-                      ".get_logged_model(MODEL_ID).artifact_location, NAME), an s3:// location in a bucket the "
-                      "registry may read (MODELREG_ALLOWED_BUCKETS) or a local one under "
+    if source.startswith("mlflow-artifacts:/"):
+        # A tracking server that proxies artifacts hands out its own scheme; the files are in the
+        # store behind it, which is what the registry can be allowed to read.
+        raise invalid(f"source {source[:200]!r}: artifacts proxied by an MLflow tracking server (mlflow-artifacts:/), "
+                      "which modelreg does not read; run the tracking server with --no-serve-artifacts and "
+                      "--default-artifact-root set to an s3:// location in a bucket the registry may read "
+                      "(MODELREG_ALLOWED_BUCKETS) or a directory under "
                       f"{roots_text(res.settings.artifact_root_paths)} (MODELREG_ARTIFACT_ROOTS)")
     raise invalid(f"source {source[:200]!r}: modelreg registers artifacts from s3:// URIs, or file:// URIs and "
                   "absolute paths under its artifact roots (copy the model to the registry's bucket, or one it "
                   "may read, first)")
+
+
+async def _registered_source(res: ApiResources, source: str) -> tuple[str, str | None, str | None]:
+    """The artifact URI to register for `source`, the MLflow logged model's id when it is one,
+    and the run the tracking server says logged it: `models:/m-ID` (MLflow 3's register_model("runs:/...") and
+    log_model(registered_model_name=...)) and `runs:/RUN/PATH` are located by the team's
+    tracking server (MODELREG_API_MLFLOW_TRACKING_URI), and what it answers must pass the same
+    rules as a direct source."""
+    reference = tracking.tracking_reference(source)
+    if reference is None:
+        return _source_uri(res, source), None, None
+    if res.api.mlflow_tracking_uri is None:
+        raise invalid(f"source {source[:200]!r}: an MLflow {reference.kind} kept by your "
+                      "tracking server, which this registry is not configured to ask: set "
+                      "MODELREG_API_MLFLOW_TRACKING_URI to that server, or register its files instead: "
+                      "mlflow.register_model(MlflowClient().get_logged_model(MODEL_ID).artifact_location, NAME), "
+                      "an s3:// location in a bucket the registry may read (MODELREG_ALLOWED_BUCKETS) or a local "
+                      f"one under {roots_text(res.settings.artifact_root_paths)} (MODELREG_ARTIFACT_ROOTS)")
+    located = await tracking.resolve(res.api.mlflow_tracking_uri, res.api.mlflow_tracking_token, reference)
+    try:
+        uri = _source_uri(res, located.artifact_uri)
+    except MlflowError as exc:
+        raise invalid(f"{source[:200]!r} is {reference.described}, whose artifacts the tracking server keeps at "
+                      f"{exc.message.removeprefix('source ')}") from None
+    return uri, reference.model_id, located.run_id
 
 
 @_route("/model-versions/create", "POST")
@@ -306,7 +331,8 @@ async def create_model_version(request: Request) -> dict[str, Any]:
     run_id = parsing.text(params, "run_id", required=False, limit=256) or None
     description = parsing.text(params, "description", required=False) or None
     tags = parsing.tags(params)
-    uri = _source_uri(res, source)
+    uri, model_id, source_run = await _registered_source(res, source)
+    run_id = run_id or source_run  # log_model(registered_model_name=...) sends none
     version = await store.reserve_version(res.pool, name, source, run_id, identity.name)
     try:
         async with _publishing("publish model.registered"):
@@ -324,6 +350,8 @@ async def create_model_version(request: Request) -> dict[str, Any]:
         await store.release(res.pool, name, version)
         raise
     await store.registered(res.pool, name, version, event_id)
+    if model_id is not None:  # a label, like MLflow's ModelVersion.model_id
+        await store.set_version_tag(res.pool, name, version, mapping.MODEL_ID_TAG, model_id, identity.name)
     row = await _version_or_404(res, name, version)
     return {"model_version": _version_json(row, await _version_aliases(res, name))}
 
