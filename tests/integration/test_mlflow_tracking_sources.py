@@ -11,16 +11,20 @@ without I/O.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import mlflow
 import pytest
+from aiohttp import web
 from mlflow import MlflowClient
+from pydantic import SecretStr
 
 from services.api import auth
 from services.api.app import ApiService
@@ -68,6 +72,60 @@ def test_the_artifact_location_is_read_from_the_tracking_servers_answer() -> Non
                    {"run": {"info": {"artifact_uri": "file:///x"}}}, {"model": {"info": {"artifact_uri": "x" * 3000}}}):
         with pytest.raises(ValueError, match="artifact_uri"):
             tracking.artifact_location(model, answer)
+
+
+async def test_the_tracking_server_is_asked_with_the_registrys_token_and_its_answers_are_checked() -> None:
+    """`resolve` against a local HTTP server standing in for the tracking server's failures
+    (the real one is used below): the bearer token sent, and each bad answer an MLflow error."""
+    seen: list[dict[str, str]] = []
+    location = {"model": {"info": {"artifact_uri": "s3://models/1/models/m/artifacts", "source_run_id": "r1"}}}
+    answers: dict[str, Callable[[], web.StreamResponse]] = {  # a response is sent once: made per request
+        "m-good": lambda: web.json_response(location),
+        "m-gone": lambda: web.json_response({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no"}, status=404),
+        "m-locked": lambda: web.json_response({"error_code": "UNAUTHENTICATED"}, status=401),
+        "m-broken": lambda: web.Response(status=500),
+        "m-html": lambda: web.Response(text="<html>", content_type="text/html"),
+        "m-huge": lambda: web.Response(body=b" " * (tracking.MAX_ANSWER_BYTES + 10)),
+    }
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        model_id = request.path.removeprefix("/api/2.0/mlflow/logged-models/")
+        if model_id == "m-slow":
+            await asyncio.sleep(2)
+        return answers.get(model_id, lambda: web.Response(status=418))()
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        found = await tracking.resolve(url, SecretStr("mlflow-secret"), tracking.TrackingReference(model_id="m-good"))
+        assert found == tracking.Located("s3://models/1/models/m/artifacts", "r1")
+        assert seen[-1]["Authorization"] == "Bearer mlflow-secret"
+        await tracking.resolve(url, None, tracking.TrackingReference(model_id="m-good"))
+        assert "Authorization" not in seen[-1]
+        for model_id, code, says in (("m-gone", "RESOURCE_DOES_NOT_EXIST", "not found"),
+                                     ("m-locked", "INTERNAL_ERROR", "MODELREG_API_MLFLOW_TRACKING_TOKEN"),
+                                     ("m-broken", "TEMPORARILY_UNAVAILABLE", "HTTP 500"),
+                                     ("m-html", "INTERNAL_ERROR", "other than JSON"),
+                                     ("m-huge", "INTERNAL_ERROR", "more than"),
+                                     ("m-teapot", "INTERNAL_ERROR", "HTTP 418")):
+            with pytest.raises(MlflowError) as failed:
+                await tracking.resolve(url, None, tracking.TrackingReference(model_id=model_id))
+            assert failed.value.error_code == code and says in failed.value.message, (model_id, failed.value.message)
+        with pytest.raises(MlflowError) as slow:
+            await tracking.resolve(url, None, tracking.TrackingReference(model_id="m-slow"),
+                                   timeout=aiohttp.ClientTimeout(total=0.5))
+        assert slow.value.error_code == "TEMPORARILY_UNAVAILABLE" and "cannot be reached" in slow.value.message
+    finally:
+        await runner.cleanup()
+    with pytest.raises(MlflowError) as down:  # nothing listens there any more
+        await tracking.resolve(url, None, tracking.TrackingReference(model_id="m-good"))
+    assert down.value.error_code == "TEMPORARILY_UNAVAILABLE" and url in down.value.message
 
 
 # ---------------------------------------------------------------------------- the real servers
@@ -118,13 +176,18 @@ def _train() -> tuple[Any, Any]:
     return LogisticRegression().fit(features, np.array([0, 1, 0, 1, 0, 1])), features
 
 
+def _experiment() -> str:
+    """This module's experiment on the tracking server (not set_experiment: no process-wide state)."""
+    client, experiment = MlflowClient(), f"tracking-sources-{RUN}"
+    found = client.get_experiment_by_name(experiment)
+    return str(found.experiment_id) if found else client.create_experiment(experiment)
+
+
 def _log_in_a_run(model: Any, **log_options: Any) -> tuple[str, str]:
     """The pipeline's usual code: a run that logs the model; (run id, logged model id)."""
     import mlflow.sklearn
 
-    client, experiment = MlflowClient(), f"tracking-sources-{RUN}"
-    found = client.get_experiment_by_name(experiment)  # not set_experiment: no process-wide state
-    with mlflow.start_run(experiment_id=found.experiment_id if found else client.create_experiment(experiment)) as run:
+    with mlflow.start_run(experiment_id=_experiment()) as run:
         # Requirements given, so MLflow does not start a process to infer them.
         info = mlflow.sklearn.log_model(model, name="model", serialization_format="pickle",
                                         pip_requirements=["scikit-learn"], **log_options)
@@ -165,6 +228,36 @@ async def test_a_model_logged_on_the_tracking_server_registers_by_its_run_and_lo
 
     # a QA result lets the policy crown v1; a reader loads it back by its alias and it predicts
     await _crown_and_load(settings, api, tokens, as_token, db, name, model, features)
+
+
+@pytest.mark.slow
+async def test_a_runs_source_sent_as_such_registers_the_files_logged_in_that_run(
+        api: ApiService, tracked: None, tracking_server: tuple[str, Path], tmp_path: Path) -> None:
+    """`create_model_version(name, "runs:/RUN/model")` (MLflow 2 style: the model's files logged
+    as the run's artifacts) is located by the run's artifact_uri."""
+    import mlflow.sklearn
+
+    name = f"tracked-{RUN}-run-files"
+    model, _ = _train()
+
+    def log_files() -> str:
+        mlflow.sklearn.save_model(model, str(tmp_path / "model"), serialization_format="pickle",
+                                  pip_requirements=["scikit-learn"])
+        with mlflow.start_run(experiment_id=_experiment()) as run:
+            mlflow.log_artifacts(str(tmp_path / "model"), "model")
+        return str(run.info.run_id)
+
+    run_id = await call(log_files)
+    client = MlflowClient()
+    await call(client.create_registered_model, name)
+    await call(client.create_model_version, name, f"runs:/{run_id}/model", run_id, await_creation_for=120)
+    version = await call(client.get_model_version, name, "1")
+    assert version.status == "READY", version.status_message
+    artifacts = (await call(client.get_run, run_id)).info.artifact_uri
+    assert version.source == file_uri(Path(artifacts.removeprefix("file://")) / "model") and version.run_id == run_id
+    assert "mlflow.model_id" not in version.tags
+    missing = await call(_refused, client.create_model_version, name, f"runs:/{run_id}/elsewhere", run_id)
+    assert missing.error_code == "INVALID_PARAMETER_VALUE" and "elsewhere" in missing.message, missing.message
 
 
 def _ready(client: MlflowClient, name: str, version: str) -> Any:

@@ -100,6 +100,16 @@ def artifact_location(reference: TrackingReference, answer: Any) -> Located:
     return Located(uri, run_id if isinstance(run_id, str) and _RUN_ID.match(run_id) else None)
 
 
+async def _capped_body(answer: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, read no further than one byte past MAX_ANSWER_BYTES."""
+    body = bytearray()
+    async for chunk in answer.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            break
+    return bytes(body)
+
+
 def _mlflow_error(answer: bytes) -> str | None:
     try:
         parsed = json.loads(answer)
@@ -108,7 +118,8 @@ def _mlflow_error(answer: bytes) -> str | None:
     return parsed.get("error_code") if isinstance(parsed, dict) else None
 
 
-async def resolve(tracking_uri: str, token: SecretStr | None, reference: TrackingReference) -> Located:
+async def resolve(tracking_uri: str, token: SecretStr | None, reference: TrackingReference, *,
+                  timeout: aiohttp.ClientTimeout = TIMEOUT) -> Located:
     """Where the tracking server says `reference`'s files are, or an MLflow error:
     RESOURCE_DOES_NOT_EXIST when it does not know it, TEMPORARILY_UNAVAILABLE when it cannot be
     reached, INTERNAL_ERROR when it refuses the registry's token or answers something else."""
@@ -117,9 +128,9 @@ async def resolve(tracking_uri: str, token: SecretStr | None, reference: Trackin
     if token is not None:
         headers["Authorization"] = f"Bearer {token.get_secret_value()}"
     try:
-        async with aiohttp.ClientSession(timeout=TIMEOUT, trust_env=False, headers=headers) as session, \
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=False, headers=headers) as session, \
                 session.get(tracking_uri + reference.request_path, allow_redirects=False) as answer:
-            body = await answer.content.read(MAX_ANSWER_BYTES + 1)
+            body = await _capped_body(answer)
             status = answer.status
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise MlflowError("TEMPORARILY_UNAVAILABLE", f"{where} (MODELREG_API_MLFLOW_TRACKING_URI), which locates "
