@@ -142,7 +142,9 @@ class Tx:
         return self.emit(RegistryAudit, data, correlation=correlation)
 
 
-Handler = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
+# The event a handler gets is its topic's catalogue type (parse_event): a handler declares that
+# subclass (ModelIngested, ...), which a dict keyed by topic cannot express, hence Any.
+Handler = Callable[[Tx, Any], Awaitable[None]]
 # Set-based handling of all of a batch's fresh events of one topic, inside the transaction;
 # for handlers that emit nothing and refuse nothing (the audit writer).
 BatchHandler = Callable[[asyncpg.Connection, list[CloudEvent[Any]]], Awaitable[None]]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, cast
 
 from shared import metrics, telemetry
 from shared.attestation import promotion_statement, sign_statement
@@ -32,6 +32,7 @@ from shared.events import (
     ModelValidated,
     PromotionRequested,
     Reason,
+    Stage,
 )
 from shared.manifest import canonical_manifest, is_directory_uri
 from shared.policy import Rule
@@ -54,6 +55,9 @@ from .logic import (
 )
 from .store import VersionRow
 from .unit_of_work import IMPORT_CLAIMED, PendingImport, PromotionBatch
+
+# Why a version moves up (ModelPromotedData.reason).
+PromotionReason = Literal["policy", "manual", "rollback"]
 
 SERVICE = "promotion"
 
@@ -236,7 +240,7 @@ class Promotion:
             return
         await self._to_production(tx, row, current, reason="policy", evidence=evidence)
 
-    async def _to_production(self, tx: Tx, row: VersionRow, current: VersionRow | None, *, reason: str,
+    async def _to_production(self, tx: Tx, row: VersionRow, current: VersionRow | None, *, reason: PromotionReason,
                              evidence: dict[str, Any], actor: str | None = None,
                              replaced: int | None = None) -> bool:
         """Verify the stored artifact, retire the champion, crown `row`. False if quarantined."""
@@ -345,11 +349,12 @@ class Promotion:
     async def _import(self, tx: Tx, row: VersionRow, request: PendingImport) -> None:
         """Reproduce the stage a version had in the registry it was imported from, once it
         passed validation, without the policy's gates (`decide_import` says who may ask)."""
-        decision = decide_import(self.policy.rule_for(row.name), actor=request.actor, to_stage=request.to_stage,
+        to_stage = cast(Stage, request.to_stage)  # callers hand an IMPORT_CLAIMED marker elsewhere
+        decision = decide_import(self.policy.rule_for(row.name), actor=request.actor, to_stage=to_stage,
                                  stage=row.stage, validated=row.validated, blocked=row.blocked,
                                  registered_by=row.registered_by)
         evidence = {"imported_from": request.imported_from, "requested_by": request.actor,
-                    "request_reason": request.reason, "to_stage": request.to_stage, "approvers": [request.actor]}
+                    "request_reason": request.reason, "to_stage": to_stage, "approvers": [request.actor]}
         if decision.outcome == "wait":
             self.batch.set_pending_import(row.name, row.version, request)
             return
@@ -357,27 +362,27 @@ class Promotion:
         metrics.PROMOTION_DECISIONS.labels(f"import_{decision.outcome}").inc()
         if decision.outcome == "refuse":
             tx.audit("import_refused", name=row.name, version=row.version, from_stage=row.stage,
-                     to_stage=request.to_stage, actor=request.actor, reason=decision.detail, evidence=evidence,
+                     to_stage=to_stage, actor=request.actor, reason=decision.detail, evidence=evidence,
                      correlation=row.correlation_id)
             return
-        if request.to_stage == "production" and row.stage != "production":
+        if to_stage == "production" and row.stage != "production":
             if not await self._to_production(tx, row, self.batch.champion(row.name), reason="manual",
                                              evidence=evidence, actor=request.actor):
                 return  # quarantined: the stored bytes are not the ones registered
-        elif request.to_stage == "staging" and row.stage == "none":
+        elif to_stage == "staging" and row.stage == "none":
             await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=request.actor)
-        elif request.to_stage != row.stage:
-            await self._demote(tx, row, request.to_stage, reason="manual", evidence=evidence, actor=request.actor)
+        elif to_stage != row.stage:
+            await self._demote(tx, row, to_stage, reason="manual", evidence=evidence, actor=request.actor)
         source = request.imported_from
-        tx.audit("imported", name=row.name, version=row.version, from_stage=row.stage, to_stage=request.to_stage,
+        tx.audit("imported", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
                  actor=request.actor,
                  reason=f"{source.get('system')} {source.get('model')} v{source.get('version')}: {decision.detail}",
                  evidence={**evidence, "policy_revision": self.policy.revision}, correlation=row.correlation_id)
 
     # -- stage changes ----------------------------------------------------------------------
 
-    async def _move(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
-                    actor: str | None = None, previous_champion: int | None = None,
+    async def _move(self, tx: Tx, row: VersionRow, to_stage: Stage, *, reason: PromotionReason,
+                    evidence: dict[str, Any], actor: str | None = None, previous_champion: int | None = None,
                     **columns: Any) -> VersionRow:
         """Up a stage: the event, the new stage with its history, the audit record; returns
         the row as it now is."""
@@ -397,7 +402,7 @@ class Promotion:
                            "policy_revision": self.policy.revision}, correlation=row.correlation_id)
         return moved
 
-    def _attestation(self, row: VersionRow, to_stage: str, reason: str, evidence: dict[str, Any],
+    def _attestation(self, row: VersionRow, to_stage: Stage, reason: str, evidence: dict[str, Any],
                      previous_champion: int | None) -> Attestation:
         """The signed statement a deployment system can keep with the artifact (shared/attestation.py),
         signed with this service's event key: one key, one keyring."""
@@ -406,7 +411,7 @@ class Promotion:
             artifact_uri=row.artifact_uri, sha256=row.sha256, policy_revision=self.policy.revision,
             evidence=evidence, previous_champion=previous_champion, promoted_at=datetime.now(UTC))))
 
-    async def _demote(self, tx: Tx, row: VersionRow, to_stage: str, *, reason: str, evidence: dict[str, Any],
+    async def _demote(self, tx: Tx, row: VersionRow, to_stage: Stage, *, reason: str, evidence: dict[str, Any],
                       actor: str | None = None, superseded: bool = False, blocked: str | None = None) -> None:
         event = tx.emit(ModelDemoted, ModelDemotedData(name=row.name, version=row.version, from_stage=row.stage,
                                                        to_stage=to_stage, reason=reason, evidence=evidence),

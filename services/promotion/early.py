@@ -24,9 +24,11 @@ from shared.runtime import every
 log = logging.getLogger(__name__)
 
 Replay = Callable[[Tx, CloudEvent[Any]], Awaitable[None]]
+# A held event: a row of the table, or one held earlier in the same batch (not stored yet).
+HeldRow = asyncpg.Record | dict[str, Any]
 
 
-async def replay(tx: Tx, name: str, rows: list[asyncpg.Record], handlers: dict[str, Replay]) -> int:
+async def replay(tx: Tx, name: str, rows: list[HeldRow], handlers: dict[str, Replay]) -> int:
     """Apply what waited for this version (taken from the table by the caller), in arrival
     order, inside `tx`."""
     for row in sorted(rows, key=lambda r: (r["first_seen"], r["offset"] or 0)):

@@ -92,7 +92,8 @@ def authored_evaluation(rule: Rule, *, evaluator: str | None, registered_by: str
 def independent_results(rule: Rule, results: Iterable[Result],
                         registered_by: str | None) -> tuple[list[Result], list[Result]]:
     """(the results that count, the ones the version's own author reported)."""
-    counted, ignored = [], []
+    counted: list[Result] = []
+    ignored: list[Result] = []
     for result in results:
         authored = authored_evaluation(rule, evaluator=result.evaluator, registered_by=registered_by,
                                        environment=result.environment)

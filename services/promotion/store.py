@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from shared.events import Stage
+
 
 @dataclass(frozen=True)
 class VersionRow:
@@ -12,7 +14,7 @@ class VersionRow:
 
     name: str
     version: int
-    stage: str
+    stage: Stage
     sha256: str
     artifact_uri: str
     registered_by: str | None

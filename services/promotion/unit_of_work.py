@@ -15,12 +15,13 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, Literal
 
 import asyncpg
 
-from shared.events import CloudEvent
+from shared.events import CloudEvent, Stage
 
+from .early import HeldRow
 from .logic import Restorable, Result
 from .store import VersionRow
 
@@ -31,7 +32,7 @@ _IMPORT_PREFIX = "import:"
 
 
 # A registration's import marker, before any approver asked for a stage (see app.on_ingested).
-IMPORT_CLAIMED = "claimed"
+IMPORT_CLAIMED: Final = "claimed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,7 @@ class PendingImport:
     """An approver's import request (`modelreg import mlflow`) waiting for validation, or
     (to_stage IMPORT_CLAIMED, no actor) a registration's unconfirmed import marker."""
 
-    to_stage: str
+    to_stage: Stage | Literal["claimed"]  # "claimed": IMPORT_CLAIMED
     actor: str
     reason: str
     imported_from: dict[str, Any]
@@ -151,7 +152,7 @@ class PromotionBatch:
 
     def add_version(self, *, name: str, version: int, sha256: str, artifact_uri: str, registered_by: str | None,
                     correlation_id: uuid.UUID, traceparent: str | None,
-                    manifest: str | None = None) -> list[asyncpg.Record]:
+                    manifest: str | None = None) -> list[HeldRow]:
         """Record a version (unless known) and hand back the events that waited for it."""
         key = (name, version)
         if key not in self._versions:
@@ -175,8 +176,9 @@ class PromotionBatch:
         found = self._versions.get((name, version))
         if found is not None and found.new:
             return found.manifest
-        return await self.conn.fetchval(
+        manifest: str | None = await self.conn.fetchval(
             "SELECT manifest FROM promotion_versions WHERE name = $1 AND version = $2", name, version)
+        return manifest
 
     def update(self, name: str, version: int, **fields: Any) -> VersionRow | None:
         found = self._versions.get((name, version))
