@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -55,7 +55,8 @@ def _kept(row: asyncpg.Record) -> Kept:
 
 
 async def _try_lock(conn: asyncpg.Connection, name: str) -> bool:
-    return await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('archival:' || $1, 0))", name)
+    locked: bool = await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('archival:' || $1, 0))", name)
+    return locked
 
 
 class Archival:
@@ -173,8 +174,9 @@ class Archival:
             # A version ingest refused never had an artifact stored: archived with nothing to move.
             uri = item["artifact_uri"]
             archive_uri = await move_to_cold(self.resources.store, uri) if uri else None
-            async with self.resources.pool.acquire() as conn, conn.transaction():
-                await self._record_archived(conn, item["name"], item["version"], archive_uri)
+            async with self.resources.pool.acquire() as lent, lent.transaction():
+                # the pool's proxy forwards every Connection method
+                await self._record_archived(cast(asyncpg.Connection, lent), item["name"], item["version"], archive_uri)
         return len(due)
 
     async def _record_archived(self, conn: asyncpg.Connection, name: str, version: int,
@@ -259,8 +261,9 @@ class Archival:
                 await move_from_cold(self.resources.store, item["artifact_uri"])
             except FileNotFoundError as exc:
                 missing = str(exc)
-            async with self.resources.pool.acquire() as conn, conn.transaction():
-                await self._record_restored(conn, item["name"], item["version"], missing)
+            async with self.resources.pool.acquire() as lent, lent.transaction():
+                # the pool's proxy forwards every Connection method
+                await self._record_restored(cast(asyncpg.Connection, lent), item["name"], item["version"], missing)
         return len(due)
 
     async def _record_restored(self, conn: asyncpg.Connection, name: str, version: int, missing: str | None) -> None:
@@ -308,7 +311,8 @@ class Archival:
         grace = min(r.rejected_grace for r in retentions)
         max_age = min((r.staging_max_age for r in retentions if r.staging_max_age is not None),
                       default=None)
-        async with self.resources.pool.acquire() as conn, conn.transaction():
+        async with self.resources.pool.acquire() as lent, lent.transaction():
+            conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
             # Candidates by the loosest rule, read without locks; each model's own rule says which
             # are due. (Locking the oldest `limit` candidates and judging them afterwards starved a
             # short-lived rule's due versions behind as many not-yet-due ones of a longer rule.)

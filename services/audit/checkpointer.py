@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import asyncpg
 from botocore.exceptions import ClientError
@@ -146,7 +147,8 @@ class Checkpointer:
         if not self._loaded:
             self.last = await self.objects.latest()
             self._loaded = True
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        async with self.pool.acquire() as lent, lent.transaction(isolation="repeatable_read"):
+            conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", CHECKPOINT_LOCK):
                 return None  # another instance is at it
             head = await store.read_head(conn)

@@ -55,12 +55,12 @@ def project(records: Sequence[tuple[int, AuditRecord]], versions: dict[tuple[str
     for seq, record in sorted(records, key=lambda pair: pair[0]):
         if record.version is None:
             continue
-        _apply(changes, seq, record)
+        _apply(changes, seq, record, record.version)
     return changes
 
 
-def _version(changes: Changes, seq: int, record: AuditRecord) -> dict[str, Any]:
-    key = (record.name, record.version)
+def _version(changes: Changes, seq: int, record: AuditRecord, version: int) -> dict[str, Any]:
+    key = (record.name, version)
     row = changes.versions.get(key)
     if row is None:
         row = {c: None for c in VERSION_COLUMNS}
@@ -91,13 +91,14 @@ def _status(row: dict[str, Any], status: str) -> None:
         row["status"] = status
 
 
-def _apply(changes: Changes, seq: int, record: AuditRecord) -> None:
+def _apply(changes: Changes, seq: int, record: AuditRecord, version: int) -> None:
+    """`version`: the record's, known to be set."""
     evidence = dict(record.evidence)
     action = record.action
     if action not in ("ingested", "rejected", "validated", "quarantined", "evaluated", "promoted", "demoted",
                       "archived", "restored"):
         return  # held, refusals, approvals, dead letters: the audit log has them, the view needs none
-    row = _version(changes, seq, record)
+    row = _version(changes, seq, record, version)
     if action == "ingested":
         for column in _METADATA:
             if column in evidence and evidence[column] is not None:

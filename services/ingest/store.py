@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.db import AnyConnection
+
 
 @dataclass(frozen=True)
 class StoredVersion:
@@ -18,10 +20,11 @@ class StoredVersion:
 
 async def next_version(conn: asyncpg.Connection, name: str) -> int:
     """Hand out the next version number; the row lock serialises concurrent registrations."""
-    return await conn.fetchval(
+    version: int = await conn.fetchval(
         """INSERT INTO models (name, last_version) VALUES ($1, 1)
            ON CONFLICT (name) DO UPDATE SET last_version = models.last_version + 1
            RETURNING last_version""", name)
+    return version
 
 
 async def reserve_version(conn: asyncpg.Connection, name: str, version: int) -> None:
@@ -32,7 +35,7 @@ async def reserve_version(conn: asyncpg.Connection, name: str, version: int) -> 
         name, version)
 
 
-async def reserve_versions(conn: asyncpg.Connection, keys: list[tuple[str, int]]) -> None:
+async def reserve_versions(conn: AnyConnection, keys: list[tuple[str, int]]) -> None:
     """`reserve_version` for many, in one statement (in name order: concurrent batches lock
     the same rows in the same order)."""
     highest: dict[str, int] = {}
@@ -60,7 +63,7 @@ async def insert_version(conn: asyncpg.Connection, **fields: Any) -> None:
                        *fields.values())
 
 
-async def existing_versions(conn: asyncpg.Connection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+async def existing_versions(conn: AnyConnection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
     if not keys:
         return set()
     rows = await conn.fetch(
@@ -70,7 +73,7 @@ async def existing_versions(conn: asyncpg.Connection, keys: list[tuple[str, int]
     return {(r["name"], r["version"]) for r in rows}
 
 
-async def claim_next_versions(conn: asyncpg.Connection,
+async def claim_next_versions(conn: AnyConnection,
                               requests: list[tuple[uuid.UUID, str]]) -> dict[uuid.UUID, int]:
     """A version number per registration event, in event order per name, reused when the
     event is seen again. Set-based: three statements whatever the batch's size."""
