@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -67,11 +67,16 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
             pool = await create_pool(settings.dsn, max_size=8, role=service_role(settings.db_role, "api"))
             stack.push_async_callback(pool.close)
             store = await stack.enter_async_context(ObjectStore(settings))
-            registry = publisher
-            if registry is None:
+            registry: Publisher
+            if publisher is not None:
+                registry = publisher
+            else:
                 await ensure_topics(settings)
-                registry = await stack.enter_async_context(Registry(
+                sdk = await stack.enter_async_context(Registry(
                     settings, source="modelreg/api", signing_key=service_key(settings.signing_key_file, "api")))
+                # the SDK's request_promotion declares to_stage a Stage; the API hands it the
+                # request's text, which the event model (PromotionRequestedData) validates
+                registry = cast(Publisher, sdk)
             cache = ChampionCache(settings.dsn)
             await cache.start()
             stack.push_async_callback(cache.stop)

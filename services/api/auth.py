@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import asyncpg
 
@@ -183,10 +183,11 @@ async def create(db: asyncpg.Pool | asyncpg.Connection, *, name: str, role: Role
     if expires_in <= timedelta(0):
         raise ValueError("a token's lifetime must be longer than 0")
     token = new_token()
-    row = await db.fetchrow(
+    # INSERT ... RETURNING always answers its row
+    row = cast(asyncpg.Record, await db.fetchrow(
         f"""INSERT INTO api_tokens (name, role, token_sha256, models, expires_at)
             VALUES ($1, $2, $3, $4, now() + $5::interval) RETURNING {_INFO}""",
-        name, role, hash_token(token), globs, expires_in)
+        name, role, hash_token(token), globs, expires_in))
     return token, TokenInfo(**dict(row))
 
 

@@ -82,9 +82,9 @@ class ChampionCache:
                     await self._disconnect()
             await self._connect()
 
-    def _notified(self, _conn: Any, _pid: int, _channel: str, name: str) -> None:
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         self._generation += 1
-        self._rows.pop(name, None)
+        self._rows.pop(str(payload), None)  # a NOTIFY payload (the model's name) is always a str
 
     def _drop_all(self) -> None:
         self._generation += 1

@@ -128,7 +128,8 @@ def compare(view: Mapping[str, Sequence[Row]], current: Policy, new: Policy, now
     unchanged ones too, after every change (changes are what a reader looks for)."""
     before, after = decide(view, current, now), decide(view, new, now)
     stages = {(v["name"], v["version"]): v["stage"] for v in view["versions"]}
-    changed, unchanged = [], []
+    changed: list[Difference] = []
+    unchanged: list[Difference] = []
     for key in sorted(set(before) | set(after)):
         old = before.get(key, Verdict("keep", "-"))
         fresh = after.get(key, Verdict("keep", "-"))

@@ -352,8 +352,9 @@ async def _presigned_directory(res: ApiResources, row: Any, prefix: S3Location, 
     seconds = res.api.presign_seconds
 
     async def presign(key: str) -> str:
-        return await res.store.client.generate_presigned_url(
+        url: str = await res.store.client.generate_presigned_url(
             "get_object", Params={"Bucket": prefix.bucket, "Key": key}, ExpiresIn=seconds)
+        return url
 
     files = [{"path": e.path, "sha256": e.sha256, "size_bytes": e.size_bytes, "url": await presign(prefix.key + e.path)}
              for e in parse_manifest(text)]
@@ -551,8 +552,9 @@ async def register(name: NameParam, request: Request, res: Resources,
     max_files = res.policy.rule_for(name).validation.max_files
     async with request.form(max_files=max_files, max_fields=len(_JSON_FIELDS) + len(_TEXT_FIELDS),
                             max_part_size=1024 * 1024) as form:
-        uploads = form.getlist("artifact")
-        if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
+        parts = form.getlist("artifact")
+        uploads = [u for u in parts if isinstance(u, UploadFile)]
+        if not parts or len(uploads) != len(parts):
             raise bad_request("artifact: a file part named 'artifact' is required (multipart/form-data)")
         fields = _registration(name, form, identity.name)
         workdir = FilePath(tempfile.mkdtemp(prefix="modelreg-upload-"))

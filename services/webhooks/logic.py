@@ -152,9 +152,7 @@ def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
     try:
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
-        return None
-    if moment is None:
-        return None
+        return None  # (since Python 3.10 an unreadable date raises rather than returning None)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(moment - now, timedelta(0))

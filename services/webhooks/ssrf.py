@@ -15,7 +15,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -106,7 +106,8 @@ async def resolve_refusal(url: str, allowed: Iterable[Network]) -> str | None:
     except OSError as exc:
         return f"{host} does not resolve ({exc})"
     for info in infos:
-        problem = address_refusal(ipaddress.ip_address(info[4][0].split("%")[0]), allowed)
+        text = cast(str, info[4][0])  # an AF_INET/AF_INET6 sockaddr starts with the address as text
+        problem = address_refusal(ipaddress.ip_address(text.split("%")[0]), allowed)
         if problem is not None:
             return f"{host} resolves to {problem}"
     return None

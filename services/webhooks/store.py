@@ -348,7 +348,9 @@ async def record_attempt(pool: asyncpg.Pool, claimed: Claimed, attempt: Attempt,
 
 async def endpoint_failing_since(pool: asyncpg.Pool, endpoint_id: uuid.UUID) -> datetime | None:
     async with pool.acquire() as conn:
-        return await conn.fetchval("SELECT failing_since FROM webhook_endpoints WHERE id = $1", endpoint_id)
+        since: datetime | None = await conn.fetchval(
+            "SELECT failing_since FROM webhook_endpoints WHERE id = $1", endpoint_id)
+        return since
 
 
 # -- the log, tests and replays ------------------------------------------------------------
@@ -418,10 +420,11 @@ async def redeliver(conn: Any, *, requested_by: str, delivery_id: int | None = N
 
 
 async def request_test(conn: Any, endpoint_id: uuid.UUID, message: Message, *, requested_by: str) -> int:
-    return await conn.fetchval(
+    delivery_id: int = await conn.fetchval(
         """INSERT INTO webhook_deliveries (endpoint_id, message_id, topic, model, body, kind, requested_by)
            VALUES ($1, $2, 'webhook.test', '', $3, 'test', $4) RETURNING id""",
         endpoint_id, message.message_id, message.body, requested_by)
+    return delivery_id
 
 
 async def finished(conn: Any, delivery_id: int) -> dict[str, Any] | None:
