@@ -36,7 +36,7 @@ _COLUMNS = (("SEQ", 6, True), ("TIME (UTC)", 19, False), ("ACTION", 14, False),
             ("ACTOR", 20, False), ("REASON", 0, False))
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add `audit` and its actions to the `modelreg` sub-parsers `commands`."""
     audit = commands.add_parser("audit", help="the tamper-evident audit log: tail it, verify its chain",
                                 description="Read the hash-chained audit log in PostgreSQL.")
@@ -117,6 +117,7 @@ async def _close(conn: asyncpg.Connection) -> None:
 def _describe(dsn: str) -> str:
     """host:port/database, never the password."""
     parts = urlsplit(dsn)
+    port: int | str
     try:
         port = parts.port or 5432
     except ValueError:

@@ -14,12 +14,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from shared import keys
 
 
-def add_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = commands.add_parser("keys", help="the services' signing keys: export the public keyring (JWKS)")
     actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     export = actions.add_parser("export", help="print the public keyring as a JWKS document")

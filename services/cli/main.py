@@ -12,22 +12,30 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from services.cli.errors import UserError
 from services.cli.service_names import SERVICES
 from shared.keys import KeyFileError
 from shared.policy import PolicyError
-from shared.settings import SettingsError
+from shared.settings import Settings, SettingsError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def _service_factory(name: str) -> Callable:  # type: ignore[type-arg]
+class _Service(Protocol):
+    """What every service's `create_app` builds (shared.runtime.ServiceApp, the API's ApiService)."""
+
+    async def run_until_signalled(self) -> None: ...
+
+
+def _service_factory(name: str) -> Callable[[Settings], _Service]:
     if name not in SERVICES:
         raise UserError(f"unknown service {name!r}; choose one of: {', '.join(SERVICES)}")
     module = importlib.import_module(f"services.{name}.app")
-    return module.create_app
+    create_app: Callable[[Settings], _Service] = module.create_app
+    return create_app
 
 
 def build_parser() -> argparse.ArgumentParser:

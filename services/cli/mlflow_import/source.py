@@ -8,6 +8,7 @@ once with a short timeout first, and every MLflow failure becomes a `UserError` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import urllib.error
 import urllib.request
@@ -109,8 +110,8 @@ class MlflowSource:
         found: list[MlflowModel] = []
         token = None
         while True:
-            page = self._call("listing registered models", lambda token=token: self.client.search_registered_models(
-                max_results=200, page_token=token))
+            page = self._call("listing registered models", functools.partial(
+                self.client.search_registered_models, max_results=200, page_token=token))
             for model in page:
                 found.append(MlflowModel(model.name, model.description or None, dict(model.tags or {}),
                                          {alias: int(v) for alias, v in (model.aliases or {}).items()}))
@@ -129,8 +130,8 @@ class MlflowSource:
         token = None
         while True:
             page = self._call(f"listing the versions of {name!r}",
-                              lambda token=token: self.client.search_model_versions(
-                                  f"name = '{quoted}'", max_results=1000, page_token=token))
+                              functools.partial(self.client.search_model_versions,
+                                                f"name = '{quoted}'", max_results=1000, page_token=token))
             for v in page:
                 if v.name != name:
                     continue
