@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from .allowlist import DEFAULT_ALLOWED, allow_list
-from .content import HEAD_BYTES, PICKLE_FORMATS, Limits, might_hold_pickle, scan_layers, worth_scanning
+from .content import HEAD_BYTES, PICKLE_FORMATS, might_hold_pickle, scan_layers, worth_scanning
 from .findings import ArtifactScan, Collector, Finding
 from .pickle_ops import UNRESOLVED_STACK_GLOBAL
+from .streams import Limits
 
 SCANNER_FAILED = "the scanner could not read this file"
 
@@ -55,7 +56,7 @@ def scan_stream(stream: BinaryIO, *, declared_format: str | None = None, label: 
     return col.result(examined)
 
 
-def scan_file(path: str | os.PathLike, *, declared_format: str | None = None, label: str | None = None,
+def scan_file(path: str | os.PathLike[str], *, declared_format: str | None = None, label: str | None = None,
               extra_allowed: Iterable[str] = (), limits: Limits = Limits(),
               siblings: frozenset[str] | None = None) -> ArtifactScan:
     """Scan a file on disk. I/O errors (missing file, permissions) propagate."""

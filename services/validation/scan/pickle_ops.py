@@ -70,7 +70,8 @@ class Built:
     __slots__ = ("cls", "args", "state")
 
     def __init__(self, cls: str, args: Any) -> None:
-        self.cls, self.args, self.state = cls, args, UNKNOWN
+        self.cls, self.args = cls, args
+        self.state: Any = UNKNOWN  # what BUILD sets: any unpickled value
 
 
 class _Box:
@@ -104,10 +105,10 @@ class _Stack:
     __slots__ = ("e", "cost")
 
     def __init__(self) -> None:
-        self.e: list = []
+        self.e: list[Any] = []  # the entries above: str, _Box or int
         self.cost = 0
 
-    def _append(self, item) -> None:
+    def _append(self, item: Any) -> None:
         if len(self.e) >= _MAX_STACK_ENTRIES:
             raise Limit(f"simulated stack exceeds {_MAX_STACK_ENTRIES} entries")
         self.e.append(item)
@@ -190,11 +191,11 @@ class _Stack:
                 return
         raise Invalid("MARK expected but the stack has none")
 
-    def pop_to_mark(self, keep: int) -> list | None:
+    def pop_to_mark(self, keep: int) -> list[Any] | None:
         """Pop the items above the topmost MARK and the MARK; return them bottom first, or None
         when there are more than `keep` of them (they are dropped all the same)."""
         e = self.e
-        items: list | None = []
+        items: list[Any] | None = []
         while e:
             t = e.pop()
             cls = t.__class__
@@ -433,7 +434,7 @@ def _string_value(name: str, arg: bytes | None) -> Any:
     return value if len(value) <= _MAX_KEPT_STR else UNKNOWN
 
 
-def _collection(name: str, items: list | None) -> Any:
+def _collection(name: str, items: list[Any] | None) -> Any:
     if items is None:
         return UNKNOWN
     if name == "TUPLE":
@@ -442,12 +443,12 @@ def _collection(name: str, items: list | None) -> Any:
         return items
     if len(items) % 2:
         raise Invalid("DICT needs key/value pairs")
-    out: dict = {}
+    out: dict[Any, Any] = {}
     _set_items(out, items)
     return out
 
 
-def _set_items(target: Any, items: list | None) -> None:
+def _set_items(target: Any, items: list[Any] | None) -> None:
     if target.__class__ is not dict or UNKNOWN in target:
         return
     if items is not None and len(items) % 2:
@@ -461,7 +462,7 @@ def _set_items(target: Any, items: list | None) -> None:
         target[k] = v
 
 
-def _append_items(target: Any, items: list | None, limit: int) -> None:
+def _append_items(target: Any, items: list[Any] | None, limit: int) -> None:
     if target.__class__ is not list:
         return
     if items is None or len(target) + len(items) > limit:
@@ -500,7 +501,8 @@ def walk_pickle(r: Reader, sink: Sink, list_limit: int = _MAX_SMALL) -> Any:
             raise Invalid(f"unknown opcode 0x{code:02x} at offset {r.offset - 1}")
         name, kind, n, sid, mark_below, pops, pushes = op
 
-        # --- the argument
+        # --- the argument: bytes, a pair of lines (GLOBAL, INST), or None (none, or skipped as too long)
+        arg: Any
         if kind == _A_NONE:
             arg = None
         elif kind == _A_FIXED:
@@ -566,9 +568,9 @@ def walk_pickle(r: Reader, sink: Sink, list_limit: int = _MAX_SMALL) -> Any:
         elif sid == _S_MARK:
             stack.push_mark()
         elif sid == _S_TUPLE_N:
-            items = [stack.pop() for _ in range(_TUPLE_SIZES[name])]
-            items.reverse()
-            stack.push(tuple(items))
+            popped = [stack.pop() for _ in range(_TUPLE_SIZES[name])]
+            popped.reverse()
+            stack.push(tuple(popped))
         elif sid == _S_TUPLE_MARK:
             keep = list_limit if name == "LIST" else 2 * _MAX_DICT if name == "DICT" else _MAX_SMALL
             stack.push(_collection(name, stack.pop_to_mark(keep)))
