@@ -67,9 +67,9 @@ async def run(ctx: Context) -> dict[str, Any]:
             write_seconds = time.perf_counter() - began
             began = time.perf_counter()
             await store.ensure_bucket()
-            with open(path, "rb") as handle:
+            with open(path, "rb") as artifact_file:
                 await store.client.upload_fileobj(
-                    handle, settings.s3_bucket, key,
+                    artifact_file, settings.s3_bucket, key,
                     Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                           max_concurrency=4))
             upload_seconds = time.perf_counter() - began

@@ -105,7 +105,7 @@ async def drive(session: aiohttp.ClientSession, url: str, plan: list[str], concu
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - began
-    result = {**summary(latencies), "requests": len(plan), "seconds": round(seconds, 3),
+    result: dict[str, Any] = {**summary(latencies), "requests": len(plan), "seconds": round(seconds, 3),
               "requests_per_second": round(len(latencies) / seconds, 1) if seconds else None,
               "errors": {str(k): v for k, v in errors.items()}, "samples_ms": downsample(latencies, 1000)}
     result["_etags"] = found

@@ -117,7 +117,8 @@ def cpu_ms_per_version(result: dict[str, Any], versions: int) -> float | None:
         return None
     idle = result.get("idle_cpu_per_second") or {}
     idle_seconds = sum(idle.get(name, 0.0) for name in cpu) * result.get("cpu_wall_seconds", 0.0)
-    return round(max(sum(cpu.values()) - idle_seconds, 0.0) / versions * 1e3, 2)
+    per_version: float = round(max(sum(cpu.values()) - idle_seconds, 0.0) / versions * 1e3, 2)
+    return per_version
 
 
 async def run(ctx: Context, procs: list[resources.Proc] | None, *, idle: dict[str, float] | None = None,

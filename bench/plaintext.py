@@ -24,7 +24,7 @@ import shutil
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from pydantic import SecretStr
@@ -163,7 +163,7 @@ class PlaintextPipeline:
         """The PLAINTEXT run's services and broker, and the stack's PostgreSQL and S3 (shared by both runs)."""
         shared = [p for p in self.ctx.target.procs() if p.name in ("postgres", "s3")]
         return [*(resources.Proc(n, pid) for n, pid in self.services.items()),
-                resources.Proc("kafka", self.kafka_pid), *shared]
+                resources.Proc("kafka", cast(int, self.kafka_pid)), *shared]  # set by start(), before any use
 
     async def stop(self, *, keep_logs: bool) -> None:
         for pid in self.services.values():

@@ -49,6 +49,11 @@ class Goal:
         return {**row, "met": False, "verdict": verdict}
 
 
+def _process_figure(service: str, figure: str) -> Callable[[dict[str, Any]], float | None]:
+    """Reads one service's figure from the results' per-process resources."""
+    return lambda r: dig(r, "resources", "processes", service, figure)
+
+
 def goals(results: dict[str, Any]) -> list[Goal]:
     config = results.get("config", {})
     listed = [
@@ -70,10 +75,9 @@ def goals(results: dict[str, Any]) -> list[Goal]:
              lambda r: dig(r, "scan", "share_of_pipeline_cpu_percent")),
     ]
     for service in SERVICES:
-        listed.append(Goal(f"idle RSS: {service}", "MiB", "<=", 80,
-                           lambda r, s=service: dig(r, "resources", "processes", s, "idle_mib")))
+        listed.append(Goal(f"idle RSS: {service}", "MiB", "<=", 80, _process_figure(service, "idle_mib")))
         listed.append(Goal(f"idle CPU: {service}", "% of a core", "<=", 1,
-                           lambda r, s=service: dig(r, "resources", "processes", s, "idle_cpu_percent_of_a_core")))
+                           _process_figure(service, "idle_cpu_percent_of_a_core")))
     return listed
 
 
