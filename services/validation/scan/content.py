@@ -22,13 +22,13 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from .findings import Collector, printable
 from .formats import check_gguf, check_hdf5_keras, check_keras_config, check_onnx, check_safetensors
 from .layouts import TORCH_LEGACY_MAGIC, TORCH_TAR_MEMBERS, JoblibArrays, scan_torch_legacy, scan_torch_tar_member
 from .pickle_ops import MAX_ARG_IN_MEMORY, START_OPS, walk_pickle
-from .reader import CHUNK, Invalid, Limit, Reader
+from .reader import CHUNK, Invalid, Limit, Reader, Stream, as_seekable
 from .streams import (
     NPY_MAGIC,
     ZIP_ERRORS,
@@ -59,6 +59,16 @@ CHECKED_FORMATS = frozenset({"onnx", "safetensors", "gguf", "keras", "h5", "hdf5
 
 _MAX_TAR_EXTENDED_HEADER = 1 << 20
 _MAX_ZIP_DIRECTORY = 64 << 20
+# zipfile's own reader of the end-of-central-directory record, and that record's fields: private
+# to zipfile, so typeshed leaves them out.
+_zip_end_record: Callable[[IO[bytes]], list[Any] | None] = zipfile._EndRecData  # type: ignore[attr-defined]  # noqa: SLF001
+_ECD_SIZE: int = zipfile._ECD_SIZE  # type: ignore[attr-defined]  # noqa: SLF001
+_ECD_ENTRIES_TOTAL: int = zipfile._ECD_ENTRIES_TOTAL  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+def _zip_readable(stream: Stream) -> IO[bytes]:
+    """A stream the caller knows seeks (the artifact file), as zipfile takes it."""
+    return cast(IO[bytes], stream)  # zipfile only reads, seeks and tells, which such a stream does
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -69,7 +79,9 @@ class _BoundedTarInfo(tarfile.TarInfo):
                     tarfile.SOLARIS_XHDTYPE)
         if self.type in extended and self.size > _MAX_TAR_EXTENDED_HEADER:
             raise tarfile.HeaderError(f"an extended header of {self.size} bytes")
-        return super()._proc_member(tarfile_)
+        # tarfile's private per-member hook: typeshed leaves it out
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
 
 class _Scanner:
@@ -80,12 +92,12 @@ class _Scanner:
 
     # --- one layer ---------------------------------------------------------------------------
 
-    def layer(self, stream: BinaryIO, where: str, strict: bool, depth: int, seekable: bool,
+    def layer(self, stream: Stream, where: str, strict: bool, depth: int, seekable: bool,
               fmt: str | None = None, siblings: frozenset[str] | None = None) -> bool:
         """Sniff and scan one stream; findings go to the root collector. Returns whether a
         pickle, a container or a model format was examined. `fmt`: the declared format (or the
         member's suffix); `siblings`: the artifact's other files, for ONNX external data."""
-        start = stream.tell() if seekable else None
+        start = as_seekable(stream).tell() if seekable else None
         r = Reader(stream, seekable=seekable)
         try:
             head = r.peek(HEAD_BYTES)
@@ -124,10 +136,10 @@ class _Scanner:
             plainly_pickle = head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5
             if self._pickle(r, where, strict=strict or plainly_pickle):
                 return True  # (else a probe found no pickle: the checks below still apply)
-        if start is not None and zip_with_prefix(stream):
+        if start is not None and zip_with_prefix(_zip_readable(stream)):
             # zipfile finds an archive behind prepended bytes; Keras and others load it so.
-            stream.seek(start)
-            self._zip_file(stream, f"{where} (zip after {describe(head)}...)", strict, depth + 1)
+            as_seekable(stream).seek(start)
+            self._zip_file(_zip_readable(stream), f"{where} (zip after {describe(head)}...)", strict, depth + 1)
             return True
         if fmt in CHECKED_FORMATS:
             self.root.finding(f"declared {fmt} but is not a {fmt} file (first bytes {describe(head)})",
@@ -141,14 +153,14 @@ class _Scanner:
 
     # --- other model formats -----------------------------------------------------------------
 
-    def _model_format(self, stream: BinaryIO, r: Reader, start: int | None, where: str, kind: str,
+    def _model_format(self, stream: Stream, r: Reader, start: int | None, where: str, kind: str,
                       siblings: frozenset[str] | None) -> bool:
         if start is not None and kind != "onnx":
             # Read as a pickle too: a polyglot must not pass as "not a pickle". (A stream read
             # once cannot be read twice; a well-formed safetensors or GGUF file cannot also be a
             # pickle that imports anything: their framing bytes are not opcodes.)
             self._pickle(r, where, strict=False)
-            stream.seek(start)
+            as_seekable(stream).seek(start)
             r = Reader(stream, seekable=True)
         if kind == "safetensors":
             findings = check_safetensors(r)
@@ -217,7 +229,7 @@ class _Scanner:
 
     # --- compression -------------------------------------------------------------------------
 
-    def _decompress(self, r: Reader, codec: tuple[str, Callable[[BinaryIO], BinaryIO]], where: str,
+    def _decompress(self, r: Reader, codec: tuple[str, Callable[[Stream], Stream]], where: str,
                     strict: bool, depth: int) -> bool:
         kind, opener = codec
         inner_where = f"{where} ({kind})"
@@ -259,7 +271,7 @@ class _Scanner:
             return False
         return True
 
-    def _member(self, stream: BinaryIO, name: str, where: str, depth: int,
+    def _member(self, stream: Stream, name: str, where: str, depth: int,
                 names: frozenset[str] = frozenset()) -> bool:
         lower = name.lower()
         strict = lower.endswith(_STRICT_SUFFIXES)
@@ -270,10 +282,11 @@ class _Scanner:
         return self.layer(stream, f"{where} > {printable(name)}", strict, depth, seekable=False,
                           fmt=fmt, siblings=siblings)
 
-    def _zip(self, r: Reader, stream: BinaryIO, seekable: bool, where: str, strict: bool, depth: int) -> None:
+    def _zip(self, r: Reader, stream: Stream, seekable: bool, where: str, strict: bool, depth: int) -> None:
         if seekable:
-            stream.seek(stream.tell() - len(r.unread_buffer()))
-            self._zip_file(stream, where, strict, depth)
+            seeking = as_seekable(stream)
+            seeking.seek(seeking.tell() - len(r.unread_buffer()))
+            self._zip_file(_zip_readable(seeking), where, strict, depth)
             return
         with tempfile.TemporaryFile(prefix="modelreg-scan-") as spool:  # zipfile needs to seek
             buffered = r.unread_buffer()
@@ -285,16 +298,16 @@ class _Scanner:
             spool.seek(0)
             self._zip_file(spool, where, strict, depth)
 
-    def _zip_file(self, fileobj: BinaryIO, where: str, strict: bool, depth: int) -> None:
+    def _zip_file(self, fileobj: IO[bytes], where: str, strict: bool, depth: int) -> None:
         try:
             # zipfile holds the whole central directory in memory: look at its size first.
             start = fileobj.tell()
-            end = zipfile._EndRecData(fileobj)  # noqa: SLF001 - the record zipfile itself reads
+            end = _zip_end_record(fileobj)  # the record zipfile itself reads
             fileobj.seek(start)
-            if end is not None and (end[zipfile._ECD_SIZE] > _MAX_ZIP_DIRECTORY  # noqa: SLF001
-                                    or end[zipfile._ECD_ENTRIES_TOTAL] > self.budget.limits.max_members):  # noqa: SLF001
-                self.root.finding(f"zip directory of {end[zipfile._ECD_ENTRIES_TOTAL]} entries "  # noqa: SLF001
-                                  f"in {end[zipfile._ECD_SIZE]} bytes is too large to read", where=where)  # noqa: SLF001
+            if end is not None and (end[_ECD_SIZE] > _MAX_ZIP_DIRECTORY
+                                    or end[_ECD_ENTRIES_TOTAL] > self.budget.limits.max_members):
+                self.root.finding(f"zip directory of {end[_ECD_ENTRIES_TOTAL]} entries "
+                                  f"in {end[_ECD_SIZE]} bytes is too large to read", where=where)
                 return
             archive = zipfile.ZipFile(fileobj)
         except ZIP_ERRORS as exc:
@@ -340,7 +353,8 @@ class _Scanner:
 
     def _tar(self, r: Reader, where: str, strict: bool, depth: int) -> None:
         try:
-            archive = tarfile.open(fileobj=Rest(r), mode="r|", tarinfo=_BoundedTarInfo)
+            # typeshed asks a fileobj for write, seek and tell too; stream mode ("r|") only reads
+            archive = tarfile.open(fileobj=Rest(r), mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
         except tarfile.TarError as exc:
             self.root.finding(f"not a valid tar archive: {exc}", where=where)
             return
@@ -373,7 +387,7 @@ class _Scanner:
         if strict and not examined:
             self.root.finding("declared a pickle but the tar archive holds none", where=where)
 
-    def _torch_tar_member(self, stream: BinaryIO, name: str, where: str) -> None:
+    def _torch_tar_member(self, stream: Stream, name: str, where: str) -> None:
         col = self.root.child(f"{where} > {name}")
         col.on_build = JoblibArrays(col)
         try:
@@ -385,7 +399,7 @@ class _Scanner:
         self.root.merge(col)
 
 
-def _descr_has_object(descr) -> bool:
+def _descr_has_object(descr: object) -> bool:
     if isinstance(descr, str):
         return "O" in descr or "object" in descr
     if isinstance(descr, list):

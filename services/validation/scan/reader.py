@@ -7,9 +7,30 @@ chunks) rather than read. Truncation raises `Invalid`; parsers report it as a fi
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from typing import Protocol, cast
 
 CHUNK = 1 << 20  # read size
+
+
+class Stream(Protocol):
+    """Bytes on demand: the artifact file, a codec, an archive member, or an adapter (streams.py)."""
+
+    def read(self, n: int, /) -> bytes: ...
+
+
+class SeekableStream(Stream, Protocol):
+    """A stream that also seeks (the artifact file); used only where the caller says it seeks."""
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def seekable(self) -> bool: ...
+
+
+def as_seekable(stream: Stream) -> SeekableStream:
+    """`stream` where the caller knows it seeks (else its missing methods raise AttributeError)."""
+    return cast(SeekableStream, stream)  # a Protocol cannot be checked at run time without isinstance costs
 
 
 class Invalid(Exception):
@@ -25,7 +46,7 @@ class Reader:
 
     __slots__ = ("_f", "_buf", "_pos", "_base", "_seekable", "_left")
 
-    def __init__(self, f: BinaryIO, seekable: bool | None = None) -> None:
+    def __init__(self, f: Stream, seekable: bool | None = None) -> None:
         self._f = f
         self._buf = b""
         self._pos = 0
@@ -33,14 +54,15 @@ class Reader:
         self._left = None       # bytes in the stream after the buffer, when known
         if seekable is None:
             try:
-                seekable = bool(f.seekable())
+                seekable = bool(as_seekable(f).seekable())
             except (AttributeError, OSError, ValueError):
                 seekable = False
         if seekable:
             try:
-                cur = f.tell()
-                end = f.seek(0, io.SEEK_END)
-                f.seek(cur)
+                seeking = as_seekable(f)
+                cur = seeking.tell()
+                end = seeking.seek(0, io.SEEK_END)
+                seeking.seek(cur)
                 self._left = max(0, end - cur)
             except (AttributeError, OSError, ValueError):
                 seekable = False
@@ -114,10 +136,10 @@ class Reader:
         if self._seekable and self._left is not None:
             if n > self._left:
                 self._base += self._left
-                self._f.seek(0, io.SEEK_END)
+                as_seekable(self._f).seek(0, io.SEEK_END)
                 self._left = 0
                 raise Invalid(f"truncated at offset {self._base}: argument runs past the end")
-            self._f.seek(n, io.SEEK_CUR)
+            as_seekable(self._f).seek(n, io.SEEK_CUR)
             self._left -= n
             self._base += n
             return
@@ -134,7 +156,7 @@ class Reader:
         self._buf = b""
         self._pos = 0
         if self._seekable and self._left is not None:
-            self._f.seek(0, io.SEEK_END)
+            as_seekable(self._f).seek(0, io.SEEK_END)
             self._base += self._left
             self._left = 0
             return

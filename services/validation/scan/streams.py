@@ -12,16 +12,19 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import ModuleType
+from typing import IO, BinaryIO
 
-from .reader import CHUNK, Invalid, Limit, Reader
+from .reader import CHUNK, Invalid, Limit, Reader, Stream
 
 try:  # optional codecs: without them such a stream is an unknown container (refused when strict)
     import lz4.frame as lz4_frame
 except ImportError:  # pragma: no cover - installed with the service
     lz4_frame = None
+zstandard: ModuleType | None
 try:
-    import zstandard
+    import zstandard as _zstandard
+    zstandard = _zstandard
 except ImportError:  # pragma: no cover - installed with the service
     zstandard = None
 
@@ -67,7 +70,7 @@ class Expanded:
     """A decompressed (or extracted) stream whose every byte is charged to the budget; codec
     errors become `Invalid` so that a corrupt stream is a finding, not a crash."""
 
-    def __init__(self, inner: BinaryIO, budget: Budget, kind: str) -> None:
+    def __init__(self, inner: Stream, budget: Budget, kind: str) -> None:
         self.inner, self.budget, self.kind = inner, budget, kind
 
     def read(self, n: int = -1) -> bytes:
@@ -108,7 +111,7 @@ class ZlibReader:
     """A zlib stream as joblib writes it (`compress='zlib'`), read with bounded output; like
     joblib's reader, a new stream may follow the end of one."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Stream) -> None:
         self.raw = raw
         self.dec = zlib.decompressobj()
         self.started = False
@@ -130,7 +133,7 @@ class ZlibReader:
                 return out
 
 
-def codec_of(head: bytes) -> tuple[str, Callable[[BinaryIO], BinaryIO]] | None:
+def codec_of(head: bytes) -> tuple[str, Callable[[Stream], Stream]] | None:
     """The compression a stream starts with, and how to open it."""
     if head.startswith(b"\x1f\x8b"):
         return "gzip stream", lambda f: gzip.GzipFile(fileobj=f, mode="rb")
@@ -149,12 +152,13 @@ def codec_of(head: bytes) -> tuple[str, Callable[[BinaryIO], BinaryIO]] | None:
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         if zstandard is None:
             return "zstd stream", missing_codec("zstandard")
-        return "zstd stream", lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+        zstd = zstandard
+        return "zstd stream", lambda f: zstd.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     return None
 
 
-def missing_codec(module: str) -> Callable[[BinaryIO], BinaryIO]:
-    def fail(_f: BinaryIO) -> BinaryIO:
+def missing_codec(module: str) -> Callable[[Stream], Stream]:
+    def fail(_f: Stream) -> Stream:
         raise Invalid(f"the scanner cannot decompress it (python module {module} missing)")
     return fail
 
@@ -187,7 +191,7 @@ def is_tar(head: bytes) -> bool:
     return stored in (unsigned, signed)
 
 
-def zip_with_prefix(stream: BinaryIO) -> bool:
+def zip_with_prefix(stream: IO[bytes]) -> bool:
     try:
         return zipfile.is_zipfile(stream)
     except ZIP_ERRORS:
@@ -226,7 +230,7 @@ class Rest:
 class Prefixed:
     """Bytes already read, then the rest of a stream."""
 
-    def __init__(self, first: bytes, rest: BinaryIO) -> None:
+    def __init__(self, first: bytes, rest: Stream) -> None:
         self.first, self.rest = first, rest
 
     def read(self, n: int = -1) -> bytes:
