@@ -15,7 +15,7 @@ up: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
-# The long fault and import scenarios (tests marked slow): about 25 minutes on 2 cores.
+# The long fault, soak and import scenarios (tests marked slow): about 30 minutes on 2 cores.
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -p no:cacheprovider -m slow $(PYTEST_ARGS)
 
