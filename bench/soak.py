@@ -167,7 +167,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                             ctx.log)
     finally:
         await asyncio.to_thread(fleet.stop)
-        for what, cleanup in (("topics", _remove_topics(settings)), ("bucket", _remove_bucket(settings)),
+        for what, cleanup in (("topics", _remove_topics(settings)), ("bucket", remove_bucket(settings)),
                               ("database", _database(stack.ports.postgres,
                                                      f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))):
             try:
@@ -187,7 +187,7 @@ async def _database(port: int, statement: str) -> None:
         await conn.close()
 
 
-async def _remove_bucket(settings: Settings) -> None:
+async def remove_bucket(settings: Settings) -> None:
     async with ObjectStore(settings) as store:
         while keys := [key for key, _ in await store.list_prefix(settings.s3_bucket, "", 1000)]:
             await store.client.delete_objects(Bucket=settings.s3_bucket,

@@ -92,9 +92,10 @@ class Seen:
         """The event's data; {} for a record without any (a forgery another test sent to the
         session's topics must not break every other test's predicates)."""
         try:
-            data = self.event.get("data") if isinstance(self.event, dict) else None
-        except ValueError:
+            event = self.event
+        except (ValueError, RecursionError):  # not JSON, or a poison record nested past any parser
             return {}
+        data = event.get("data") if isinstance(event, dict) else None
         return data if isinstance(data, dict) else {}
 
 

@@ -227,6 +227,8 @@ async def test_tokens_are_held_to_their_model_scope_and_expiry(client: httpx.Asy
     assert f"limited to models duties-{RUN}-fraud*" in outside["detail"]
     # reads with the token are scoped too, every route that names a model
     await kafka.wait_for("model.promoted", promoted(mine, 1, "staging"))
+    # The read model follows registry.audit: the model is there once the audit writer applied it.
+    await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM view_models WHERE name = $1", mine))
     assert (await client.get(f"/api/v1/models/{mine}", headers=scoped)).status_code == 200
     for path in (f"/api/v1/models/{theirs}", f"/api/v1/models/{theirs}/versions/1",
                  f"/api/v1/models/{theirs}/versions/1/explain", f"/api/v1/models/{theirs}/versions/1/artifact",

@@ -17,11 +17,12 @@ from aiokafka.errors import KafkaError
 
 from bench.accounting import Expected, account_for
 from bench.fleet import Fleet, wait_all_ready
-from bench.soak import SoakPlan, soak
+from bench.soak import SoakPlan, remove_bucket, soak
 from shared.broker import ensure_topics
 from shared.db import migrate
 from shared.events import TOPICS
 from shared.settings import Settings
+from shared.storage import ObjectStore
 from tests.conftest import Endpoints, _with_database
 from tests.support import Kafka, cloudevent, eventually, kafka_env, put_artifact
 
@@ -100,12 +101,18 @@ async def isolated(endpoints: Endpoints, settings: Settings) -> AsyncIterator[Se
     admin = await asyncpg.connect(_with_database(endpoints.database_url, "postgres"))
     await admin.execute(f'CREATE DATABASE "{database}"')
     await admin.close()
+    # A bucket of its own too: the audit writer's signed checkpoints there are checked against
+    # this database's chain, which another database's checkpoints would contradict.
     mine = settings.model_copy(update={
         "database_url": settings.database_url.__class__(_with_database(settings.dsn, database)),
-        "topic_prefix": f"{settings.topic_prefix}crash{suffix}."})
+        "topic_prefix": f"{settings.topic_prefix}crash{suffix}.",
+        "s3_bucket": f"modelreg-crash-{suffix}"})
     await migrate(mine.dsn)
     await ensure_topics(mine)
+    async with ObjectStore(mine) as store:
+        await store.ensure_bucket()
     yield mine
+    await remove_bucket(mine)
     admin = await asyncpg.connect(_with_database(endpoints.database_url, "postgres"))
     await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     await admin.close()

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 
+from bench.fleet import Fleet
 from shared.events import TOPICS
 from shared.settings import Settings
 from tests.integration.test_pipeline import evaluated, promoted, registered
-from tests.integration.test_resilience import Fleet, isolated  # noqa: F401 - a fixture
+from tests.integration.test_resilience import _env, isolated  # noqa: F401 - a fixture
 from tests.support import Kafka, for_model, put_artifact, unique_name
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -24,7 +25,7 @@ async def test_a_qa_result_without_trace_context_continues_the_versions_trace(is
     settings = isolated
     kafka = Kafka(settings)
     await kafka.start(TOPICS)
-    fleet = Fleet(settings)
+    fleet = Fleet(lambda _name: _env(settings))
     for service in ("ingest", "validation", "promotion"):
         fleet.start(service)
     try:
