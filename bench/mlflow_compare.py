@@ -6,11 +6,9 @@ has it, or is installed into bench/.mlflow-venv on first use (from PyPI)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +22,7 @@ import aiohttp
 import asyncpg
 
 from bench.context import Context
+from shared.stack.proc import terminate
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".mlflow-venv"
@@ -124,13 +123,8 @@ async def run(ctx: Context) -> dict[str, Any]:
             raise RuntimeError(f"the MLflow client failed: {stderr.decode(errors='replace')[-800:]}")
         measured = json.loads(stdout.decode().strip().splitlines()[-1])
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        await asyncio.to_thread(terminate, server.pid, timeout=20)
+        server.wait()
         shutil.rmtree(artifacts, ignore_errors=True)
         await _recreate_database(dsn, drop_only=True)
     return {**measured, "interpreter": python, "backend": f"PostgreSQL database {DATABASE} (dropped afterwards)"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -127,10 +128,19 @@ async def pipeline(settings: Settings, kafka: Kafka) -> dict[str, ServiceApp]:
     return await running(settings, "ingest", "validation", "promotion", "archival", "audit")
 
 
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings, **api_settings: Any) -> AsyncIterator[ApiService]:
+    """The HTTP API in this process on a free port, with these API settings, for a block."""
+    service = ApiService(settings, ApiSettings(port=0, **api_settings))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
 @pytest.fixture(scope="module")
 async def api_service(settings: Settings, pipeline) -> AsyncIterator[ApiService]:
     """The HTTP API over the running pipeline (its JWKS is what deployment systems fetch)."""
-    service = ApiService(settings, ApiSettings(port=0))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_api(settings) as service:
+        yield service

@@ -23,9 +23,9 @@ from mlflow.exceptions import MlflowException
 
 from services.api import auth
 from services.api.app import ApiService
-from services.api.settings import ApiSettings
 from shared.local_artifacts import file_uri
 from shared.settings import Settings
+from tests.integration.conftest import running_api
 from tests.support import Kafka, eventually, for_model, put_artifact
 
 RUN = uuid.uuid4().hex[:6]
@@ -34,10 +34,8 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 async def api(settings: Settings, pipeline: Any) -> AsyncIterator[ApiService]:
-    service = ApiService(settings, ApiSettings(port=0, open_reads=False))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_api(settings, open_reads=False) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pytest
 
 from shared.manifest import FileEntry, manifest_digest
 from shared.settings import Settings
+from shared.stack.proc import terminate
 from shared.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.integration.conftest import as_principal
 from tests.integration.test_cli_commands import _environment
@@ -85,12 +85,8 @@ def running_mlflow_server(where: Path, *artifact_options: str) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        terminate(server.pid, timeout=20)
+        server.wait()
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,9 @@ from services.api import auth
 from services.api.app import ApiService
 from services.api.mlflow import tracking
 from services.api.mlflow.errors import MlflowError
-from services.api.settings import ApiSettings
 from shared.local_artifacts import file_uri
 from shared.settings import Settings
+from tests.integration.conftest import running_api
 from tests.integration.test_mlflow_api import _crown_and_load, _refused, as_token, call
 from tests.integration.test_mlflow_import import running_mlflow_server
 from tests.support import Kafka, eventually, for_model
@@ -145,10 +145,8 @@ def tracking_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 async def api(settings: Settings, pipeline: Any, tracking_server: tuple[str, Path]) -> AsyncIterator[ApiService]:
-    service = ApiService(settings, ApiSettings(port=0, open_reads=False, mlflow_tracking_uri=tracking_server[0]))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_api(settings, open_reads=False, mlflow_tracking_uri=tracking_server[0]) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
