@@ -11,10 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "scan", "plaintext", "soak", "resources")
-# Asked for by name (--only ...,plaintext,soak): the plaintext comparison starts a second broker
-# and pipeline; the soak kills services for ten minutes.
-OPT_IN_PHASES = ("plaintext", "soak")
+PHASES = ("throughput", "latency", "lookup", "large", "replay", "trust", "scan", "plaintext", "soak", "scaleout",
+          "resources")
+# Asked for by name (--only ...,plaintext,soak,scaleout): the plaintext comparison starts a second
+# broker and pipeline; the soak kills services for ten minutes; the scale-out runs two pipelines
+# on a three-broker cluster of its own.
+OPT_IN_PHASES = ("plaintext", "soak", "scaleout")
+# Phases that start every service they measure: run alone, the stack's own services are not started.
+SELF_CONTAINED_PHASES = ("soak", "scaleout")
 DEFAULT_PHASES = tuple(p for p in PHASES if p not in OPT_IN_PHASES)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -43,6 +47,11 @@ class BenchConfig:
     def has(self, phase: str) -> bool:
         return phase in self.phases
 
+    @property
+    def needs_stack_services(self) -> bool:
+        """Whether any chosen phase measures the services running on the stack."""
+        return any(p not in SELF_CONTAINED_PHASES for p in self.phases)
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["out"] = str(self.out)
@@ -54,8 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = BenchConfig()
     parser.add_argument("--only", default=",".join(DEFAULT_PHASES), metavar="PHASES",
                         help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all but plaintext, "
-                             "which runs the throughput load again on a PLAINTEXT broker of its own, and soak, "
-                             "which SIGKILLs services of a pipeline of its own at random while versions flow)")
+                             "which runs the throughput load again on a PLAINTEXT broker of its own; soak, "
+                             "which SIGKILLs services of a pipeline of its own at random while versions flow; "
+                             "and scaleout, which runs the throughput load with 1 and then 2 processes of every "
+                             "service on a three-broker cluster, $MODELREG_SCALEOUT_STACK_DIR's or one it "
+                             "starts on free ports and removes)")
     parser.add_argument("--versions", type=_positive(int), default=d.versions,
                         help=f"throughput: versions to push through the pipeline (default {d.versions})")
     parser.add_argument("--models", type=_positive(int), default=d.models,

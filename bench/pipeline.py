@@ -109,6 +109,11 @@ def _rate(count: int, times: dict[Key, float], total: int) -> dict[str, Any]:
             "complete": len(times) >= total}
 
 
+def pipeline_rate(result: dict[str, Any], point: str) -> float | None:
+    """Versions per second of a throughput result to `point` ("staging", "decided", ...)."""
+    return (result.get(point) or {}).get("per_second")
+
+
 def cpu_ms_per_version(result: dict[str, Any], versions: int) -> float | None:
     """CPU milliseconds per version across every measured process of a throughput result, less
     what those processes burn idle over the run's wall time when that was measured."""

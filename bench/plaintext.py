@@ -31,7 +31,8 @@ from pydantic import SecretStr
 
 from bench import pipeline, resources
 from bench.context import Context
-from bench.pipeline import cpu_ms_per_version
+from bench.pipeline import cpu_ms_per_version, pipeline_rate
+from bench.stats import mean_of_known
 from bench.tap import wait_caught_up
 from shared.broker import ensure_topics_once_up
 from shared.settings import Settings
@@ -67,22 +68,17 @@ async def _drop_database(port: int) -> None:
         await conn.close()
 
 
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(sum(known) / len(known), 2) if known else None
-
-
 def compare(secured: dict[str, Any], plaintext: dict[str, Any], versions: int,
             signatures_ms: float | None, secured_again: dict[str, Any] | None = None) -> dict[str, Any]:
     """The runs side by side, and what security costs per version (pure: unit-tested). With
     `secured_again` (the secured load once more, after the PLAINTEXT run), the secured figures
     are the mean of both runs."""
     runs = [secured] if secured_again is None else [secured, secured_again]
-    secured_ms = _mean([cpu_ms_per_version(r, versions) for r in runs])
+    secured_ms = mean_of_known([cpu_ms_per_version(r, versions) for r in runs])
     plain_ms = cpu_ms_per_version(plaintext, versions)
     figures: dict[str, Any] = {
-        "secured": {"staging_per_second": _mean([pipeline_rate(r, "staging") for r in runs]),
-                    "decided_per_second": _mean([pipeline_rate(r, "decided") for r in runs]),
+        "secured": {"staging_per_second": mean_of_known([pipeline_rate(r, "staging") for r in runs]),
+                    "decided_per_second": mean_of_known([pipeline_rate(r, "decided") for r in runs]),
                     "cpu_ms_per_version": secured_ms, "runs": len(runs)},
         "plaintext": {"staging_per_second": pipeline_rate(plaintext, "staging"),
                       "decided_per_second": pipeline_rate(plaintext, "decided"), "cpu_ms_per_version": plain_ms},
@@ -95,10 +91,6 @@ def compare(secured: dict[str, Any], plaintext: dict[str, Any], versions: int,
     if secured_rate and plain_rate:
         figures["staging_throughput_ratio"] = round(secured_rate / plain_rate, 2)
     return figures
-
-
-def pipeline_rate(result: dict[str, Any], point: str) -> float | None:
-    return (result.get(point) or {}).get("per_second")
 
 
 class PlaintextPipeline:

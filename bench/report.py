@@ -152,6 +152,21 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
         row(f"  after the flow: every version at its stage ({soaked['failing_qa_kept_in_staging']} failing QA kept "
             "in staging) / every consumer caught up",
             f"{_num(soaked['settle_seconds_after_flow'], 1, 's')} / {_num(soaked['drain_seconds_after_flow'], 1, 's')}")
+    scaled = results.get("scaleout")
+    if scaled:
+        table.add_section()
+        row(f"scale-out: {scaled['versions']:,} versions / {scaled['models']} models on {scaled['brokers']} brokers "
+            f"({scaled['partitions_per_topic']} partitions a topic), 1 then 2 processes of every service", "")
+        for replicas, figures in scaled["replicas"].items():
+            runs = f", mean of {figures['runs']} runs" if figures["runs"] > 1 else ""
+            row(f"  {replicas} replica(s){runs}: to staging / decisions / CPU per version (every process)"
+                + ("" if figures["complete"] else " INCOMPLETE"),
+                f"{_num(figures['staging_per_second'], 1, 'versions/s')} / "
+                f"{_num(figures['decided_per_second'], 1, '/s')} / {_num(figures['cpu_ms_per_version'], 1, 'ms')}")
+        ratio = scaled["two_over_one"]
+        row("  2 replicas over 1: to staging / decisions / CPU per version",
+            " / ".join(f"{ratio[k]:g}x" if ratio.get(k) is not None else "-"
+                       for k in ("staging_per_second", "decided_per_second", "cpu_ms_per_version")))
     res = results.get("resources")
     if res:
         table.add_section()

@@ -16,7 +16,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import config as config_module
-from bench import large, latency, lookup, pipeline, plaintext, replayrate, report, resources, scan, soak, targets, trust
+from bench import (
+    large,
+    latency,
+    lookup,
+    pipeline,
+    plaintext,
+    replayrate,
+    report,
+    resources,
+    scaleout,
+    scan,
+    soak,
+    targets,
+    trust,
+)
 from bench.config import BenchConfig
 from bench.context import Context
 from bench.tap import wait_caught_up
@@ -100,6 +114,8 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
         await phase("plaintext", plaintext.run(ctx, results))
     if config.has("soak"):
         await phase("soak", soak.run(ctx))
+    if config.has("scaleout"):
+        await phase("scaleout", scaleout.run(ctx))
     if idle is not None and config.has("resources"):
         cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
         versions = config.versions if cpu else None
@@ -123,7 +139,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     run_id = uuid.uuid4().hex[:6]
     machine = describe_machine()
-    target = prepare(log)
+    target = prepare(log, start_services=config.needs_stack_services)
     results: dict[str, Any] = {
         "run_id": run_id, "started_at": started.isoformat(timespec="seconds"), "machine": machine,
         "config": config.as_dict(),

@@ -23,19 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from pydantic import SecretStr
 
 from bench.accounting import Expected, account_for
 from bench.context import Context, put_small_artifact
 from bench.fleet import Fleet, wait_all_ready
+from bench.own_pipeline import OwnPipeline
+from bench.own_pipeline import remove_bucket as remove_bucket  # the resilience tests' cleanup, from here as before
 from bench.tap import Publisher, QaResponder, Tap
-from shared.broker import ensure_topics, make_admin
-from shared.db import migrate
 from shared.events import ArtifactSpec, ModelRegistered, ModelRegisteredData, new_event
-from shared.kafka_acls import apply_acls, remove_acls
 from shared.settings import Settings
-from shared.stack import postgres
-from shared.storage import ObjectStore
 
 Log = Callable[[str], None]
 
@@ -147,59 +143,22 @@ class SoakFailed(RuntimeError):
 async def run(ctx: Context) -> dict[str, Any]:
     """The benchmark phase: a pipeline of its own on the stack, soaked for `--soak-seconds`."""
     stack = ctx.target.stack
-    database, prefix, bucket = f"modelreg_bench_soak_{ctx.run_id}", f"bsoak{ctx.run_id}.", f"bench-soak-{ctx.run_id}"
-    dsn = postgres.dsn(stack.ports.postgres, database)
-    settings = ctx.settings.model_copy(update={"database_url": SecretStr(dsn), "topic_prefix": prefix,
-                                               "s3_bucket": bucket})
-    await _database(stack.ports.postgres, f'CREATE DATABASE "{database}"')
-    own = {"DATABASE_URL": dsn, "MODELREG_TOPIC_PREFIX": prefix, "S3_BUCKET": bucket}
-    fleet = Fleet(lambda name: {**ctx.target.env, **stack.kafka_env(name), **own,
+    own = OwnPipeline.of(ctx.settings, stack.ports.postgres, "soak", ctx.run_id)
+    settings = own.settings
+    await own.create_database()
+    fleet = Fleet(lambda name: {**ctx.target.env, **stack.kafka_env(name), **own.env,
                                 "MODELREG_SIGNING_KEY_FILE": str(stack.signing_key_file(name))},
                   logs=stack.dir / "logs" / f"bench-soak-{ctx.run_id}")
     try:
-        await migrate(dsn)
-        await ensure_topics(settings)
-        await apply_acls(settings, prefix)
+        await own.prepare()
         fleet.start_all()
         await wait_all_ready(fleet, timeout=180)
-        result = await soak(settings, fleet, {**ctx.target.env, **own},
+        result = await soak(settings, fleet, {**ctx.target.env, **own.env},
                             SoakPlan(seconds=ctx.config.soak_seconds, seed=ctx.config.seed), f"soak-{ctx.run_id}-",
                             ctx.log)
     finally:
         await asyncio.to_thread(fleet.stop)
-        for what, cleanup in (("topics", _remove_topics(settings)), ("bucket", remove_bucket(settings)),
-                              ("database", _database(stack.ports.postgres,
-                                                     f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))):
-            try:
-                await cleanup
-            except Exception as exc:  # noqa: BLE001 - a leftover is reported, never hides the result
-                ctx.log(f"soak: could not remove its {what}: {type(exc).__name__}: {exc}")
+        await own.remove(lambda line: ctx.log(f"soak: {line}"))
     if not result["accounted_for"]:
         raise SoakFailed(result)
     return result
-
-
-async def _database(port: int, statement: str) -> None:
-    conn = await asyncpg.connect(postgres.dsn(port, "postgres"))
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-async def remove_bucket(settings: Settings) -> None:
-    async with ObjectStore(settings) as store:
-        while keys := [key for key, _ in await store.list_prefix(settings.s3_bucket, "", 1000)]:
-            await store.client.delete_objects(Bucket=settings.s3_bucket,
-                                              Delete={"Objects": [{"Key": key} for key in keys]})
-        await store.client.delete_bucket(Bucket=settings.s3_bucket)
-
-
-async def _remove_topics(settings: Settings) -> None:
-    await remove_acls(settings, settings.topic_prefix)
-    admin = make_admin(settings, "modelreg-bench")
-    await admin.start()
-    try:
-        await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)])
-    finally:
-        await admin.close()

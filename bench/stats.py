@@ -1,4 +1,4 @@
-"""Percentiles and summaries of latency samples."""
+"""Percentiles and summaries of latency samples; means of figures some runs may lack."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ def downsample(values: Sequence[float], at_most: int = 2000) -> list[float]:
         return [round(v, 3) for v in ordered]
     step = (len(ordered) - 1) / (at_most - 1)
     return [round(ordered[round(i * step)], 3) for i in range(at_most)]
+
+
+def mean_of_known(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that were measured (None: not measured), to 2 decimals; None if none were."""
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 2) if known else None

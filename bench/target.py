@@ -122,8 +122,8 @@ async def _api_answers(url: str) -> bool:
         return False
 
 
-def prepare(log: Log) -> Target:
-    """Start the local stack and every pipeline service that is not running yet."""
+def prepare(log: Log, *, start_services: bool = True) -> Target:
+    """Start the local stack and (unless told not to) every pipeline service that is not running yet."""
     stack = LocalStack()
     if not all(stack.answers().values()):
         log(f"starting the local stack in {stack.dir}")
@@ -131,7 +131,7 @@ def prepare(log: Log) -> Target:
     env = {**service_env(), **stack.env(), "PYTHONPATH": _import_root()}
     settings = load_settings(**{name.lower(): value for name, value in stack.env().items()})
     running = resources.find_services(settings.kafka_bootstrap_servers, settings.topic_prefix)
-    missing = [name for name in resources.SERVICES if name not in running]
+    missing = [name for name in resources.SERVICES if name not in running] if start_services else []
     offsets = {}
     if missing:
         log(f"starting {', '.join(missing)} as background processes (logs in {stack.dir / 'logs'})")
