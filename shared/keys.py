@@ -25,6 +25,7 @@ from typing import Any
 
 import nacl.exceptions
 import nacl.signing
+import orjson
 import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -106,15 +107,26 @@ class _NotPlain(Exception):
 
 
 def _plain(value: Any) -> Any:
-    """`value` with floats as RFC 8785 writes them, where Python's JSON encoder then writes
-    the same text; raises `_NotPlain` where it would not (rare: exponents, non-ASCII keys)."""
-    if isinstance(value, str) or value is None or isinstance(value, bool):
+    """`value` with floats as RFC 8785 writes them, where the JSON encoder then writes the same
+    text; raises `_NotPlain` where it would not (rare: exponents, non-ASCII keys).
+
+    Exact type checks, most frequent first: every event is walked once per signature made or
+    checked, so this runs about thirty times per model version."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return value
-    if isinstance(value, int):
-        if abs(value) > _MAX_SAFE_INTEGER:
-            raise _NotPlain
-        return value
-    if isinstance(value, float):
+    if kind is dict:
+        for key in value:
+            if type(key) is not str or not key.isascii():
+                raise _NotPlain  # RFC 8785 sorts keys by UTF-16 code units, the encoder by bytes
+        return {k: _plain(v) for k, v in value.items()}
+    if kind is int:
+        if -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+            return value
+        raise _NotPlain
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is float:
         if value.is_integer():
             if abs(value) > _MAX_SAFE_INTEGER:
                 raise _NotPlain  # ECMAScript pads the shortest digits with zeros
@@ -122,25 +134,20 @@ def _plain(value: Any) -> Any:
         if not 1e-4 <= abs(value) < 1e16:  # where repr() and ECMAScript choose exponents differently
             raise _NotPlain
         return value  # both write the shortest round-trip digits, positionally
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) and k.isascii() for k in value):
-            raise _NotPlain  # RFC 8785 sorts keys by UTF-16 code units, Python by code points
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    raise _NotPlain
+    raise _NotPlain  # subclasses of the JSON types, and anything else: the rfc8785 package decides
 
 
 def _canonical(document: dict[str, Any]) -> bytes:
-    """RFC 8785, fast: Python's C JSON encoder with sorted keys writes the same bytes for the
+    """RFC 8785, fast: a JSON encoder with sorted keys writes the same bytes for the
     values registry events hold (a test checks it against the `rfc8785` package on many
     documents); anything else goes through the `rfc8785` package itself."""
     try:
         plain = _plain(document)
     except _NotPlain:
         return rfc8785.dumps(document)
-    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    # orjson writes compact UTF-8 with sorted keys and the escapes RFC 8785 asks for, about
+    # three times faster than the json module (the same test holds it to `rfc8785`).
+    return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
 
 
 def _raw(public_key: Ed25519PublicKey) -> bytes:
@@ -184,9 +191,21 @@ class SigningKey:
         return {**unsigned, SIGNATURE_ATTRIBUTE: signature, KEY_ID_ATTRIBUTE: self.key_id}
 
     def sign_event_bytes(self, value: bytes) -> bytes:
-        """A CloudEvent's JSON message, signed (as the outbox stores and Kafka carries it)."""
-        return json.dumps(self.sign_event(json.loads(value)), separators=(",", ":"),
-                          ensure_ascii=False).encode()
+        """A CloudEvent's JSON message, signed (as the outbox stores and Kafka carries it).
+
+        The signature attributes are appended to the message as it is: encoding the whole
+        event again would cost as much as its canonical form. A message that already carries
+        signature attributes (signed again), or is not written as one UTF-8 object, is encoded anew."""
+        event = json.loads(value)
+        if not isinstance(event, dict):
+            raise ValueError(f"a CloudEvent message is a JSON object, not {type(event).__name__}")
+        body = value.strip()
+        if (not event or SIGNATURE_ATTRIBUTE in event or KEY_ID_ATTRIBUTE in event
+                or body[:1] != b"{" or body[-1:] != b"}"):
+            return json.dumps(self.sign_event(event), separators=(",", ":"), ensure_ascii=False).encode()
+        signature = self.sign(canonical_event_bytes(event))
+        attributes = orjson.dumps({SIGNATURE_ATTRIBUTE: signature, KEY_ID_ATTRIBUTE: self.key_id})
+        return b"%s,%s}" % (body[:-1], attributes[1:-1])
 
     def public(self) -> PublicKey:
         return PublicKey(self.service, self.public_key, event_types_for(self.service))

@@ -149,3 +149,37 @@ def test_the_fast_canonical_form_is_rfc_8785() -> None:
         assert canonical_event_bytes(document) == expected, document
         compared += 1
     assert compared > 4000
+
+
+def test_signing_appends_the_signature_to_the_message_as_it_is(keys: dict[str, SigningKey]) -> None:
+    """The outbox's signed row is the emitted message plus the two attributes: nothing else in
+    it is encoded again, and it verifies whatever spacing the message had."""
+    keyring = Keyring(key.public() for key in keys.values())
+    message = promoted()
+    signed = keys["promotion"].sign_event_bytes(message)
+    assert signed.startswith(message[:-1]) and signed.endswith(b'"}')
+    document = json.loads(signed)
+    assert {k: v for k, v in document.items() if k not in ("signature", "signingkey")} == json.loads(message)
+    assert signing.check(keyring, "model.promoted", signed) == (None, "key:promotion")
+    spaced = json.dumps(json.loads(message), indent=2).encode() + b"\n"
+    signed_spaced = keys["promotion"].sign_event_bytes(spaced)
+    assert signing.check(keyring, "model.promoted", signed_spaced) == (None, "key:promotion")
+
+
+def test_signing_a_signed_message_again_replaces_its_signature(keys: dict[str, SigningKey]) -> None:
+    keyring = Keyring(key.public() for key in keys.values())
+    by_ingest = keys["ingest"].sign_event_bytes(promoted())
+    again = keys["promotion"].sign_event_bytes(by_ingest)
+    document = json.loads(again)
+    assert document["signingkey"] == keys["promotion"].key_id and again.count(b'"signature"') == 1
+    assert signing.check(keyring, "model.promoted", again) == (None, "key:promotion")
+
+
+def test_an_empty_object_is_signed_as_a_whole_document(keys: dict[str, SigningKey]) -> None:
+    assert set(json.loads(keys["ingest"].sign_event_bytes(b"{}"))) == {"signature", "signingkey"}
+
+
+@pytest.mark.parametrize("message", [b"[]", b'"text"', b"1"])
+def test_what_is_not_a_json_object_is_not_signed(keys: dict[str, SigningKey], message: bytes) -> None:
+    with pytest.raises(ValueError, match="a CloudEvent message is a JSON object"):
+        keys["ingest"].sign_event_bytes(message)
