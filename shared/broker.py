@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
@@ -18,6 +19,7 @@ from aiokafka.errors import (
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from shared.consumer import BatchProcessor, Record
 from shared.events import MAX_MESSAGE_BYTES, TOPICS
@@ -130,7 +132,7 @@ async def _wait_for_topics(admin: AIOKafkaAdminClient, names: list[str]) -> None
 
 
 def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor,
-              topics: tuple[str, ...]) -> Any:
+              topics: tuple[str, ...]) -> BatchSubscriber:
     """One batch subscriber for the service's topics, offsets committed after each batch."""
     prefix_length = len(settings.topic_prefix)
     subscriber = broker.subscriber(
@@ -163,7 +165,7 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor
     return subscriber
 
 
-def _poll_without_sleeping(subscriber: Any, *, max_records: int) -> None:
+def _poll_without_sleeping(subscriber: BatchSubscriber, *, max_records: int) -> None:
     """Long polls instead of FastStream's short ones.
 
     FastStream's batch subscriber (0.7) calls `getmany(timeout_ms=batch_timeout_ms)` and, when
@@ -180,12 +182,49 @@ def _poll_without_sleeping(subscriber: Any, *, max_records: int) -> None:
 
     if not callable(getattr(subscriber, "get_msg", None)):  # pragma: no cover - a FastStream upgrade
         raise RuntimeError("FastStream's batch subscriber no longer has get_msg: revisit _poll_without_sleeping")
-    subscriber.get_msg = get_msg
+    subscriber.get_msg = get_msg  # type: ignore[method-assign]  # on this one instance, as said above
 
 
 async def _keep_raw(message: Any) -> Any:
     """The processor parses every record itself, so FastStream need not decode anything."""
     return None
+
+
+class ConsumerOffsets(Protocol):
+    """What consumer lag is read from: aiokafka's public `AIOKafkaConsumer` calls."""
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+
+    async def position(self, partition: TopicPartition) -> int: ...
+
+
+def subscription_consumer(subscriber: BatchSubscriber | None) -> ConsumerOffsets | None:
+    """The Kafka consumer a started subscription runs on (None before it starts and after it
+    stops, and on FastStream's TestKafkaBroker): FastStream's subscriber exposes it as its
+    public, typed `consumer` attribute."""
+    return None if subscriber is None else subscriber.consumer
+
+
+async def partition_lags(consumer: ConsumerOffsets) -> dict[TopicPartition, int | None]:
+    """Per partition assigned to `consumer`, the records between its position and the
+    high-water mark of its last fetch from that partition (None: not fetched yet)."""
+    lags: dict[TopicPartition, int | None] = {}
+    for partition in consumer.assignment():
+        highwater = consumer.highwater(partition)
+        lags[partition] = None if highwater is None else max(0, highwater - await consumer.position(partition))
+    return lags
+
+
+def topic_lags(lags: Mapping[TopicPartition, int | None], topic: str) -> dict[int, int] | None:
+    """`lags` of `topic`'s partitions, by partition number; None when none of them is
+    assigned (starting, rebalancing) or the lag of one is not known yet."""
+    mine = {partition.partition: lag for partition, lag in lags.items() if partition.topic == topic}
+    if not mine:
+        return None
+    known = {partition: lag for partition, lag in mine.items() if lag is not None}
+    return known if len(known) == len(mine) else None
 
 
 async def ensure_topics_once_up(settings: Settings, attempts: int = 60) -> None:

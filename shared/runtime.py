@@ -17,9 +17,19 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from shared import signing
-from shared.broker import TOPIC_CONFIGS, ensure_topics, make_broker, make_producer, subscribe
+from shared.broker import (
+    TOPIC_CONFIGS,
+    ensure_topics,
+    make_broker,
+    make_producer,
+    partition_lags,
+    subscribe,
+    subscription_consumer,
+    topic_lags,
+)
 from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
 from shared.db import create_pool, migrate, pending_migrations, service_role
 from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
@@ -69,7 +79,7 @@ class ServiceApp:
         self.relay: OutboxRelay | None = None
         self.resources: Resources | None = None
         self.health: HealthServer | None = None
-        self._subscriber: Any = None
+        self._subscriber: BatchSubscriber | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -147,32 +157,19 @@ class ServiceApp:
         """How far behind this instance is on each partition of `topic` it is assigned, from
         the high-water marks of the last fetches. None while that is not known: no assignment
         yet (starting, rebalancing), a partition never fetched, or a batch in progress."""
-        consumer = getattr(self._subscriber, "consumer", None)
+        consumer = subscription_consumer(self._subscriber)
         if consumer is None or self.processor is None or self.processor.busy:
             return None
-        name = self.settings.topic(topic)
-        lags = {}
-        for partition in consumer.assignment():
-            if partition.topic != name:
-                continue
-            highwater = consumer.highwater(partition)
-            if highwater is None:
-                return None
-            lags[partition.partition] = max(0, highwater - await consumer.position(partition))
-        return lags or None
+        return topic_lags(await partition_lags(consumer), self.settings.topic(topic))
 
     async def _refresh_gauges(self) -> None:
         """Consumer lag per partition and outbox backlog, read when Prometheus scrapes."""
-        consumer = getattr(self._subscriber, "consumer", None)
+        consumer = subscription_consumer(self._subscriber)
         if consumer is not None:
             prefix = len(self.settings.topic_prefix)
-            for partition in consumer.assignment():
-                highwater = consumer.highwater(partition)
-                if highwater is None:
-                    continue
-                position = await consumer.position(partition)
-                CONSUMER_LAG.labels(self.name, partition.topic[prefix:], str(partition.partition)).set(
-                    max(0, highwater - position))
+            for partition, lag in (await partition_lags(consumer)).items():
+                if lag is not None:
+                    CONSUMER_LAG.labels(self.name, partition.topic[prefix:], str(partition.partition)).set(lag)
         if self.relay is not None and self.resources is not None:
             async with self.resources.pool.acquire(timeout=CHECK_TIMEOUT) as conn:
                 await self.relay.backlog(conn)

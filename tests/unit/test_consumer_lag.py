@@ -1,0 +1,67 @@
+"""Consumer lag (shared.broker), read through aiokafka's public consumer calls: assignment(),
+highwater() and position(). The metric and promotion's expiry read it; a real consumer's is
+checked on Kafka in tests/integration/test_observability.py."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+from faststream.kafka import TestKafkaBroker
+
+from shared.broker import make_broker, partition_lags, subscribe, subscription_consumer, topic_lags
+from shared.settings import load_settings
+
+A0, A1, B0 = TopicPartition("t.a", 0), TopicPartition("t.a", 1), TopicPartition("t.b", 0)
+
+
+class FakeConsumer:
+    """An assignment with high-water marks (None: never fetched) and positions."""
+
+    def __init__(self, highwater: dict[TopicPartition, int | None], position: dict[TopicPartition, int]) -> None:
+        self._highwater = highwater
+        self._position = position
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._highwater)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self._highwater[partition]
+
+    async def position(self, partition: TopicPartition) -> int:
+        return self._position[partition]
+
+
+async def test_lag_is_the_records_between_position_and_high_water_mark() -> None:
+    consumer = FakeConsumer({A0: 10, A1: 5, B0: None}, {A0: 7, A1: 5, B0: 0})
+    assert await partition_lags(consumer) == {A0: 3, A1: 0, B0: None}
+
+
+async def test_a_position_past_the_last_fetched_high_water_mark_is_no_lag() -> None:
+    assert await partition_lags(FakeConsumer({A0: 10}, {A0: 12})) == {A0: 0}
+
+
+def test_a_topics_lag_is_per_partition_number() -> None:
+    assert topic_lags({A0: 3, A1: 0, B0: 9}, "t.a") == {0: 3, 1: 0}
+    assert topic_lags({A0: 3, A1: 0, B0: 9}, "t.b") == {0: 9}
+
+
+def test_a_topics_lag_is_unknown_without_partitions_or_with_one_never_fetched() -> None:
+    assert topic_lags({}, "t.a") is None
+    assert topic_lags({B0: 0}, "t.a") is None  # assigned other topics only (a rebalance)
+    assert topic_lags({A0: 0, A1: None, B0: 0}, "t.a") is None
+
+
+async def test_a_subscription_has_no_consumer_until_it_runs_on_kafka() -> None:
+    settings = load_settings()
+
+    class Processor:
+        consumer = "ingest"
+
+        async def process(self, records: object) -> None:
+            pass
+
+    broker = make_broker(settings, "test")
+    subscriber = subscribe(broker, settings, Processor(), ("model.registered",))
+    assert subscription_consumer(None) is None
+    assert subscription_consumer(subscriber) is None
+    async with TestKafkaBroker(broker):  # no Kafka: no consumer, so no lag is claimed
+        assert subscription_consumer(subscriber) is None
