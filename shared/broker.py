@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any, Protocol
 
@@ -19,10 +19,12 @@ from aiokafka.errors import (
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.publisher.usecase import DefaultPublisher
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
-from shared.consumer import BatchProcessor, Record
-from shared.events import MAX_MESSAGE_BYTES, TOPICS
+from shared.consumer import Record
+from shared.events import CATALOGUE, MAX_MESSAGE_BYTES, TOPICS
+from shared.kafka_acls import service_writes
 from shared.kafka_security import faststream_security, kafka_client_options
 from shared.settings import Settings
 
@@ -47,7 +49,8 @@ LONG_POLL_MS = 500
 
 
 def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
-    """FastStream's broker, for consuming: the outbox relay publishes with its own producer."""
+    """FastStream's broker, for consuming and for declaring what the service publishes
+    (`declare_publishers`); the outbox relay sends with its own producer (`make_producer`)."""
     return KafkaBroker(
         # A list: FastStream takes one string as one host, "a:9092,b:9092" included.
         settings.kafka_bootstrap_servers.split(","),
@@ -62,7 +65,14 @@ def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
 
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     """The outbox relay's producer: idempotent, acknowledged by every replica, batching a
-    relay's burst into few requests (a short linger: latency matters more than bytes)."""
+    relay's burst into few requests (a short linger: latency matters more than bytes).
+
+    aiokafka's, not FastStream's: the relay sends an outbox row's bytes (signed when it was
+    written) with exactly the row's headers, where FastStream's producer adds its own
+    `content-type` and `correlation_id` headers; and after a cluster outage the relay replaces
+    its producer with a fresh one (a new idempotent producer id, see `OutboxProducer.replace`),
+    where FastStream's producer lives and dies with the broker's connection, consumer included.
+    """
     return AIOKafkaProducer(
         **kafka_client_options(settings),
         client_id=client_id,
@@ -131,7 +141,16 @@ async def _wait_for_topics(admin: AIOKafkaAdminClient, names: list[str]) -> None
         await asyncio.sleep(0.1)
 
 
-def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor,
+class RecordBatches(Protocol):
+    """What a subscription hands its batches to: `shared.consumer.BatchProcessor` in a service."""
+
+    @property
+    def consumer(self) -> str: ...
+
+    async def process(self, records: Sequence[Record]) -> None: ...
+
+
+def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
               topics: tuple[str, ...]) -> BatchSubscriber:
     """One batch subscriber for the service's topics, offsets committed after each batch."""
     prefix_length = len(settings.topic_prefix)
@@ -163,6 +182,16 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: BatchProcessor
     subscriber(on_batch, decoder=_keep_raw)
     _poll_without_sleeping(subscriber, max_records=MAX_BATCH_RECORDS)
     return subscriber
+
+
+def declare_publishers(broker: KafkaBroker, settings: Settings, service: str) -> list[DefaultPublisher]:
+    """A FastStream publisher for each topic `service` may write (its Kafka ACLs), with the
+    topic's event model, so that FastStream's AsyncAPI documents what the service sends as
+    well as what it receives (`shared.schemagen` builds `schemas/asyncapi.yaml` from it).
+    Nothing publishes through them: the outbox relay sends (`make_producer` says why)."""
+    return [broker.publisher(settings.topic(topic), schema=CATALOGUE[topic].envelope,
+                             description=CATALOGUE[topic].summary)
+            for topic in service_writes(service)]
 
 
 def _poll_without_sleeping(subscriber: BatchSubscriber, *, max_records: int) -> None:

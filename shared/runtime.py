@@ -22,6 +22,7 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 from shared import signing
 from shared.broker import (
     TOPIC_CONFIGS,
+    declare_publishers,
     ensure_topics,
     make_broker,
     make_producer,
@@ -107,6 +108,7 @@ class ServiceApp:
                                      role=service_role(settings.db_role, self.name))
             self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
             self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
+            declare_publishers(broker, settings, self.name)
             await broker.start()
             self.resources.consumer_lag = self._lag
             self._stack.push_async_callback(broker.stop)

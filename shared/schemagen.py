@@ -2,26 +2,36 @@
 
 - `<topic>.schema.json`: JSON Schema (draft 2020-12) of the whole CloudEvent on that topic;
 - `examples/<topic>.json`: one valid event per topic;
-- `asyncapi.yaml`: an AsyncAPI 3.0 document of every topic, its key and payload.
+- `asyncapi.yaml`: an AsyncAPI 3.0 document of every topic, its key and payload, and of
+  what each service sends and receives: those operations come from the services' FastStream
+  apps (`service_specifications`: the subscriber and publishers each declares at start-up).
 
 `modelreg schemas generate` writes them; `modelreg schemas check` (and a test) fails on drift.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
 
 from shared.attestation import promotion_statement, sign_statement
+from shared.broker import declare_publishers, subscribe
+from shared.consumer import Record
 from shared.events import CATALOGUE, CONTENT_TYPE, MODEL_NAME_PATTERN, EventSpec
+from shared.kafka_acls import SERVICE_PRINCIPALS, SERVICE_READS
 from shared.keys import KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, SigningKey
 from shared.manifest import MANIFEST_DIGEST_RULE
+from shared.settings import Settings
 from shared.signing import INTERNAL_TOPICS
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -175,6 +185,46 @@ def _example_attestation(data: dict[str, Any]) -> dict[str, Any]:
         promoted_at=datetime(2026, 11, 27, 10, 0, tzinfo=UTC)))
 
 
+class _NeverDelivered:
+    """The batch processor of a subscription declared only to be documented."""
+
+    def __init__(self, service: str) -> None:
+        self.consumer = service
+
+    async def process(self, records: Sequence[Record]) -> None:
+        raise RuntimeError(f"{self.consumer}: a subscription declared for documentation received records")
+
+
+@functools.cache
+def service_specifications() -> dict[str, dict[str, Any]]:
+    """Each service's AsyncAPI 3.0 document as FastStream generates it: the batch subscriber
+    (`shared.broker.subscribe`) and the publishers (`declare_publishers`) the service declares
+    at start-up, here on a broker that never connects and with no topic prefix. What a service
+    reads is its ACL table's (`SERVICE_READS`; tests/unit/test_service_subscriptions.py checks
+    it is what its handlers consume); the API has no subscriber and publishes through its SDK
+    producer, so only its publishers are declared."""
+    settings = Settings.model_construct(topic_prefix="")  # the contract's names; no environment read
+    documents = {}
+    for service in SERVICE_PRINCIPALS:
+        broker = KafkaBroker()
+        if SERVICE_READS[service]:
+            subscribe(broker, settings, _NeverDelivered(service), SERVICE_READS[service])
+        declare_publishers(broker, settings, service)
+        schema = AsyncAPI(broker, title=f"modelreg {service}", schema_version="3.0.0").to_specification()
+        documents[service] = schema.to_jsonable()
+    return documents
+
+
+def service_operations(documents: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(service, action, topic) of every operation in `documents`: action "send" or "receive"."""
+    found = []
+    for service, document in documents.items():
+        for operation in document["operations"].values():
+            channel = document["channels"][operation["channel"]["$ref"].removeprefix("#/channels/")]
+            found.append((service, operation["action"], channel["address"]))
+    return sorted(set(found))
+
+
 def asyncapi() -> dict[str, Any]:
     channels, operations, messages = {}, {}, {}
     for topic, spec in CATALOGUE.items():
@@ -205,6 +255,18 @@ def asyncapi() -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{message_id}"},
             "summary": f"{spec.produced_by} publish {topic}",
             "messages": [{"$ref": f"#/channels/{message_id}/messages/{message_id}"}],
+        }
+    for service, action, topic in service_operations(service_specifications()):
+        if topic not in CATALOGUE:
+            raise ValueError(f"{service} declares {action} on {topic}, which is no contract topic")
+        message_id = _camel(topic)
+        operations[f"{service}{action.capitalize()}{message_id[0].upper()}{message_id[1:]}"] = {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{message_id}"},
+            "summary": f"{service} {action}s {topic}"
+                       + (" (through its outbox)" if action == "send" and service != "api" else ""),
+            "messages": [{"$ref": f"#/channels/{message_id}/messages/{message_id}"}],
+            "x-service": service,
         }
     return {
         "asyncapi": "3.0.0",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -12,6 +13,9 @@ import yaml
 
 from shared import schemagen
 from shared.events import CATALOGUE
+from shared.kafka_acls import SERVICE_PRINCIPALS, SERVICE_READS, service_writes
+from shared.keys import SIGNATURE_ATTRIBUTES
+from shared.signing import INTERNAL_TOPICS
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -61,3 +65,61 @@ def test_asyncapi_documents_every_topic() -> None:
     assert addresses == set(CATALOGUE)
     for message in document["components"]["messages"].values():
         assert (SCHEMAS / message["payload"]["$ref"].removeprefix("./")).exists()
+
+
+# ---------------------------------------------------------------------- FastStream's AsyncAPI
+
+COMMITTED_ASYNCAPI = yaml.safe_load((SCHEMAS / "asyncapi.yaml").read_text())
+
+
+def _service_operations_committed() -> set[tuple[str, str, str]]:
+    channels = COMMITTED_ASYNCAPI["channels"]
+    return {(op["x-service"], op["action"], channels[op["channel"]["$ref"].removeprefix("#/channels/")]["address"])
+            for op in COMMITTED_ASYNCAPI["operations"].values() if "x-service" in op}
+
+
+def test_what_each_faststream_app_sends_and_receives_is_in_the_committed_asyncapi() -> None:
+    """One source: the committed document's service operations are the FastStream apps'."""
+    generated = set(schemagen.service_operations(schemagen.service_specifications()))
+    assert generated == _service_operations_committed()
+    assert ("ingest", "receive", "model.registered") in generated
+    assert ("promotion", "send", "model.promoted") in generated
+
+
+@pytest.mark.parametrize("service", SERVICE_PRINCIPALS)
+def test_a_service_declares_a_publisher_per_topic_it_may_write_and_subscribes_to_what_it_reads(
+        service: str) -> None:
+    operations = schemagen.service_operations({service: schemagen.service_specifications()[service]})
+    assert {t for _, action, t in operations if action == "send"} == set(service_writes(service))
+    assert {t for _, action, t in operations if action == "receive"} == set(SERVICE_READS[service])
+
+
+def _resolved(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    payload = schema
+    while "$ref" in payload:
+        payload = document["components"]["schemas"][payload["$ref"].removeprefix("#/components/schemas/")]
+    return payload
+
+
+def test_faststream_payloads_have_the_published_schemas_fields() -> None:
+    """FastStream documents a publisher's payload from the event model; it names the fields
+    and required fields that schemas/<topic>.schema.json publishes (the published schema adds
+    the signature attributes of the registry's own events)."""
+    checked = set()
+    for document in schemagen.service_specifications().values():
+        for operation in document["operations"].values():
+            if operation["action"] != "send":
+                continue
+            channel = document["channels"][operation["channel"]["$ref"].removeprefix("#/channels/")]
+            (message,) = channel["messages"].values()
+            message = document["components"]["messages"][message["$ref"].removeprefix("#/components/messages/")]
+            payload = _resolved(document, message["payload"])
+            published = json.loads((SCHEMAS / f"{channel['address']}.schema.json").read_text())
+            extra = set(SIGNATURE_ATTRIBUTES) if channel["address"] in INTERNAL_TOPICS else set()
+            assert set(payload["properties"]) == set(published["properties"]) - extra, channel["address"]
+            assert set(payload["required"]) == set(published["required"]) - extra, channel["address"]
+            data = _resolved(document, payload["properties"]["data"])
+            published_data = published["$defs"][published["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+            assert set(data["properties"]) == set(published_data["properties"]), channel["address"]
+            checked.add(channel["address"])
+    assert checked == set(CATALOGUE)
