@@ -161,6 +161,7 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
         self._failed_passes = 0
+        self._backlog_counted_at = float("-inf")
         self.published = 0
 
     def wake(self) -> None:
@@ -196,10 +197,19 @@ class OutboxRelay:
                     continue
                 self._failed_passes = 0
                 if not done.moved:
-                    await self.backlog(conn)
+                    await self._refresh_backlog(conn)
                     await self._sleep()
         finally:
             await conn.close()
+
+    async def _refresh_backlog(self, conn: asyncpg.Connection) -> None:
+        """The backlog gauges once the outbox is drained, at most once a poll interval: under
+        load the relay drains after every batch a service commits, and counting the outbox
+        each time was a statement per batch that only a scrape (which counts too) reads."""
+        now = asyncio.get_running_loop().time()
+        if now - self._backlog_counted_at >= self._poll_interval:
+            self._backlog_counted_at = now
+            await self.backlog(conn)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self._service:
