@@ -115,7 +115,7 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
     if config.has("soak"):
         await phase("soak", soak.run(ctx))
     if config.has("scaleout"):
-        await phase("scaleout", scaleout.run(ctx))
+        await phase("scaleout", scaleout.run(ctx, results))
     if idle is not None and config.has("resources"):
         cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
         versions = config.versions if cpu else None

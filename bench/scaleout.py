@@ -97,6 +97,7 @@ async def cluster(ctx: Context) -> AsyncIterator[tuple[LocalStack, str]]:
         yield ctx.target.stack, f"the benchmark's stack ({ctx.target.stack.dir})"
         return
     home = Path(tempfile.mkdtemp(prefix=f"modelreg-scaleout-{ctx.run_id}-"))
+    home.chmod(0o755)  # run as root, the stack runs PostgreSQL as its own user, which writes its data and log here
     stack = LocalStack(home)
     ports = Ports(kafka=free_port_block(2 * BROKERS), postgres=free_port(), s3=free_port())
     ctx.log(f"scaleout: starting a stack of {BROKERS} brokers in {home} (Kafka {ports.kafka}-"
@@ -161,7 +162,7 @@ async def _step(ctx: Context, stack: LocalStack, fleets: Sequence[Fleet], step: 
         raise RuntimeError(f"the consumer groups did not settle with {replicas} member(s) each "
                            f"(members of each, -1 while rebalancing): {seen}")
     warm = min(config.versions, WARM_VERSIONS)
-    progress = await pipeline.push(ctx, ctx.names(f"sw{step}"), warm, config.models, timeout=240,
+    progress = await pipeline.push(ctx, ctx.names(f"sw{step}"), warm, config.models, timeout=config.timeout,
                                    auc_seed=config.seed, label=f"scaleout {replicas} replica(s) warm-up")
     if not progress.done(warm):
         raise RuntimeError(f"the {replicas}-replica pipeline did not decide its warm-up versions")
@@ -173,7 +174,9 @@ async def _step(ctx: Context, stack: LocalStack, fleets: Sequence[Fleet], step: 
     return {"replicas": replicas, **{k: v for k, v in result.items() if k != "curves"}}
 
 
-async def run(ctx: Context) -> dict[str, Any]:
+async def run(ctx: Context, results: dict[str, Any]) -> dict[str, Any]:
+    """The steps on the cluster. A step that fails after others were measured ends the phase
+    with what was measured, and its error in `results["errors"]` (the run still fails)."""
     logs = ctx.target.stack.dir / "logs" / f"bench-scaleout-{ctx.run_id}"
     async with cluster(ctx) as (stack, where):
         base_env = {**service_env(), **stack.env()}
@@ -197,7 +200,14 @@ async def run(ctx: Context) -> dict[str, Any]:
                     fleets.append(fleet)
                 while len(fleets) > replicas:
                     await asyncio.to_thread(fleets.pop().stop)
-                result = await _step(on_cluster, stack, fleets, step)
+                try:
+                    result = await _step(on_cluster, stack, fleets, step)
+                except Exception as exc:
+                    if not runs:
+                        raise
+                    results["errors"]["scaleout"] = f"step {step} ({replicas} replica(s)): {type(exc).__name__}: {exc}"
+                    ctx.log(f"scaleout: {results['errors']['scaleout']}; reporting the {len(runs)} step(s) measured")
+                    break
                 runs.append((replicas, result))
         finally:
             for fleet in fleets:
@@ -209,5 +219,6 @@ async def run(ctx: Context) -> dict[str, Any]:
             f"({one.get('cpu_ms_per_version')} CPU ms/version), 2 replicas {two.get('staging_per_second')}/s "
             f"({two.get('cpu_ms_per_version')} ms)")
     return {"brokers": BROKERS, "partitions_per_topic": own.settings.topic_partitions, "cluster": where,
-            "versions": ctx.config.versions, "models": ctx.config.models, "order": list(STEPS), **figures,
-            "runs": [result for _, result in runs], "logs": str(logs)}
+            "versions": ctx.config.versions, "models": ctx.config.models,
+            "order": [replicas for replicas, _ in runs], **figures, "runs": [result for _, result in runs],
+            "logs": str(logs)}
