@@ -4,10 +4,17 @@ For each batch of Kafka records a service receives:
 
 1. every record is parsed; what cannot be an event of its topic becomes a dead letter;
 2. events this consumer already applied (processed_events) are skipped;
-3. the service may do I/O for the new events outside the transaction (`prepare`);
-4. one transaction records the processed ids, runs each event's handler in a savepoint
-   and writes everything emitted (events, audit records, dead letters) to the outbox;
+3. the service may do I/O for the new events outside the transaction (`prepare`), keeping
+   what it learned in the call's `Batch`;
+4. one transaction records the processed ids, runs each event's handler (with that `Batch`
+   on its `Tx`) and writes everything emitted (events, audit records, dead letters) to the
+   outbox;
 5. only then does the caller commit the Kafka offsets.
+
+No network call runs inside the transaction. A handler that finds, while deciding, that it
+needs I/O `prepare` could not foresee (promotion's integrity check of the version it is about
+to crown) raises `NeedsIO`: the transaction is rolled back, the I/O runs outside it, and the
+batch is applied again with its result in the `Batch`.
 
 A handler raising `InvalidEvent` dead-letters its event and keeps the rest of the batch.
 Retryable faults (database or S3 unreachable) retry the whole batch with backoff, forever:
@@ -20,16 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import logging
 import re
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import asyncpg
 from opentelemetry.trace import SpanKind
@@ -37,7 +45,9 @@ from opentelemetry.trace import SpanKind
 from shared import logs, metrics, telemetry
 from shared.events import (
     MODEL_NAME_PATTERN,
+    TYPED_EVIDENCE,
     UNKNOWN_MODEL,
+    AuditEvidence,
     CloudEvent,
     D,
     DlqError,
@@ -87,6 +97,33 @@ class Record:
 
 
 @dataclass
+class Batch:
+    """One application of a batch, from `prepare` to after its commit: what was learned
+    outside the transaction (`facts`, keyed as the service likes: an event id, a version),
+    and what the service's `batch_scope` yielded (`scope`: e.g. the batch's models, loaded
+    once). A new one per application, so that a service object keeps no per-batch state and
+    nothing learned for one batch is believed in the next."""
+
+    facts: dict[Any, Any] = field(default_factory=dict)
+    scope: Any = None
+    # Run once the transaction commits (a decision's metric: a batch redone counts once).
+    committed: list[Callable[[], None]] = field(default_factory=list)
+
+
+class NeedsIO(Exception):  # noqa: N818 - a request, not an error
+    """Raised by a handler inside the transaction: run `fetch(batch)` outside it, then apply
+    the batch again (the handler finds the result in `batch.facts` the second time)."""
+
+    def __init__(self, fetch: Callable[[Batch], Awaitable[None]], why: str) -> None:
+        super().__init__(why)
+        self.fetch = fetch
+
+
+# A handler asking for I/O again after it was done is a bug; stop asking after this many rounds.
+MAX_IO_ROUNDS = 5
+
+
+@dataclass
 class Delivery:
     record: Record
     event: CloudEvent[Any] | None = None
@@ -104,14 +141,28 @@ class Tx:
 
     def __init__(self, conn: asyncpg.Connection, service: str, cause: CloudEvent[Any] | None,
                  correlation: uuid.UUID | None = None, record: Record | None = None,
-                 sender: str | None = None) -> None:
+                 sender: str | None = None, batch: Batch | None = None) -> None:
         self.conn = conn
         self.service = service
         self.cause = cause
         self.correlation = correlation
         self.record = record  # the Kafka record `cause` came in, where there is one
         self.sender = sender  # who sent `cause`: a verified key, or the ACL role of its topic
+        self.batch = batch if batch is not None else Batch()
         self.rows: list[OutboxRow] = []
+
+    def caused_by(self, event: CloudEvent[Any], record: Record) -> Tx:
+        """The same transaction and batch, handling another event (one replayed inside this
+        one): what it emits lands in this Tx's rows."""
+        inner = Tx(self.conn, self.service, event, record=record, batch=self.batch)
+        inner.rows = self.rows
+        return inner
+
+    def about(self, correlation: uuid.UUID | None) -> Tx:
+        """The same transaction, emitting about another version's life (a sweep's next one)."""
+        inner = Tx(self.conn, self.service, None, correlation=correlation, batch=self.batch)
+        inner.rows = self.rows
+        return inner
 
     @property
     def source(self) -> str:
@@ -131,8 +182,18 @@ class Tx:
     def audit(self, action: str, *, name: str, version: int | None = None,
               from_stage: Stage | None = None, to_stage: Stage | None = None,
               actor: str | None = None, reason: str | None = None,
-              evidence: dict[str, Any] | None = None,
+              evidence: AuditEvidence | dict[str, Any] | None = None,
               correlation: uuid.UUID | None = None) -> CloudEvent[RegistryAuditData]:
+        """An audit record. The actions the read model is built from take their typed
+        evidence (shared.events.TYPED_EVIDENCE); other actions' evidence is free-form."""
+        typed = TYPED_EVIDENCE.get(action)
+        if typed is not None and not isinstance(evidence, typed):
+            raise TypeError(f"an {action!r} audit record takes {typed.__name__} evidence, "
+                            f"not {type(evidence).__name__}")
+        if isinstance(evidence, AuditEvidence):
+            if evidence.ACTION != action:
+                raise TypeError(f"{type(evidence).__name__} is evidence for {evidence.ACTION!r}, not {action!r}")
+            evidence = evidence.as_dict()
         evidence = evidence or {}
         if self.sender is not None:  # the audit says who really sent what caused this
             evidence = {**evidence, "sent_by": self.sender}
@@ -142,22 +203,42 @@ class Tx:
         return self.emit(RegistryAudit, data, correlation=correlation)
 
 
+@contextlib.asynccontextmanager
+async def unit_of_work(pool: asyncpg.Pool, service: str, *, correlation: uuid.UUID | None = None,
+                       isolation: Literal["read_committed", "repeatable_read", "serializable"] | None = None,
+                       ) -> AsyncIterator[Tx]:
+    """Work no record caused (a sweep, an expiry, a move finished): one transaction, whose
+    emitted events and audit records reach the outbox in it, as a batch's do."""
+    async with pool.acquire() as lent, lent.transaction(isolation=isolation):
+        conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
+        tx = Tx(conn, service, None, correlation=correlation)
+        yield tx
+        await write_outbox(conn, service, tx.rows)
+
+
 # The event a handler gets is its topic's catalogue type (parse_event): a handler declares that
 # subclass (ModelIngested, ...), which a dict keyed by topic cannot express, hence Any.
 Handler = Callable[[Tx, Any], Awaitable[None]]
 # Set-based handling of all of a batch's fresh events of one topic, inside the transaction;
 # for handlers that emit nothing and refuse nothing (the audit writer).
 BatchHandler = Callable[[asyncpg.Connection, list[CloudEvent[Any]]], Awaitable[None]]
-# I/O for a batch's fresh events before the transaction; gets each event's trace parent.
-Prepare = Callable[[Sequence[CloudEvent[Any]], "TraceParents"], Awaitable[None]]
+# I/O for a batch's fresh events before the transaction, its findings kept in the Batch;
+# gets each event's trace parent.
+Prepare = Callable[[Batch, Sequence[CloudEvent[Any]], "TraceParents"], Awaitable[None]]
 TraceParents = dict[uuid.UUID, Any]
 # Where a record carries no trace context: the traceparent the service remembers for it.
-TraceFallback = Callable[[asyncpg.Connection, CloudEvent[Any]], Awaitable[str | None]]
+TraceFallback = Callable[[Batch, CloudEvent[Any]], Awaitable[str | None]]
+# Wraps a batch's handlers inside its transaction; what it yields becomes `Batch.scope`.
+BatchScope = Callable[[asyncpg.Connection, list[CloudEvent[Any]]], AbstractAsyncContextManager[Any]]
 
 
 @dataclass
 class ServiceHandlers:
-    """A service as the consumer sees it: its name, a handler per topic, optional I/O step."""
+    """A service as the consumer sees it: its name, a handler per topic, optional I/O step.
+
+    Per batch, in this order: `prepare` (I/O, outside the transaction) -> `batch_scope`
+    (inside it: load what the batch decides about) -> the handlers (decide and record) ->
+    commit -> `after_commit`. Everything one batch knows lives in its `Batch`."""
 
     name: str
     handlers: dict[str, Handler] = field(default_factory=dict)
@@ -168,11 +249,11 @@ class ServiceHandlers:
     background: tuple[Callable[[], Coroutine[Any, Any, None]], ...] = ()
     trace_fallback: TraceFallback | None = None
     # Called once a batch's transaction has committed (clean-up that must not run earlier).
-    after_commit: Callable[[], Awaitable[None]] | None = None
+    after_commit: Callable[[Batch], Awaitable[None]] | None = None
     # Wraps the batch's handlers inside its transaction (a service that reads and writes its
     # tables set-based per batch). Such handlers must not refuse events: they cannot be undone
     # one at a time.
-    batch_scope: Callable[[asyncpg.Connection, list[CloudEvent[Any]]], AbstractAsyncContextManager[None]] | None = None
+    batch_scope: BatchScope | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -322,26 +403,39 @@ class BatchProcessor:
     async def _apply(self, deliveries: list[Delivery]) -> None:
         """One transaction for the batch. Handlers run without savepoints (two round trips
         each saved); if one refuses its event after writing, the batch is redone with a
-        savepoint per event, so that only the refused event's writes are undone."""
-        try:
-            await self._apply_once(deliveries, savepoints=False)
-        except _Refused:
-            await self._apply_once(deliveries, savepoints=True)
+        savepoint per event, so that only the refused event's writes are undone. A handler
+        that needs I/O gets it run outside the transaction, and the batch is redone."""
+        batch = Batch()
+        savepoints = False
+        if self._service.prepare is not None:
+            await self._prepare(batch, deliveries)
+        for _ in range(MAX_IO_ROUNDS):
+            try:
+                await self._apply_once(deliveries, batch, savepoints=savepoints)
+                return
+            except _Refused:
+                savepoints = True
+            except NeedsIO as needed:
+                await needed.fetch(batch)
+        raise RuntimeError(f"{self.consumer}: handlers still needed I/O after {MAX_IO_ROUNDS} rounds")
 
-    async def _apply_once(self, deliveries: list[Delivery], *, savepoints: bool) -> None:
-        # Without I/O to spare for events already applied, the transaction's own insert of
-        # processed ids is the only check needed: one round trip fewer per batch.
-        fresh = await self._unprocessed(deliveries) if self._service.prepare is not None else deliveries
-        if self._service.prepare is not None and fresh:
-            ready = [d for d in fresh if d.event is not None and d.error is None]
+    async def _prepare(self, batch: Batch, deliveries: list[Delivery]) -> None:
+        """The service's I/O for the events it has not applied yet (none is spent on the
+        redelivered ones)."""
+        assert self._service.prepare is not None
+        fresh = await self._unprocessed(deliveries)
+        ready = [d for d in fresh if d.event is not None and d.error is None]
+        if ready:
             events = [d.event for d in ready if d.event is not None]
             parents = {d.event.id: self._parent(d) for d in ready if d.event is not None}
-            await self._service.prepare(events, parents)
-        fresh_ids = {id(d) for d in fresh}
+            await self._service.prepare(batch, events, parents)
+
+    async def _apply_once(self, deliveries: list[Delivery], batch: Batch, *, savepoints: bool) -> None:
+        batch.committed.clear()  # what an attempt rolled back must not count
         async with self._pool.acquire() as lent, lent.transaction():
             conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
-            ids = [d.event.id if d.event is not None else d.record.dead_letter_id
-                   for d in deliveries if id(d) in fresh_ids]
+            # The insert is the idempotency check: what it does not return was applied before.
+            ids = [d.event.id if d.event is not None else d.record.dead_letter_id for d in deliveries]
             inserted = {r[0] for r in await conn.fetch(
                 """INSERT INTO processed_events (consumer, event_id)
                    SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id""",
@@ -354,23 +448,26 @@ class BatchProcessor:
                     todo.append(delivery)
             scope = self._service.batch_scope
             if scope is None:
-                rows = await self._handle_all(conn, todo, savepoints)
+                rows = await self._handle_all(conn, batch, todo, savepoints)
             else:
-                async with scope(conn, [d.event for d in todo if d.event is not None]):
-                    rows = await self._handle_all(conn, todo, savepoints)
+                async with scope(conn, [d.event for d in todo if d.event is not None]) as batch.scope:
+                    rows = await self._handle_all(conn, batch, todo, savepoints)
             await write_outbox(conn, self.consumer, rows)
         self._on_commit()
+        for committed in batch.committed:
+            committed()
         if self._service.after_commit is not None:
-            await self._service.after_commit()
+            await self._service.after_commit(batch)
 
-    async def _handle_all(self, conn: asyncpg.Connection, todo: list[Delivery], savepoints: bool) -> list[OutboxRow]:
+    async def _handle_all(self, conn: asyncpg.Connection, batch: Batch, todo: list[Delivery],
+                          savepoints: bool) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
         grouped: dict[str, list[CloudEvent[Any]]] = {}
         for delivery in todo:
             if delivery.event is not None and delivery.record.topic in self._service.batch_handlers:
                 grouped.setdefault(delivery.record.topic, []).append(delivery.event)
                 continue
-            rows.extend(await self._handle(conn, delivery, savepoints))
+            rows.extend(await self._handle(conn, batch, delivery, savepoints))
         for topic, events in grouped.items():
             await self._service.batch_handlers[topic](conn, events)
         return rows
@@ -389,7 +486,8 @@ class BatchProcessor:
                 fresh.append(delivery)
         return fresh
 
-    async def _handle(self, conn: asyncpg.Connection, delivery: Delivery, savepoints: bool) -> list[OutboxRow]:
+    async def _handle(self, conn: asyncpg.Connection, batch: Batch, delivery: Delivery,
+                      savepoints: bool) -> list[OutboxRow]:
         if delivery.error is not None or delivery.event is None:
             return self._dead_letter(delivery.record, delivery.error or InvalidEvent("empty", "no event"),
                                      delivery.event)
@@ -397,9 +495,9 @@ class BatchProcessor:
         record = delivery.record
         parent = self._parent(delivery)
         if parent is None and self._service.trace_fallback is not None:
-            parent = telemetry.parent_from((), fallback=await self._service.trace_fallback(conn, event)) \
+            parent = telemetry.parent_from((), fallback=await self._service.trace_fallback(batch, event)) \
                 or telemetry.new_trace()
-        tx = Tx(conn, self.consumer, event, record=record, sender=delivery.sender)
+        tx = Tx(conn, self.consumer, event, record=record, sender=delivery.sender, batch=batch)
         started = time.perf_counter()
         token = logs.correlation.set(str(event.correlation))
         try:

@@ -11,10 +11,11 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import accumulate
-from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
@@ -333,7 +335,147 @@ class ModelRestoredData(Data):
     reason: LongText | None = None
 
 
+# ---------------------------------------------------------------------------- audit evidence
+#
+# What a `registry.audit` record's `evidence` holds, typed per action for the actions the read
+# model and replay are built from. `Tx.audit` takes these models for these actions (a dict is
+# refused), so a renamed field is a type error where it is written and where it is read, and a
+# diff of `schemas/registry.audit.schema.json` (which carries them as an `if action = ... then
+# evidence: ...` per action). On the wire `evidence` stays a JSON object: records written
+# before the types existed, and other actions' free-form evidence, parse as before.
+
+class AuditEvidence(BaseModel):
+    """Base of typed evidence; `ACTION` names the audit action it belongs to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ACTION: ClassVar[str]
+    # Who really sent the event that caused the record (a verified key, or its topic's ACL
+    # role), where that is not the record's actor; `Tx.audit` adds it.
+    sent_by: str | None = None
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        """The JSON object written: the fields the producer set (an explicit None included)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    @classmethod
+    def read(cls, evidence: Mapping[str, Any]) -> Self:
+        """A stored record's evidence, leniently: keys this type does not know (e.g. `sent_by`)
+        are left out, values that do not fit are dropped rather than failing the read model."""
+        known = {k: v for k, v in evidence.items() if k in cls.model_fields}
+        try:
+            return cls.model_validate(known)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            return cls.model_validate({k: v for k, v in known.items() if k not in bad})
+
+
+class IngestedEvidence(AuditEvidence):
+    ACTION: ClassVar[str] = "ingested"
+    sha256: str | None = None
+    size_bytes: int | None = None
+    artifact_uri: str | None = None
+    source_uri: str | None = None
+    already_stored: bool | None = None
+    file_count: int | None = None
+    run_id: str | None = None
+    metrics: dict[str, JsonValue] | None = None
+    tags: dict[str, JsonValue] | None = None
+    params: dict[str, JsonValue] | None = None
+    format: str | None = None
+    description: str | None = None
+    dataset: dict[str, JsonValue] | None = None
+    signature: dict[str, JsonValue] | None = None
+    imported_from: dict[str, JsonValue] | None = None
+
+
+class RejectedEvidence(AuditEvidence):
+    """Ingest's refusals carry `code` and `source_uri` (and what did not match); validation's
+    carry its `checks`."""
+
+    ACTION: ClassVar[str] = "rejected"
+    code: str | None = None
+    source_uri: str | None = None
+    checks: list[dict[str, JsonValue]] | None = None
+    policy_revision: str | None = None
+    requested_version: int | None = None
+    expected_sha256: str | None = None
+    found_sha256: str | None = None
+    expected_size: int | None = None
+    found_size: int | None = None
+
+
+class ValidatedEvidence(AuditEvidence):
+    ACTION: ClassVar[str] = "validated"
+    checks: list[dict[str, JsonValue]] = []
+    policy_revision: str | None = None
+    qa_suites: list[str] = []
+
+
+class QuarantinedEvidence(AuditEvidence):
+    """The integrity check before production found the stored artifact changed."""
+
+    ACTION: ClassVar[str] = "quarantined"
+    expected_sha256: str | None = None
+    found_sha256: str | None = None
+    artifact_uri: str | None = None
+    files: list[dict[str, JsonValue]] | None = None  # a directory's changed, missing, extra files
+    manifest_error: str | None = None
+
+
+class EvaluatedEvidence(AuditEvidence):
+    ACTION: ClassVar[str] = "evaluated"
+    suite: str | None = None
+    environment: str | None = None
+    metrics: dict[str, JsonValue] = {}
+    passed: bool | None = None
+    evaluator: str | None = None
+    dataset: dict[str, JsonValue] | None = None
+
+
+class ArchivedEvidence(AuditEvidence):
+    ACTION: ClassVar[str] = "archived"
+    archive_uri: str | None = None
+    artifact_uri: str | None = None
+    restorable: bool | None = None
+
+
+TYPED_EVIDENCE: dict[str, type[AuditEvidence]] = {
+    model.ACTION: model for model in (IngestedEvidence, RejectedEvidence, ValidatedEvidence, QuarantinedEvidence,
+                                      EvaluatedEvidence, ArchivedEvidence)}
+
+
+def read_evidence(action: str, evidence: Mapping[str, Any]) -> AuditEvidence | Mapping[str, Any]:
+    """A record's evidence as its action's type, or as it is (a free-form action's)."""
+    model = TYPED_EVIDENCE.get(action)
+    return model.read(evidence) if model is not None else evidence
+
+
+def _evidence_by_action(schema: dict[str, Any]) -> None:
+    """registry.audit's JSON Schema: each typed action's evidence, as `if action then evidence`."""
+    schema["allOf"] = [
+        {"if": {"properties": {"action": {"const": action}}, "required": ["action"]},
+         "then": {"properties": {"evidence": _any_json_inline(model.model_json_schema())}}}
+        for action, model in TYPED_EVIDENCE.items()]
+
+
+def _any_json_inline(schema: Any) -> Any:
+    """A schema standing alone inside another: pydantic's recursive `JsonValue` definition
+    (any JSON value) becomes `{}`, which says the same without a `$defs` of its own."""
+    if isinstance(schema, dict):
+        if schema.get("$ref") == "#/$defs/JsonValue":
+            return {}
+        return {k: _any_json_inline(v) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_any_json_inline(v) for v in schema]
+    return schema
+
+
 class RegistryAuditData(Data):
+    """One audit record. `evidence` is typed per action for the actions the read model is
+    built from (`TYPED_EVIDENCE`; the JSON Schema says which type goes with which action)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, json_schema_extra=_evidence_by_action)
+
     action: ReasonCode
     name: ModelName | Literal["_unknown"]
     version: VersionNumber | None = None

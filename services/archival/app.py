@@ -17,13 +17,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 
-from shared.consumer import ServiceHandlers, Tx
+from shared.consumer import ServiceHandlers, Tx, unit_of_work
 from shared.domain.retention import Kept, due_by_time, superseded_beyond_keep
 from shared.events import (
+    ArchivedEvidence,
     ModelArchived,
     ModelArchivedData,
     ModelDemoted,
@@ -34,7 +35,6 @@ from shared.events import (
     ModelRestoredData,
     PromotionRequested,
 )
-from shared.outbox import write_outbox
 from shared.policy import Retention
 from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
@@ -174,13 +174,12 @@ class Archival:
             # A version ingest refused never had an artifact stored: archived with nothing to move.
             uri = item["artifact_uri"]
             archive_uri = await move_to_cold(self.resources.store, uri) if uri else None
-            async with self.resources.pool.acquire() as lent, lent.transaction():
-                # the pool's proxy forwards every Connection method
-                await self._record_archived(cast(asyncpg.Connection, lent), item["name"], item["version"], archive_uri)
+            async with unit_of_work(self.resources.pool, SERVICE) as tx:
+                await self._record_archived(tx, item["name"], item["version"], archive_uri)
         return len(due)
 
-    async def _record_archived(self, conn: asyncpg.Connection, name: str, version: int,
-                               archive_uri: str | None) -> None:
+    async def _record_archived(self, tx: Tx, name: str, version: int, archive_uri: str | None) -> None:
+        conn = tx.conn
         row = await conn.fetchrow(
             """SELECT artifact_uri, correlation_id, archive_reason, archive_restorable, archive_from_stage
                FROM archival_versions
@@ -194,13 +193,11 @@ class Archival:
         reason, from_stage = row["archive_reason"], row["archive_from_stage"]
         restorable = bool(row["archive_restorable"]) and archive_uri is not None
         correlation = row["correlation_id"]  # the archived version's life, whatever caused this
-        tx = Tx(conn, SERVICE, None, correlation=correlation)
         tx.emit(ModelArchived, ModelArchivedData(name=name, version=version, from_stage=from_stage, reason=reason,
                                                  restorable=restorable), correlation=correlation)
         tx.audit("archived", name=name, version=version, from_stage=from_stage, to_stage="archived",
-                 reason=reason, evidence={"archive_uri": archive_uri, "artifact_uri": row["artifact_uri"],
-                                          "restorable": restorable}, correlation=correlation)
-        await write_outbox(conn, SERVICE, tx.rows)
+                 reason=reason, evidence=ArchivedEvidence(archive_uri=archive_uri, artifact_uri=row["artifact_uri"],
+                                                          restorable=restorable), correlation=correlation)
 
     async def finish_moves_forever(self) -> None:
         """Finish decided archives and restores as soon as a batch or the sweep decides one, and
@@ -261,12 +258,12 @@ class Archival:
                 await move_from_cold(self.resources.store, item["artifact_uri"])
             except FileNotFoundError as exc:
                 missing = str(exc)
-            async with self.resources.pool.acquire() as lent, lent.transaction():
-                # the pool's proxy forwards every Connection method
-                await self._record_restored(cast(asyncpg.Connection, lent), item["name"], item["version"], missing)
+            async with unit_of_work(self.resources.pool, SERVICE) as tx:
+                await self._record_restored(tx, item["name"], item["version"], missing)
         return len(due)
 
-    async def _record_restored(self, conn: asyncpg.Connection, name: str, version: int, missing: str | None) -> None:
+    async def _record_restored(self, tx: Tx, name: str, version: int, missing: str | None) -> None:
+        conn = tx.conn
         row = await conn.fetchrow(
             """SELECT artifact_uri, correlation_id, restore_request FROM archival_versions
                WHERE name = $1 AND version = $2 AND restore_requested_at IS NOT NULL FOR UPDATE""", name, version)
@@ -274,7 +271,6 @@ class Archival:
             return  # another instance recorded it
         request = row["restore_request"]
         correlation = row["correlation_id"]
-        tx = Tx(conn, SERVICE, None, correlation=correlation)
         if missing is not None:  # nothing to bring back: refused, and the version stays archived
             await conn.execute("""UPDATE archival_versions SET restore_requested_at = NULL, restore_request = NULL,
                                          updated_at = now() WHERE name = $1 AND version = $2""", name, version)
@@ -292,7 +288,6 @@ class Archival:
             tx.audit("restored", name=name, version=version, from_stage="archived", to_stage="none",
                      actor=request["actor"], reason=request["detail"], evidence=request["evidence"],
                      correlation=correlation)
-        await write_outbox(conn, SERVICE, tx.rows)
 
     # -- the periodic sweep ------------------------------------------------------------------
 
@@ -311,8 +306,8 @@ class Archival:
         grace = min(r.rejected_grace for r in retentions)
         max_age = min((r.staging_max_age for r in retentions if r.staging_max_age is not None),
                       default=None)
-        async with self.resources.pool.acquire() as lent, lent.transaction():
-            conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
+        async with unit_of_work(self.resources.pool, SERVICE) as work:
+            conn = work.conn
             # Candidates by the loosest rule, read without locks; each model's own rule says which
             # are due. (Locking the oldest `limit` candidates and judging them afterwards starved a
             # short-lived rule's due versions behind as many not-yet-due ones of a longer rule.)
@@ -326,7 +321,6 @@ class Archival:
                 by_model.setdefault(row["name"], []).append(_kept(row))
             due = sorted(name for name, kept in by_model.items()
                          if due_by_time(kept, self.policy.rule_for(name).retention, now))
-            outbox = []
             archived = 0
             for name in due:
                 if archived >= limit:
@@ -340,9 +334,8 @@ class Archival:
                 retention = self.policy.rule_for(name).retention
                 correlations = {r["version"]: r["correlation_id"] for r in model_rows}
                 for item in due_by_time([_kept(r) for r in model_rows], retention, now):
-                    tx = Tx(conn, SERVICE, None, correlation=correlations[item.version])
-                    if await self.archive(tx, name, item.version, item.reason, restorable=item.restorable):
-                        outbox.extend(tx.rows)
+                    if await self.archive(work.about(correlations[item.version]), name, item.version,
+                                          item.reason, restorable=item.restorable):
                         archived += 1
             # Supersessions whose archiving had to wait (the artifact's location arrived late).
             keep = min(r.keep_restorable for r in retentions)
@@ -355,10 +348,7 @@ class Archival:
             for row in names:
                 if not await _try_lock(conn, row["name"]):
                     continue
-                tx = Tx(conn, SERVICE, None)
-                archived += await self._trim_superseded(tx, row["name"])
-                outbox.extend(tx.rows)
-            await write_outbox(conn, SERVICE, outbox)
+                archived += await self._trim_superseded(work.about(None), row["name"])
         if archived:
             self.moves_due.set()
         return archived

@@ -22,10 +22,9 @@ import asyncpg
 from botocore.exceptions import ClientError
 
 from shared import metrics
-from shared.consumer import Tx
+from shared.consumer import unit_of_work
 from shared.events import UNKNOWN_MODEL
 from shared.keys import SigningKey
-from shared.outbox import write_outbox
 from shared.storage import ObjectStore, S3Location, is_missing
 
 from . import store
@@ -147,10 +146,28 @@ class Checkpointer:
         if not self._loaded:
             self.last = await self.objects.latest()
             self._loaded = True
-        async with self.pool.acquire() as lent, lent.transaction(isolation="repeatable_read"):
+        # A session lock, not a transaction's: the checkpoint is stored in S3 while it is held,
+        # and no S3 call runs inside an open transaction. (A connection's reset when it goes
+        # back to the pool unlocks it, should the unlock itself fail.)
+        async with self.pool.acquire() as lent:
             conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", CHECKPOINT_LOCK):
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", CHECKPOINT_LOCK):
                 return None  # another instance is at it
+            try:
+                checkpoint = await self._sign_head(conn, force=force)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", CHECKPOINT_LOCK)
+        if checkpoint is None:
+            return None
+        self.last = checkpoint
+        metrics.AUDIT_CHECKPOINT_SEQ.set(checkpoint.seq)
+        log.info("signed audit checkpoint at seq %s (%s records)", checkpoint.seq, checkpoint.records)
+        return checkpoint
+
+    async def _sign_head(self, conn: asyncpg.Connection, *, force: bool) -> Checkpoint | None:
+        """Check the segment since the last checkpoint and sign its head (a snapshot read),
+        store the checkpoint, then record it in the audit log (a transaction of its own)."""
+        async with conn.transaction(isolation="repeatable_read"):
             head = await store.read_head(conn)
             after = self.last.seq if self.last else 0
             if head is None or head.last_seq <= after:
@@ -166,23 +183,19 @@ class Checkpointer:
             segment = SegmentCheck(self.last)
             async for row in store.rows(conn, after=after, upto=head.last_seq):
                 segment.feed(row)
-            if (problem := segment.finish(head)) is not None:
-                metrics.AUDIT_CHECKPOINT_REFUSALS.inc()
-                if problem != self.refused:
-                    log.error("not signing the audit chain head at seq %s: %s; the log was changed "
-                              "outside the audit writer (run `modelreg audit verify`)", head.last_seq, problem)
-                self.refused = problem
-                return None
-            self.refused = None
-            checkpoint = sign(self.key, head, now)
-            if not await self.objects.put(checkpoint):
-                self.last = await self.objects.latest()
-                return None
-            tx = Tx(conn, SERVICE, None)
+        if (problem := segment.finish(head)) is not None:
+            metrics.AUDIT_CHECKPOINT_REFUSALS.inc()
+            if problem != self.refused:
+                log.error("not signing the audit chain head at seq %s: %s; the log was changed "
+                          "outside the audit writer (run `modelreg audit verify`)", head.last_seq, problem)
+            self.refused = problem
+            return None
+        self.refused = None
+        checkpoint = sign(self.key, head, now)
+        if not await self.objects.put(checkpoint):
+            self.last = await self.objects.latest()
+            return None
+        async with unit_of_work(self.pool, SERVICE) as tx:
             tx.audit(ACTION, name=UNKNOWN_MODEL, reason=f"signed checkpoint of the audit chain at seq {head.last_seq}",
                      evidence=record_evidence(checkpoint, self.objects.bucket))
-            await write_outbox(conn, SERVICE, tx.rows)
-        self.last = checkpoint
-        metrics.AUDIT_CHECKPOINT_SEQ.set(checkpoint.seq)
-        log.info("signed audit checkpoint at seq %s (%s records)", checkpoint.seq, checkpoint.records)
         return checkpoint

@@ -8,12 +8,23 @@ fresh schema. The same records always give the same tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import orjson
+
+from shared.events import (
+    ArchivedEvidence,
+    AuditEvidence,
+    EvaluatedEvidence,
+    IngestedEvidence,
+    QuarantinedEvidence,
+    RejectedEvidence,
+    ValidatedEvidence,
+    read_evidence,
+)
 
 from .chain import AuditRecord
 
@@ -92,64 +103,70 @@ def _status(row: dict[str, Any], status: str) -> None:
 
 
 def _apply(changes: Changes, seq: int, record: AuditRecord, version: int) -> None:
-    """`version`: the record's, known to be set."""
-    evidence = dict(record.evidence)
+    """`version`: the record's, known to be set. Each action's evidence is read as its type
+    (shared.events.TYPED_EVIDENCE): a field renamed there is a type error here."""
     action = record.action
     if action not in ("ingested", "rejected", "validated", "quarantined", "evaluated", "promoted", "demoted",
                       "archived", "restored"):
         return  # held, refusals, approvals, dead letters: the audit log has them, the view needs none
     row = _version(changes, seq, record, version)
-    if action == "ingested":
-        for column in _METADATA:
-            if column in evidence and evidence[column] is not None:
-                row[column] = evidence[column]
-        row["registered_by"] = record.actor
-        row["correlation_id"] = record.correlation_id
-        _status(row, "ingested")
-    elif action == "rejected":
-        row["reasons"] = [*row["reasons"], {"code": evidence.get("code") or _code(evidence),
-                                            "message": record.reason or ""}]
-        if "checks" in evidence:
-            row["checks"] = evidence["checks"]
-        _status(row, "rejected")
-    elif action == "validated":
-        row["checks"] = evidence.get("checks", [])
-        _status(row, "validated")
-    elif action == "quarantined":
-        row["reasons"] = [*row["reasons"], {"code": "checksum_mismatch", "message": record.reason or ""}]
-        _status(row, "quarantined")
-    elif action == "evaluated":
-        changes.evaluations.append({
-            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version,
-            "suite": evidence.get("suite"),
-            "environment": evidence.get("environment"), "metrics": evidence.get("metrics", {}),
-            "passed": evidence.get("passed"), "evaluator": evidence.get("evaluator"),
-            "dataset": evidence.get("dataset"), "at": record.occurred_at})
-    else:  # promoted, demoted, archived, restored: a stage change
-        to_stage = record.to_stage or "archived"
-        if action == "demoted" and to_stage == "archived":
-            to_stage = "none"  # archived once archival has moved the artifact
-        if action == "archived":
-            row["archive_uri"] = evidence.get("archive_uri")
-        elif action == "restored":
-            row["archive_uri"] = None  # the artifact is back where it was
-        from_stage = row["stage"]
-        row["stage"] = to_stage
-        changes.stage_changes.append({
-            "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version,
-            "from_stage": record.from_stage or from_stage,
-            "to_stage": to_stage, "reason": record.reason, "actor": record.actor, "evidence": evidence,
-            "at": record.occurred_at})
-        model = _model(changes, record)
-        if to_stage == "production":
-            model["champion"], model["champion_seq"] = record.version, seq
-        elif model["champion"] == record.version:
-            model["champion"], model["champion_seq"] = None, seq
+    match read_evidence(action, record.evidence):
+        case IngestedEvidence() as ingested:
+            for column, value in ingested.model_dump(include=set(_METADATA)).items():
+                if value is not None:
+                    row[column] = value
+            row["registered_by"] = record.actor
+            row["correlation_id"] = record.correlation_id
+            _status(row, "ingested")
+        case RejectedEvidence() as rejected:
+            row["reasons"] = [*row["reasons"], {"code": rejected.code or _failed_check(rejected.checks),
+                                                "message": record.reason or ""}]
+            if rejected.checks is not None:
+                row["checks"] = rejected.checks
+            _status(row, "rejected")
+        case ValidatedEvidence() as validated:
+            row["checks"] = validated.checks
+            _status(row, "validated")
+        case QuarantinedEvidence():
+            row["reasons"] = [*row["reasons"], {"code": "checksum_mismatch", "message": record.reason or ""}]
+            _status(row, "quarantined")
+        case EvaluatedEvidence() as evaluated:
+            changes.evaluations.append({
+                "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version,
+                "suite": evaluated.suite, "environment": evaluated.environment, "metrics": evaluated.metrics,
+                "passed": evaluated.passed, "evaluator": evaluated.evaluator, "dataset": evaluated.dataset,
+                "at": record.occurred_at})
+        case evidence:  # promoted, demoted, archived, restored: a stage change
+            _stage_change(changes, seq, record, row, evidence)
 
 
-def _code(evidence: dict[str, Any]) -> str:
-    checks = [c for c in evidence.get("checks", []) if isinstance(c, dict) and not c.get("passed")]
-    return str(checks[0]["name"]) if checks else "rejected"
+def _stage_change(changes: Changes, seq: int, record: AuditRecord, row: dict[str, Any],
+                  evidence: AuditEvidence | Mapping[str, Any]) -> None:
+    action = record.action
+    to_stage = record.to_stage or "archived"
+    if action == "demoted" and to_stage == "archived":
+        to_stage = "none"  # archived once archival has moved the artifact
+    if isinstance(evidence, ArchivedEvidence):
+        row["archive_uri"] = evidence.archive_uri
+    elif action == "restored":
+        row["archive_uri"] = None  # the artifact is back where it was
+    from_stage = row["stage"]
+    row["stage"] = to_stage
+    changes.stage_changes.append({
+        "seq": seq, "event_id": record.event_id, "name": record.name, "version": record.version,
+        "from_stage": record.from_stage or from_stage,
+        "to_stage": to_stage, "reason": record.reason, "actor": record.actor, "evidence": dict(record.evidence),
+        "at": record.occurred_at})
+    model = _model(changes, record)
+    if to_stage == "production":
+        model["champion"], model["champion_seq"] = record.version, seq
+    elif model["champion"] == record.version:
+        model["champion"], model["champion_seq"] = None, seq
+
+
+def _failed_check(checks: list[dict[str, Any]] | None) -> str:
+    failed = [c for c in checks or [] if isinstance(c, dict) and not c.get("passed")]
+    return str(failed[0]["name"]) if failed else "rejected"
 
 
 # ---------------------------------------------------------------------------- storage

@@ -1,7 +1,8 @@
 """ingest: `model.registered` -> artifact copied and version recorded -> `model.ingested` | `model.rejected`.
 
 Per batch: version numbers are claimed and artifacts copied concurrently before the
-transaction (`prepare`); the transaction then records each outcome and emits its events.
+transaction (`prepare`, what happened kept per event in the `Batch`); the transaction then
+records each outcome and emits its events.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import metrics, telemetry
-from shared.consumer import ServiceHandlers, TraceParents, Tx, dead_letter_rows
+from shared.consumer import Batch, ServiceHandlers, TraceParents, Tx, dead_letter_rows
 from shared.events import (
     ArtifactRef,
     CloudEvent,
+    IngestedEvidence,
     InvalidEvent,
     ManifestFile,
     ModelIngested,
@@ -27,6 +29,7 @@ from shared.events import (
     ModelRejected,
     ModelRejectedData,
     Reason,
+    RejectedEvidence,
 )
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
@@ -64,25 +67,26 @@ class Prepared:
     copied: Copied | CopiedDirectory | None = None
     refusal: Reason | None = None
     duplicate: bool = False
-    evidence: dict[str, Any] | None = None
+    evidence: RejectedEvidence | None = None
+    # The SDK's or the API's staging copies it came from, deleted once the batch is committed.
+    staged: tuple[S3Location, ...] = ()
 
 
 class Ingest:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
-        self.prepared: dict[uuid.UUID, Prepared] = {}
-        self.staged: list[S3Location] = []
 
-    async def prepare(self, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
-        """Claim version numbers, then copy the artifacts, several at a time."""
-        self.prepared.clear()
+    async def prepare(self, batch: Batch, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
+        """Claim version numbers, then copy the artifacts, several at a time: a `Prepared`
+        per event id in `batch.facts`."""
+        prepared: dict[uuid.UUID, Prepared] = batch.facts
         sources: dict[uuid.UUID, Any] = {}
         for event in events:
             try:
                 sources[event.id] = resolve_source(event.data.artifact.uri, self.resources.settings)
             except SourceRefused as refused:
-                self.prepared[event.id] = Prepared(event.data.version,
-                                                   refusal=Reason(code=refused.code, message=refused.message))
+                prepared[event.id] = Prepared(event.data.version,
+                                              refusal=Reason(code=refused.code, message=refused.message))
         claimable = [e for e in events if e.id in sources]
         versions = await self._claim_versions(claimable)
         limit = asyncio.Semaphore(COPIES_IN_FLIGHT)
@@ -90,13 +94,13 @@ class Ingest:
         async def copy(event: CloudEvent[ModelRegisteredData]) -> None:
             version = versions[event.id]
             if version is None:  # an explicit version that is taken: decided in the transaction
-                self.prepared[event.id] = Prepared(event.data.version)
+                prepared[event.id] = Prepared(event.data.version)
                 return
             async with limit:
                 with telemetry.span("ingest copy artifact", parent=parents.get(event.id),
                                     attributes={"modelreg.model": event.data.name, "modelreg.version": version,
                                                 "modelreg.artifact.size_bytes": event.data.artifact.size_bytes}):
-                    self.prepared[event.id] = await self._copy(event, version, sources[event.id])
+                    prepared[event.id] = await self._copy(event, version, sources[event.id])
 
         async with asyncio.TaskGroup() as group:
             for event in claimable:
@@ -132,15 +136,17 @@ class Ingest:
             return Prepared(version, refusal=Reason(code=refused.code, message=refused.message))
         except ArtifactMismatch as mismatch:
             return Prepared(version, refusal=Reason(code=mismatch.code, message=mismatch.message),
-                            evidence={"expected_sha256": artifact.sha256, "found_sha256": mismatch.found_sha256,
-                                      "expected_size": artifact.size_bytes, "found_size": mismatch.found_size})
+                            evidence=RejectedEvidence(
+                                expected_sha256=artifact.sha256, found_sha256=mismatch.found_sha256,
+                                expected_size=artifact.size_bytes, found_size=mismatch.found_size))
+        staged: tuple[S3Location, ...] = ()
         if isinstance(source, S3Location) and source.bucket == self.resources.store.bucket \
                 and source.key.startswith(UPLOADS_PREFIX):
-            self.staged.append(source)  # the SDK's or the API's staging copy: dropped after commit
+            staged = (source,)
         if isinstance(source, S3Prefix) and source.bucket == self.resources.store.bucket \
                 and source.prefix.startswith(UPLOADS_PREFIX) and isinstance(copied, CopiedDirectory):
-            self.staged.extend(S3Location(source.bucket, source.prefix + f.path) for f in copied.files)
-        return Prepared(version, copied=copied)
+            staged = tuple(S3Location(source.bucket, source.prefix + f.path) for f in copied.files)
+        return Prepared(version, copied=copied, staged=staged)
 
     async def _copy_directory(self, data: ModelRegisteredData, source: DirectorySource,
                               dest_prefix: str) -> CopiedDirectory:
@@ -152,10 +158,10 @@ class Ingest:
         return await copy_directory(self.resources.store, listed, dest_prefix,
                                     sha256=data.artifact.sha256, size_bytes=data.artifact.size_bytes)
 
-    async def after_commit(self) -> None:
+    async def after_commit(self, batch: Batch) -> None:
         """The registry's copies are recorded: the staging copies they came from can go."""
-        staged, self.staged = self.staged, []
-        for location in staged:
+        prepared: dict[uuid.UUID, Prepared] = batch.facts
+        for location in [location for p in prepared.values() for location in p.staged]:
             try:
                 await self.resources.store.delete(location)
             except Exception as exc:  # a leftover upload is untidy, not wrong
@@ -163,7 +169,7 @@ class Ingest:
 
     async def on_registered(self, tx: Tx, event: ModelRegistered) -> None:
         data = event.data
-        prepared = self.prepared.pop(event.id)
+        prepared: Prepared = tx.batch.facts[event.id]
         version = prepared.version
         if data.version is not None:
             await store.reserve_version(tx.conn, data.name, data.version)
@@ -177,7 +183,8 @@ class Ingest:
                 await self._reject(tx, event, None, Reason(
                     code="version_conflict",
                     message=f"version {data.version} of {data.name} is already registered with a "
-                            "different artifact"), evidence={"requested_version": data.version}, record=False)
+                            "different artifact"), evidence=RejectedEvidence(requested_version=data.version),
+                    record=False)
                 return
         if prepared.refusal is not None and prepared.refusal.code == ARTIFACT_MISSING:
             await self._refuse_until_uploaded(tx, event, prepared.refusal)
@@ -200,18 +207,18 @@ class Ingest:
             description=data.description, imported_from=data.imported_from))
         tx.audit("ingested", name=data.name, version=version, to_stage="none",
                  actor=data.registered_by or event.source, reason="registered",
-                 evidence={"sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
-                           "artifact_uri": ref.uri, "source_uri": artifact.uri,
-                           "already_stored": prepared.copied.already_stored,
-                           **({"file_count": len(files)} if files is not None else {}), "run_id": data.run_id,
-                           "metrics": data.metrics, "tags": data.tags, "params": data.params,
-                           "format": artifact.format, "description": data.description,
-                           "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None,
-                           "signature": data.signature,
-                           # The pipeline's claim of where it came from; promotion acts only on an
-                           # approver's import request (README: Importing from MLflow).
-                           **({"imported_from": data.imported_from.model_dump(mode="json")}
-                              if data.imported_from is not None else {})})
+                 evidence=IngestedEvidence(
+                     sha256=artifact.sha256, size_bytes=artifact.size_bytes, artifact_uri=ref.uri,
+                     source_uri=artifact.uri, already_stored=prepared.copied.already_stored,
+                     file_count=len(files) if files is not None else None, run_id=data.run_id,
+                     metrics=dict(data.metrics), tags=dict(data.tags), params=dict(data.params),
+                     format=artifact.format, description=data.description,
+                     dataset=data.dataset.model_dump(exclude_none=True) if data.dataset else None,
+                     signature=data.signature,
+                     # The pipeline's claim of where it came from; promotion acts only on an
+                     # approver's import request (README: Importing from MLflow).
+                     imported_from=(data.imported_from.model_dump(mode="json")
+                                    if data.imported_from is not None else None)))
 
     async def _refuse_until_uploaded(self, tx: Tx, event: ModelRegistered, refusal: Reason) -> None:
         """An artifact that is not there may only not be there *yet*: the registration is
@@ -224,13 +231,14 @@ class Ingest:
         tx.rows.extend(dead_letter_rows(SERVICE, tx.record, InvalidEvent(ARTIFACT_MISSING, refusal.message), event))
 
     async def _reject(self, tx: Tx, event: ModelRegistered, version: int | None, reason: Reason, *,
-                      evidence: dict[str, Any] | None = None, record: bool) -> None:
+                      evidence: RejectedEvidence | None = None, record: bool) -> None:
         data = event.data
         if record and version is not None:
             await self._record(tx, event, version, "rejected", reasons=[reason.model_dump()])
         tx.emit(ModelRejected, ModelRejectedData(name=data.name, version=version, reasons=[reason]))
         tx.audit("rejected", name=data.name, version=version, actor=tx.source, reason=reason.message,
-                 evidence={"code": reason.code, "source_uri": data.artifact.uri, **(evidence or {})})
+                 evidence=(evidence or RejectedEvidence()).model_copy(
+                     update={"code": reason.code, "source_uri": data.artifact.uri}))
 
     async def _record(self, tx: Tx, event: ModelRegistered, version: int, status: str, *,
                       artifact_uri: str | None = None, reasons: list[dict[str, str]] | None = None) -> None:

@@ -5,20 +5,27 @@ Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
 `metrics.evaluated`, `promotion.requested` and `model.archived`; emits `model.promoted` and
 `model.demoted`. Every decision about a model runs under that model's lock, so two instances
 (or a rebalance) never make two champions; the database's partial unique index backs it up.
+
+Before any move to production the stored artifact is checked (integrity.py), outside the
+transaction: the first version a batch would crown without a verdict raises `NeedsIO` for
+every staging version the batch loaded, the transaction is rolled back, the checks run, and
+the batch is decided again with the verdicts in hand.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from shared import metrics, telemetry
 from shared.attestation import promotion_statement, sign_statement
-from shared.consumer import ServiceHandlers, Tx
+from shared.consumer import Batch, NeedsIO, ServiceHandlers, Tx
 from shared.events import (
     Attestation,
+    EvaluatedEvidence,
     MetricsEvaluated,
     ModelArchived,
     ModelDemoted,
@@ -41,7 +48,7 @@ from shared.settings import Settings
 from shared.signing import signing_key
 
 from . import early
-from .integrity import verify_artifact
+from .integrity import Verdict, verify_artifact
 from .logic import (
     Champion,
     Result,
@@ -60,36 +67,28 @@ from .unit_of_work import IMPORT_CLAIMED, PendingImport, PromotionBatch
 PromotionReason = Literal["policy", "manual", "rollback"]
 
 SERVICE = "promotion"
+VERIFICATIONS_IN_FLIGHT = 8
 
 
 class Promotion:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.policy = resources.policy
-        self._batch: PromotionBatch | None = None
-
-    @property
-    def batch(self) -> PromotionBatch:
-        assert self._batch is not None, "promotion handlers run inside a batch"
-        return self._batch
 
     @contextlib.asynccontextmanager
-    async def batch_scope(self, conn: Any, events: list[Any]) -> AsyncIterator[None]:
+    async def batch_scope(self, conn: Any, events: list[Any]) -> AsyncIterator[PromotionBatch]:
         """Load the batch's models, let the handlers decide in memory, write it all back."""
-        self._batch = PromotionBatch(conn)
-        try:
-            await self._batch.load(events)
-            yield
-            await self._batch.flush()
-        finally:
-            self._batch = None
+        models = PromotionBatch(conn)
+        await models.load(events)
+        yield models
+        await models.flush()
 
     # -- what the other services tell us ------------------------------------------------
 
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
-        known = self.batch.get(data.name, data.version) is not None
-        waited = self.batch.add_version(
+        known = _models(tx).get(data.name, data.version) is not None
+        waited = _models(tx).add_version(
             name=data.name, version=data.version, sha256=data.artifact.sha256,
             artifact_uri=data.artifact.uri, registered_by=data.registered_by, correlation_id=event.correlation,
             traceparent=telemetry.current_traceparent().get("traceparent"),
@@ -99,7 +98,7 @@ class Promotion:
             # Only keeps it out of automatic staging until an approver's import request (maybe
             # among `waited`, replayed next) says which stage it had; a pipeline's marker alone
             # can never move a version up.
-            self.batch.set_pending_import(data.name, data.version, PendingImport(
+            _models(tx).set_pending_import(data.name, data.version, PendingImport(
                 IMPORT_CLAIMED, "", "", data.imported_from.model_dump(mode="json"), event.id))
         if waited:
             await early.replay(tx, data.name, waited, self.waits_for_version)
@@ -113,12 +112,12 @@ class Promotion:
         row = await self._version(tx, event.data.name, event.data.version)
         if row is None:  # held
             return
-        self.batch.update(row.name, row.version, blocked="rejected")
-        if (pending := self.batch.pending_import(row.name, row.version)) is not None:
+        _models(tx).update(row.name, row.version, blocked="rejected")
+        if (pending := _models(tx).pending_import(row.name, row.version)) is not None:
             if pending.to_stage == IMPORT_CLAIMED:
-                self.batch.clear_pending_import(row.name, row.version)
+                _models(tx).clear_pending_import(row.name, row.version)
             else:
-                await self._import(tx, self.batch.get(row.name, row.version) or row, pending)
+                await self._import(tx, _models(tx).get(row.name, row.version) or row, pending)
         why = "; ".join(f"{r.code}: {r.message}" for r in event.data.reasons)
         await self._take_down(tx, row, "rejected", why, {"reasons": [r.model_dump() for r in event.data.reasons],
                                                          "rejected_by": event.source})
@@ -129,7 +128,7 @@ class Promotion:
         decision = decide_late_rejection(row.stage, why)
         if not decision.demote:
             return
-        metrics.PROMOTION_DECISIONS.labels(f"demoted_{blocked}").inc()
+        _count(tx, f"demoted_{blocked}")
         evidence = {**evidence, "detail": decision.detail}
         await self._demote(tx, row, "none", reason=blocked, evidence=evidence, blocked=blocked)
         if decision.restore:
@@ -139,9 +138,9 @@ class Promotion:
 
     async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
         data = event.data
-        row = self.batch.get(data.name, data.version)
+        row = _models(tx).get(data.name, data.version)
         if row is not None and row.stage != "archived":
-            self.batch.set_stage(row, "archived", reason=data.reason, actor=event.source, event_id=event.id,
+            _models(tx).set_stage(row, "archived", reason=data.reason, actor=event.source, event_id=event.id,
                                  evidence={"restorable": data.restorable}, at=event.time)
 
     async def on_restored(self, tx: Tx, event: ModelRestored) -> None:
@@ -149,15 +148,15 @@ class Promotion:
         data = event.data
         row = await self._version(tx, data.name, data.version)
         if row is not None and row.stage == "archived":
-            self.batch.set_stage(row, "none", reason="restored", actor=data.actor, event_id=event.id,
+            _models(tx).set_stage(row, "none", reason="restored", actor=data.actor, event_id=event.id,
                                  evidence={"artifact_uri": data.artifact_uri}, at=event.time, superseded_at=None)
 
     async def _version(self, tx: Tx, name: str, version: int) -> VersionRow | None:
         """The version (its model locked by the batch); None, the event held for later, if not seen yet."""
-        row = self.batch.get(name, version)
+        row = _models(tx).get(name, version)
         if row is None:
             assert tx.cause is not None and tx.record is not None
-            self.batch.hold(event_id=tx.cause.id, topic=tx.record.topic, name=name, version=version,
+            _models(tx).hold(event_id=tx.cause.id, topic=tx.record.topic, name=name, version=version,
                             partition=tx.record.partition, offset=tx.record.offset,
                             payload=tx.record.value or tx.cause.to_json())
         return row
@@ -175,9 +174,9 @@ class Promotion:
         row = await self._version(tx, data.name, data.version)
         if row is None:
             return
-        if (pending := self.batch.pending_import(row.name, row.version)) is not None:
+        if (pending := _models(tx).pending_import(row.name, row.version)) is not None:
             # An imported version takes the stage it had, not the policy's first step.
-            validated = self.batch.update(row.name, row.version, validated=True)
+            validated = _models(tx).update(row.name, row.version, validated=True)
             assert validated is not None
             if pending.to_stage != IMPORT_CLAIMED:
                 await self._import(tx, validated, pending)
@@ -188,29 +187,30 @@ class Promotion:
                                       evidence={"checks": [c.model_dump() for c in data.checks]})
             await self._consider(tx, staged, rule)
         else:
-            self.batch.update(row.name, row.version, validated=True)
+            _models(tx).update(row.name, row.version, validated=True)
 
     async def on_evaluated(self, tx: Tx, event: MetricsEvaluated) -> None:
         data = event.data
         row = await self._version(tx, data.name, data.version)
         if row is None:
             return
-        self.batch.add_evaluation(
+        _models(tx).add_evaluation(
             event_id=event.id, name=data.name, version=data.version, suite=data.suite,
             environment=data.environment, metrics=data.metrics, passed=data.passed,
             dataset=data.dataset.model_dump() if data.dataset else None, evaluator=data.evaluator,
             evaluated_at=event.time)
         tx.audit("evaluated", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
                  actor=data.evaluator or event.source, reason=f"{data.suite} ({data.environment})",
-                 evidence={"suite": data.suite, "environment": data.environment, "metrics": data.metrics,
-                           "passed": data.passed, "evaluator": data.evaluator,
-                           "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None},
+                 evidence=EvaluatedEvidence(
+                     suite=data.suite, environment=data.environment, metrics=dict(data.metrics), passed=data.passed,
+                     evaluator=data.evaluator,
+                     dataset=data.dataset.model_dump(exclude_none=True) if data.dataset else None),
                  correlation=row.correlation_id)
         rule = self.policy.rule_for(row.name)
         ignored = authored_evaluation(rule, evaluator=data.evaluator, registered_by=row.registered_by,
                                       environment=data.environment)
         if ignored is not None:
-            metrics.PROMOTION_DECISIONS.labels("ignored_evaluation").inc()
+            _count(tx, "ignored_evaluation")
             tx.audit("ignored_evaluation", name=row.name, version=row.version, from_stage=row.stage,
                      to_stage=row.stage, actor=data.evaluator, reason=ignored,
                      evidence={"suite": data.suite, "evaluator": data.evaluator, "registered_by": row.registered_by,
@@ -225,20 +225,21 @@ class Promotion:
 
     async def _consider(self, tx: Tx, row: VersionRow, rule: Rule) -> None:
         name, version = row.name, row.version
-        results = self.batch.results(name, version)
-        current = self.batch.champion(name)
-        incumbent = Champion(current.version, self.batch.results(name, current.version)) \
+        results = _models(tx).results(name, version)
+        current = _models(tx).champion(name)
+        incumbent = Champion(current.version, _models(tx).results(name, current.version)) \
             if current is not None else None
         decision = decide_promotion(row.stage, row.blocked, rule, results, incumbent, row.registered_by)
         evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
         if not decision.promote and not results:
             return  # nothing measured yet: waiting is not a decision worth recording
-        metrics.PROMOTION_DECISIONS.labels("promoted" if decision.promote else "held").inc()
         if not decision.promote:
+            _count(tx, "held")
             tx.audit("held", name=name, version=version, from_stage=row.stage, to_stage=row.stage,
                      reason=decision.reason(), evidence=evidence, correlation=row.correlation_id)
             return
-        await self._to_production(tx, row, current, reason="policy", evidence=evidence)
+        if await self._to_production(tx, row, current, reason="policy", evidence=evidence):
+            _count(tx, "promoted")
 
     async def _to_production(self, tx: Tx, row: VersionRow, current: VersionRow | None, *, reason: PromotionReason,
                              evidence: dict[str, Any], actor: str | None = None,
@@ -257,30 +258,54 @@ class Promotion:
 
     async def _artifact_intact(self, tx: Tx, row: VersionRow) -> bool:
         """Before any move to production: the stored bytes must still hash to the record (a
-        directory's files, each, to its manifest)."""
-        manifest = await self.batch.manifest(row.name, row.version) if is_directory_uri(row.artifact_uri) else None
-        with telemetry.span("promotion verify artifact", attributes={"modelreg.model": row.name,
-                                                                     "modelreg.version": row.version}):
-            verdict = await verify_artifact(self.resources.store, row.artifact_uri, row.sha256, manifest)
+        directory's files, each, to its manifest). The verdict comes from outside the
+        transaction (`_verify_outside`); without one, the batch asks for it."""
+        verdict: Verdict | None = tx.batch.facts.get(_integrity_key(row))
+        if verdict is None:
+            raise NeedsIO(await self._verify_outside(tx, row), f"integrity of {row.name} v{row.version}")
         if verdict.intact:
             return True
         message = verdict.message
-        metrics.PROMOTION_DECISIONS.labels("quarantined").inc()
-        self.batch.update(row.name, row.version, blocked="quarantined")
+        _count(tx, "quarantined")
+        _models(tx).update(row.name, row.version, blocked="quarantined")
         tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
                                                  reasons=[Reason(code="checksum_mismatch", message=message)]),
                 correlation=row.correlation_id)
-        found_evidence = verdict.evidence
         tx.audit("quarantined", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
-                 reason=message, evidence=found_evidence, correlation=row.correlation_id)
-        await self._take_down(tx, row, "quarantined", message, found_evidence)
+                 reason=message, evidence=verdict.evidence, correlation=row.correlation_id)
+        await self._take_down(tx, row, "quarantined", message, verdict.evidence.as_dict())
         return False
+
+    async def _verify_outside(self, tx: Tx, row: VersionRow) -> Callable[[Batch], Awaitable[None]]:
+        """The check of `row` and of every other version this batch may crown (its staging
+        versions): one rollback of the transaction for the batch, not one per promotion."""
+        models = _models(tx)
+        candidates = {_integrity_key(v): v for v in (row, *models.staged()) if v.blocked is None or v is row}
+        manifests = {key: await models.manifest(v.name, v.version) if is_directory_uri(v.artifact_uri) else None
+                     for key, v in candidates.items()}
+        store = self.resources.store
+
+        async def fetch(batch: Batch) -> None:
+            limit = asyncio.Semaphore(VERIFICATIONS_IN_FLIGHT)
+
+            async def verify(key: tuple[Any, ...], version: VersionRow) -> None:
+                async with limit:
+                    with telemetry.span("promotion verify artifact", attributes={
+                            "modelreg.model": version.name, "modelreg.version": version.version}):
+                        batch.facts[key] = await verify_artifact(store, version.artifact_uri, version.sha256,
+                                                                 manifests[key])
+
+            async with asyncio.TaskGroup() as group:
+                for key, version in candidates.items():
+                    group.create_task(verify(key, version))
+
+        return fetch
 
     async def _maybe_roll_back(self, tx: Tx, champion_row: VersionRow, rule: Rule, result: Result) -> None:
         broken = decide_rollback(rule, result)
         if not broken:
             return
-        metrics.PROMOTION_DECISIONS.labels("rolled_back").inc()
+        _count(tx, "rolled_back")
         evidence = {"broken": [g.as_dict() for g in broken], "suite": result.suite,
                     "policy_revision": self.policy.revision}
         await self._demote(tx, champion_row, "none", reason="rollback", evidence=evidence, blocked="rolled_back")
@@ -290,12 +315,12 @@ class Promotion:
 
     async def _restore(self, tx: Tx, fallen: VersionRow, *, evidence: dict[str, Any], nobody: str) -> None:
         """Crown the champion `fallen` replaced (or the latest superseded one), as a rollback."""
-        target = choose_restore(self.batch.restorable(fallen.name), fallen.previous_champion)
+        target = choose_restore(_models(tx).restorable(fallen.name), fallen.previous_champion)
         if target is None:
             tx.audit("rollback_without_restore", name=fallen.name, version=fallen.version, reason=nobody,
                      evidence=evidence, correlation=fallen.correlation_id)
             return
-        restored = self.batch.get(fallen.name, target)
+        restored = _models(tx).get(fallen.name, target)
         assert restored is not None
         await self._to_production(tx, restored, None, reason="rollback",
                                   evidence={**evidence, "rolled_back": fallen.version}, replaced=fallen.version)
@@ -314,17 +339,17 @@ class Promotion:
         rule = self.policy.rule_for(row.name)
         decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
                                  stage=row.stage, blocked=row.blocked, validated=row.validated,
-                                 approvals=self.batch.approvals(row.name, row.version, data.to_stage))
+                                 approvals=_models(tx).approvals(row.name, row.version, data.to_stage))
         base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
         if decision.outcome == "elsewhere":
             return
-        metrics.PROMOTION_DECISIONS.labels(f"manual_{decision.outcome}").inc()
+        _count(tx, f"manual_{decision.outcome}")
         if decision.outcome == "refuse":
             tx.audit("promotion_refused", name=row.name, version=row.version, from_stage=row.stage,
                      to_stage=data.to_stage, actor=data.actor, reason=decision.detail, evidence=base,
                      correlation=row.correlation_id)
             return
-        self.batch.add_approval(name=row.name, version=row.version, to_stage=data.to_stage,
+        _models(tx).add_approval(name=row.name, version=row.version, to_stage=data.to_stage,
                                 actor=data.actor, reason=data.reason, event_id=event.id)
         if decision.outcome == "pending":
             tx.audit("approval_recorded", name=row.name, version=row.version, from_stage=row.stage,
@@ -335,7 +360,7 @@ class Promotion:
         evidence = {**base, "approvers": list(decision.approvers), "policy_revision": self.policy.revision}
         actor = data.actor
         if data.to_stage == "production":
-            done = await self._to_production(tx, row, self.batch.champion(row.name), reason="manual",
+            done = await self._to_production(tx, row, _models(tx).champion(row.name), reason="manual",
                                              evidence=evidence, actor=actor)
         elif data.to_stage == "staging" and row.stage == "none":
             await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=actor)
@@ -344,7 +369,7 @@ class Promotion:
             await self._demote(tx, row, data.to_stage, reason="manual", evidence=evidence, actor=actor)
             done = True
         if done:
-            self.batch.clear_approvals(row.name, row.version, data.to_stage)
+            _models(tx).clear_approvals(row.name, row.version, data.to_stage)
 
     async def _import(self, tx: Tx, row: VersionRow, request: PendingImport) -> None:
         """Reproduce the stage a version had in the registry it was imported from, once it
@@ -356,17 +381,17 @@ class Promotion:
         evidence = {"imported_from": request.imported_from, "requested_by": request.actor,
                     "request_reason": request.reason, "to_stage": to_stage, "approvers": [request.actor]}
         if decision.outcome == "wait":
-            self.batch.set_pending_import(row.name, row.version, request)
+            _models(tx).set_pending_import(row.name, row.version, request)
             return
-        self.batch.clear_pending_import(row.name, row.version)
-        metrics.PROMOTION_DECISIONS.labels(f"import_{decision.outcome}").inc()
+        _models(tx).clear_pending_import(row.name, row.version)
+        _count(tx, f"import_{decision.outcome}")
         if decision.outcome == "refuse":
             tx.audit("import_refused", name=row.name, version=row.version, from_stage=row.stage,
                      to_stage=to_stage, actor=request.actor, reason=decision.detail, evidence=evidence,
                      correlation=row.correlation_id)
             return
         if to_stage == "production" and row.stage != "production":
-            if not await self._to_production(tx, row, self.batch.champion(row.name), reason="manual",
+            if not await self._to_production(tx, row, _models(tx).champion(row.name), reason="manual",
                                              evidence=evidence, actor=request.actor):
                 return  # quarantined: the stored bytes are not the ones registered
         elif to_stage == "staging" and row.stage == "none":
@@ -394,7 +419,7 @@ class Promotion:
         fields: dict[str, Any] = {"superseded_at": None, **columns}
         if to_stage == "production":
             fields["previous_champion"] = previous_champion
-        moved = self.batch.set_stage(row, to_stage, reason=reason, actor=actor or tx.source, event_id=event.id,
+        moved = _models(tx).set_stage(row, to_stage, reason=reason, actor=actor or tx.source, event_id=event.id,
                                      evidence=evidence, at=event.time, **fields)
         tx.audit("promoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
                  actor=actor, reason=reason,
@@ -422,18 +447,35 @@ class Promotion:
         if blocked is not None:
             fields["blocked"] = blocked
         stage = "none" if to_stage == "archived" else to_stage  # archived once archival has moved it
-        self.batch.set_stage(row, stage, reason=reason, actor=actor or tx.source, event_id=event.id, at=event.time,
+        _models(tx).set_stage(row, stage, reason=reason, actor=actor or tx.source, event_id=event.id, at=event.time,
                               evidence=evidence, **fields)
         tx.audit("demoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
                  actor=actor, reason=reason, evidence=evidence, correlation=row.correlation_id)
 
 
+def _integrity_key(row: VersionRow) -> tuple[Any, ...]:
+    """A verdict holds for these bytes at this place only."""
+    return ("integrity", row.name, row.version, row.artifact_uri, row.sha256)
+
+
+def _count(tx: Tx, outcome: str) -> None:
+    """A decision, counted once its batch commits (a batch decided twice counts once)."""
+    tx.batch.committed.append(metrics.PROMOTION_DECISIONS.labels(outcome).inc)
+
+
+def _models(tx: Tx) -> PromotionBatch:
+    """The batch's models, as `Promotion.batch_scope` loaded them."""
+    models: PromotionBatch = tx.batch.scope
+    return models
+
+
 def build(resources: Resources) -> ServiceHandlers:
     promotion = Promotion(resources)
     grace = timedelta(seconds=resources.settings.early_event_grace_seconds)
-    async def version_trace(conn: Any, event: Any) -> str | None:
+    async def version_trace(batch: Batch, event: Any) -> str | None:
         version = getattr(event.data, "version", None)
-        return promotion.batch.traceparent(event.data.name, version) if version is not None else None
+        models: PromotionBatch = batch.scope
+        return models.traceparent(event.data.name, version) if version is not None else None
 
     return ServiceHandlers(SERVICE, trace_fallback=version_trace, batch_scope=promotion.batch_scope, background=(
         lambda: early.expire_forever(resources.pool, SERVICE, grace, resources.consumer_lag),

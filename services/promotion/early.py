@@ -16,9 +16,8 @@ from typing import Any
 import asyncpg
 
 from shared import metrics
-from shared.consumer import Record, Tx, dead_letter_rows
+from shared.consumer import Record, Tx, dead_letter_rows, unit_of_work
 from shared.events import CloudEvent, InvalidEvent, parse_event
-from shared.outbox import write_outbox
 from shared.runtime import every
 
 log = logging.getLogger(__name__)
@@ -34,9 +33,7 @@ async def replay(tx: Tx, name: str, rows: list[HeldRow], handlers: dict[str, Rep
     for row in sorted(rows, key=lambda r: (r["first_seen"], r["offset"] or 0)):
         event = parse_event(row["topic"], row["payload"])
         record = Record(row["topic"], row["partition"] or 0, row["offset"] or 0, name.encode(), row["payload"])
-        inner = Tx(tx.conn, tx.service, event, record=record)
-        await handlers[row["topic"]](inner, event)
-        tx.rows.extend(inner.rows)
+        await handlers[row["topic"]](tx.caused_by(event, record), event)
     return len(rows)
 
 
@@ -57,15 +54,14 @@ async def expire_forever(pool: asyncpg.Pool, service: str, grace: timedelta,
 async def expire(pool: asyncpg.Pool, service: str, grace: timedelta, partitions: list[int]) -> int:
     """Dead-letter held events of `partitions` older than `grace`: their version never
     appeared. A model a batch is deciding about right now (its lock taken) is left alone."""
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
+    async with unit_of_work(pool, service) as tx:
+        rows = await tx.conn.fetch(
             """DELETE FROM promotion_deferred WHERE event_id IN (
                    SELECT event_id FROM promotion_deferred
                    WHERE first_seen < now() - $1::interval AND partition = ANY($2::int[])
                      AND pg_try_advisory_xact_lock(hashtextextended('promotion:' || name, 0))
                    ORDER BY first_seen LIMIT 500 FOR UPDATE SKIP LOCKED)
                RETURNING topic, name, version, partition, "offset", payload""", grace, partitions)
-        outbox = []
         for row in rows:
             record = Record(row["topic"], row["partition"] or 0, row["offset"] or 0, row["name"].encode(),
                             row["payload"])
@@ -74,6 +70,5 @@ async def expire(pool: asyncpg.Pool, service: str, grace: timedelta, partitions:
                                                     f"version (waited {grace.total_seconds():g}s for it)")
             log.warning("%s: dead-lettered %s: %s", service, row["topic"], error.message)
             metrics.DEAD_LETTERS.labels(service, error.kind).inc()
-            outbox.extend(dead_letter_rows(service, record, error, event))
-        await write_outbox(conn, service, outbox)
+            tx.rows.extend(dead_letter_rows(service, record, error, event))
         return len(rows)

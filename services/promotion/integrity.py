@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
+from shared.events import QuarantinedEvidence
 from shared.manifest import (
     compare,
     describe,
@@ -29,7 +29,7 @@ EXTRA_LISTED = 100
 class Verdict:
     intact: bool
     message: str = ""
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: QuarantinedEvidence = field(default_factory=QuarantinedEvidence)
 
 
 async def verify_artifact(store: ObjectStore, uri: str, sha256: str, manifest: str | None) -> Verdict:
@@ -38,7 +38,7 @@ async def verify_artifact(store: ObjectStore, uri: str, sha256: str, manifest: s
         location = parse_s3_uri(uri)
     except ValueError:
         return Verdict(False, f"stored artifact {uri} is not an s3:// URI",
-                       {"expected_sha256": sha256, "found_sha256": None, "artifact_uri": uri})
+                       QuarantinedEvidence(expected_sha256=sha256, found_sha256=None, artifact_uri=uri))
     if not is_directory_uri(uri):
         found = await store.known_digest(location)
         found_sha = found[0] if found else None
@@ -46,18 +46,22 @@ async def verify_artifact(store: ObjectStore, uri: str, sha256: str, manifest: s
             return Verdict(True)
         return Verdict(False, f"stored artifact {uri} hashes to {found_sha or 'nothing (missing)'}; "
                               f"expected {sha256}",
-                       {"expected_sha256": sha256, "found_sha256": found_sha, "artifact_uri": uri})
+                       QuarantinedEvidence(expected_sha256=sha256, found_sha256=found_sha, artifact_uri=uri))
     return await _verify_directory(store, location, sha256, manifest)
 
 
 async def _verify_directory(store: ObjectStore, prefix: S3Location, sha256: str,
                             manifest: str | None) -> Verdict:
-    evidence: dict[str, Any] = {"expected_sha256": sha256, "artifact_uri": prefix.uri}
+    manifest_error = None
     try:
         entries = parse_manifest(manifest) if manifest is not None else None
     except ValueError as exc:
-        entries, evidence["manifest_error"] = None, str(exc)
+        entries, manifest_error = None, str(exc)
     if entries is None or manifest_digest(entries) != sha256:
+        evidence = QuarantinedEvidence(expected_sha256=sha256, artifact_uri=prefix.uri)
+        if manifest_error is not None:
+            evidence = QuarantinedEvidence(expected_sha256=sha256, artifact_uri=prefix.uri,
+                                           manifest_error=manifest_error)
         return Verdict(False, f"stored artifact {prefix.uri}: the recorded manifest does not hash to {sha256}",
                        evidence)
     limit = asyncio.Semaphore(FILES_IN_FLIGHT)
@@ -74,6 +78,6 @@ async def _verify_directory(store: ObjectStore, prefix: S3Location, sha256: str,
     problems = compare(entries, found, extra)
     if not problems:
         return Verdict(True)
-    evidence["files"] = [{"path": p.path, "problem": p.kind} for p in problems[:50]]
-    evidence["found_sha256"] = None
+    evidence = QuarantinedEvidence(expected_sha256=sha256, artifact_uri=prefix.uri, found_sha256=None,
+                                   files=[{"path": p.path, "problem": p.kind} for p in problems[:50]])
     return Verdict(False, f"stored artifact {prefix.uri} differs from its manifest: {describe(problems)}", evidence)

@@ -146,6 +146,10 @@ class PromotionBatch:
         return next((v.row for (n, _), v in self._versions.items() if n == name and v.row.stage == "production"),
                     None)
 
+    def staged(self) -> list[VersionRow]:
+        """The loaded versions in staging: those a batch may crown on evidence."""
+        return [v.row for v in self._versions.values() if v.row.stage == "staging"]
+
     def traceparent(self, name: str, version: int) -> str | None:
         found = self._versions.get((name, version))
         return found.traceparent if found else None

@@ -9,12 +9,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from shared import telemetry
-from shared.consumer import ServiceHandlers, TraceParents, Tx
+from shared.consumer import Batch, ServiceHandlers, TraceParents, Tx
 from shared.events import (
     CloudEvent,
     ModelIngested,
@@ -26,6 +27,8 @@ from shared.events import (
     QaArtifact,
     QaRequested,
     QaRequestedData,
+    RejectedEvidence,
+    ValidatedEvidence,
 )
 from shared.manifest import compare
 from shared.model_signatures import SignatureVerdict
@@ -55,16 +58,22 @@ FILES_IN_FLIGHT = 4  # files of one directory artifact read at once
 EXTRA_LISTED = 100  # files beyond the manifest's that a listing names (enough to show the problem)
 
 
+@dataclass(frozen=True)
+class Inspected:
+    """What reading one version's stored artifact found, before its transaction."""
+
+    facts: ArtifactFacts
+    signature: SignatureVerdict | None
+
+
 class Validation:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
-        self.facts: dict[uuid.UUID, ArtifactFacts] = {}
-        self.signatures: dict[uuid.UUID, SignatureVerdict | None] = {}
 
-    async def prepare(self, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
-        """Read every stored artifact once: hash it, and scan it where it may be a pickle."""
-        self.facts.clear()
-        self.signatures.clear()
+    async def prepare(self, batch: Batch, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
+        """Read every stored artifact once: hash it, and scan it where it may be a pickle (an
+        `Inspected` per event id in `batch.facts`)."""
+        inspected: dict[uuid.UUID, Inspected] = batch.facts
         limit = asyncio.Semaphore(READS_IN_FLIGHT)
 
         async def inspect(event: CloudEvent[ModelIngestedData]) -> None:
@@ -72,8 +81,8 @@ class Validation:
                 with telemetry.span("validation inspect artifact", parent=parents.get(event.id),
                                     attributes={"modelreg.model": event.data.name,
                                                 "modelreg.version": event.data.version}):
-                    self.facts[event.id] = await self._inspect(event.data)
-                    self.signatures[event.id] = await self._signature(event.data)
+                    inspected[event.id] = Inspected(await self._inspect(event.data),
+                                                    await self._signature(event.data))
 
         async with asyncio.TaskGroup() as group:
             for event in events:
@@ -192,8 +201,9 @@ class Validation:
     async def on_ingested(self, tx: Tx, event: ModelIngested) -> None:
         data = event.data
         rule = self.resources.policy.rule_for(data.name)
-        checks = run_checks(data, self.facts.pop(event.id), rule.validation)
-        signature = self.signatures.pop(event.id, None)
+        inspected: Inspected = tx.batch.facts[event.id]
+        checks = run_checks(data, inspected.facts, rule.validation)
+        signature = inspected.signature
         if signature is not None:
             checks.append(signature_check(signature))
         passed = all(c.passed for c in checks)
@@ -204,20 +214,22 @@ class Validation:
                SET passed = EXCLUDED.passed, checks = EXCLUDED.checks, suites = EXCLUDED.suites,
                    validated_at = now()""",
             data.name, data.version, passed, [c.model_dump() for c in checks], list(rule.required_suites))
-        evidence = {"checks": [c.model_dump() for c in checks], "policy_revision": self.resources.policy.revision}
+        checked = [c.model_dump() for c in checks]
+        revision = self.resources.policy.revision
         if not passed:
             reasons = rejection_reasons(checks, {SIGNATURE_CHECK: signature.code} if signature and signature.code
                                         else None)
             tx.emit(ModelRejected, ModelRejectedData(name=data.name, version=data.version, reasons=reasons))
             tx.audit("rejected", name=data.name, version=data.version, reason="; ".join(r.message for r in reasons),
-                     evidence=evidence)
+                     evidence=RejectedEvidence(checks=checked, policy_revision=revision))
             return
         tx.emit(ModelValidated, ModelValidatedData(name=data.name, version=data.version, checks=checks))
         tx.emit(QaRequested, QaRequestedData(
             name=data.name, version=data.version, suites=list(rule.required_suites),
             artifact=QaArtifact(uri=data.artifact.uri, sha256=data.artifact.sha256)))
         tx.audit("validated", name=data.name, version=data.version, reason="every check passed",
-                 evidence={**evidence, "qa_suites": list(rule.required_suites)})
+                 evidence=ValidatedEvidence(checks=checked, policy_revision=revision,
+                                            qa_suites=list(rule.required_suites)))
 
 
 def build(resources: Resources) -> ServiceHandlers:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 
-from shared.consumer import ServiceHandlers, Tx
+from shared.consumer import Batch, ServiceHandlers, Tx
 from shared.events import TOPICS, CloudEvent
 from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
@@ -36,32 +37,37 @@ SERVICE = store.SERVICE
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Fanout:
+    """One batch's work: the endpoints active when it began, the deliveries it owes them."""
+
+    endpoints: list[store.Endpoint]
+    pending: list[store.NewDelivery] = field(default_factory=list)
+
+
 class Webhooks:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.settings = resources.settings
-        self._endpoints: list[store.Endpoint] = []
-        self._pending: list[store.NewDelivery] = []
         self.worker: DeliveryWorker | None = None
 
     @contextlib.asynccontextmanager
-    async def batch_scope(self, conn: asyncpg.Connection, events: list[Any]) -> AsyncIterator[None]:
+    async def batch_scope(self, conn: asyncpg.Connection, events: list[Any]) -> AsyncIterator[Fanout]:
         """The active endpoints, read once per batch; the batch's deliveries, written at its end."""
-        self._endpoints = await store.active_endpoints(conn)
-        self._pending = []
-        yield
-        await store.record_deliveries(conn, self._pending)
-        self._pending = []
+        fanout = Fanout(await store.active_endpoints(conn))
+        yield fanout
+        await store.record_deliveries(conn, fanout.pending)
 
     async def on_event(self, tx: Tx, event: CloudEvent[Any]) -> None:
-        if not self._endpoints:
+        fanout: Fanout = tx.batch.scope
+        if not fanout.endpoints:
             return
         topic = event.topic
         data = event.data.model_dump(mode="json")
         model = event.model_name
         stage = logic.event_stage(topic, data)
         raw: str | None = None
-        for endpoint in self._endpoints:
+        for endpoint in fanout.endpoints:
             if not logic.wants(endpoint.subscription, topic, model, stage):
                 continue
             if raw is None:
@@ -70,9 +76,9 @@ class Webhooks:
             envelope = {"data": data}
             for message in logic.messages_for(endpoint.format, endpoint.mlflow_events, topic, event.id, raw,
                                               envelope, event.time):
-                self._pending.append(store.NewDelivery(endpoint.id, message, event.id, topic, model))
+                fanout.pending.append(store.NewDelivery(endpoint.id, message, event.id, topic, model))
 
-    async def after_commit(self) -> None:
+    async def after_commit(self, batch: Batch) -> None:
         if self.worker is not None:
             self.worker.wake()
 

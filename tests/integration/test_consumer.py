@@ -7,7 +7,17 @@ import json
 
 import asyncpg
 
-from shared.consumer import BatchProcessor, Record, ServiceHandlers, Tx
+from shared.consumer import (
+    MAX_IO_ROUNDS,
+    UNEXPECTED_FAULT_ATTEMPTS,
+    Batch,
+    BatchProcessor,
+    NeedsIO,
+    Record,
+    ServiceHandlers,
+    Tx,
+    unit_of_work,
+)
 from shared.events import InvalidEvent, ModelRegistered
 from tests.support import cloudevent, signing_service
 
@@ -42,4 +52,81 @@ async def test_a_refusal_undoes_only_its_own_writes_and_redelivery_changes_nothi
     audits = [json.loads(r["value"])["data"] for r in rows if r["topic"] == "registry.audit"]
     assert sorted(a["action"] for a in audits) == ["dead_lettered", "dead_lettered", "probed", "probed"]
     assert await db.fetchval("SELECT count(*) FROM processed_events WHERE consumer = $1", service) == 4
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
+async def test_io_a_handler_needs_runs_outside_the_transaction_and_the_batch_is_decided_again(
+        db: asyncpg.Pool) -> None:
+    """A handler that needs I/O mid-decision gets it run with no transaction open (the
+    database sees none from this service while it runs), and the batch is redone with what
+    was fetched: its first, rolled-back attempt leaves nothing, its decisions count once."""
+    service = signing_service("probe")
+    await db.execute(f'CREATE TABLE "{service}" (name text PRIMARY KEY, verdict text)')
+    open_during_fetch: list[int] = []
+    counted: list[str] = []
+    fetches = 0
+
+    handler_pids: set[int] = set()
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        handler_pids.add(tx.conn.get_server_pid())
+        await tx.conn.execute(f'INSERT INTO "{service}" (name) VALUES ($1)', event.data.name)
+        verdict = tx.batch.facts.get(event.data.name)
+        if verdict is None:
+            async def fetch(batch: Batch) -> None:
+                nonlocal fetches
+                fetches += 1
+                open_during_fetch.append(await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[]) "
+                    "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL", sorted(handler_pids)))
+                batch.facts.update({name: f"checked {name}" for name in ("a", "b")})
+            raise NeedsIO(fetch, "a verdict")
+        await tx.conn.execute(f'UPDATE "{service}" SET verdict = $2 WHERE name = $1', event.data.name, verdict)
+        tx.batch.committed.append(lambda: counted.append(event.data.name))
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    batch = [record(i, cloudevent("model.registered", {"name": name, "artifact": artifact}))
+             for i, name in enumerate(("a", "b"))]
+    await BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle})).process(batch)
+
+    assert fetches == 1  # one round for the batch, not one per event
+    assert open_during_fetch == [0]
+    assert {(r["name"], r["verdict"]) for r in await db.fetch(f'SELECT * FROM "{service}"')} == {
+        ("a", "checked a"), ("b", "checked b")}
+    assert counted == ["a", "b"]
+
+
+async def test_a_handler_that_keeps_needing_io_is_dead_lettered_not_looped_forever(db: asyncpg.Pool) -> None:
+    service = signing_service("probe")
+    rounds = 0
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        async def fetch(batch: Batch) -> None:
+            nonlocal rounds
+            rounds += 1
+        raise NeedsIO(fetch, "never satisfied")
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    processor = BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle}), max_backoff=0.01)
+    await processor.process([record(0, cloudevent("model.registered", {"name": "a", "artifact": artifact}))])
+
+    assert 0 < rounds <= MAX_IO_ROUNDS * (UNEXPECTED_FAULT_ATTEMPTS + 1) * 2
+    letters = await db.fetch("SELECT value FROM outbox WHERE service = $1 AND topic = 'registry.dlq'", service)
+    assert [json.loads(r["value"])["data"]["error"]["kind"] for r in letters] == ["handler_error"]
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
+async def test_a_unit_of_work_writes_what_it_emits_with_its_transaction_or_not_at_all(db: asyncpg.Pool) -> None:
+    service = signing_service("probe")
+    async with unit_of_work(db, service) as tx:
+        tx.audit("swept", name="kept")
+        tx.about(None).audit("swept", name="kept-too")
+    try:
+        async with unit_of_work(db, service) as tx:
+            tx.audit("swept", name="lost")
+            raise RuntimeError("the sweep failed")
+    except RuntimeError:
+        pass
+    rows = await db.fetch("SELECT value FROM outbox WHERE service = $1 ORDER BY id", service)
+    assert [json.loads(r["value"])["data"]["name"] for r in rows] == ["kept", "kept-too"]
     await db.execute("DELETE FROM outbox WHERE service = $1", service)
