@@ -634,7 +634,7 @@ CATALOGUE: dict[str, EventSpec] = {
                   summary="The artifact is copied into the registry and the version is recorded."),
         EventSpec(envelope=ModelValidated, produced_by="validation",
                   summary="Every validation check passed; each check's result is listed."),
-        EventSpec(envelope=ModelRejected, produced_by="ingest, validation",
+        EventSpec(envelope=ModelRejected, produced_by="ingest, validation, promotion (quarantine)",
                   summary="The version was refused, with coded reasons."),
         EventSpec(envelope=QaRequested, produced_by="validation",
                   summary="QA systems are asked to run their suites on the version."),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.promotion.logic import Champion, Result, decide_promotion, decide_rollback
+from shared.domain.promotion import Champion, Result, decide_promotion, decide_rollback
 from shared.domain.retention import Kept, due_by_time, superseded_beyond_keep
 from shared.policy import Policy
 

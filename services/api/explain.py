@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from services.promotion.logic import (
+from shared.domain.promotion import (
     Champion,
     Gate,
     Result,

@@ -23,6 +23,17 @@ from typing import Any, Literal, cast
 from shared import metrics, telemetry
 from shared.attestation import promotion_statement, sign_statement
 from shared.consumer import Batch, NeedsIO, ServiceHandlers, Tx
+from shared.domain.promotion import (
+    Champion,
+    Result,
+    authored_evaluation,
+    choose_restore,
+    decide_import,
+    decide_late_rejection,
+    decide_manual,
+    decide_promotion,
+    decide_rollback,
+)
 from shared.events import (
     Attestation,
     EvaluatedEvidence,
@@ -49,17 +60,6 @@ from shared.signing import signing_key
 
 from . import early
 from .integrity import Verdict, verify_artifact
-from .logic import (
-    Champion,
-    Result,
-    authored_evaluation,
-    choose_restore,
-    decide_import,
-    decide_late_rejection,
-    decide_manual,
-    decide_promotion,
-    decide_rollback,
-)
 from .store import VersionRow
 from .unit_of_work import IMPORT_CLAIMED, PendingImport, PromotionBatch
 

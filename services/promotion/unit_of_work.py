@@ -19,10 +19,10 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
+from shared.domain.promotion import Restorable, Result
 from shared.events import CloudEvent, Stage
 
 from .early import HeldRow
-from .logic import Restorable, Result
 from .store import VersionRow
 
 _ROW = tuple(VersionRow.__dataclass_fields__)

@@ -21,7 +21,7 @@ from services.cli.mlflow_import.plan import (
     select_models,
     target_stages,
 )
-from services.promotion.logic import decide_import
+from shared.domain.promotion import decide_import
 from shared.policy import Rule
 
 

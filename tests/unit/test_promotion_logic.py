@@ -8,7 +8,7 @@ from textwrap import dedent
 
 import pytest
 
-from services.promotion.logic import (
+from shared.domain.promotion import (
     Champion,
     Gate,
     Restorable,

@@ -1,7 +1,8 @@
 """Promotion decisions as plain functions over plain data: gates, rollback, manual requests.
 
-Nothing here does I/O. The handlers load what these functions need, call one of them and
-record what it returned; the API's `explain` shows the same gate results.
+Nothing here does I/O. The promotion service's handlers load what these functions need, call
+one of them and record what it returned; the API's `explain` and the policy dry-run call the
+same functions, so what they show is what promotion decides.
 """
 
 from __future__ import annotations
