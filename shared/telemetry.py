@@ -100,5 +100,16 @@ def trace_id() -> str | None:
 @contextmanager
 def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, parent: otel_context.Context | None = None,
          attributes: dict[str, Any] | None = None) -> Iterator[Span]:
+    """A span continuing `parent` (else the current context). Where no SDK records spans, the
+    parent's context is simply made current: what the API's no-op tracer would do in several
+    times the CPU (a handler's span was about 15 us of every event a service handled)."""
+    if not recording():
+        token = otel_context.attach(parent) if parent is not None else None
+        try:
+            yield trace.get_current_span()
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        return
     with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes or {}) as current:
         yield current

@@ -35,6 +35,21 @@ def test_a_new_trace_is_valid_and_propagates_through_a_span() -> None:
     assert header.split("-")[1] == format(trace_id_of(parent), "032x")
 
 
+def test_a_span_without_an_sdk_gives_back_the_context_it_found_even_when_its_work_fails() -> None:
+    """No SDK records spans here: a span only makes its parent current, and undoes that."""
+    assert not telemetry.recording()
+    parent = telemetry.parent_from([("traceparent", TRACEPARENT.encode())])
+    try:
+        with telemetry.span("handle", parent=parent):
+            assert telemetry.current_traceparent()["traceparent"] == TRACEPARENT
+            raise ValueError("the handler failed")
+    except ValueError:
+        pass
+    assert telemetry.current_traceparent() == {}
+    with telemetry.span("nested", parent=parent), telemetry.span("inner"):
+        assert telemetry.current_traceparent()["traceparent"] == TRACEPARENT
+
+
 def test_json_logs_carry_correlation_and_trace() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
