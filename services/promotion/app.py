@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
+from opentelemetry import context as otel_context
+
 from shared import metrics, telemetry
 from shared.attestation import promotion_statement, sign_statement
 from shared.consumer import Batch, NeedsIO, ServiceHandlers, Tx
@@ -283,6 +285,11 @@ class Promotion:
         candidates = {_integrity_key(v): v for v in (row, *models.staged()) if v.blocked is None or v is row}
         manifests = {key: await models.manifest(v.name, v.version) if is_directory_uri(v.artifact_uri) else None
                      for key, v in candidates.items()}
+        # Each check joins its version's trace: this handler's for `row`, the remembered one else.
+        here = otel_context.get_current()
+        parents = {key: here if key == _integrity_key(row) else
+                   telemetry.parent_from((), fallback=models.traceparent(v.name, v.version)) or here
+                   for key, v in candidates.items()}
         store = self.resources.store
 
         async def fetch(batch: Batch) -> None:
@@ -290,7 +297,7 @@ class Promotion:
 
             async def verify(key: tuple[Any, ...], version: VersionRow) -> None:
                 async with limit:
-                    with telemetry.span("promotion verify artifact", attributes={
+                    with telemetry.span("promotion verify artifact", parent=parents[key], attributes={
                             "modelreg.model": version.name, "modelreg.version": version.version}):
                         batch.facts[key] = await verify_artifact(store, version.artifact_uri, version.sha256,
                                                                  manifests[key])
