@@ -254,6 +254,11 @@ class ServiceHandlers:
     # tables set-based per batch). Such handlers must not refuse events: they cannot be undone
     # one at a time.
     batch_scope: BatchScope | None = None
+    # A batch's partitions are applied concurrently, each in its own transaction: one model's
+    # events share a partition number on every topic (key = model name), so its order holds,
+    # and one partition's I/O overlaps another's work. False where every record touches one
+    # shared thing whatever its model (the audit writer's single hash chain).
+    concurrent_partitions: bool = True
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -325,7 +330,13 @@ class BatchProcessor:
         started = time.perf_counter()
         self.busy = True
         try:
-            await self._process(records)
+            groups = by_partition(records) if self._service.concurrent_partitions else [list(records)]
+            if len(groups) == 1:
+                await self._process(groups[0])
+            else:
+                async with asyncio.TaskGroup() as group:
+                    for records_of_one in groups:
+                        group.create_task(self._process(records_of_one))
         finally:
             self.busy = False
         for record in records:
@@ -541,6 +552,15 @@ class BatchProcessor:
         log.warning("%s: dead-lettered %s[%d]@%d: %s: %s", self.consumer, record.topic,
                     record.partition, record.offset, error.kind, error.message[:200])
         return dead_letter_rows(self.consumer, record, error, event)
+
+
+def by_partition(records: Sequence[Record]) -> list[list[Record]]:
+    """A batch's records per partition number (whatever the topic: a model's events have the
+    same one on every topic), each in arrival order."""
+    groups: dict[int, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.partition, []).append(record)
+    return list(groups.values())
 
 
 class _Refused(Exception):

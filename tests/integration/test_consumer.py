@@ -3,6 +3,7 @@ event, and dead letters written once, however often a batch is delivered."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import asyncpg
@@ -16,6 +17,7 @@ from shared.consumer import (
     Record,
     ServiceHandlers,
     Tx,
+    by_partition,
     unit_of_work,
 )
 from shared.events import InvalidEvent, ModelRegistered
@@ -130,3 +132,26 @@ async def test_a_unit_of_work_writes_what_it_emits_with_its_transaction_or_not_a
     rows = await db.fetch("SELECT value FROM outbox WHERE service = $1 ORDER BY id", service)
     assert [json.loads(r["value"])["data"]["name"] for r in rows] == ["kept", "kept-too"]
     await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
+async def test_a_batchs_partitions_are_applied_concurrently_each_in_its_order(db: asyncpg.Pool) -> None:
+    """Partition 0's first handler waits until partition 1's has started: only concurrent
+    application lets both finish. Within a partition, records are handled in offset order."""
+    service = signing_service("probe")
+    started = {0: asyncio.Event(), 1: asyncio.Event()}
+    order: dict[int, list[int]] = {0: [], 1: []}
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        assert tx.record is not None
+        partition = tx.record.partition
+        started[partition].set()
+        await asyncio.wait_for(started[1 - partition].wait(), timeout=10)
+        order[partition].append(tx.record.offset)
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    records = [Record("model.registered", offset % 2, offset, b"k", json.dumps(cloudevent(
+        "model.registered", {"name": f"m{offset}", "artifact": artifact})).encode()) for offset in range(6)]
+    await BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle})).process(records)
+
+    assert order == {0: [0, 2, 4], 1: [1, 3, 5]}
+    assert by_partition(records) == [records[0::2], records[1::2]]
