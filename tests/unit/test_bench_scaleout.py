@@ -5,11 +5,18 @@ two replicas are compared with one, and the report prints both."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import io
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
-from bench import config, report
+from bench import config, report, scaleout
+from bench.context import Context
 from bench.own_pipeline import OwnPipeline
 from bench.scaleout import STEPS, compare
 from shared.settings import load_settings
@@ -86,3 +93,86 @@ def test_the_report_prints_both_replica_counts_and_the_ratio() -> None:
     assert "scale-out" in text and "3 brokers" in text
     assert "35.0 versions/s" in text and "52.5 versions/s" in text and "1.5x" in text
     assert "42.0 ms" in text and "54.0 ms" in text
+
+
+
+# -- the steps' loop, on fakes of the cluster, the pipeline, the fleets and each step ------------
+
+class _Stack:
+    ports = types.SimpleNamespace(postgres=1)
+
+    def env(self, principal: str = "admin") -> dict[str, str]:
+        return {}
+
+    def kafka_env(self, principal: str) -> dict[str, str]:
+        return {}
+
+    def signing_key_file(self, service: str) -> str:
+        return f"/keys/{service}"
+
+
+class _Pipeline:
+    settings = load_settings()
+    env: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        self.removed = False
+
+    async def create_database(self) -> None: ...
+
+    async def prepare(self) -> None: ...
+
+    async def remove(self, log: object) -> None:
+        self.removed = True
+
+
+class _Fleet:
+    running = 0
+
+    def __init__(self, env: object, logs: object) -> None: ...
+
+    def start_all(self) -> None:
+        _Fleet.running += 1
+
+    def stop(self) -> None:
+        _Fleet.running -= 1
+
+
+def _run_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing_step: int) -> tuple[dict, dict, _Pipeline]:
+    """The phase's run() with step `failing_step` raising; returns its figures, the run's results
+    and the pipeline (to see it removed)."""
+    pipeline = _Pipeline()
+
+    @contextlib.asynccontextmanager
+    async def cluster(ctx: Context) -> AsyncIterator[tuple[_Stack, str]]:
+        yield _Stack(), "a fake cluster"
+
+    async def step(ctx: Context, stack: object, fleets: list, step: int) -> dict:
+        if step == failing_step:
+            raise RuntimeError(f"step {step} broke")
+        return {"replicas": len(fleets), **(ONE if len(fleets) == 1 else TWO)}
+
+    monkeypatch.setattr(scaleout, "cluster", cluster)
+    monkeypatch.setattr(scaleout, "_step", step)
+    monkeypatch.setattr(scaleout, "Fleet", _Fleet)
+    monkeypatch.setattr(scaleout.OwnPipeline, "of", classmethod(lambda cls, *args: pipeline))
+    ctx = Context(config=config.BenchConfig(versions=1000), run_id="r1", log=lambda line: None,
+                  target=types.SimpleNamespace(stack=types.SimpleNamespace(dir=tmp_path)))  # type: ignore[arg-type]
+    results: dict = {"errors": {}}
+    try:
+        figures = asyncio.run(scaleout.run(ctx, results))
+    finally:
+        assert _Fleet.running == 0 and pipeline.removed  # whatever happened, all it started is stopped
+    return figures, results, pipeline
+
+
+def test_a_step_that_fails_after_others_reports_what_was_measured_and_the_error(monkeypatch, tmp_path) -> None:
+    figures, results, _ = _run_steps(monkeypatch, tmp_path, failing_step=3)
+    assert results["errors"]["scaleout"] == "step 3 (1 replica(s)): RuntimeError: step 3 broke"
+    assert figures["order"] == [1, 2] and figures["replicas"]["1"]["runs"] == 1
+    assert figures["two_over_one"]["staging_per_second"] == round(52.5 / 40.0, 2)
+
+
+def test_a_first_step_that_fails_fails_the_phase(monkeypatch, tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="step 1 broke"):
+        _run_steps(monkeypatch, tmp_path, failing_step=1)
