@@ -119,8 +119,9 @@ class NeedsIO(Exception):  # noqa: N818 - a request, not an error
         self.fetch = fetch
 
 
-# A handler asking for I/O again after it was done is a bug; stop asking after this many rounds.
-MAX_IO_ROUNDS = 5
+# Each round must bring facts the batch did not have (else it is a bug, refused at once), so
+# rounds end; this bounds a batch that keeps finding more to fetch (one version at a time).
+MAX_IO_ROUNDS = 64
 
 
 @dataclass
@@ -427,7 +428,11 @@ class BatchProcessor:
             except _Refused:
                 savepoints = True
             except NeedsIO as needed:
+                known = set(batch.facts)
                 await needed.fetch(batch)
+                if set(batch.facts) <= known:  # asked again for what it has: a bug, not a batch
+                    raise RuntimeError(f"{self.consumer}: a handler asked for I/O ({needed}) that "
+                                       "brought nothing new") from needed
         raise RuntimeError(f"{self.consumer}: handlers still needed I/O after {MAX_IO_ROUNDS} rounds")
 
     async def _prepare(self, batch: Batch, deliveries: list[Delivery]) -> None:

@@ -8,8 +8,8 @@ Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
 
 Before any move to production the stored artifact is checked (integrity.py), outside the
 transaction: the first version a batch would crown without a verdict raises `NeedsIO` for
-every staging version the batch loaded, the transaction is rolled back, the checks run, and
-the batch is decided again with the verdicts in hand.
+every version the batch may crown, the transaction is rolled back, the checks run, and the
+batch is decided again with the verdicts in hand.
 """
 
 from __future__ import annotations
@@ -279,10 +279,11 @@ class Promotion:
         return False
 
     async def _verify_outside(self, tx: Tx, row: VersionRow) -> Callable[[Batch], Awaitable[None]]:
-        """The check of `row` and of every other version this batch may crown (its staging
-        versions): one rollback of the transaction for the batch, not one per promotion."""
+        """The check of `row` and of every other version this batch may crown
+        (`PromotionBatch.may_crown`): one rollback of the transaction for the batch, not one
+        per promotion."""
         models = _models(tx)
-        candidates = {_integrity_key(v): v for v in (row, *models.staged()) if v.blocked is None or v is row}
+        candidates = {_integrity_key(v): v for v in (row, *models.may_crown())}
         manifests = {key: await models.manifest(v.name, v.version) if is_directory_uri(v.artifact_uri) else None
                      for key, v in candidates.items()}
         # Each check joins its version's trace: this handler's for `row`, the remembered one else.

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 import asyncpg
 
-from shared.domain.promotion import Restorable, Result
+from shared.domain.promotion import Restorable, Result, choose_restore
 from shared.events import CloudEvent, Stage
 
 from .early import HeldRow
@@ -74,10 +74,12 @@ class PromotionBatch:
         self._waiting: dict[tuple[str, int], list[asyncpg.Record]] = {}
         self._holds: list[tuple[Any, ...]] = []
         self._seq = itertools.count()
+        self._events: Sequence[CloudEvent[Any]] = ()
 
     # -- loading ------------------------------------------------------------------------
 
     async def load(self, events: Sequence[CloudEvent[Any]]) -> None:
+        self._events = events
         names = sorted({e.data.name for e in events})
         keys = sorted({(e.data.name, e.data.version) for e in events if getattr(e.data, "version", None)})
         await self.conn.execute(
@@ -146,9 +148,23 @@ class PromotionBatch:
         return next((v.row for (n, _), v in self._versions.items() if n == name and v.row.stage == "production"),
                     None)
 
-    def staged(self) -> list[VersionRow]:
-        """The loaded versions in staging: those a batch may crown on evidence."""
-        return [v.row for v in self._versions.values() if v.row.stage == "staging"]
+    def may_crown(self) -> list[VersionRow]:
+        """The versions this batch may move to production, as far as loading tells: those in
+        staging, those an approver asks to crown, and each champion's rollback target where
+        production metrics arrived. (One found later, e.g. a version the batch also
+        introduces, costs the batch another round of checks, not a wrong decision.)"""
+        keys = {key for key, v in self._versions.items() if v.row.stage == "staging"}
+        for event in self._events:
+            if event.topic == "promotion.requested" and event.data.to_stage == "production":
+                keys.add((event.data.name, event.data.version))
+            elif event.topic == "metrics.evaluated" and event.data.environment == "production":
+                champion = self.champion(event.data.name)
+                target = choose_restore(self.restorable(event.data.name),
+                                        champion.previous_champion if champion else None)
+                if target is not None:
+                    keys.add((event.data.name, target))
+        return [self._versions[key].row for key in keys
+                if key in self._versions and self._versions[key].row.blocked is None]
 
     def traceparent(self, name: str, version: int) -> str | None:
         found = self._versions.get((name, version))

@@ -155,3 +155,30 @@ async def test_a_batchs_partitions_are_applied_concurrently_each_in_its_order(db
 
     assert order == {0: [0, 2, 4], 1: [1, 3, 5]}
     assert by_partition(records) == [records[0::2], records[1::2]]
+
+
+async def test_rounds_of_io_go_on_while_each_brings_something_new(db: asyncpg.Pool) -> None:
+    """Each event asks for its own fact, one round each (more rounds than a batch usually
+    needs): the batch is applied once all are in."""
+    service = signing_service("probe")
+    rounds = 0
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        name = event.data.name
+        if name not in tx.batch.facts:
+            async def fetch(batch: Batch) -> None:
+                nonlocal rounds
+                rounds += 1
+                batch.facts[name] = True
+            raise NeedsIO(fetch, name)
+        tx.audit("probed", name=name)
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    records = [record(i, cloudevent("model.registered", {"name": f"m{i}", "artifact": artifact}))
+               for i in range(8)]
+    await BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle})).process(records)
+
+    assert rounds == 8
+    rows = await db.fetch("SELECT value FROM outbox WHERE service = $1", service)
+    assert sorted(json.loads(r["value"])["data"]["name"] for r in rows) == [f"m{i}" for i in range(8)]
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
