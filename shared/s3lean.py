@@ -9,6 +9,7 @@ a second. The same requests signed here cost about a quarter of that. Everything
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -110,12 +111,17 @@ class LeanS3:
                 "ETag": response.headers.get("ETag")}
 
     async def put_if_absent(self, bucket: str, key: str, body: bytes, sha256: str) -> bool:
-        """Store `body` unless the key exists (S3's If-None-Match); False when it existed."""
+        """Store `body` unless the key exists (S3's If-None-Match); False when it existed.
+
+        The SHA-256 goes along as the object's checksum too: the server refuses the body if it
+        does not match and keeps it, so a later integrity check is one HEAD, not a download."""
         try:
             response = await self._request("PUT", bucket, key, body=body, payload_sha256=sha256,
                                            headers={"if-none-match": "*",
                                                     "content-type": "application/octet-stream",
-                                                    "content-length": str(len(body))},
+                                                    "content-length": str(len(body)),
+                                                    "x-amz-checksum-sha256": base64.b64encode(
+                                                        bytes.fromhex(sha256)).decode()},
                                            operation="PutObject")
         except ClientError as exc:
             if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 412:

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from shared.s3lean import LeanS3
 from shared.settings import Settings
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, parse_s3_uri
 from tests.conftest import Endpoints
 
 AWKWARD_KEYS = (
@@ -50,6 +50,25 @@ async def _refuses_a_forged_signature(settings: Settings, key: str) -> bool:
     finally:
         await forged.close()
     return False
+
+
+async def test_an_object_put_by_s3lean_has_its_sha256_known_from_one_head(settings: Settings) -> None:
+    """The checksum goes along with the PUT: the server keeps it (an integrity check is then one
+    HEAD, not a download) and refuses a body that does not match it."""
+    key = f"checksum-{uuid.uuid4().hex[:8]}/model.bin"
+    body = b"artifact bytes " + uuid.uuid4().bytes
+    sha256 = hashlib.sha256(body).hexdigest()
+    async with ObjectStore(settings) as store:
+        await store.ensure_bucket()
+        assert store.lean is not None
+        assert await store.lean.put_if_absent(settings.s3_bucket, key, body, sha256)
+        location = parse_s3_uri(f"s3://{settings.s3_bucket}/{key}")
+        assert await store.stored_checksum(location) == (True, sha256)
+        assert await store.known_digest(location) == (sha256, len(body))
+        with pytest.raises(ClientError):
+            await store.lean.put_if_absent(settings.s3_bucket, key + ".bad", body, hashlib.sha256(b"other").hexdigest())
+        assert await store.lean.head(settings.s3_bucket, key + ".bad") is None
+        await store.lean.delete(settings.s3_bucket, key)
 
 
 async def test_s3lean_signs_awkward_keys_and_the_server_verifies_them(
