@@ -99,16 +99,24 @@ class LeanS3:
             raise _client_error(response.status, text, operation)
         return response
 
-    async def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+    async def head(self, bucket: str, key: str, *, checksum: bool = False) -> dict[str, Any] | None:
+        """Size and ETag (botocore's names); with `checksum`, also the checksum the server keeps
+        (ChecksumSHA256, ChecksumType) where it has one."""
         try:
-            response = await self._request("HEAD", bucket, key, operation="HeadObject")
+            response = await self._request("HEAD", bucket, key, operation="HeadObject",
+                                           headers={"x-amz-checksum-mode": "ENABLED"} if checksum else None)
         except ClientError as exc:
             if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
                 return None
             raise
         response.release()
-        return {"ContentLength": int(response.headers.get("Content-Length", 0)),
-                "ETag": response.headers.get("ETag")}
+        answer = {"ContentLength": int(response.headers.get("Content-Length", 0)),
+                  "ETag": response.headers.get("ETag")}
+        if checksum:
+            for header, name in (("x-amz-checksum-sha256", "ChecksumSHA256"), ("x-amz-checksum-type", "ChecksumType")):
+                if header in response.headers:
+                    answer[name] = response.headers[header]
+        return answer
 
     async def put_if_absent(self, bucket: str, key: str, body: bytes, sha256: str) -> bool:
         """Store `body` unless the key exists (S3's If-None-Match); False when it existed.
