@@ -24,6 +24,7 @@ from services.api import auth
 from services.api.app import ApiService, build_asgi
 from services.api.settings import ApiSettings
 from shared.settings import Settings
+from tests.integration.conftest import running_api
 from tests.support import Kafka, Seen, cloudevent, eventually, for_model, put_artifact, unique_name
 
 RUN = uuid.uuid4().hex[:6]
@@ -72,10 +73,8 @@ async def _champion(db: asyncpg.Pool, name: str, version: int) -> bool:
 
 @pytest.fixture(scope="module")
 async def api(settings: Settings, pipeline: Any) -> AsyncIterator[ApiService]:
-    service = ApiService(settings, ApiSettings(port=0, presign_seconds=120))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_api(settings, presign_seconds=120) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,12 @@ import httpx
 import pytest
 
 from services.api import auth
-from services.api.app import ApiService
-from services.api.settings import ApiSettings
 from services.archival.cold import move_from_cold
 from shared.manifest import FileEntry, manifest_digest, manifest_key
 from shared.settings import Settings
 from shared.storage import ObjectStore, S3Location, parse_s3_uri
 from tests.directory_models import EVIL_PICKLE, directory_manifest, mlflow_sklearn_dir
+from tests.integration.conftest import running_api
 from tests.integration.test_cli_commands import run
 from tests.integration.test_pipeline import audit_of, evaluated, promoted
 from tests.support import Kafka, cloudevent, eventually, for_model, unique_name
@@ -244,13 +243,9 @@ async def _empty(store: ObjectStore, prefix: S3Location) -> bool:
 
 @pytest.fixture(scope="module")
 async def api_client(settings: Settings, pipeline) -> AsyncIterator[httpx.AsyncClient]:
-    service = ApiService(settings, ApiSettings(port=0, presign_seconds=120))
-    await service.start()
-    try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
-            yield client
-    finally:
-        await service.stop()
+    async with running_api(settings, presign_seconds=120) as service, \
+            httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+        yield client
 
 
 async def test_the_api_registers_a_directory_and_serves_it_file_by_file(

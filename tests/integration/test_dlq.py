@@ -21,8 +21,8 @@ import pytest
 
 from services.api import auth
 from services.api.app import ApiService
-from services.api.settings import ApiSettings
 from shared.settings import Settings
+from tests.integration.conftest import running_api
 from tests.integration.test_pipeline import evaluated, promoted, register, registered, safe_pickle
 from tests.support import Kafka, eventually, for_model, put_artifact, unique_name
 
@@ -171,10 +171,8 @@ async def test_the_cli_says_what_it_cannot_do(settings: Settings, pipeline: Any)
 
 @pytest.fixture(scope="module")
 async def api(settings: Settings, pipeline: Any) -> AsyncIterator[ApiService]:
-    service = ApiService(settings, ApiSettings(port=0, presign_seconds=120))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_api(settings, presign_seconds=120) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,12 @@ import httpx
 import pytest
 
 from services.api import auth
-from services.api.app import ApiService, build_asgi
+from services.api.app import build_asgi
 from services.api.settings import ApiSettings
 from shared.events import ModelRejected, ModelRejectedData, Reason, new_event
 from shared.settings import Settings
 from shared.storage import ObjectStore, parse_s3_uri
+from tests.integration.conftest import running_api
 from tests.integration.test_pipeline import QA, audit_of, evaluated, promoted, register, registered, requested
 from tests.support import Kafka, eventually, for_model, put_artifact, signed, unique_name
 
@@ -35,13 +36,9 @@ RUN = uuid.uuid4().hex[:6]
 
 @pytest.fixture(scope="module")
 async def client(settings: Settings, pipeline: Any) -> AsyncIterator[httpx.AsyncClient]:
-    service = ApiService(settings, ApiSettings(port=0, presign_seconds=60))
-    await service.start()
-    try:
-        async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
-            yield http
-    finally:
-        await service.stop()
+    async with running_api(settings, presign_seconds=60) as service, \
+            httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        yield http
 
 
 async def _token(db: asyncpg.Pool, role: auth.Role, name: str, models: tuple[str, ...] = ("*",)) -> dict[str, str]:

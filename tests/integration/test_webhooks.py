@@ -35,14 +35,13 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.api import auth
 from services.api.app import ApiService
-from services.api.settings import ApiSettings
 from services.webhooks import manage, ssrf, store
 from services.webhooks.logic import Message, WebhookInputError
 from services.webhooks.sender import Sender
 from shared.events import TOPICS
 from shared.runtime import ServiceApp
 from shared.settings import Settings
-from tests.integration.conftest import as_principal
+from tests.integration.conftest import as_principal, running_api
 from tests.integration.test_pipeline import QA, promoted, register
 from tests.support import Kafka, eventually, settings_for, unique_name
 
@@ -442,10 +441,8 @@ async def test_the_delivery_log_is_pruned_after_its_keep_time(settings: Settings
 
 @pytest.fixture(scope="module")
 async def api(settings: Settings, pipeline: Any) -> AsyncIterator[ApiService]:
-    service = ApiService(_webhook_settings(settings), ApiSettings(port=0, presign_seconds=120))
-    await service.start()
-    yield service
-    await service.stop()
+    async with running_api(_webhook_settings(settings), presign_seconds=120) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
