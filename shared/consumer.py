@@ -37,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import asyncpg
 from opentelemetry.trace import SpanKind
@@ -155,14 +155,14 @@ class Tx:
     def caused_by(self, event: CloudEvent[Any], record: Record) -> Tx:
         """The same transaction and batch, handling another event (one replayed inside this
         one): what it emits lands in this Tx's rows."""
-        inner = Tx(self.conn, self.service, event, record=record, batch=self.batch)
-        inner.rows = self.rows
-        return inner
+        return self._sharing(Tx(self.conn, self.service, event, record=record, batch=self.batch))
 
     def about(self, correlation: uuid.UUID | None) -> Tx:
         """The same transaction, emitting about another version's life (a sweep's next one)."""
-        inner = Tx(self.conn, self.service, None, correlation=correlation, batch=self.batch)
-        inner.rows = self.rows
+        return self._sharing(Tx(self.conn, self.service, None, correlation=correlation, batch=self.batch))
+
+    def _sharing(self, inner: Tx) -> Tx:
+        inner.rows = self.rows  # one outbox write for the whole transaction
         return inner
 
     @property
@@ -205,14 +205,13 @@ class Tx:
 
 
 @contextlib.asynccontextmanager
-async def unit_of_work(pool: asyncpg.Pool, service: str, *, correlation: uuid.UUID | None = None,
-                       isolation: Literal["read_committed", "repeatable_read", "serializable"] | None = None,
-                       ) -> AsyncIterator[Tx]:
+async def unit_of_work(pool: asyncpg.Pool, service: str) -> AsyncIterator[Tx]:
     """Work no record caused (a sweep, an expiry, a move finished): one transaction, whose
-    emitted events and audit records reach the outbox in it, as a batch's do."""
-    async with pool.acquire() as lent, lent.transaction(isolation=isolation):
+    emitted events and audit records reach the outbox in it, as a batch's do. (What it emits
+    names its version's life with `correlation=`, or through `Tx.about`.)"""
+    async with pool.acquire() as lent, lent.transaction():
         conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
-        tx = Tx(conn, service, None, correlation=correlation)
+        tx = Tx(conn, service, None)
         yield tx
         await write_outbox(conn, service, tx.rows)
 
