@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.context import Context
 from services.audit.replay import replay
-from shared.kafka_security import kafka_client_options
+from shared.kafka_security import reader_options
 
 
 async def start_offset(ctx: Context, limit: int | None) -> int:
@@ -19,7 +19,7 @@ async def start_offset(ctx: Context, limit: int | None) -> int:
     if limit is None:
         return 0
     topic = ctx.settings.topic("registry.audit")
-    consumer = AIOKafkaConsumer(**kafka_client_options(ctx.settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**reader_options(ctx.settings), enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()  # noqa: SLF001

@@ -27,7 +27,7 @@ from shared.events import (
     MetricsEvaluatedData,
     new_event,
 )
-from shared.kafka_security import kafka_client_options
+from shared.kafka_security import kafka_client_options, reader_options
 from shared.settings import Settings
 
 SOURCE = "modelreg/bench"
@@ -97,7 +97,7 @@ class Tap:
         self.prefix = prefix.encode()
         self.handler = handler
         self.topics = tuple(topics)
-        self.consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False,
+        self.consumer = AIOKafkaConsumer(**reader_options(settings), enable_auto_commit=False,
                                          auto_offset_reset="latest", fetch_max_wait_ms=20,
                                          max_partition_fetch_bytes=4 * 1024 * 1024)
         self._task: asyncio.Task[None] | None = None
@@ -202,7 +202,7 @@ async def lag(settings: Settings, services: Iterable[str]) -> int:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**kafka_client_options(settings))
-    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**reader_options(settings), enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:

@@ -70,6 +70,11 @@ service() {
   # shellcheck disable=SC2086
   allow "$name" WRITE $writes registry.audit registry.dlq
   [[ -n "$reads" ]] && group "$name" "modelreg-$name"
+  # The outbox relay publishes in Kafka transactions under the service's transactional id.
+  for operation in WRITE DESCRIBE; do
+    run --bootstrap-server "$BOOTSTRAP" --command-config "$COMMAND_CONFIG" --add \
+        --allow-principal "User:$name" --operation "$operation" --transactional-id "${PREFIX}modelreg-outbox-$name"
+  done
   return 0
 }
 

@@ -63,9 +63,10 @@ def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
     )
 
 
-def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
-    """The outbox relay's producer: idempotent, acknowledged by every replica, batching a
-    relay's burst into few requests (a short linger: latency matters more than bytes).
+def make_producer(settings: Settings, client_id: str, transactional_id: str | None = None) -> AIOKafkaProducer:
+    """The outbox relay's producer: transactional (`transactional_id`: shared/outbox.py says
+    why) or at least idempotent, acknowledged by every replica, batching a relay's burst into
+    few requests (a short linger: latency matters more than bytes).
 
     aiokafka's, not FastStream's: the relay sends an outbox row's bytes (signed when it was
     written) with exactly the row's headers, where FastStream's producer adds its own
@@ -78,6 +79,7 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
+        transactional_id=transactional_id,
         linger_ms=2,
         max_batch_size=256 * 1024,
         max_request_size=MAX_REQUEST_BYTES,
@@ -163,6 +165,8 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
         # one model's events (same key, same partition number) meet in one instance.
         partition_assignment_strategy=(RangePartitionAssignor,),
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        # The outbox relays publish in Kafka transactions: an aborted attempt is never read.
+        isolation_level="read_committed",
         max_records=MAX_BATCH_RECORDS,
         # The broker holds an empty fetch this long and answers the moment a record arrives.
         fetch_max_wait_ms=LONG_POLL_MS,
@@ -226,6 +230,8 @@ class ConsumerOffsets(Protocol):
 
     def highwater(self, partition: TopicPartition) -> int | None: ...
 
+    def last_stable_offset(self, partition: TopicPartition) -> int | None: ...
+
     async def position(self, partition: TopicPartition) -> int: ...
 
 
@@ -237,12 +243,15 @@ def subscription_consumer(subscriber: BatchSubscriber | None) -> ConsumerOffsets
 
 
 async def partition_lags(consumer: ConsumerOffsets) -> dict[TopicPartition, int | None]:
-    """Per partition assigned to `consumer`, the records between its position and the
-    high-water mark of its last fetch from that partition (None: not fetched yet)."""
+    """Per partition assigned to `consumer`, the records between its position and the end
+    its last fetch from that partition saw (None: not fetched yet): the last stable offset of
+    a consumer reading committed records (a transaction still open is not readable yet), else
+    the high-water mark."""
     lags: dict[TopicPartition, int | None] = {}
     for partition in consumer.assignment():
-        highwater = consumer.highwater(partition)
-        lags[partition] = None if highwater is None else max(0, highwater - await consumer.position(partition))
+        stable = consumer.last_stable_offset(partition)
+        end = stable if stable is not None and stable >= 0 else consumer.highwater(partition)
+        lags[partition] = None if end is None else max(0, end - await consumer.position(partition))
     return lags
 
 

@@ -55,14 +55,14 @@ OUTSIDE_ROLE_READS: dict[str, tuple[str, ...]] = {
 }
 OUTSIDE_ROLES: tuple[str, ...] = tuple(OUTSIDE_ROLE_WRITES)
 
-ResourceKind = Literal["topic", "group"]
+ResourceKind = Literal["topic", "group", "transactional_id"]
 Operation = Literal["READ", "WRITE", "DESCRIBE"]
 PatternKind = Literal["LITERAL", "PREFIXED"]
 
 
 @dataclass(frozen=True, order=True)
 class AclRule:
-    """ALLOW `principal` to do `operation` on a topic or group (any host)."""
+    """ALLOW `principal` to do `operation` on a topic, group or transactional id (any host)."""
 
     principal: str  # the SCRAM user name; Kafka's principal is User:<name>
     resource: ResourceKind
@@ -80,6 +80,11 @@ def service_writes(service: str) -> tuple[str, ...]:
 def service_group(prefix: str, service: str) -> str:
     """A service's consumer group, as `Settings.group_id` names it."""
     return f"{prefix}modelreg-{service}"
+
+
+def outbox_transactional_id(prefix: str, service: str) -> str:
+    """The transactional id a service's outbox relay publishes with (shared/outbox.py)."""
+    return f"{prefix}modelreg-outbox-{service}"
 
 
 def role_group_prefix(prefix: str, role: str) -> str:
@@ -101,6 +106,8 @@ def acl_plan(prefix: str = "") -> list[AclRule]:
         topics(service, "WRITE", service_writes(service))
         if SERVICE_READS[service]:
             rules.add(AclRule(service, "group", service_group(prefix, service), "READ"))
+        rules.update(AclRule(service, "transactional_id", outbox_transactional_id(prefix, service), operation)
+                     for operation in ("WRITE", "DESCRIBE"))
     for role in OUTSIDE_ROLES:
         topics(role, "DESCRIBE", TOPICS)
         topics(role, "READ", OUTSIDE_ROLE_READS[role])
@@ -183,6 +190,9 @@ async def remove_acls(admin_settings: Any, prefix: str) -> None:
     await asyncio.to_thread(_delete, admin_settings, acl_plan(prefix))
 
 
+_STRIMZI_KINDS = {"transactional_id": "transactionalId"}
+
+
 def strimzi_users(prefix: str = "") -> str:
     """The ACL table as Strimzi KafkaUser resources (infra/k8s/strimzi/kafka-users.yaml is
     this, below its header): `python -m shared.kafka_acls --strimzi` regenerates them."""
@@ -196,7 +206,7 @@ def strimzi_users(prefix: str = "") -> str:
         acls = []
         for (kind, name, pattern), operations in sorted(resources.items()):
             ops = ", ".join(op.capitalize() for op in sorted(operations, key=order.__getitem__))
-            acls.append(f"      - resource:\n          type: {kind}\n          name: {name}\n"
+            acls.append(f"      - resource:\n          type: {_STRIMZI_KINDS.get(kind, kind)}\n          name: {name}\n"
                         f"          patternType: {pattern.lower()}\n        operations: [{ops}]\n")
         documents.append(
             "---\napiVersion: kafka.strimzi.io/v1beta2\nkind: KafkaUser\nmetadata:\n"

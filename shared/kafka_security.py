@@ -36,6 +36,12 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+
+def reader_options(settings: Settings) -> dict[str, Any]:
+    """What a consumer of the registry's topics connects with: the client options, reading
+    only committed records (the outbox relays publish in Kafka transactions: shared/outbox.py)."""
+    return {**kafka_client_options(settings), "isolation_level": "read_committed"}
+
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """TLS that checks the broker's certificate (against KAFKA_SSL_CAFILE, else the system's
     CAs) and its host name, presenting a client certificate when one is configured."""

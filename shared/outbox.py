@@ -1,20 +1,28 @@
 """Transactional outbox: events are committed with the state change, then relayed to Kafka.
 
 A handler never publishes by itself. It writes outbox rows in its transaction; the relay
-publishes them (each model's in id order) and deletes each once Kafka has acknowledged it. A crash
-between commit and publish loses nothing (the rows wait), and one between publish and delete
-publishes twice, which consumers absorb through their processed-event ids.
+publishes a batch of them in one Kafka transaction (each model's in id order) and deletes them
+once it committed. A crash between commit and publish loses nothing (the rows wait), and one
+between publish and delete publishes twice, which consumers absorb through their
+processed-event ids.
+
+Why Kafka transactions: a pass sends all its rows at once, without waiting for one record's
+acknowledgement before sending its model's next (that wait cost most of a version's time in
+the relay), and still no consumer reading committed records (every service does) sees a
+model's later event when an earlier one failed: the failed attempt is aborted as a whole. The
+transactional id is the service's, so a new leader's producer fences a former one's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from aiokafka.errors import UnknownTopicOrPartitionError
@@ -25,7 +33,14 @@ from shared import metrics, telemetry
 from shared.db import AnyConnection, connect
 from shared.dead_letters import model_of
 from shared.events import CONTENT_TYPE, CloudEvent, RegistryAudit, RegistryAuditData, new_event
-from shared.outbox_policy import check_serializable, disposition, publish_backoff, replace_producer, send_chains
+from shared.outbox_policy import (
+    check_serializable,
+    disposition,
+    first_failures,
+    publish_backoff,
+    resend_after_abort,
+    send_chains,
+)
 from shared.signing import sign_value
 
 log = logging.getLogger(__name__)
@@ -65,10 +80,26 @@ async def write_outbox(conn: AnyConnection, service: str, rows: Sequence[OutboxR
     )
 
 
-# (topic, key, value, headers) -> a future resolved when Kafka acknowledged the record.
-Sender = Callable[[str, str | None, bytes, dict[str, str]], Awaitable[asyncio.Future[Any]]]
-# Kafka topic -> whether a fresh metadata fetch shows it exists (None: could not tell).
-TopicCheck = Callable[[str], Awaitable[bool | None]]
+class Publisher(Protocol):
+    """Kafka transactions, as the relay uses them (`shared.runtime.OutboxProducer`)."""
+
+    async def begin(self) -> None: ...
+
+    async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> asyncio.Future[Any]:
+        """Queue a record in the open transaction; the future resolves when Kafka has it."""
+
+    async def commit(self) -> None: ...
+
+    async def replace(self) -> None:
+        """A fresh producer with the same transactional id: Kafka fences the old one and aborts
+        what it left open. The relay ends a failed transaction so, never by aborting it: a
+        failure can leave aiokafka's producer out of step with the brokers' sequence numbers
+        for good (OutOfOrderSequenceNumber on every later send, aiokafka issue 1017). Raises,
+        keeping the old one, while Kafka is away."""
+
+    async def topic_exists(self, topic: str) -> bool | None:
+        """Whether a fresh metadata fetch shows the Kafka topic exists (None: could not tell)."""
+
 
 # Rows of a model that has a parked row wait behind it: its events leave in order or not at all.
 _NEXT_ROWS = """
@@ -98,6 +129,10 @@ class RelayPass:
 class _Parked:
     reason: str
     error: str
+
+
+# A row's fate in a pass: None (committed), parked, or the passing error that keeps it.
+_Outcome = BaseException | _Parked | None
 
 
 PARKED_ACTION = "outbox_parked"
@@ -137,6 +172,23 @@ def _uuid(text: object) -> uuid.UUID | None:
         return None
 
 
+def _one_of(rows: dict[int, _Outcome]) -> Callable[[asyncpg.Record], bool]:
+    return lambda row: row["id"] in rows
+
+
+async def _settled(delivery: asyncio.Future[Any] | Exception) -> Exception | None:
+    """None once Kafka has the record; else the error that kept it out."""
+    if isinstance(delivery, Exception):
+        return delivery
+    try:
+        await delivery
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return exc
+    return None
+
+
 class OutboxRelay:
     """Publishes one service's outbox rows; one leader per service, chosen by advisory lock.
 
@@ -146,17 +198,13 @@ class OutboxRelay:
     unreachable) keeps the row, and its model's later rows, for the next pass after a backoff.
     """
 
-    def __init__(self, dsn: str, service: str, send: Sender, topic_of: Callable[[str], str], *,
-                 batch_size: int = 1000, poll_interval: float = 1.0,
-                 topic_exists: TopicCheck | None = None, role: str | None = None,
-                 replace_sender: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, dsn: str, service: str, publisher: Publisher, topic_of: Callable[[str], str], *,
+                 batch_size: int = 1000, poll_interval: float = 1.0, role: str | None = None) -> None:
         self._dsn = dsn
         self._role = role  # the service's own PostgreSQL role, as its pool acts
         self._service = service
-        self._send = send
+        self._publisher = publisher
         self._topic_of = topic_of
-        self._topic_exists = topic_exists
-        self._replace_sender = replace_sender  # a fresh producer behind `send`, after failures in a row
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wake = asyncio.Event()
@@ -189,6 +237,7 @@ class OutboxRelay:
             lock_key = await conn.fetchval("SELECT hashtextextended($1, 0)", f"outbox:{self._service}")
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
                 await asyncio.sleep(self._poll_interval)  # another instance is the leader
+            await self._publisher.replace()  # Kafka fences the producer of whoever led before
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             while True:
                 done = await self.relay_once(conn)
@@ -223,33 +272,23 @@ class OutboxRelay:
         self._wake.clear()
 
     async def _after_failed_pass(self, done: RelayPass) -> None:
-        """Back off; every few failed passes in a row, get a fresh producer first."""
+        """Back off, longer with each failed pass in a row."""
         self._failed_passes += 1
         delay = publish_backoff(self._failed_passes)
         metrics.OUTBOX_PUBLISH_RETRIES.labels(self._service).inc()
         log.warning("outbox of %s: %d event(s) not published (%s); retrying in %.1fs",
                     self._service, done.retry, done.error, delay)
-        if self._replace_sender is not None and replace_producer(self._failed_passes):
-            try:
-                await self._replace_sender()
-                log.warning("outbox of %s: replaced its Kafka producer after %d failed passes",
-                            self._service, self._failed_passes)
-            except Exception as exc:  # Kafka still away: the old producer stays, the next round tries again
-                log.warning("outbox of %s: could not start a fresh Kafka producer (%s: %s)",
-                            self._service, type(exc).__name__, exc)
         await asyncio.sleep(delay)
 
     async def relay_once(self, conn: asyncpg.Connection) -> RelayPass:
-        """Publish one batch: each model's rows in order, the models concurrently; delete what
-        Kafka acknowledged, park what it refused for good, keep the rest for the next pass."""
+        """Publish one batch in a Kafka transaction, each model's rows in order; delete what
+        was committed, park what Kafka refused for good, keep the rest for the next pass."""
         rows = await conn.fetch(_NEXT_ROWS, self._service, self._batch_size)
         if not rows:
             return RelayPass()
         # Clear before publishing: a wake-up that arrives meanwhile means another look.
         self._wake.clear()
-        outcomes: dict[int, BaseException | _Parked | None] = {}
-        await asyncio.gather(*(self._send_chain(chain, outcomes)
-                               for chain in send_chains(rows, lambda r: r["key"])))
+        outcomes = await self._publish_pass(send_chains(rows, lambda r: r["key"]))
         sent = [r for r in rows if r["id"] in outcomes and outcomes[r["id"]] is None]
         parked = {i: o for i, o in outcomes.items() if isinstance(o, _Parked)}
         async with conn.transaction():
@@ -281,46 +320,80 @@ class OutboxRelay:
         return RelayPass(sent=len(sent), parked=len(parked), retry=len(errors),
                          error=f"{type(errors[0]).__name__}: {errors[0]}"[:500] if errors else None)
 
-    async def _send_chain(self, chain: list[asyncpg.Record],
-                          outcomes: dict[int, BaseException | _Parked | None]) -> None:
-        """One model's rows, one at a time; the first that fails stops the chain (the rest are
-        not attempted, so nothing of this model overtakes it)."""
-        for row in chain:
-            outcome = await self._publish_traced(row)
-            outcomes[row["id"]] = outcome
-            if outcome is not None:
-                return
+    async def _publish_pass(self, chains: list[list[asyncpg.Record]]) -> dict[int, _Outcome]:
+        """Each row's outcome: None once committed, else why not, for the first row of its
+        model that failed (the model's later rows have none: they were not committed)."""
+        outcomes: dict[int, _Outcome] = {}
+        while chains:
+            failed = await self._attempt(chains)
+            if not failed:
+                outcomes.update((row["id"], None) for chain in chains for row in chain)
+                return outcomes
+            outcomes.update(failed)
+            chains = resend_after_abort(chains, _one_of(failed))
+        return outcomes
 
-    async def _publish_traced(self, row: asyncpg.Record) -> BaseException | _Parked | None:
-        """None once Kafka acknowledged the row; else why not (parked, or an error to retry)."""
-        # A producer span, where spans are recorded; otherwise the row's own trace context goes out.
-        span = telemetry.tracer.start_span(
+    async def _attempt(self, chains: list[list[asyncpg.Record]]) -> dict[int, _Outcome]:
+        """Send `chains` in one transaction and commit it: nothing when it committed; else the
+        failures, by row, of an attempt that was aborted (or whose commit failed)."""
+        try:
+            await self._publisher.begin()
+        except Exception as exc:  # a producer a failure left in a transaction: the next pass, with a fresh one
+            with contextlib.suppress(Exception):
+                await self._abandon()
+            return {chain[0]["id"]: await self._judge(chain[0], exc) for chain in chains}
+        # Queued one by one, in row order (a record's place in its partition is fixed when it is
+        # queued), then awaited together: nothing waits for one acknowledgement to send the next.
+        sending: list[tuple[asyncpg.Record, Any, asyncio.Future[Any] | Exception]] = []
+        for chain in chains:
+            for row in chain:
+                span = self._span(row)
+                try:
+                    sending.append((row, span, await self._queue(row, span)))
+                except Exception as exc:  # refused before it left: its model's later rows stay
+                    sending.append((row, span, exc))
+                    break
+        results = await asyncio.gather(*(_settled(delivery) for _, _, delivery in sending))
+        for (_, span, _), result in zip(sending, results, strict=True):
+            if span is not None:
+                if result is not None:
+                    span.record_exception(result)
+                span.end()
+        failed: dict[int, _Outcome] = {}
+        for row, error in first_failures([(row, result) for (row, _, _), result in zip(sending, results, strict=True)],
+                                         key_of=lambda row: row["key"]):
+            failed[row["id"]] = await self._judge(row, error)
+        try:
+            if failed:
+                await self._abandon()
+            else:
+                await self._publisher.commit()
+        except Exception as exc:  # nothing of this attempt is known committed: all of it waits
+            return failed | {chain[0]["id"]: await self._judge(chain[0], exc)
+                             for chain in chains if not any(row["id"] in failed for row in chain)}
+        return failed
+
+    async def _abandon(self) -> None:
+        """End a failed transaction: a fresh producer (`Publisher.replace` says why)."""
+        try:
+            await self._publisher.replace()
+        except Exception as exc:
+            log.warning("outbox of %s: could not start a fresh Kafka producer (%s: %s)",
+                        self._service, type(exc).__name__, exc)
+            raise
+
+    def _span(self, row: asyncpg.Record) -> Any:
+        """A producer span where spans are recorded (otherwise the row's own trace context goes out)."""
+        if not (telemetry.recording() and isinstance(row["headers"], dict)):
+            return None
+        return telemetry.tracer.start_span(
             f"{self._service} publish {row['topic']}", kind=SpanKind.PRODUCER,
             context=telemetry.parent_from(((k, str(v).encode()) for k, v in row["headers"].items())),
-            attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"]}) \
-            if telemetry.recording() and isinstance(row["headers"], dict) else None
-        try:
-            await self._publish(row, span)
-            return None
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if span is not None:
-                span.record_exception(exc)
-            topic_missing = None
-            if isinstance(exc, UnknownTopicOrPartitionError) and self._topic_exists is not None:
-                exists = await self._topic_exists(self._topic_of(row["topic"]))
-                topic_missing = None if exists is None else not exists
-            decided = disposition(exc, topic_missing=topic_missing)
-            if decided.park:
-                return _Parked(reason=decided.reason or "refused", error=f"{type(exc).__name__}: {exc}"[:2000])
-            return exc
-        finally:
-            if span is not None:
-                span.end()
+            attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"]})
 
-    async def _publish(self, row: asyncpg.Record, span: Any) -> Any:
-        """Send with the producer span as the record's trace parent."""
+    async def _queue(self, row: asyncpg.Record, span: Any) -> asyncio.Future[Any]:
+        """Queue the row in the open transaction, with the producer span as the record's trace
+        parent; the future resolves when Kafka has it."""
         headers = row["headers"]
         check_serializable(row["key"], row["value"], headers)
         if span is not None:
@@ -328,8 +401,18 @@ class OutboxRelay:
             headers.pop("tracestate", None)
             with trace.use_span(span, end_on_exit=False):
                 headers.update(telemetry.current_traceparent())
-        future = await self._send(self._topic_of(row["topic"]), row["key"], row["value"], headers)
-        return await future
+        return await self._publisher.send(self._topic_of(row["topic"]), row["key"], row["value"], headers)
+
+    async def _judge(self, row: asyncpg.Record, exc: BaseException) -> BaseException | _Parked:
+        """Park the row (Kafka will refuse it until someone changes something) or keep it."""
+        topic_missing = None
+        if isinstance(exc, UnknownTopicOrPartitionError):
+            exists = await self._publisher.topic_exists(self._topic_of(row["topic"]))
+            topic_missing = None if exists is None else not exists
+        decided = disposition(exc, topic_missing=topic_missing)
+        if decided.park:
+            return _Parked(reason=decided.reason or "refused", error=f"{type(exc).__name__}: {exc}"[:2000])
+        return exc
 
     async def backlog(self, conn: AnyConnection) -> int:
         row = await conn.fetchrow(

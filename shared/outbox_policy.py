@@ -3,8 +3,10 @@
 - Which publish errors park a row (Kafka will refuse it until someone changes something:
   an ACL, a topic, the row itself) and which are waited out (Kafka unreachable, a leader
   moving, a timeout): `disposition`.
-- In what order rows may leave: one model's rows one after the other, every model at once
-  (`send_chains`), so a row that fails never lets a later row of its model overtake it.
+- In what order rows may leave: a pass sends every model's rows in one Kafka transaction
+  (`send_chains`); when one fails, the transaction is aborted and what came before it in its
+  model goes again (`resend_after_abort`), so a row that fails never lets a later row of its
+  model overtake it.
 - How long the relay waits after a publish failure it retries (`publish_backoff`).
 """
 
@@ -16,7 +18,9 @@ from typing import Literal, TypeVar
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    IllegalOperation,
     InvalidTopicError,
+    InvalidTxnState,
     MessageSizeTooLargeError,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
@@ -74,25 +78,14 @@ def publish_backoff(failures: int, *, first: float = 0.2, cap: float = 10.0) -> 
     return min(cap, first * 2.0 ** min(failures - 1, 32))
 
 
-# An idempotent producer whose batches expired while the cluster was away can stay out of
-# step with the brokers' sequence numbers for good (aiokafka never bumps its epoch): after
-# this many failed passes in a row the relay gets a fresh producer (a new producer id).
-REPLACE_PRODUCER_EVERY = 3
-
-
-def replace_producer(failed_passes: int, every: int = REPLACE_PRODUCER_EVERY) -> bool:
-    """Whether the relay replaces its producer after its `failed_passes`-th failed pass in a row."""
-    return failed_passes > 0 and failed_passes % every == 0
-
-
 R = TypeVar("R")
 
 
 def send_chains(rows: Sequence[R], key_of: Callable[[R], Hashable | None]) -> list[list[R]]:
-    """Rows (in id order) split into chains that may be sent concurrently: all rows of one key
-    in one chain, in order; a row without a key is a chain of its own. A chain is sent one
-    row at a time and stops at the first failure, so a model's later rows never go out ahead
-    of an earlier one that has not."""
+    """Rows (in id order) split into chains: all rows of one key in one chain, in order; a row
+    without a key is a chain of its own. A relay pass sends every chain in one Kafka
+    transaction, so a model's later rows are never seen ahead of an earlier one that failed
+    (`resend_after_abort`)."""
     chains: dict[Hashable, list[R]] = {}
     loose: list[list[R]] = []
     for row in rows:
@@ -102,6 +95,51 @@ def send_chains(rows: Sequence[R], key_of: Callable[[R], Hashable | None]) -> li
         else:
             chains.setdefault(key, []).append(row)
     return [*chains.values(), *loose]
+
+
+# What aiokafka raises for a row sent after its transaction failed: no transaction open any
+# more (IllegalOperation), or a partition the failed transaction never added (InvalidTxnState).
+_FAILED_WITH_THE_TRANSACTION = (IllegalOperation, InvalidTxnState)
+
+
+def first_failures(attempt: Sequence[tuple[R, Exception | None]],
+                   key_of: Callable[[R], Hashable | None]) -> list[tuple[R, Exception]]:
+    """The failures of a transaction's rows (in the order they were sent) that decide what
+    happens to them: per chain (key), its first row that failed for a reason of its own.
+
+    One row's failure fails the transaction, and the sends after it then fail only for that
+    (`_FAILED_WITH_THE_TRANSACTION`): those rows did nothing wrong and go again. When no row
+    failed for a reason of its own (the whole transaction failed), each chain's first failed
+    row is kept back instead, so that every aborted attempt settles at least one row."""
+    own: dict[Hashable, tuple[R, Exception]] = {}
+    any_failed: dict[Hashable, tuple[R, Exception]] = {}
+    for position, (row, error) in enumerate(attempt):
+        if error is None:
+            continue
+        chain: Hashable = key_of(row)
+        if chain is None:
+            chain = ("loose", position)
+        any_failed.setdefault(chain, (row, error))
+        if not isinstance(error, _FAILED_WITH_THE_TRANSACTION):
+            own.setdefault(chain, (row, error))
+    return list((own or any_failed).values())
+
+
+def resend_after_abort(chains: Sequence[Sequence[R]], failed: Callable[[R], bool]) -> list[list[R]]:
+    """What a relay pass sends again, in a fresh transaction, after the one in which the rows
+    that `failed` were sent was aborted: each chain up to its first failed row (that row is
+    parked or waits for the next pass, and holds back the rest of its model's rows); chains
+    with no failure whole. Every retry has fewer rows than the attempt before it."""
+    again: list[list[R]] = []
+    for chain in chains:
+        prefix: list[R] = []
+        for row in chain:
+            if failed(row):
+                break
+            prefix.append(row)
+        if prefix:
+            again.append(prefix)
+    return again
 
 
 def check_serializable(key: object, value: object, headers: object) -> None:

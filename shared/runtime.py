@@ -17,6 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import TransactionalIdAuthorizationFailed
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from shared import signing
@@ -35,6 +37,7 @@ from shared.consumer import BatchProcessor, ServiceHandlers, is_retryable
 from shared.db import create_pool, migrate, pending_migrations, service_role
 from shared.health import CHECK_TIMEOUT, DEFAULT_PORTS, HealthServer
 from shared.idempotency_pruning import keep_for
+from shared.kafka_acls import outbox_transactional_id
 from shared.keys import load_keyring
 from shared.logs import configure as configure_logging
 from shared.metrics import CONSUMER_LAG
@@ -100,11 +103,10 @@ class ServiceApp:
             handlers = self._build(self.resources)
 
             broker = make_broker(settings, client_id=f"modelreg-{self.name}")
-            producer = OutboxProducer(settings, client_id=f"modelreg-{self.name}-outbox")
+            producer = OutboxProducer(settings, self.name)
             await _when_reachable("Kafka", producer.start)
             self._stack.push_async_callback(producer.stop)
-            self.relay = OutboxRelay(settings.dsn, self.name, producer.send, settings.topic,
-                                     topic_exists=producer.topic_exists, replace_sender=producer.replace,
+            self.relay = OutboxRelay(settings.dsn, self.name, producer, settings.topic,
                                      role=service_role(settings.db_role, self.name))
             self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
             self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
@@ -202,23 +204,42 @@ class ServiceApp:
 
 
 class OutboxProducer:
-    """The outbox relay's Kafka producer, which the relay may replace with a fresh one (after
-    a cluster outage an idempotent producer can stay out of step with the brokers)."""
+    """The outbox relay's transactional Kafka producer (`shared.outbox.Publisher`), which the
+    relay replaces with a fresh one when it takes the lead and after failed passes (after a
+    cluster outage a producer can stay out of step with the brokers). Every instance of a
+    service shares one transactional id: Kafka fences all but the newest producer."""
 
-    def __init__(self, settings: Settings, client_id: str) -> None:
+    def __init__(self, settings: Settings, service: str) -> None:
         self._settings = settings
-        self._client_id = client_id
-        self._producer = make_producer(settings, client_id)
+        self._client_id = f"modelreg-{service}-outbox"
+        self._transactional_id = outbox_transactional_id(settings.topic_prefix, service)
+        self._producer = self._make()
+
+    def _make(self) -> AIOKafkaProducer:
+        return make_producer(self._settings, self._client_id, transactional_id=self._transactional_id)
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except TransactionalIdAuthorizationFailed:
+            await self._producer.stop()
+            raise TransactionalIdAuthorizationFailed(
+                f"the Kafka principal {self._settings.kafka_sasl_username or '(anonymous)'} may not use the "
+                f"outbox's transactional id {self._transactional_id!r}: apply the registry's ACLs "
+                "(`modelreg stack up` does for the local stack; infra/kafka-acls.sh on a cluster)") from None
 
     async def stop(self) -> None:
         await self._producer.stop()
 
+    async def begin(self) -> None:
+        await self._producer.begin_transaction()
+
     async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
         return await self._producer.send(topic, value, key=key.encode() if key else None,
                                          headers=[(k, v.encode()) for k, v in headers.items()])
+
+    async def commit(self) -> None:
+        await self._producer.commit_transaction()
 
     async def topic_exists(self, topic: str) -> bool | None:
         try:
@@ -229,7 +250,7 @@ class OutboxProducer:
     async def replace(self) -> None:
         """Start a fresh producer (raises, keeping the old one, while Kafka is away), then drop
         the old one: what it had not delivered is still in the outbox and goes again."""
-        fresh = make_producer(self._settings, self._client_id)
+        fresh = self._make()
         try:
             await fresh.start()
         except BaseException:

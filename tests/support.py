@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shared.kafka_security import kafka_client_options
+from shared.kafka_security import kafka_client_options, reader_options
 from shared.settings import Settings, load_settings
 
 
@@ -113,7 +113,7 @@ class Kafka:
 
     async def start(self, topics: tuple[str, ...]) -> None:
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(**kafka_client_options(self.settings),
+        self.consumer = AIOKafkaConsumer(**reader_options(self.settings),
                                          enable_auto_commit=False, auto_offset_reset="earliest")
         await self.consumer.start()
         partitions = []

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from shared.broker import make_admin
 from shared.db import connect
 from shared.events import InvalidEvent, parse_event
-from shared.kafka_security import kafka_client_options
+from shared.kafka_security import reader_options
 from shared.keys import Keyring, load_keyring
 from shared.settings import Settings
 
@@ -138,7 +138,7 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
                    progress: Progress | None, seen: dict[uuid.UUID, TopicEvent], keyring: Keyring | None,
                    counts: dict[str, int]) -> tuple[int, int, int]:
     topic = settings.topic("registry.audit")
-    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**reader_options(settings), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
                                 fetch_max_bytes=64 * 1024 * 1024)
     await consumer.start()
@@ -183,7 +183,10 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
                     seen[event.id] = TopicEvent(partition.partition, record.offset, content_digest(audit_record))
                     events += 1
                     pending.append((events, audit_record))
-                if records and records[-1].offset >= ends[partition] - 1:
+            # Done at the end offset, by position: the last offsets may be transaction markers,
+            # which advance the position but are never handed over as records.
+            for partition in list(remaining):
+                if await consumer.position(partition) >= ends[partition]:
                     remaining.discard(partition)
             if len(pending) >= CHUNK or not remaining:
                 # History rows are final once projected: copy them in now. Version and model
@@ -301,7 +304,7 @@ async def compare_log(conn: asyncpg.Connection, settings: Settings, consumed: di
 async def _column_differences(settings: Settings, differing: list[tuple[Any, TopicEvent]]) -> list[Difference]:
     """Which fields of each differing row disagree with its event, read again from the topic."""
     topic = settings.topic("registry.audit")
-    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**reader_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         differences = []

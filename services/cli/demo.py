@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer
 from services.cli.service_names import SERVICES
 from services.cli.up import service_env
 from shared.kafka_acls import role_group_prefix
-from shared.kafka_security import kafka_client_options
+from shared.kafka_security import reader_options
 from shared.sdk import Registry
 from shared.settings import Settings, load_settings
 from shared.stack.launcher import LocalStack
@@ -69,7 +69,7 @@ class Demo:
         reader = self.roles.get("reader", self.settings)
         consumer = AIOKafkaConsumer(
             self.settings.topic("registry.audit"), self.settings.topic("qa.requested"),
-            **kafka_client_options(reader), auto_offset_reset="latest",
+            **reader_options(reader), auto_offset_reset="latest",
             enable_auto_commit=False, group_id=f"{role_group_prefix(self.settings.topic_prefix, 'reader')}"
                                                f"demo-{uuid.uuid4().hex[:8]}")
         await consumer.start()

@@ -13,32 +13,57 @@ import asyncpg
 from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber, TopicAuthorizationFailedError
 
 from shared import parked_outbox
-from shared.broker import make_producer
 from shared.db import connect
 from shared.events import TOPICS
 from shared.kafka_acls import may_write
 from shared.outbox import OutboxRelay, OutboxRow, write_outbox
+from shared.runtime import OutboxProducer
 from shared.settings import Settings
 from tests.support import Kafka, settings_for, signing_service
 
 
 class ScriptedKafka:
-    """A sender that fails chosen rows (by payload) as told, and records what went out, in order."""
+    """Kafka transactions that fail chosen rows (by payload) as told, and record what was
+    committed, in order (an aborted transaction's rows never count as sent)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str | None, bytes]] = []
         self.fail: dict[bytes, list[BaseException]] = {}
+        self.aborted: list[list[bytes]] = []
+        self.replacements = 0
+        self._open: list[tuple[str | None, bytes]] | None = None
+
+    async def begin(self) -> None:
+        assert self._open is None, "a transaction is already open"
+        self._open = []
 
     async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
+        assert self._open is not None, "sent outside a transaction"
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         errors = self.fail.get(_payload(value))
         if errors:
             future.set_exception(errors.pop(0))
         else:
-            self.sent.append((key, _payload(value)))
+            self._open.append((key, _payload(value)))
             future.set_result(None)
-        await asyncio.sleep(0)  # let other chains interleave, as a real producer would
+        await asyncio.sleep(0)  # let other tasks run, as a real producer would
         return future
+
+    async def commit(self) -> None:
+        assert self._open is not None
+        self.sent.extend(self._open)
+        self._open = None
+
+    async def replace(self) -> None:
+        """What a fresh producer with the same transactional id does: Kafka aborts what the
+        old one left open."""
+        self.replacements += 1
+        if self._open is not None:
+            self.aborted.append([value for _, value in self._open])
+            self._open = None
+
+    async def topic_exists(self, topic: str) -> bool | None:
+        return True
 
     def order_of(self, key: str) -> list[bytes]:
         return [value for k, value in self.sent if k == key]
@@ -62,7 +87,7 @@ async def _write(conn: asyncpg.Connection, service: str, rows: list[OutboxRow]) 
 async def test_a_refused_row_parks_and_holds_back_only_its_model(settings: Settings, db: asyncpg.Pool) -> None:
     service = signing_service("outbox-park")
     kafka = ScriptedKafka()
-    relay = OutboxRelay(settings.dsn, service, kafka.send, settings.topic, batch_size=100)
+    relay = OutboxRelay(settings.dsn, service, kafka, settings.topic, batch_size=100)
     kafka.fail[b"a1"] = [TopicAuthorizationFailedError("model.ingested")]
     conn = await connect(settings.dsn)
     try:
@@ -72,6 +97,8 @@ async def test_a_refused_row_parks_and_holds_back_only_its_model(settings: Setti
         assert (done.sent, done.parked, done.retry) == (3, 1, 0)
         assert kafka.order_of("b") == [b"b1", b"b2"] and kafka.order_of("a") == []
         assert (None, b"loose") in kafka.sent
+        # a2 had gone out behind a1 in the first attempt: aborted with it, it was never read.
+        assert [b"a2" in attempt for attempt in kafka.aborted] == [True]
         # Model a's next rows wait behind its parked row, however many passes run; b keeps flowing.
         await _write(conn, service, [_row("a", "a3"), _row("b", "b3")])
         await relay.relay_once(conn)
@@ -98,7 +125,7 @@ async def test_a_passing_failure_never_lets_a_models_later_event_overtake(settin
                                                                         db: asyncpg.Pool) -> None:
     service = signing_service("outbox-order")
     kafka = ScriptedKafka()
-    relay = OutboxRelay(settings.dsn, service, kafka.send, settings.topic, batch_size=100)
+    relay = OutboxRelay(settings.dsn, service, kafka, settings.topic, batch_size=100)
     # The second of model m's five events fails twice (Kafka unreachable), the others would go.
     kafka.fail[b"m2"] = [KafkaConnectionError(), KafkaConnectionError()]
     conn = await connect(settings.dsn)
@@ -118,20 +145,20 @@ async def test_a_passing_failure_never_lets_a_models_later_event_overtake(settin
 
 
 async def test_a_producer_left_out_of_step_by_an_outage_is_replaced(settings: Settings, db: asyncpg.Pool) -> None:
-    """After the whole cluster was away, an idempotent producer can keep failing with
-    OutOfOrderSequenceNumber although Kafka is back (aiokafka issue 1017): after a few failed
-    passes in a row the relay gets a fresh producer and the rows go, in order."""
+    """A failure can leave aiokafka's producer failing with OutOfOrderSequenceNumber for good
+    (aiokafka issue 1017): the relay ends a failed transaction with a fresh producer, and the
+    rows go, in order."""
     service = signing_service("outbox-replace")
-    kafka = ScriptedKafka()
+
+    class LeftOutOfStep(ScriptedKafka):
+        async def replace(self) -> None:
+            await super().replace()
+            if self.replacements > 1:  # the first is the fresh producer of taking the lead, before the failure
+                self.fail.clear()
+
+    kafka = LeftOutOfStep()
     kafka.fail[b"s1"] = [OutOfOrderSequenceNumber() for _ in range(1000)]  # for as long as this producer lives
-    replaced = 0
-
-    async def replace() -> None:
-        nonlocal replaced
-        replaced += 1
-        kafka.fail.clear()
-
-    relay = OutboxRelay(settings.dsn, service, kafka.send, settings.topic, poll_interval=0.05, replace_sender=replace)
+    relay = OutboxRelay(settings.dsn, service, kafka, settings.topic, poll_interval=0.05)
     conn = await connect(settings.dsn)
     try:
         await _write(conn, service, [_row("s", "s1"), _row("s", "s2")])
@@ -143,7 +170,7 @@ async def test_a_producer_left_out_of_step_by_an_outage_is_replaced(settings: Se
                 await asyncio.sleep(0.05)
         finally:
             running.cancel()
-        assert kafka.order_of("s") == [b"s1", b"s2"] and replaced == 1
+        assert kafka.order_of("s") == [b"s1", b"s2"] and kafka.replacements == 2
         assert await parked_outbox.list_parked(conn, service=service) == []
     finally:
         await conn.close()
@@ -152,7 +179,7 @@ async def test_a_producer_left_out_of_step_by_an_outage_is_replaced(settings: Se
 async def test_discarding_a_parked_row_releases_its_model(settings: Settings, db: asyncpg.Pool) -> None:
     service = signing_service("outbox-discard")
     kafka = ScriptedKafka()
-    relay = OutboxRelay(settings.dsn, service, kafka.send, settings.topic, batch_size=100)
+    relay = OutboxRelay(settings.dsn, service, kafka, settings.topic, batch_size=100)
     conn = await connect(settings.dsn)
     try:
         # A header that is not text cannot become a Kafka record, on any attempt.
@@ -183,15 +210,11 @@ async def test_a_topic_the_principal_may_not_write_parks_on_real_kafka(settings:
     assert may_write("ingest", allowed, settings.topic_prefix)
     assert endpoints.kafka_principal_env, "this test needs a Kafka with per-principal ACLs (the local stack has them)"
     principal = settings_for(settings, endpoints.kafka_principal_env["ingest"])
-    producer = make_producer(principal, client_id="modelreg-tests-outbox")
+    producer = OutboxProducer(principal, "ingest")  # ingest's transactional id, which its ACLs grant
     await producer.start()
 
-    async def send(topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
-        return await producer.send(topic, value, key=key.encode() if key else None,
-                                   headers=[(k, v.encode()) for k, v in headers.items()])
-
     service = signing_service("outbox-acl")
-    relay = OutboxRelay(settings.dsn, service, send, settings.topic, batch_size=100)
+    relay = OutboxRelay(settings.dsn, service, producer, settings.topic, batch_size=100)
     blocked, flowing = f"acl-{uuid.uuid4().hex[:8]}", f"acl-{uuid.uuid4().hex[:8]}"
     conn = await connect(settings.dsn)
     try:
@@ -231,7 +254,7 @@ async def test_the_relay_acts_as_its_services_database_role(settings: Settings, 
     finally:
         await conn.close()
     refused = ScriptedKafka()
-    as_api = asyncio.create_task(OutboxRelay(settings.dsn, service, refused.send, settings.topic,
+    as_api = asyncio.create_task(OutboxRelay(settings.dsn, service, refused, settings.topic,
                                              poll_interval=0.05, role="modelreg_test_no_rights").run())
     try:
         for _ in range(200):
@@ -245,7 +268,7 @@ async def test_the_relay_acts_as_its_services_database_role(settings: Settings, 
         as_api.cancel()
     assert refused.sent == []
     allowed = ScriptedKafka()
-    as_ingest = asyncio.create_task(OutboxRelay(settings.dsn, service, allowed.send, settings.topic,
+    as_ingest = asyncio.create_task(OutboxRelay(settings.dsn, service, allowed, settings.topic,
                                                 poll_interval=0.05, role="modelreg_ingest").run())
     try:
         for _ in range(200):

@@ -1,5 +1,5 @@
 """Consumer lag (shared.broker), read through aiokafka's public consumer calls: assignment(),
-highwater() and position(). The metric and promotion's expiry read it; a real consumer's is
+highwater(), last_stable_offset() and position(). The metric and promotion's expiry read it; a real consumer's is
 checked on Kafka in tests/integration/test_observability.py."""
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ A0, A1, B0 = TopicPartition("t.a", 0), TopicPartition("t.a", 1), TopicPartition(
 class FakeConsumer:
     """An assignment with high-water marks (None: never fetched) and positions."""
 
-    def __init__(self, highwater: dict[TopicPartition, int | None], position: dict[TopicPartition, int]) -> None:
+    def __init__(self, highwater: dict[TopicPartition, int | None], position: dict[TopicPartition, int],
+                 stable: dict[TopicPartition, int | None] | None = None) -> None:
         self._highwater = highwater
         self._position = position
+        self._stable = stable or {}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._highwater)
 
     def highwater(self, partition: TopicPartition) -> int | None:
         return self._highwater[partition]
+
+    def last_stable_offset(self, partition: TopicPartition) -> int | None:
+        return self._stable.get(partition, -1)  # -1: what aiokafka answers reading uncommitted
 
     async def position(self, partition: TopicPartition) -> int:
         return self._position[partition]
@@ -37,6 +42,13 @@ async def test_lag_is_the_records_between_position_and_high_water_mark() -> None
 
 async def test_a_position_past_the_last_fetched_high_water_mark_is_no_lag() -> None:
     assert await partition_lags(FakeConsumer({A0: 10}, {A0: 12})) == {A0: 0}
+
+
+async def test_reading_committed_records_the_lag_ends_at_the_last_stable_offset() -> None:
+    """Records of a transaction still open (past the last stable offset) cannot be read yet:
+    they are no lag of this consumer's."""
+    consumer = FakeConsumer({A0: 10, A1: 10}, {A0: 6, A1: 6}, stable={A0: 8, A1: None})
+    assert await partition_lags(consumer) == {A0: 2, A1: 4}
 
 
 def test_a_topics_lag_is_per_partition_number() -> None:

@@ -218,7 +218,7 @@ def test_the_documented_acl_script_grants_the_same_table():
         principal = words[words.index("--allow-principal") + 1].removeprefix("User:")
         operation = words[words.index("--operation") + 1]
         pattern = "PREFIXED" if "prefixed" in words else "LITERAL"
-        for flag, kind in (("--topic", "topic"), ("--group", "group")):
+        for flag, kind in (("--topic", "topic"), ("--group", "group"), ("--transactional-id", "transactional_id")):
             granted |= {AclRule(principal, kind, words[i + 1], operation, pattern)
                         for i, word in enumerate(words) if word == flag}
     assert granted == set(acl_plan("p."))
@@ -228,7 +228,9 @@ def test_the_strimzi_users_grant_the_same_table():
     import yaml
 
     users = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "strimzi" / "kafka-users.yaml").read_text()))
-    granted = {AclRule(user["metadata"]["name"], acl["resource"]["type"], acl["resource"]["name"],
+    kinds = {"transactionalId": "transactional_id"}
+    granted = {AclRule(user["metadata"]["name"], kinds.get(acl["resource"]["type"], acl["resource"]["type"]),
+                       acl["resource"]["name"],
                        operation.upper(), acl["resource"]["patternType"].upper())
                for user in users for acl in user["spec"]["authorization"]["acls"] for operation in acl["operations"]}
     assert granted == set(acl_plan(""))

@@ -21,7 +21,7 @@ from shared.outbox_policy import (
     check_serializable,
     disposition,
     publish_backoff,
-    replace_producer,
+    resend_after_abort,
     send_chains,
 )
 
@@ -66,16 +66,20 @@ def test_backoff_doubles_up_to_a_cap_and_is_zero_without_failures() -> None:
     assert publish_backoff(10_000, cap=7) == 7
 
 
-def test_the_producer_is_replaced_every_few_failed_passes_in_a_row() -> None:
-    assert [n for n in range(0, 10) if replace_producer(n, every=3)] == [3, 6, 9]
-    assert not replace_producer(0)
-
-
 def test_chains_keep_each_models_rows_in_order_and_loose_rows_apart() -> None:
     rows = [(1, "a"), (2, "b"), (3, "a"), (4, None), (5, "b"), (6, "a"), (7, None)]
     chains = send_chains(rows, lambda r: r[1])
     assert [[r[0] for r in c] for c in chains] == [[1, 3, 6], [2, 5], [4], [7]]
     assert sorted(r for c in chains for r in c) == sorted(rows)  # nothing lost or doubled
+
+
+def test_after_an_aborted_attempt_each_chain_goes_again_up_to_its_first_failure() -> None:
+    chains = [[1, 3, 6], [2, 5], [4], [7, 8]]
+    failed = {3, 2, 8, 6}.__contains__
+    # 1 goes again; 3 failed, so 6 (failed too) waits behind it; 2 failed first; 4 whole; 7 before 8.
+    assert resend_after_abort(chains, failed) == [[1], [4], [7]]
+    assert resend_after_abort(chains, lambda row: False) == chains  # nothing failed: all of it
+    assert resend_after_abort(chains, lambda row: True) == []
 
 
 @pytest.mark.parametrize(("key", "value", "headers"), [
