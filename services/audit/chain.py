@@ -14,7 +14,6 @@ database, and different bytes for any change of any field.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Context, Decimal
 from typing import Any
+
+import orjson
 
 GENESIS = "0" * 64
 
@@ -121,9 +122,11 @@ def canonical(record: AuditRecord | Mapping[str, Any]) -> bytes:
     content["correlation_id"] = _uuid(content["correlation_id"], "correlation_id")
     content["causation_id"] = _uuid(content["causation_id"], "causation_id")
     content["occurred_at"] = timestamp(content["occurred_at"])
-    parts: list[str] = []
-    _encode(content, parts)
-    return "".join(parts).encode("utf-8")
+    prepared = _prepared(content)
+    try:
+        return orjson.dumps(prepared, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # text that is not UTF-8 (a lone surrogate)
+        raise ValueError(f"cannot put this text in the audit chain: {exc}") from None
 
 
 def link(prev_hash: str, record: AuditRecord | Mapping[str, Any]) -> str:
@@ -166,37 +169,29 @@ def _uuid(value: Any, name: str, *, required: bool = False) -> str | None:
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, (int, float, Decimal)):
-        out.append(_number(value))
-    elif isinstance(value, Mapping):
-        out.append("{")
-        for i, key in enumerate(sorted(value)):
+def _prepared(value: Any) -> Any:
+    """`value` as orjson writes the canonical form of it: every number already written by
+    value (`_number`, an orjson Fragment), anything JSON has no place for refused. orjson
+    writes the rest as the canonical form wants it: keys sorted, no whitespace, strings as
+    UTF-8 with only `"`, `\\` and control characters escaped (what `json.dumps(...,
+    ensure_ascii=False)` writes, byte for byte)."""
+    if value is None or value is True or value is False or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, Decimal)):
+        return orjson.Fragment(_number(value))
+    if isinstance(value, Mapping):
+        prepared = {}
+        for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"object keys must be strings, not {type(key).__name__}")
-            if i:
-                out.append(",")
-            out.append(json.dumps(key, ensure_ascii=False))
-            out.append(":")
-            _encode(value[key], out)
-        out.append("}")
-    elif isinstance(value, (list, tuple)):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    else:
-        raise TypeError(f"cannot put a {type(value).__name__} in the audit chain")
+            prepared[key] = _prepared(item)
+        return prepared
+    if isinstance(value, (list, tuple)):
+        return [_prepared(item) for item in value]
+    raise TypeError(f"cannot put a {type(value).__name__} in the audit chain")
+
+
+_EXACT_INT = 10**28  # below it, the precision `_number` normalises with keeps every digit
 
 
 def _number(value: int | float | Decimal) -> str:
@@ -205,6 +200,8 @@ def _number(value: int | float | Decimal) -> str:
     PostgreSQL's jsonb keeps numbers as decimals and prints them without exponents, so a
     float may come back as an int (1e16) or with another spelling; the value is what counts.
     """
+    if type(value) is int and value % 10 and -_EXACT_INT < value < _EXACT_INT:
+        return str(value)  # what normalising it gives: no trailing zero to drop, no rounding
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("numbers in the audit chain must be finite")
