@@ -8,10 +8,12 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from botocore.exceptions import ClientError
 
 from shared import telemetry
@@ -207,14 +209,9 @@ class Validation:
         if signature is not None:
             checks.append(signature_check(signature))
         passed = all(c.passed for c in checks)
-        await tx.conn.execute(
-            """INSERT INTO validation_results (name, version, passed, checks, suites)
-               VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (name, version) DO UPDATE
-               SET passed = EXCLUDED.passed, checks = EXCLUDED.checks, suites = EXCLUDED.suites,
-                   validated_at = now()""",
-            data.name, data.version, passed, [c.model_dump() for c in checks], list(rule.required_suites))
         checked = [c.model_dump() for c in checks]
+        results: Results = tx.batch.scope
+        results[(data.name, data.version)] = (passed, checked, list(rule.required_suites))
         revision = self.resources.policy.revision
         if not passed:
             reasons = rejection_reasons(checks, {SIGNATURE_CHECK: signature.code} if signature and signature.code
@@ -232,9 +229,35 @@ class Validation:
                                             qa_suites=list(rule.required_suites)))
 
 
+# A batch's verdicts by version: (passed, checks, required suites), the last one of a version kept.
+Results = dict[tuple[str, int], tuple[bool, list[dict[str, Any]], list[str]]]
+
+
+@asynccontextmanager
+async def record_results(conn: Any, _events: list[Any]) -> AsyncIterator[Results]:
+    """The batch's verdicts, written in one statement once its handlers have decided them all
+    (nothing in the batch reads them back)."""
+    results: Results = {}
+    yield results
+    if results:
+        await conn.execute(
+            # JSON as text: a list of lists would be taken for a two-dimensional array.
+            """INSERT INTO validation_results (name, version, passed, checks, suites)
+               SELECT n, v, p, c::jsonb, s::jsonb
+               FROM unnest($1::text[], $2::int[], $3::boolean[], $4::text[], $5::text[]) AS t(n, v, p, c, s)
+               ON CONFLICT (name, version) DO UPDATE
+               SET passed = EXCLUDED.passed, checks = EXCLUDED.checks, suites = EXCLUDED.suites,
+                   validated_at = now()""",
+            [name for name, _ in results], [version for _, version in results],
+            [passed for passed, _, _ in results.values()],
+            [orjson.dumps(checks).decode() for _, checks, _ in results.values()],
+            [orjson.dumps(suites).decode() for _, _, suites in results.values()])
+
+
 def build(resources: Resources) -> ServiceHandlers:
     validation = Validation(resources)
-    return ServiceHandlers(SERVICE, {"model.ingested": validation.on_ingested}, prepare=validation.prepare)
+    return ServiceHandlers(SERVICE, {"model.ingested": validation.on_ingested}, prepare=validation.prepare,
+                           batch_scope=record_results)
 
 
 def create_app(settings: Settings) -> ServiceApp:
