@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,7 +174,9 @@ class Ingest:
         version = prepared.version
         if data.version is not None:
             await store.reserve_version(tx.conn, data.name, data.version)
-            existing = await store.find_version(tx.conn, data.name, data.version)
+            new_versions: store.NewVersions = tx.batch.scope
+            existing = new_versions.find(data.name, data.version) \
+                or await store.find_version(tx.conn, data.name, data.version)
             claim = claim_version(existing.sha256 if existing else None, data.artifact.sha256)
             if claim is VersionClaim.DUPLICATE:
                 return  # the same artifact again: no new state, no new events
@@ -243,8 +246,9 @@ class Ingest:
     async def _record(self, tx: Tx, event: ModelRegistered, version: int, status: str, *,
                       artifact_uri: str | None = None, reasons: list[dict[str, str]] | None = None) -> None:
         data, artifact = event.data, event.data.artifact
-        await store.insert_version(
-            tx.conn, name=data.name, version=version, status=status, source_uri=artifact.uri,
+        new_versions: store.NewVersions = tx.batch.scope
+        new_versions.add(
+            name=data.name, version=version, status=status, source_uri=artifact.uri,
             artifact_uri=artifact_uri, sha256=artifact.sha256, size_bytes=artifact.size_bytes,
             format=artifact.format, run_id=data.run_id, metrics=data.metrics, params=data.params,
             tags=data.tags, dataset=data.dataset.model_dump() if data.dataset else None,
@@ -256,7 +260,15 @@ class Ingest:
 def build(resources: Resources) -> ServiceHandlers:
     ingest = Ingest(resources)
     return ServiceHandlers(SERVICE, {"model.registered": ingest.on_registered}, prepare=ingest.prepare,
-                           after_commit=ingest.after_commit)
+                           batch_scope=new_versions, after_commit=ingest.after_commit)
+
+
+@asynccontextmanager
+async def new_versions(conn: Any, _events: list[Any]) -> AsyncIterator[store.NewVersions]:
+    """The batch's new versions, written once its handlers are done (`store.NewVersions`)."""
+    rows = store.NewVersions()
+    yield rows
+    await rows.write(conn)
 
 
 def create_app(settings: Settings) -> ServiceApp:

@@ -56,11 +56,28 @@ async def find_version(conn: asyncpg.Connection, name: str, version: int) -> Sto
     return StoredVersion(row["version"], row["sha256"], row["status"]) if row else None
 
 
-async def insert_version(conn: asyncpg.Connection, **fields: Any) -> None:
-    columns = ", ".join(fields)
-    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
-    await conn.execute(f"INSERT INTO model_versions ({columns}) VALUES ({placeholders})",
-                       *fields.values())
+class NewVersions:
+    """A batch's new `model_versions` rows, written together once its handlers are done (one
+    pipelined statement, not one round trip per version); until then `find` shows them as if
+    they were written, so a version registered twice in one batch is still seen the second time."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def add(self, **fields: Any) -> None:
+        self._rows[(fields["name"], fields["version"])] = fields
+
+    def find(self, name: str, version: int) -> StoredVersion | None:
+        row = self._rows.get((name, version))
+        return StoredVersion(row["version"], row["sha256"], row["status"]) if row else None
+
+    async def write(self, conn: asyncpg.Connection) -> None:
+        if not self._rows:
+            return
+        columns = list(next(iter(self._rows.values())))  # every row names the same columns (_record)
+        placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        await conn.executemany(f"INSERT INTO model_versions ({', '.join(columns)}) VALUES ({placeholders})",
+                               [[row[c] for c in columns] for row in self._rows.values()])
 
 
 async def existing_versions(conn: AnyConnection, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
