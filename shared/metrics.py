@@ -17,6 +17,24 @@ BATCH_SECONDS = Histogram("modelreg_batch_seconds", "Time to apply one consumed 
                           ["service"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30))
 CONSUMER_LAG = Gauge("modelreg_consumer_lag", "Records not yet consumed, per partition",
                      ["service", "topic", "partition"])
+LagLabels = tuple[str, str, str]  # service, topic, partition
+
+
+def report_lags(service: str, lags: dict[tuple[str, int], int | None], reported: set[LagLabels]) -> set[LagLabels]:
+    """Set `CONSUMER_LAG` for the partitions an instance holds now ((topic, partition) -> lag,
+    None: not known yet) and drop the series of those it reported before and holds no more (a
+    rebalance gave them to another instance, which reports them). Returns what it reports now."""
+    now: set[LagLabels] = set()
+    for (topic, partition), lag in lags.items():
+        labels = (service, topic, str(partition))
+        now.add(labels)
+        if lag is not None:
+            CONSUMER_LAG.labels(*labels).set(lag)
+    for gone in reported - now:
+        CONSUMER_LAG.remove(*gone)
+    return now
+
+
 OUTBOX_BACKLOG = Gauge("modelreg_outbox_backlog", "Outbox rows waiting to be published", ["service"])
 # Alert on a parked row: its model's later events wait until ops retry or discard it.
 OUTBOX_PARKED = Gauge("modelreg_outbox_parked_rows", "Outbox rows Kafka refused for good, waiting for ops",

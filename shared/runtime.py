@@ -40,7 +40,7 @@ from shared.idempotency_pruning import keep_for
 from shared.kafka_acls import outbox_transactional_id
 from shared.keys import load_keyring
 from shared.logs import configure as configure_logging
-from shared.metrics import CONSUMER_LAG
+from shared.metrics import LagLabels, report_lags
 from shared.outbox import OutboxRelay
 from shared.policy import Policy, load_policy
 from shared.processed_events_pruner import INTERVAL_SECONDS as PRUNE_INTERVAL_SECONDS
@@ -84,6 +84,7 @@ class ServiceApp:
         self.resources: Resources | None = None
         self.health: HealthServer | None = None
         self._subscriber: BatchSubscriber | None = None
+        self._lag_reported: set[LagLabels] = set()  # the lag series this instance sets
 
     async def start(self) -> None:
         settings = self.settings
@@ -171,9 +172,8 @@ class ServiceApp:
         consumer = subscription_consumer(self._subscriber)
         if consumer is not None:
             prefix = len(self.settings.topic_prefix)
-            for partition, lag in (await partition_lags(consumer)).items():
-                if lag is not None:
-                    CONSUMER_LAG.labels(self.name, partition.topic[prefix:], str(partition.partition)).set(lag)
+            lags = {(p.topic[prefix:], p.partition): lag for p, lag in (await partition_lags(consumer)).items()}
+            self._lag_reported = report_lags(self.name, lags, self._lag_reported)
         if self.relay is not None and self.resources is not None:
             async with self.resources.pool.acquire(timeout=CHECK_TIMEOUT) as conn:
                 await self.relay.backlog(conn)

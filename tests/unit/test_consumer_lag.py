@@ -77,3 +77,21 @@ async def test_a_subscription_has_no_consumer_until_it_runs_on_kafka() -> None:
     assert subscription_consumer(subscriber) is None
     async with TestKafkaBroker(broker):  # no Kafka: no consumer, so no lag is claimed
         assert subscription_consumer(subscriber) is None
+
+
+def test_the_lag_gauge_drops_the_partitions_a_rebalance_took_away() -> None:
+    """Another instance reports them now; a series left behind would show a lag frozen at
+    whatever it was when the partition moved."""
+    from shared.metrics import CONSUMER_LAG, report_lags
+
+    def series() -> dict[tuple[str, str, str], float]:
+        return {(s.labels["service"], s.labels["topic"], s.labels["partition"]): s.value
+                for metric in CONSUMER_LAG.collect() for s in metric.samples
+                if s.labels.get("service") == "lag-test"}
+
+    reported = report_lags("lag-test", {("t.a", 0): 3, ("t.a", 1): 5}, set())
+    assert series() == {("lag-test", "t.a", "0"): 3, ("lag-test", "t.a", "1"): 5}
+    reported = report_lags("lag-test", {("t.a", 1): 0, ("t.b", 0): None}, reported)
+    assert series() == {("lag-test", "t.a", "1"): 0}  # t.a 0 went elsewhere; t.b 0 not fetched yet
+    report_lags("lag-test", {}, reported)
+    assert series() == {}
