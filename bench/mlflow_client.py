@@ -1,9 +1,10 @@
 """The MLflow side of `modelreg bench --compare-mlflow`, run by the interpreter that has mlflow
 (bench/.mlflow-venv); it imports nothing of modelreg and prints one JSON object.
 
-The same three things as the issue's reference: registrations/s (`create_model_version`),
-promotions/s (`set_registered_model_alias` + `set_model_version_tag`), and the champion lookup
-by alias (`get_model_version_by_alias`) with `--versions` versions registered. Versions are
+The same four things as the issue's reference: registrations/s (`create_model_version`),
+promotions/s (`set_registered_model_alias` + `set_model_version_tag`), the champion lookup by
+alias (`get_model_version_by_alias`) with `--versions` versions registered, and a pipeline's
+create + 3 tags + alias per version (p99). Versions are
 spread over `--models` models and each model is written by one thread at a time (MLflow numbers
 versions per model), `--concurrency` threads in all.
 """
@@ -92,7 +93,32 @@ def main() -> None:
         list(pool.map(lookup, chunks))
     lookup_seconds = time.perf_counter() - began
 
+    # What a pipeline does per version in MLflow, timed whole: register it, tag it three times
+    # (run, dataset, QA verdict), point the champion alias at it. modelreg's counterpart is its
+    # end-to-end latency, registered -> promoted, QA hop included.
+    steps: list[float] = []
+    step_names = [f"{prefix}-pipeline-{i:02d}" for i in range(args.concurrency)]
+    for name in step_names:
+        client.create_registered_model(name)
+
+    def pipeline(name: str) -> None:
+        mine = []
+        for i in range(max(1, args.promotions // args.concurrency)):
+            start = time.perf_counter()
+            version = client.create_model_version(name, source=f"s3://modelreg/inbox/{prefix}/{name}-{i}/model.onnx")
+            for key, value in (("run_id", f"run-{i}"), ("dataset", "s3://d/x@7"), ("qa", "passed")):
+                client.set_model_version_tag(name, version.version, key, value)
+            client.set_registered_model_alias(name, "champion", version.version)
+            mine.append((time.perf_counter() - start) * 1000)
+        with lock:
+            steps.extend(mine)
+
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        list(pool.map(pipeline, step_names))
+
     print(json.dumps({
+        "pipeline_steps": len(steps), "pipeline_p50_ms": round(percentile(steps, 50), 3),
+        "pipeline_p99_ms": round(percentile(steps, 99), 3),
         "mlflow_version": mlflow.__version__, "versions": args.versions, "models": args.models,
         "concurrency": args.concurrency,
         "registration_seconds": round(registration_seconds, 3),
