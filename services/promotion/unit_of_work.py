@@ -59,6 +59,11 @@ class _Version:
     manifest: str | None = None  # a directory artifact's canonical manifest (written when new)
 
 
+# Superseded versions loaded per model as rollback targets, besides each champion's predecessor:
+# a batch that rolls one model back more often than this finds no older one to restore.
+RECENT_ROLLBACK_TARGETS = 8
+
+
 class PromotionBatch:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -86,17 +91,25 @@ class PromotionBatch:
             """SELECT pg_advisory_xact_lock(hashtextextended('promotion:' || n, 0))
                FROM unnest($1::text[]) AS n ORDER BY n""", names)
         columns = f"{', '.join('v.' + c for c in _ROW)}, v.superseded_at, v.traceparent, v.stage_changed_at"
-        # Three index scans (a union, not an OR that would read the whole table): the batch's
-        # versions, its models' champions, and their rollback targets.
+        # A union, not an OR that would read the whole table: the batch's versions, its models'
+        # champions, and the rollback targets `choose_restore` may pick: each champion's
+        # predecessor, and the most recently superseded (a few, for rollbacks in a row within
+        # the batch). Not every superseded version: a model's history would be read (and its
+        # results after it) by every batch about it, growing with each champion it ever had.
         rows = await self.conn.fetch(
             f"""SELECT {columns} FROM promotion_versions v
                     JOIN unnest($1::text[], $2::int[]) AS k(name, version) USING (name, version)
                 UNION
                 SELECT {columns} FROM promotion_versions v WHERE v.name = ANY($3::text[]) AND v.stage = 'production'
                 UNION
-                SELECT {columns} FROM promotion_versions v
-                WHERE v.name = ANY($3::text[]) AND v.stage = 'none' AND v.superseded_at IS NOT NULL
-                  AND v.blocked IS NULL""",
+                SELECT {columns} FROM promotion_versions c
+                    JOIN promotion_versions v ON v.name = c.name AND v.version = c.previous_champion
+                WHERE c.name = ANY($3::text[]) AND c.stage = 'production'
+                UNION
+                SELECT r.* FROM unnest($3::text[]) AS m(name) CROSS JOIN LATERAL (
+                    SELECT {columns} FROM promotion_versions v
+                    WHERE v.name = m.name AND v.stage = 'none' AND v.superseded_at IS NOT NULL AND v.blocked IS NULL
+                    ORDER BY v.superseded_at DESC LIMIT {RECENT_ROLLBACK_TARGETS}) AS r""",
             [k[0] for k in keys], [k[1] for k in keys], names)
         for r in rows:
             self._versions[(r["name"], r["version"])] = _Version(
