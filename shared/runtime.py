@@ -205,8 +205,8 @@ class ServiceApp:
 
 class OutboxProducer:
     """The outbox relay's transactional Kafka producer (`shared.outbox.Publisher`), which the
-    relay replaces with a fresh one when it takes the lead and after failed passes (after a
-    cluster outage a producer can stay out of step with the brokers). Every instance of a
+    relay replaces with a fresh one when it takes the lead and to end a failed transaction
+    (`shared.outbox.Publisher.replace` says why). Every instance of a
     service shares one transactional id: Kafka fences all but the newest producer."""
 
     def __init__(self, settings: Settings, service: str) -> None:
@@ -218,15 +218,22 @@ class OutboxProducer:
     def _make(self) -> AIOKafkaProducer:
         return make_producer(self._settings, self._client_id, transactional_id=self._transactional_id)
 
-    async def start(self) -> None:
+    async def _started(self, producer: AIOKafkaProducer) -> AIOKafkaProducer:
+        """`producer`, started; stopped again if it could not start (the error says why)."""
         try:
-            await self._producer.start()
-        except TransactionalIdAuthorizationFailed:
-            await self._producer.stop()
-            raise TransactionalIdAuthorizationFailed(
-                f"the Kafka principal {self._settings.kafka_sasl_username or '(anonymous)'} may not use the "
-                f"outbox's transactional id {self._transactional_id!r}: apply the registry's ACLs "
-                "(`modelreg stack up` does for the local stack; infra/kafka-acls.sh on a cluster)") from None
+            await producer.start()
+        except BaseException as exc:
+            await producer.stop()
+            if isinstance(exc, TransactionalIdAuthorizationFailed):
+                raise TransactionalIdAuthorizationFailed(
+                    f"the Kafka principal {self._settings.kafka_sasl_username or '(anonymous)'} may not use the "
+                    f"outbox's transactional id {self._transactional_id!r}: apply the registry's ACLs "
+                    "(`modelreg stack up` does for the local stack; infra/kafka-acls.sh on a cluster)") from None
+            raise
+        return producer
+
+    async def start(self) -> None:
+        await self._started(self._producer)
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -250,12 +257,7 @@ class OutboxProducer:
     async def replace(self) -> None:
         """Start a fresh producer (raises, keeping the old one, while Kafka is away), then drop
         the old one: what it had not delivered is still in the outbox and goes again."""
-        fresh = self._make()
-        try:
-            await fresh.start()
-        except BaseException:
-            await fresh.stop()
-            raise
+        fresh = await self._started(self._make())
         old, self._producer = self._producer, fresh
         try:
             await asyncio.wait_for(old.stop(), timeout=CHECK_TIMEOUT * 5)
