@@ -427,6 +427,7 @@ class BatchProcessor:
             except _Refused:
                 savepoints = True
             except NeedsIO as needed:
+                metrics.IO_ROUNDS.labels(self.consumer).inc()
                 known = set(batch.facts)
                 await needed.fetch(batch)
                 if set(batch.facts) <= known:  # asked again for what it has: a bug, not a batch

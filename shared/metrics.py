@@ -48,6 +48,9 @@ PROCESSED_EVENTS_PRUNED = Counter("modelreg_processed_events_pruned_total",
                                   ["consumer"])
 PROMOTION_DECISIONS = Counter("modelreg_promotion_decisions_total", "Promotion decisions, by outcome",
                               ["outcome"])
+IO_ROUNDS = Counter("modelreg_batch_io_rounds_total",
+                    "Batch transactions rolled back to run I/O a handler asked for outside them, then redone",
+                    ["service"])
 RETRIES = Counter("modelreg_batch_retries_total", "Batches retried after a fault, by kind", ["service", "kind"])
 # The audit writer's signed checkpoints: how far they cover, and heads it refused to sign
 # because the log no longer links on from its last checkpoint (alert on any).

@@ -7,16 +7,19 @@ Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
 (or a rebalance) never make two champions; the database's partial unique index backs it up.
 
 Before any move to production the stored artifact is checked (integrity.py), outside the
-transaction: the first version a batch would crown without a verdict raises `NeedsIO` for
-every version the batch may crown, the transaction is rolled back, the checks run, and the
-batch is decided again with the verdicts in hand.
+transaction. `prepare` checks, before the batch's transaction opens, the versions its events
+are likely to crown (a QA result or an approver's request for a stored version); a version it
+did not foresee (a rollback's target, a version the batch itself introduces) raises `NeedsIO`
+for every version the batch may crown, the transaction is rolled back, the checks run, and
+the batch is decided again with the verdicts in hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -24,7 +27,7 @@ from opentelemetry import context as otel_context
 
 from shared import metrics, telemetry
 from shared.attestation import promotion_statement, sign_statement
-from shared.consumer import Batch, NeedsIO, ServiceHandlers, Tx
+from shared.consumer import Batch, NeedsIO, ServiceHandlers, TraceParents, Tx
 from shared.domain.promotion import (
     Champion,
     Result,
@@ -38,6 +41,7 @@ from shared.domain.promotion import (
 )
 from shared.events import (
     Attestation,
+    CloudEvent,
     EvaluatedEvidence,
     MetricsEvaluated,
     ModelArchived,
@@ -76,6 +80,41 @@ class Promotion:
     def __init__(self, resources: Resources) -> None:
         self.resources = resources
         self.policy = resources.policy
+
+    async def prepare(self, batch: Batch, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
+        """Check, before the transaction, the stored versions this batch's events may crown:
+        the common crown (a QA result for a version in staging) then costs no rolled-back
+        attempt. What this does not foresee, a handler still asks for (`_artifact_intact`)."""
+        asked = {(e.data.name, e.data.version): e for e in events if _may_crown(e)}
+        if not asked:
+            return
+        async with self.resources.pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT name, version, artifact_uri, sha256,
+                          CASE WHEN artifact_uri LIKE '%/' THEN manifest END AS manifest
+                   FROM promotion_versions
+                   WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+                     AND stage IN ('none', 'staging') AND blocked IS NULL""",
+                [k[0] for k in asked], [k[1] for k in asked])
+        await self._verify(batch, {
+            ("integrity", r["name"], r["version"], r["artifact_uri"], r["sha256"]):
+                _Check(r["artifact_uri"], r["sha256"], r["manifest"], parents.get(asked[(r["name"], r["version"])].id))
+            for r in rows})
+
+    async def _verify(self, batch: Batch, checks: dict[tuple[Any, ...], _Check]) -> None:
+        """Each check's verdict into `batch.facts`, a few at a time, each in its version's trace."""
+        limit = asyncio.Semaphore(VERIFICATIONS_IN_FLIGHT)
+        store = self.resources.store
+
+        async def verify(key: tuple[Any, ...], check: _Check) -> None:
+            async with limit:
+                with telemetry.span("promotion verify artifact", parent=check.parent, attributes={
+                        "modelreg.model": key[1], "modelreg.version": key[2]}):
+                    batch.facts[key] = await verify_artifact(store, check.uri, check.sha256, check.manifest)
+
+        async with asyncio.TaskGroup() as group:
+            for key, check in checks.items():
+                group.create_task(verify(key, check))
 
     @contextlib.asynccontextmanager
     async def batch_scope(self, conn: Any, events: list[Any]) -> AsyncIterator[PromotionBatch]:
@@ -288,24 +327,13 @@ class Promotion:
                      for key, v in candidates.items()}
         # Each check joins its version's trace: this handler's for `row`, the remembered one else.
         here = otel_context.get_current()
-        parents = {key: here if key == _integrity_key(row) else
-                   telemetry.parent_from((), fallback=models.traceparent(v.name, v.version)) or here
-                   for key, v in candidates.items()}
-        store = self.resources.store
+        checks = {key: _Check(v.artifact_uri, v.sha256, manifests[key],
+                              here if key == _integrity_key(row) else
+                              telemetry.parent_from((), fallback=models.traceparent(v.name, v.version)) or here)
+                  for key, v in candidates.items()}
 
         async def fetch(batch: Batch) -> None:
-            limit = asyncio.Semaphore(VERIFICATIONS_IN_FLIGHT)
-
-            async def verify(key: tuple[Any, ...], version: VersionRow) -> None:
-                async with limit:
-                    with telemetry.span("promotion verify artifact", parent=parents[key], attributes={
-                            "modelreg.model": version.name, "modelreg.version": version.version}):
-                        batch.facts[key] = await verify_artifact(store, version.artifact_uri, version.sha256,
-                                                                 manifests[key])
-
-            async with asyncio.TaskGroup() as group:
-                for key, version in candidates.items():
-                    group.create_task(verify(key, version))
+            await self._verify(batch, checks)
 
         return fetch
 
@@ -461,6 +489,24 @@ class Promotion:
                  actor=actor, reason=reason, evidence=evidence, correlation=row.correlation_id)
 
 
+@dataclass(frozen=True)
+class _Check:
+    """An integrity check to run: the stored artifact, what it must hash to, whose trace."""
+
+    uri: str
+    sha256: str
+    manifest: str | None
+    parent: Any
+
+
+def _may_crown(event: CloudEvent[Any]) -> bool:
+    """An event that may move its own version to production: a QA result outside production
+    (the policy's gate) or an approver's request for production."""
+    if event.topic == "metrics.evaluated":
+        return bool(event.data.environment != "production")
+    return event.topic == "promotion.requested" and event.data.to_stage == "production"
+
+
 def _integrity_key(row: VersionRow) -> tuple[Any, ...]:
     """A verdict holds for these bytes at this place only."""
     return ("integrity", row.name, row.version, row.artifact_uri, row.sha256)
@@ -485,7 +531,8 @@ def build(resources: Resources) -> ServiceHandlers:
         models: PromotionBatch = batch.scope
         return models.traceparent(event.data.name, version) if version is not None else None
 
-    return ServiceHandlers(SERVICE, trace_fallback=version_trace, batch_scope=promotion.batch_scope, background=(
+    return ServiceHandlers(SERVICE, prepare=promotion.prepare, trace_fallback=version_trace,
+                           batch_scope=promotion.batch_scope, background=(
         lambda: early.expire_forever(resources.pool, SERVICE, grace, resources.consumer_lag),
     ), handlers={
         "model.ingested": promotion.on_ingested,

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
@@ -232,13 +233,21 @@ async def test_a_tampered_artifact_is_quarantined_before_production(
     location = parse_s3_uri(ingested.data["artifact"]["uri"])
     async with ObjectStore(settings) as store:
         await store.client.put_object(Bucket=location.bucket, Key=location.key, Body=b"swapped after validation")
+    redone = promotion_io_rounds()
     await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.99}))
     rejected = (await kafka.wait_for("model.rejected", for_model(name, 1)))[0]
     assert rejected.data["reasons"][0]["code"] == "checksum_mismatch"
+    # A QA result is foreseen: its version was checked before the batch's transaction opened.
+    assert promotion_io_rounds() == redone
     quarantined = (await kafka.wait_for("registry.audit", audit_of(name, "quarantined", 1)))[0]
     assert quarantined.data["evidence"]["expected_sha256"] == ingested.data["artifact"]["sha256"]
     assert quarantined.data["evidence"]["found_sha256"] not in (None, ingested.data["artifact"]["sha256"])
     assert not kafka.matching("model.promoted", promoted(name, 1, "production"))
+
+
+def promotion_io_rounds() -> float:
+    """Promotion's batch transactions redone for I/O a handler asked for (shared.metrics.IO_ROUNDS)."""
+    return REGISTRY.get_sample_value("modelreg_batch_io_rounds_total", {"service": "promotion"}) or 0.0
 
 
 def _safetensors(total: int) -> bytes:
