@@ -469,7 +469,8 @@ class BatchProcessor:
                 async with scope(conn, [d.event for d in todo if d.event is not None]) as batch.scope:
                     rows = await self._handle_all(conn, batch, todo, savepoints)
             await write_outbox(conn, self.consumer, rows)
-        self._on_commit()
+        if rows:  # the relay has something to send (a batch that emits nothing wakes nobody)
+            self._on_commit()
         for committed in batch.committed:
             committed()
         if self._service.after_commit is not None:

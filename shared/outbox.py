@@ -65,7 +65,9 @@ class OutboxRow:
 
 async def write_outbox(conn: AnyConnection, service: str, rows: Sequence[OutboxRow]) -> None:
     """Insert rows, each signed by `service`, in one statement and wake the relay (NOTIFY
-    fires at commit). Signed before they are stored: a row edited in the table is a forgery."""
+    fires at commit, naming the service and its last row, so that a relay that has already
+    sent that row need not look again). Signed before they are stored: a row edited in the
+    table is a forgery."""
     if not rows:
         return
     await conn.execute(
@@ -73,8 +75,8 @@ async def write_outbox(conn: AnyConnection, service: str, rows: Sequence[OutboxR
                INSERT INTO outbox (service, topic, key, value, headers)
                SELECT $1, t.topic, t.key, t.value, t.headers
                FROM unnest($2::text[], $3::text[], $4::bytea[], $5::jsonb[]) AS t(topic, key, value, headers)
-               RETURNING 1)
-           SELECT pg_notify($6, $1) FROM (SELECT 1 FROM written LIMIT 1) AS any_row""",
+               RETURNING id)
+           SELECT pg_notify($6, $1 || ':' || max(id)) FROM written HAVING count(*) > 0""",
         service, [r.topic for r in rows], [r.key for r in rows], [sign_value(service, r.value) for r in rows],
         [r.headers for r in rows], NOTIFY_CHANNEL,
     )
@@ -119,6 +121,7 @@ class RelayPass:
     parked: int = 0
     retry: int = 0  # rows a passing error kept back (they and their model's later rows wait)
     error: str | None = None  # the first such error
+    full: bool = False  # it took as many rows as a pass may: more may be waiting
 
     @property
     def moved(self) -> int:
@@ -210,6 +213,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._failed_passes = 0
         self._backlog_counted_at = float("-inf")
+        # Row ids of the last two passes: a NOTIFY naming one of them is about rows sent already.
+        self._recent: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
         self.published = 0
 
     def wake(self) -> None:
@@ -247,6 +252,7 @@ class OutboxRelay:
                 self._failed_passes = 0
                 if not done.moved:
                     await self._refresh_backlog(conn)
+                if not done.full:  # else more is waiting; `_sleep` returns at once if woken meanwhile
                     await self._sleep()
         finally:
             await conn.close()
@@ -261,8 +267,14 @@ class OutboxRelay:
             await self.backlog(conn)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        if payload == self._service:
-            self._wake.set()
+        """A commit wrote rows of some service (`write_outbox`): look, unless they are this
+        service's rows a pass has already taken (the local commit that wrote them woke it)."""
+        service, _, last_row = str(payload).partition(":")
+        if service != self._service:
+            return
+        if last_row.isdigit() and any(int(last_row) in ids for ids in self._recent):
+            return
+        self._wake.set()
 
     async def _sleep(self) -> None:
         try:
@@ -283,11 +295,12 @@ class OutboxRelay:
     async def relay_once(self, conn: asyncpg.Connection) -> RelayPass:
         """Publish one batch in a Kafka transaction, each model's rows in order; delete what
         was committed, park what Kafka refused for good, keep the rest for the next pass."""
+        # Cleared before looking: a wake-up from here on means another look.
+        self._wake.clear()
         rows = await conn.fetch(_NEXT_ROWS, self._service, self._batch_size)
         if not rows:
             return RelayPass()
-        # Clear before publishing: a wake-up that arrives meanwhile means another look.
-        self._wake.clear()
+        self._recent = (self._recent[1], frozenset(r["id"] for r in rows))
         outcomes = await self._publish_pass(send_chains(rows, lambda r: r["key"]))
         sent = [r for r in rows if r["id"] in outcomes and outcomes[r["id"]] is None]
         parked = {i: o for i, o in outcomes.items() if isinstance(o, _Parked)}
@@ -318,7 +331,8 @@ class OutboxRelay:
             metrics.EVENTS_EMITTED.labels(self._service, row["topic"]).inc()
         errors = [o for o in outcomes.values() if isinstance(o, BaseException)]
         return RelayPass(sent=len(sent), parked=len(parked), retry=len(errors),
-                         error=f"{type(errors[0]).__name__}: {errors[0]}"[:500] if errors else None)
+                         error=f"{type(errors[0]).__name__}: {errors[0]}"[:500] if errors else None,
+                         full=len(rows) >= self._batch_size)
 
     async def _publish_pass(self, chains: list[list[asyncpg.Record]]) -> dict[int, _Outcome]:
         """Each row's outcome: None once committed, else why not, for the first row of its

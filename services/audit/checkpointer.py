@@ -147,8 +147,8 @@ class Checkpointer:
             self.last = await self.objects.latest()
             self._loaded = True
         # A session lock, not a transaction's: the checkpoint is stored in S3 while it is held,
-        # and no S3 call runs inside an open transaction. (A connection's reset when it goes
-        # back to the pool unlocks it, should the unlock itself fail.)
+        # and no S3 call runs inside an open transaction. Pooled connections are not reset
+        # (shared/db.py): should the unlock fail, the connection is closed, which unlocks.
         async with self.pool.acquire() as lent:
             conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", CHECKPOINT_LOCK):
@@ -156,7 +156,11 @@ class Checkpointer:
             try:
                 checkpoint = await self._sign_head(conn, force=force)
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", CHECKPOINT_LOCK)
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", CHECKPOINT_LOCK)
+                except BaseException:
+                    conn.terminate()
+                    raise
         if checkpoint is None:
             return None
         self.last = checkpoint
