@@ -11,6 +11,11 @@ acknowledgement before sending its model's next (that wait cost most of a versio
 the relay), and still no consumer reading committed records (every service does) sees a
 model's later event when an earlier one failed: the failed attempt is aborted as a whole. The
 transactional id is the service's, so a new leader's producer fences a former one's.
+
+A pass with at most one row per model has no order to keep inside it, and goes without a
+transaction (an idempotent producer): under a light load nearly every pass is one, and a
+transaction per pass cost the brokers more than the records did. A former leader's idempotent
+producer is not fenced: what it still sends late is a duplicate, absorbed like any other.
 """
 
 from __future__ import annotations
@@ -90,11 +95,16 @@ class Publisher(Protocol):
     async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> asyncio.Future[Any]:
         """Queue a record in the open transaction; the future resolves when Kafka has it."""
 
+    async def send_alone(self, topic: str, key: str | None, value: bytes,
+                         headers: dict[str, str]) -> asyncio.Future[Any]:
+        """Queue a record outside any transaction (an idempotent producer); the future
+        resolves when Kafka has it, and then consumers read it."""
+
     async def commit(self) -> None: ...
 
     async def replace(self) -> None:
-        """A fresh producer with the same transactional id: Kafka fences the old one and aborts
-        what it left open. The relay ends a failed transaction so, never by aborting it: a
+        """Fresh producers, the transactional one with the same transactional id: Kafka fences
+        the old one and aborts what it left open. The relay ends a failed transaction so, never by aborting it: a
         failure can leave aiokafka's producer out of step with the brokers' sequence numbers
         for good (OutOfOrderSequenceNumber on every later send, aiokafka issue 1017). Raises,
         keeping the old one, while Kafka is away."""
@@ -293,8 +303,9 @@ class OutboxRelay:
         await asyncio.sleep(delay)
 
     async def relay_once(self, conn: asyncpg.Connection) -> RelayPass:
-        """Publish one batch in a Kafka transaction, each model's rows in order; delete what
-        was committed, park what Kafka refused for good, keep the rest for the next pass."""
+        """Publish one batch (in a Kafka transaction when a model has several rows in it),
+        each model's rows in order; delete what was committed, park what Kafka refused for
+        good, keep the rest for the next pass."""
         # Cleared before looking: a wake-up from here on means another look.
         self._wake.clear()
         rows = await conn.fetch(_NEXT_ROWS, self._service, self._batch_size)
@@ -337,6 +348,8 @@ class OutboxRelay:
     async def _publish_pass(self, chains: list[list[asyncpg.Record]]) -> dict[int, _Outcome]:
         """Each row's outcome: None once committed, else why not, for the first row of its
         model that failed (the model's later rows have none: they were not committed)."""
+        if all(len(chain) == 1 for chain in chains):
+            return await self._send_alone(chains)
         outcomes: dict[int, _Outcome] = {}
         while chains:
             failed = await self._attempt(chains)
@@ -356,26 +369,8 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await self._abandon()
             return {chain[0]["id"]: await self._judge(chain[0], exc) for chain in chains}
-        # Queued one by one, in row order (a record's place in its partition is fixed when it is
-        # queued), then awaited together: nothing waits for one acknowledgement to send the next.
-        sending: list[tuple[asyncpg.Record, Any, asyncio.Future[Any] | Exception]] = []
-        for chain in chains:
-            for row in chain:
-                span = self._span(row)
-                try:
-                    sending.append((row, span, await self._queue(row, span)))
-                except Exception as exc:  # refused before it left: its model's later rows stay
-                    sending.append((row, span, exc))
-                    break
-        results = await asyncio.gather(*(_settled(delivery) for _, _, delivery in sending))
-        for (_, span, _), result in zip(sending, results, strict=True):
-            if span is not None:
-                if result is not None:
-                    span.record_exception(result)
-                span.end()
         failed: dict[int, _Outcome] = {}
-        for row, error in first_failures([(row, result) for (row, _, _), result in zip(sending, results, strict=True)],
-                                         key_of=lambda row: row["key"]):
+        for row, error in first_failures(await self._deliver(chains, alone=False), key_of=lambda row: row["key"]):
             failed[row["id"]] = await self._judge(row, error)
         try:
             if failed:
@@ -387,8 +382,43 @@ class OutboxRelay:
                              for chain in chains if not any(row["id"] in failed for row in chain)}
         return failed
 
+    async def _send_alone(self, chains: list[list[asyncpg.Record]]) -> dict[int, _Outcome]:
+        """A pass with no model's second row has no order to keep: each row goes on its own,
+        without a transaction (a transaction costs the brokers three requests and a commit
+        marker per partition more, and under a light load nearly every pass is like this).
+        A row that fails waits, or is parked, alone."""
+        delivered = await self._deliver(chains, alone=True)
+        outcomes: dict[int, _Outcome] = {row["id"]: None if error is None else await self._judge(row, error)
+                                          for row, error in delivered}
+        if any(error is not None for _, error in delivered):
+            with contextlib.suppress(Exception):  # Kafka away: the next pass fails, and backs off
+                await self._abandon()
+        return outcomes
+
+    async def _deliver(self, chains: list[list[asyncpg.Record]], *,
+                       alone: bool) -> list[tuple[asyncpg.Record, Exception | None]]:
+        """Queue the rows one by one, in row order (a record's place in its partition is fixed
+        when it is queued), then await them together: nothing waits for one acknowledgement
+        to send the next. A row refused before it left ends its chain. Each row's error, or None."""
+        sending: list[tuple[asyncpg.Record, Any, asyncio.Future[Any] | Exception]] = []
+        for chain in chains:
+            for row in chain:
+                span = self._span(row)
+                try:
+                    sending.append((row, span, await self._queue(row, span, alone=alone)))
+                except Exception as exc:  # refused before it left: its model's later rows stay
+                    sending.append((row, span, exc))
+                    break
+        results = await asyncio.gather(*(_settled(delivery) for _, _, delivery in sending))
+        for (_, span, _), result in zip(sending, results, strict=True):
+            if span is not None:
+                if result is not None:
+                    span.record_exception(result)
+                span.end()
+        return [(row, result) for (row, _, _), result in zip(sending, results, strict=True)]
+
     async def _abandon(self) -> None:
-        """End a failed transaction: a fresh producer (`Publisher.replace` says why)."""
+        """After a failure, fresh producers (`Publisher.replace` says why)."""
         try:
             await self._publisher.replace()
         except Exception as exc:
@@ -405,9 +435,9 @@ class OutboxRelay:
             context=telemetry.parent_from(((k, str(v).encode()) for k, v in row["headers"].items())),
             attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"]})
 
-    async def _queue(self, row: asyncpg.Record, span: Any) -> asyncio.Future[Any]:
-        """Queue the row in the open transaction, with the producer span as the record's trace
-        parent; the future resolves when Kafka has it."""
+    async def _queue(self, row: asyncpg.Record, span: Any, *, alone: bool) -> asyncio.Future[Any]:
+        """Queue the row (in the open transaction, unless `alone`), with the producer span as
+        the record's trace parent; the future resolves when Kafka has it."""
         headers = row["headers"]
         check_serializable(row["key"], row["value"], headers)
         if span is not None:
@@ -415,7 +445,8 @@ class OutboxRelay:
             headers.pop("tracestate", None)
             with trace.use_span(span, end_on_exit=False):
                 headers.update(telemetry.current_traceparent())
-        return await self._publisher.send(self._topic_of(row["topic"]), row["key"], row["value"], headers)
+        send = self._publisher.send_alone if alone else self._publisher.send
+        return await send(self._topic_of(row["topic"]), row["key"], row["value"], headers)
 
     async def _judge(self, row: asyncpg.Record, exc: BaseException) -> BaseException | _Parked:
         """Park the row (Kafka will refuse it until someone changes something) or keep it."""

@@ -204,19 +204,22 @@ class ServiceApp:
 
 
 class OutboxProducer:
-    """The outbox relay's transactional Kafka producer (`shared.outbox.Publisher`), which the
-    relay replaces with a fresh one when it takes the lead and to end a failed transaction
-    (`shared.outbox.Publisher.replace` says why). Every instance of a
-    service shares one transactional id: Kafka fences all but the newest producer."""
+    """The outbox relay's Kafka producers (`shared.outbox.Publisher`): a transactional one,
+    and an idempotent one for passes with one row per model. The relay replaces both with
+    fresh ones when it takes the lead and after a failure (`shared.outbox.Publisher.replace`
+    says why). Every instance of a service shares one transactional id: Kafka fences all but
+    the newest transactional producer."""
 
     def __init__(self, settings: Settings, service: str) -> None:
         self._settings = settings
         self._client_id = f"modelreg-{service}-outbox"
         self._transactional_id = outbox_transactional_id(settings.topic_prefix, service)
         self._producer = self._make()
+        self._alone = self._make(transactional=False)
 
-    def _make(self) -> AIOKafkaProducer:
-        return make_producer(self._settings, self._client_id, transactional_id=self._transactional_id)
+    def _make(self, *, transactional: bool = True) -> AIOKafkaProducer:
+        return make_producer(self._settings, self._client_id,
+                             transactional_id=self._transactional_id if transactional else None)
 
     async def _started(self, producer: AIOKafkaProducer) -> AIOKafkaProducer:
         """`producer`, started; stopped again if it could not start (the error says why)."""
@@ -234,16 +237,23 @@ class OutboxProducer:
 
     async def start(self) -> None:
         await self._started(self._producer)
+        try:
+            await self._started(self._alone)
+        except BaseException:
+            await self._producer.stop()
+            raise
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        await asyncio.gather(self._producer.stop(), self._alone.stop())
 
     async def begin(self) -> None:
         await self._producer.begin_transaction()
 
     async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
-        return await self._producer.send(topic, value, key=key.encode() if key else None,
-                                         headers=[(k, v.encode()) for k, v in headers.items()])
+        return await _send(self._producer, topic, key, value, headers)
+
+    async def send_alone(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
+        return await _send(self._alone, topic, key, value, headers)
 
     async def commit(self) -> None:
         await self._producer.commit_transaction()
@@ -255,14 +265,27 @@ class OutboxProducer:
             return None
 
     async def replace(self) -> None:
-        """Start a fresh producer (raises, keeping the old one, while Kafka is away), then drop
-        the old one: what it had not delivered is still in the outbox and goes again."""
+        """Start fresh producers (raises, keeping the old ones, while Kafka is away), then drop
+        the old ones: what they had not delivered is still in the outbox and goes again."""
         fresh = await self._started(self._make())
-        old, self._producer = self._producer, fresh
         try:
-            await asyncio.wait_for(old.stop(), timeout=CHECK_TIMEOUT * 5)
-        except Exception as exc:  # its pending sends fail; their rows are retried
-            log.debug("stopping the replaced producer: %s", exc)
+            fresh_alone = await self._started(self._make(transactional=False))
+        except BaseException:
+            await fresh.stop()
+            raise
+        old = (self._producer, self._alone)
+        self._producer, self._alone = fresh, fresh_alone
+        for producer in old:
+            try:
+                await asyncio.wait_for(producer.stop(), timeout=CHECK_TIMEOUT * 5)
+            except Exception as exc:  # its pending sends fail; their rows are retried
+                log.debug("stopping a replaced producer: %s", exc)
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, key: str | None, value: bytes,
+                headers: dict[str, str]) -> Any:
+    return await producer.send(topic, value, key=key.encode() if key else None,
+                               headers=[(k, v.encode()) for k, v in headers.items()])
 
 
 def tune_garbage_collection() -> None:

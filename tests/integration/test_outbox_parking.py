@@ -30,6 +30,7 @@ class ScriptedKafka:
         self.sent: list[tuple[str | None, bytes]] = []
         self.fail: dict[bytes, list[BaseException]] = {}
         self.aborted: list[list[bytes]] = []
+        self.alone: list[bytes] = []  # sent without a transaction
         self.replacements = 0
         self._open: list[tuple[str | None, bytes]] | None = None
 
@@ -47,6 +48,20 @@ class ScriptedKafka:
             self._open.append((key, _payload(value)))
             future.set_result(None)
         await asyncio.sleep(0)  # let other tasks run, as a real producer would
+        return future
+
+    async def send_alone(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
+        """Outside a transaction: Kafka has it (and consumers read it) once acknowledged."""
+        assert self._open is None, "sent alone while a transaction is open"
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        errors = self.fail.get(_payload(value))
+        if errors:
+            future.set_exception(errors.pop(0))
+        else:
+            self.sent.append((key, _payload(value)))
+            self.alone.append(_payload(value))
+            future.set_result(None)
+        await asyncio.sleep(0)
         return future
 
     async def commit(self) -> None:
@@ -116,6 +131,31 @@ async def test_a_refused_row_parks_and_holds_back_only_its_model(settings: Setti
             pass
         assert kafka.order_of("a") == [b"a1", b"a2", b"a3"]
         assert await parked_outbox.list_parked(conn, service=service) == []
+        assert await relay.backlog(conn) == 0
+    finally:
+        await conn.close()
+
+
+async def test_a_pass_with_one_row_per_model_goes_without_a_transaction(settings: Settings,
+                                                                        db: asyncpg.Pool) -> None:
+    """No model has a second row to hold back: each row goes on its own, and one that fails
+    waits alone while the others are read at once; a model's two rows go in a transaction."""
+    service = signing_service("outbox-alone")
+    kafka = ScriptedKafka()
+    relay = OutboxRelay(settings.dsn, service, kafka, settings.topic, batch_size=100)
+    kafka.fail[b"b1"] = [KafkaConnectionError()]
+    conn = await connect(settings.dsn)
+    try:
+        await _write(conn, service, [_row("a", "a1"), _row("b", "b1"), _row("c", "c1"), _row(None, "loose")])
+        done = await relay.relay_once(conn)
+        assert (done.sent, done.parked, done.retry) == (3, 0, 1)
+        assert sorted(kafka.alone) == [b"a1", b"c1", b"loose"] and kafka.aborted == []
+        assert kafka.replacements == 1  # a failure may leave aiokafka's producer out of step
+        assert (await relay.relay_once(conn)).sent == 1 and kafka.order_of("b") == [b"b1"]
+
+        await _write(conn, service, [_row("a", "a2"), _row("a", "a3"), _row("c", "c2")])
+        assert (await relay.relay_once(conn)).sent == 3
+        assert kafka.order_of("a") == [b"a1", b"a2", b"a3"] and b"a2" not in kafka.alone  # in a transaction
         assert await relay.backlog(conn) == 0
     finally:
         await conn.close()
