@@ -174,7 +174,13 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
         max_poll_interval_ms=10 * 60 * 1000,
     )
 
-    async def on_batch(_body: Any, message: KafkaMessage) -> None:
+    context = broker.context
+
+    async def on_batch(_body: Any) -> None:
+        # The message from FastStream's context, not as an argument: FastStream resolves an
+        # injected argument through fast_depends, which runs its synchronous resolver in a
+        # worker thread (anyio.to_thread), a thread hop for every batch.
+        message: KafkaMessage = context.get_local("message")
         # A batch: a tuple of records from Kafka, a list from FastStream's TestKafkaBroker.
         raw = message.raw_message if isinstance(message.raw_message, (tuple, list)) else (message.raw_message,)
         await processor.process([
