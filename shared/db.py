@@ -58,7 +58,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4,
 
     A connection goes back to the pool as asyncpg leaves it (an open transaction rolled back,
     listeners removed) without its default reset query (advisory unlocks, UNLISTEN, RESET
-    ALL): a statement for every borrowing, a fifth of all statements under a light load.
+    ALL): a statement for every borrowing, an eighth of all statements under a light load.
     Borrowers keep no session state: what takes a session lock unlocks it, or closes the
     connection when it cannot (`services/audit/checkpointer.py`)."""
     return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
