@@ -90,7 +90,7 @@ class Promotion:
             return
         async with self.resources.pool.acquire() as conn:
             rows = await conn.fetch(
-                """SELECT name, version, artifact_uri, sha256,
+                """SELECT name, version, artifact_uri, sha256, traceparent,
                           CASE WHEN artifact_uri LIKE '%/' THEN manifest END AS manifest
                    FROM promotion_versions
                    WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
@@ -98,7 +98,10 @@ class Promotion:
                 [k[0] for k in asked], [k[1] for k in asked])
         await self._verify(batch, {
             ("integrity", r["name"], r["version"], r["artifact_uri"], r["sha256"]):
-                _Check(r["artifact_uri"], r["sha256"], r["manifest"], parents.get(asked[(r["name"], r["version"])].id))
+                _Check(r["artifact_uri"], r["sha256"], r["manifest"],
+                       # The record's trace, else the version's own (as its handler's span continues).
+                       parents.get(asked[(r["name"], r["version"])].id)
+                       or telemetry.parent_from((), fallback=r["traceparent"]))
             for r in rows})
 
     async def _verify(self, batch: Batch, checks: dict[tuple[Any, ...], _Check]) -> None:
