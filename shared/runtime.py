@@ -235,13 +235,19 @@ class OutboxProducer:
             raise
         return producer
 
-    async def start(self) -> None:
-        await self._started(self._producer)
+    async def _both_started(self, transactional: AIOKafkaProducer,
+                            alone: AIOKafkaProducer) -> tuple[AIOKafkaProducer, AIOKafkaProducer]:
+        """Both producers started, or neither left running (the error says why)."""
+        await self._started(transactional)
         try:
-            await self._started(self._alone)
+            await self._started(alone)
         except BaseException:
-            await self._producer.stop()
+            await transactional.stop()
             raise
+        return transactional, alone
+
+    async def start(self) -> None:
+        await self._both_started(self._producer, self._alone)
 
     async def stop(self) -> None:
         await asyncio.gather(self._producer.stop(), self._alone.stop())
@@ -267,14 +273,9 @@ class OutboxProducer:
     async def replace(self) -> None:
         """Start fresh producers (raises, keeping the old ones, while Kafka is away), then drop
         the old ones: what they had not delivered is still in the outbox and goes again."""
-        fresh = await self._started(self._make())
-        try:
-            fresh_alone = await self._started(self._make(transactional=False))
-        except BaseException:
-            await fresh.stop()
-            raise
+        fresh = await self._both_started(self._make(), self._make(transactional=False))
         old = (self._producer, self._alone)
-        self._producer, self._alone = fresh, fresh_alone
+        self._producer, self._alone = fresh
         for producer in old:
             try:
                 await asyncio.wait_for(producer.stop(), timeout=CHECK_TIMEOUT * 5)
