@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -40,28 +41,29 @@ class ScriptedKafka:
 
     async def send(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
         assert self._open is not None, "sent outside a transaction"
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        errors = self.fail.get(_payload(value))
-        if errors:
-            future.set_exception(errors.pop(0))
-        else:
-            self._open.append((key, _payload(value)))
-            future.set_result(None)
-        await asyncio.sleep(0)  # let other tasks run, as a real producer would
-        return future
+        return await self._deliver(value, self._open.append, key)
 
     async def send_alone(self, topic: str, key: str | None, value: bytes, headers: dict[str, str]) -> Any:
         """Outside a transaction: Kafka has it (and consumers read it) once acknowledged."""
         assert self._open is None, "sent alone while a transaction is open"
+
+        def take(record: tuple[str | None, bytes]) -> None:
+            self.sent.append(record)
+            self.alone.append(record[1])
+
+        return await self._deliver(value, take, key)
+
+    async def _deliver(self, value: bytes, take: Callable[[tuple[str | None, bytes]], None],
+                       key: str | None) -> asyncio.Future[Any]:
+        """A future that fails as scripted for this payload, or resolves once `take` has it."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         errors = self.fail.get(_payload(value))
         if errors:
             future.set_exception(errors.pop(0))
         else:
-            self.sent.append((key, _payload(value)))
-            self.alone.append(_payload(value))
+            take((key, _payload(value)))
             future.set_result(None)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # let other tasks run, as a real producer would
         return future
 
     async def commit(self) -> None:
