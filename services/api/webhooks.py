@@ -4,7 +4,7 @@ teams whose tooling already manages MLflow webhooks; endpoints created there are
 MLflow's payload and `X-MLflow-*` headers).
 
 The API only writes rows: the webhooks service sends everything, tests and replays included
-(services/webhooks/manage.py says why).
+(shared/webhooks/manage.py says why).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
-from services.webhooks import manage, store
-from services.webhooks.logic import WebhookInputError
+from shared.webhooks import manage, store
+from shared.webhooks.logic import WebhookInputError
 
 from . import auth
 from .auth import Identity
@@ -363,11 +363,11 @@ async def mlflow_update(request: Request, webhook_id: str) -> Any:
     if isinstance(payload.get("url"), str) and payload["url"] != endpoint.url:
         changes["url"] = await manage.check_url(payload["url"], res.settings)
     if isinstance(payload.get("secret"), str) and payload["secret"]:
-        from services.webhooks.logic import check_secret
+        from shared.webhooks.logic import check_secret
 
         changes["secret"] = check_secret(payload["secret"], "mlflow")
     if isinstance(payload.get("events"), list) and payload["events"]:
-        from services.webhooks.logic import mlflow_event_name, mlflow_topics
+        from shared.webhooks.logic import mlflow_event_name, mlflow_topics
 
         names = tuple(dict.fromkeys(mlflow_event_name(e) for e in payload["events"]))
         changes["mlflow_events"], changes["topics"] = list(names), list(mlflow_topics(names))

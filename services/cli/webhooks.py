@@ -28,8 +28,8 @@ _STATUSES = ("pending", "delivered", "failed")
 
 
 def _endpoint_id(text: str) -> Any:
-    from services.webhooks.logic import WebhookInputError
-    from services.webhooks.manage import parse_id
+    from shared.webhooks.logic import WebhookInputError
+    from shared.webhooks.manage import parse_id
 
     try:
         return parse_id(text)
@@ -114,8 +114,8 @@ async def _run(args: argparse.Namespace) -> int:
     import asyncpg
 
     from services.cli.people import connect
-    from services.webhooks.logic import WebhookInputError
     from shared.settings import load_settings
+    from shared.webhooks.logic import WebhookInputError
 
     settings = load_settings()
     conn = await connect(settings.dsn)
@@ -132,7 +132,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _create(conn: Any, args: argparse.Namespace, settings: Any) -> int:
-    from services.webhooks import manage
+    from shared.webhooks import manage
 
     endpoint = await manage.create(conn, settings, url=args.url, name=args.name, description=args.description,
                                    topics=args.events, models=args.models, stages=args.stages, secret=args.secret,
@@ -150,7 +150,7 @@ async def _create(conn: Any, args: argparse.Namespace, settings: Any) -> int:
 
 async def _list(conn: Any, args: argparse.Namespace, settings: Any) -> int:
     from services.cli.people import _console, _escape, _table
-    from services.webhooks import store
+    from shared.webhooks import store
 
     endpoints = await store.list_endpoints(conn)
     if args.json:
@@ -171,7 +171,7 @@ async def _list(conn: Any, args: argparse.Namespace, settings: Any) -> int:
 
 
 async def _delete(conn: Any, args: argparse.Namespace, settings: Any) -> int:
-    from services.webhooks import store
+    from shared.webhooks import store
 
     if not await store.delete_endpoint(conn, args.id, deleted_by=_actor()):
         raise UserError(f"no webhook {args.id}")
@@ -180,7 +180,7 @@ async def _delete(conn: Any, args: argparse.Namespace, settings: Any) -> int:
 
 
 async def _enable(conn: Any, args: argparse.Namespace, settings: Any) -> int:
-    from services.webhooks import store
+    from shared.webhooks import store
 
     status = "active" if args.webhooks_command == "enable" else "disabled"
     endpoint = await store.update_endpoint(conn, args.id, status=status)
@@ -193,7 +193,7 @@ async def _enable(conn: Any, args: argparse.Namespace, settings: Any) -> int:
 
 
 async def _test(conn: Any, args: argparse.Namespace, settings: Any) -> int:
-    from services.webhooks import manage, store
+    from shared.webhooks import manage, store
 
     endpoint = await store.get_endpoint(conn, args.id)
     if endpoint is None:
@@ -213,7 +213,7 @@ async def _test(conn: Any, args: argparse.Namespace, settings: Any) -> int:
 
 async def _deliveries(conn: Any, args: argparse.Namespace, settings: Any) -> int:
     from services.cli.people import _console, _escape, _table
-    from services.webhooks import store
+    from shared.webhooks import store
 
     rows = await store.list_deliveries(conn, endpoint_id=args.id, status=args.status, since=args.since,
                                        limit=args.limit, with_attempts=args.attempts or args.json)
@@ -241,7 +241,7 @@ async def _deliveries(conn: Any, args: argparse.Namespace, settings: Any) -> int
 
 
 async def _redeliver(conn: Any, args: argparse.Namespace, settings: Any) -> int:
-    from services.webhooks import store
+    from shared.webhooks import store
 
     if args.delivery is not None:
         if await store.get_delivery(conn, args.delivery) is None:

@@ -27,8 +27,8 @@ from shared.consumer import Batch, ServiceHandlers, Tx
 from shared.events import TOPICS, CloudEvent
 from shared.runtime import Resources, ServiceApp, every
 from shared.settings import Settings
+from shared.webhooks import logic, ssrf, store
 
-from . import logic, ssrf, store
 from .maintenance import AUDIT_POLL_SECONDS, PRUNE_EVERY_SECONDS, Maintenance
 from .sender import Sender
 from .worker import DeliveryWorker

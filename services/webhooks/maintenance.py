@@ -18,8 +18,7 @@ import asyncpg
 
 from shared.events import UNKNOWN_MODEL, RegistryAudit, RegistryAuditData, new_event
 from shared.outbox import OutboxRow
-
-from . import store
+from shared.webhooks import store
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from . import ssrf
+from shared.webhooks import ssrf
 
 EXCERPT_BYTES = 1024
 

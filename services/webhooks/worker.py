@@ -21,8 +21,8 @@ import asyncpg
 from shared.consumer import is_retryable
 from shared.events import UNKNOWN_MODEL, RegistryAudit, RegistryAuditData, new_event
 from shared.outbox import OutboxRow
+from shared.webhooks import logic, store
 
-from . import logic, store
 from .sender import Outcome, Sender
 
 log = logging.getLogger(__name__)

@@ -35,12 +35,12 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.api import auth
 from services.api.app import ApiService
-from services.webhooks import manage, ssrf, store
-from services.webhooks.logic import Message, WebhookInputError
 from services.webhooks.sender import Sender
 from shared.events import TOPICS
 from shared.runtime import ServiceApp
 from shared.settings import Settings
+from shared.webhooks import manage, ssrf, store
+from shared.webhooks.logic import Message, WebhookInputError
 from tests.integration.conftest import as_principal, running_api
 from tests.integration.test_pipeline import QA, promoted, register
 from tests.support import Kafka, eventually, settings_for, unique_name

@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.webhooks import logic, store
 from shared.runtime import ServiceApp
 from shared.settings import Settings
+from shared.webhooks import logic, store
 from tests.integration.conftest import as_principal
 from tests.integration.test_pipeline import QA, promoted, register
 from tests.integration.test_webhooks import ALLOW, Receiver, _all_delivered, _attempts, _endpoint

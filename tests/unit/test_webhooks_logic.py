@@ -1,4 +1,4 @@
-"""The webhooks service's decisions (services/webhooks/logic.py): plain functions, no I/O."""
+"""Webhook decisions (shared/webhooks/logic.py): plain functions, no I/O."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.webhooks import logic
-from services.webhooks.logic import RetrySchedule, Subscription, WebhookInputError
 from shared.events import TOPICS
+from shared.webhooks import logic
+from shared.webhooks.logic import RetrySchedule, Subscription, WebhookInputError
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.webhooks.maintenance import change_audit, prune_before
-from services.webhooks.store import EndpointChange
 from shared.events import UNKNOWN_MODEL, RegistryAudit, new_event
+from shared.webhooks.store import EndpointChange
 
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""SSRF guard of webhook URLs (services/webhooks/ssrf.py): address classes, URLs, the resolver."""
+"""SSRF guard of webhook URLs (shared/webhooks/ssrf.py): address classes, URLs, the resolver."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from services.webhooks import ssrf
+from shared.webhooks import ssrf
 
 
 def ip(text: str):

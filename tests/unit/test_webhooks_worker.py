@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from services.webhooks import logic, store, worker
+from services.webhooks import worker
 from services.webhooks.sender import Outcome
+from shared.webhooks import logic, store
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 SCHEDULE = logic.RetrySchedule(first=timedelta(seconds=2), cap=timedelta(seconds=60))

@@ -1,4 +1,5 @@
-"""The webhooks service's decisions, as plain functions (no I/O, the clock passed in).
+"""Webhook decisions, as plain functions (no I/O, the clock passed in), for the delivering
+service and the API and CLI that manage endpoints:
 
 - which endpoints want an event (`wants`: event types, model-name globs, stages);
 - when to try a failed delivery again (`retry_delay`: exponential to a cap, honouring
