@@ -12,9 +12,10 @@ the relay), and still no consumer reading committed records (every service does)
 model's later event when an earlier one failed: the failed attempt is aborted as a whole. The
 transactional id is the service's, so a new leader's producer fences a former one's.
 
-A pass with at most one row per model has no order to keep inside it, and goes without a
-transaction (an idempotent producer): under a light load nearly every pass is one, and a
-transaction per pass cost the brokers more than the records did. A former leader's idempotent
+A pass with at most one row per model and topic has no order to keep inside it (Kafka orders
+a partition, not a model across topics: a model's event and its audit record are two chains),
+and goes without a transaction (an idempotent producer): under a light load nearly every pass
+is one, and a transaction per pass cost the brokers more than the records did. A former leader's idempotent
 producer is not fenced: what it still sends late is a duplicate, absorbed like any other.
 """
 
@@ -42,6 +43,7 @@ from shared.outbox_policy import (
     check_serializable,
     disposition,
     first_failures,
+    order_key,
     publish_backoff,
     resend_after_abort,
     send_chains,
@@ -119,7 +121,8 @@ _NEXT_ROWS = """
     WHERE o.service = $1
       AND (o.key IS NULL OR NOT EXISTS (
             SELECT 1 FROM outbox_parked p
-            WHERE p.service = o.service AND p.key = o.key AND p.state = 'parked'))
+            WHERE p.service = o.service AND p.key = o.key AND p.topic = o.topic
+              AND p.state = 'parked'))
     ORDER BY o.id LIMIT $2"""
 
 
@@ -129,7 +132,7 @@ class RelayPass:
 
     sent: int = 0
     parked: int = 0
-    retry: int = 0  # rows a passing error kept back (they and their model's later rows wait)
+    retry: int = 0  # rows a passing error kept back (they and their model's later rows on their topic wait)
     error: str | None = None  # the first such error
     full: bool = False  # it took as many rows as a pass may: more may be waiting
 
@@ -206,9 +209,10 @@ class OutboxRelay:
     """Publishes one service's outbox rows; one leader per service, chosen by advisory lock.
 
     A row Kafka refuses for good (shared/outbox_policy.py says which) is parked in
-    `outbox_parked` with the reason, and holds back its model's later rows until ops retry or
-    discard it (`modelreg outbox`); other models' rows keep flowing. A passing error (Kafka
-    unreachable) keeps the row, and its model's later rows, for the next pass after a backoff.
+    `outbox_parked` with the reason, and holds back its model's later rows on its topic until
+    ops retry or discard it (`modelreg outbox`); other rows keep flowing. A passing error (Kafka
+    unreachable) keeps the row, and its model's later rows on that topic, for the next pass
+    after a backoff.
     """
 
     def __init__(self, dsn: str, service: str, publisher: Publisher, topic_of: Callable[[str], str], *,
@@ -303,8 +307,8 @@ class OutboxRelay:
         await asyncio.sleep(delay)
 
     async def relay_once(self, conn: asyncpg.Connection) -> RelayPass:
-        """Publish one batch (in a Kafka transaction when a model has several rows in it),
-        each model's rows in order; delete what was committed, park what Kafka refused for
+        """Publish one batch (in a Kafka transaction when a model has several rows on one topic
+        in it), each model's rows on a topic in order; delete what was committed, park what Kafka refused for
         good, keep the rest for the next pass."""
         # Cleared before looking: a wake-up from here on means another look.
         self._wake.clear()
@@ -312,7 +316,7 @@ class OutboxRelay:
         if not rows:
             return RelayPass()
         self._recent = (self._recent[1], frozenset(r["id"] for r in rows))
-        outcomes = await self._publish_pass(send_chains(rows, lambda r: r["key"]))
+        outcomes = await self._publish_pass(send_chains(rows, _order_of))
         sent = [r for r in rows if r["id"] in outcomes and outcomes[r["id"]] is None]
         parked = {i: o for i, o in outcomes.items() if isinstance(o, _Parked)}
         async with conn.transaction():
@@ -334,7 +338,7 @@ class OutboxRelay:
         if parked:
             first = next(iter(parked.values()))
             log.error("outbox of %s: parked %d event(s) Kafka refused for good (%s: %s); their models' "
-                      "later events wait: `modelreg outbox list` shows them, `modelreg outbox retry` "
+                      "later events on those topics wait: `modelreg outbox list` shows them, `modelreg outbox retry` "
                       "sends them again", self._service, len(parked), first.reason, first.error)
             metrics.OUTBOX_PARKED.labels(self._service).inc(len(parked))
         self.published += len(sent)
@@ -347,7 +351,7 @@ class OutboxRelay:
 
     async def _publish_pass(self, chains: list[list[asyncpg.Record]]) -> dict[int, _Outcome]:
         """Each row's outcome: None once committed, else why not, for the first row of its
-        model that failed (the model's later rows have none: they were not committed)."""
+        model and topic that failed (its later rows there have none: they were not committed)."""
         if all(len(chain) == 1 for chain in chains):
             return await self._send_alone(chains)
         outcomes: dict[int, _Outcome] = {}
@@ -370,7 +374,7 @@ class OutboxRelay:
                 await self._abandon()
             return {chain[0]["id"]: await self._judge(chain[0], exc) for chain in chains}
         failed: dict[int, _Outcome] = {}
-        for row, error in first_failures(await self._deliver(chains, alone=False), key_of=lambda row: row["key"]):
+        for row, error in first_failures(await self._deliver(chains, alone=False), key_of=_order_of):
             failed[row["id"]] = await self._judge(row, error)
         try:
             if failed:
@@ -383,7 +387,7 @@ class OutboxRelay:
         return failed
 
     async def _send_alone(self, chains: list[list[asyncpg.Record]]) -> dict[int, _Outcome]:
-        """A pass with no model's second row has no order to keep: each row goes on its own,
+        """A pass with no model's second row on a topic has no order to keep: each row goes on its own,
         without a transaction (a transaction costs the brokers three requests and a commit
         marker per partition more, and under a light load nearly every pass is like this).
         A row that fails waits, or is parked, alone."""
@@ -469,3 +473,7 @@ class OutboxRelay:
         metrics.OUTBOX_BACKLOG.labels(self._service).set(count)
         metrics.OUTBOX_PARKED.labels(self._service).set(parked)
         return count
+
+
+def _order_of(row: asyncpg.Record) -> tuple[str, str] | None:
+    return order_key(row["topic"], row["key"])

@@ -81,11 +81,19 @@ def publish_backoff(failures: int, *, first: float = 0.2, cap: float = 10.0) -> 
 R = TypeVar("R")
 
 
+def order_key(topic: str, key: str | None) -> tuple[str, str] | None:
+    """What a relay keeps in order: one model's rows on one topic. Kafka orders records within
+    a partition only, and a key always lands on the same partition of a topic; across topics
+    no consumer sees any order, so a model's event and its audit record (two topics) have
+    none to keep. A row without a key has no order to keep at all."""
+    return None if key is None else (topic, key)
+
+
 def send_chains(rows: Sequence[R], key_of: Callable[[R], Hashable | None]) -> list[list[R]]:
-    """Rows (in id order) split into chains: all rows of one key in one chain, in order; a row
-    without a key is a chain of its own. A relay pass sends every chain in one Kafka
-    transaction, so a model's later rows are never seen ahead of an earlier one that failed
-    (`resend_after_abort`)."""
+    """Rows (in id order) split into chains: all rows of one key (`order_key`) in one chain, in
+    order; a row without a key is a chain of its own. A relay pass sends every chain in one
+    Kafka transaction, so a model's later rows on a topic are never seen ahead of an earlier
+    one that failed (`resend_after_abort`)."""
     chains: dict[Hashable, list[R]] = {}
     loose: list[list[R]] = []
     for row in rows:

@@ -1,9 +1,9 @@
 """Outbox rows Kafka refused for good (shared/outbox.py parks them): list, retry, discard.
 
-A parked row holds back its model's later rows. Retrying moves it back into the outbox under
+A parked row holds back its model's later rows on its topic. Retrying moves it back into the outbox under
 its own id, so the relay sends it before them; if Kafka refuses it again it is parked again.
 Discarding gives up on it (the row stays here, marked with who and when) and lets the model's
-later rows go.
+later rows there go.
 """
 
 from __future__ import annotations

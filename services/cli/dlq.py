@@ -12,8 +12,8 @@ for here and performed by the audit writer (services/audit/dlq.py says why), whi
 the original record to its topic and records a `redriven` audit record; asking again for a
 letter already asked for changes nothing. The command waits for the audit writer by default.
 An outbox event Kafka refuses for good (no ACL for its topic, topic unknown, too large, not
-serializable) is parked rather than retried for ever, and holds back its model's later events
-(shared/outbox.py); `dlq outbox` shows and releases them.
+serializable) is parked rather than retried for ever, and holds back its model's later events on
+its topic (shared/outbox.py); `dlq outbox` shows and releases them.
 Exit codes: 0 done, 1 not found or failed, 2 bad usage.
 """
 

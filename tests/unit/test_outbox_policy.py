@@ -20,6 +20,7 @@ from shared.outbox_policy import (
     RowNotSerializable,
     check_serializable,
     disposition,
+    order_key,
     publish_backoff,
     resend_after_abort,
     send_chains,
@@ -71,6 +72,14 @@ def test_chains_keep_each_models_rows_in_order_and_loose_rows_apart() -> None:
     chains = send_chains(rows, lambda r: r[1])
     assert [[r[0] for r in c] for c in chains] == [[1, 3, 6], [2, 5], [4], [7]]
     assert sorted(r for c in chains for r in c) == sorted(rows)  # nothing lost or doubled
+
+
+def test_a_model_has_an_order_to_keep_on_each_topic_and_none_across_topics() -> None:
+    rows = [(1, "model.promoted", "a"), (2, "registry.audit", "a"), (3, "model.promoted", "a"),
+            (4, "registry.audit", None), (5, "model.promoted", "b")]
+    chains = send_chains(rows, lambda r: order_key(r[1], r[2]))
+    assert [[r[0] for r in c] for c in chains] == [[1, 3], [2], [5], [4]]
+    assert order_key("registry.audit", None) is None
 
 
 def test_after_an_aborted_attempt_each_chain_goes_again_up_to_its_first_failure() -> None:
