@@ -296,21 +296,10 @@ class PromotionBatch:
                       [v for v in changed if v.row.stage == "production"]):
             if batch:
                 await _upsert_versions(conn, batch)
-        if self._history:
-            await conn.execute(
-                """INSERT INTO stage_history (name, version, from_stage, to_stage, reason, actor, event_id,
-                                              correlation_id, evidence, changed_at)
-                   SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                        $7::uuid[], $8::uuid[], $9::text[]::jsonb[], $10::timestamptz[])""",
-                *_columns(self._history, 10))
-        if self._new_evaluations:
-            await conn.execute(
-                """INSERT INTO evaluations (event_id, name, version, suite, environment, metrics, passed, dataset,
-                                            evaluator, evaluated_at)
-                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
-                                        $6::text[]::jsonb[], $7::boolean[], $8::text[]::jsonb[], $9::text[],
-                                        $10::timestamptz[])
-                   ON CONFLICT (event_id) DO NOTHING""", *_columns(self._new_evaluations, 10))
+        if self._history or self._new_evaluations or self._holds:
+            # One round trip for the three appends: they touch three tables, in no order.
+            await conn.execute(_APPEND, *_columns(self._history, 10), *_columns(self._new_evaluations, 10),
+                               *_columns(self._holds, 7))
         if self._cleared_approvals:
             cleared = sorted(self._cleared_approvals)
             await conn.execute(
@@ -321,12 +310,24 @@ class PromotionBatch:
                 """INSERT INTO approvals (name, version, to_stage, actor, reason, event_id)
                    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::uuid[])
                    ON CONFLICT DO NOTHING""", *_columns(self._new_approvals, 6))
-        if self._holds:
-            await conn.execute(
-                """INSERT INTO promotion_deferred (event_id, topic, name, version, partition, "offset", payload)
-                   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::bigint[],
-                                        $7::bytea[])
-                   ON CONFLICT (event_id) DO NOTHING""", *_columns(self._holds, 7))
+
+
+_APPEND = """
+    WITH history AS (
+        INSERT INTO stage_history (name, version, from_stage, to_stage, reason, actor, event_id, correlation_id,
+                                   evidence, changed_at)
+        SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
+                             $8::uuid[], $9::text[]::jsonb[], $10::timestamptz[])
+    ), evaluations AS (
+        INSERT INTO evaluations (event_id, name, version, suite, environment, metrics, passed, dataset, evaluator,
+                                 evaluated_at)
+        SELECT * FROM unnest($11::uuid[], $12::text[], $13::int[], $14::text[], $15::text[], $16::text[]::jsonb[],
+                             $17::boolean[], $18::text[]::jsonb[], $19::text[], $20::timestamptz[])
+        ON CONFLICT (event_id) DO NOTHING
+    )
+    INSERT INTO promotion_deferred (event_id, topic, name, version, partition, "offset", payload)
+    SELECT * FROM unnest($21::uuid[], $22::text[], $23::text[], $24::int[], $25::int[], $26::bigint[], $27::bytea[])
+    ON CONFLICT (event_id) DO NOTHING"""
 
 
 def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
