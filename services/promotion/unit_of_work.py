@@ -96,34 +96,52 @@ class PromotionBatch:
         # predecessor, and the most recently superseded (a few, for rollbacks in a row within
         # the batch). Not every superseded version: a model's history would be read (and its
         # results after it) by every batch about it, growing with each champion it ever had.
+        # Each loaded version comes with its QA results and its pending import, if any, in the
+        # same round trip (a batch's statements each wait on a busy machine's scheduler).
         rows = await self.conn.fetch(
-            f"""SELECT {columns} FROM promotion_versions v
-                    JOIN unnest($1::text[], $2::int[]) AS k(name, version) USING (name, version)
-                UNION
-                SELECT {columns} FROM promotion_versions v WHERE v.name = ANY($3::text[]) AND v.stage = 'production'
-                UNION
-                SELECT {columns} FROM promotion_versions c
-                    JOIN promotion_versions v ON v.name = c.name AND v.version = c.previous_champion
-                WHERE c.name = ANY($3::text[]) AND c.stage = 'production'
-                UNION
-                SELECT r.* FROM unnest($3::text[]) AS m(name) CROSS JOIN LATERAL (
+            f"""WITH loaded AS (
                     SELECT {columns} FROM promotion_versions v
-                    WHERE v.name = m.name AND v.stage = 'none' AND v.superseded_at IS NOT NULL AND v.blocked IS NULL
-                    ORDER BY v.superseded_at DESC LIMIT {RECENT_ROLLBACK_TARGETS}) AS r""",
+                        JOIN unnest($1::text[], $2::int[]) AS k(name, version) USING (name, version)
+                    UNION
+                    SELECT {columns} FROM promotion_versions v
+                    WHERE v.name = ANY($3::text[]) AND v.stage = 'production'
+                    UNION
+                    SELECT {columns} FROM promotion_versions c
+                        JOIN promotion_versions v ON v.name = c.name AND v.version = c.previous_champion
+                    WHERE c.name = ANY($3::text[]) AND c.stage = 'production'
+                    UNION
+                    SELECT r.* FROM unnest($3::text[]) AS m(name) CROSS JOIN LATERAL (
+                        SELECT {columns} FROM promotion_versions v
+                        WHERE v.name = m.name AND v.stage = 'none' AND v.superseded_at IS NOT NULL
+                          AND v.blocked IS NULL
+                        ORDER BY v.superseded_at DESC LIMIT {RECENT_ROLLBACK_TARGETS}) AS r)
+                SELECT loaded.*,
+                       (SELECT json_agg(json_build_object(
+                                   'id', e.id, 'suite', e.suite, 'environment', e.environment, 'metrics', e.metrics,
+                                   'passed', e.passed, 'evaluator', e.evaluator) ORDER BY e.id)
+                        FROM evaluations e
+                        WHERE e.name = loaded.name AND e.version = loaded.version) AS results,
+                       (SELECT json_build_object('to_stage', a.to_stage, 'actor', a.actor, 'reason', a.reason,
+                                                 'event_id', a.event_id)
+                        FROM approvals a
+                        WHERE a.name = loaded.name AND a.version = loaded.version AND a.to_stage LIKE 'import:%'
+                        LIMIT 1) AS pending_import
+                FROM loaded""",
             [k[0] for k in keys], [k[1] for k in keys], names)
-        for r in rows:
-            self._versions[(r["name"], r["version"])] = _Version(
-                VersionRow(**{f: r[f] for f in _ROW}), r["superseded_at"], r["traceparent"], r["stage_changed_at"])
-        loaded = sorted(self._versions)
-        results = await self.conn.fetch(
-            """SELECT name, version, id, suite, environment, metrics, passed, evaluator FROM evaluations
-               WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[])) ORDER BY id""",
-            [k[0] for k in loaded], [k[1] for k in loaded])
         top = 0
-        for r in results:
-            self._results.setdefault((r["name"], r["version"]), []).append(
-                Result(r["suite"], r["environment"], r["metrics"], r["passed"], r["id"], r["evaluator"]))
-            top = max(top, r["id"])
+        for r in rows:
+            key = (r["name"], r["version"])
+            self._versions[key] = _Version(
+                VersionRow(**{f: r[f] for f in _ROW}), r["superseded_at"], r["traceparent"], r["stage_changed_at"])
+            for e in r["results"] or ():
+                self._results.setdefault(key, []).append(
+                    Result(e["suite"], e["environment"], e["metrics"], e["passed"], e["id"], e["evaluator"]))
+                top = max(top, e["id"])
+            if (pending := r["pending_import"]) is not None:
+                stored = json.loads(pending["reason"])
+                self._imports[key] = PendingImport(
+                    pending["to_stage"].removeprefix(_IMPORT_PREFIX), pending["actor"], stored["reason"],
+                    stored["imported_from"], uuid.UUID(pending["event_id"]))
         self._seq = itertools.count(top + 1)  # results added in this batch sort after the stored ones
         requested = sorted({(e.data.name, e.data.version) for e in events if e.topic == "promotion.requested"})
         if requested:
@@ -132,16 +150,6 @@ class PromotionBatch:
                        WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))""",
                     [k[0] for k in requested], [k[1] for k in requested]):
                 self._approvals.setdefault((r["name"], r["version"], r["to_stage"]), set()).add(r["actor"])
-        if keys:
-            for r in await self.conn.fetch(
-                    """SELECT name, version, to_stage, actor, reason, event_id FROM approvals
-                       WHERE to_stage LIKE 'import:%'
-                         AND (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))""",
-                    [k[0] for k in keys], [k[1] for k in keys]):
-                stored = json.loads(r["reason"])
-                self._imports[(r["name"], r["version"])] = PendingImport(
-                    r["to_stage"].removeprefix(_IMPORT_PREFIX), r["actor"], stored["reason"],
-                    stored["imported_from"], r["event_id"])
         arriving = sorted({(e.data.name, e.data.version) for e in events if e.topic == "model.ingested"})
         if arriving:
             for r in await self.conn.fetch(
