@@ -319,7 +319,8 @@ class OutboxRelay:
         outcomes = await self._publish_pass(send_chains(rows, _order_of))
         sent = [r for r in rows if r["id"] in outcomes and outcomes[r["id"]] is None]
         parked = {i: o for i, o in outcomes.items() if isinstance(o, _Parked)}
-        async with conn.transaction():
+        # Nothing parked, the common case: the DELETE alone, one round trip instead of three.
+        async with conn.transaction() if parked else contextlib.nullcontext():
             if parked:
                 await conn.execute(
                     """INSERT INTO outbox_parked (id, service, topic, key, value, headers, error, reason)
@@ -327,8 +328,9 @@ class OutboxRelay:
                        FROM outbox JOIN unnest($1::bigint[], $2::text[], $3::text[]) AS e(row_id, error, reason)
                             ON outbox.id = e.row_id""",
                     list(parked), [p.error for p in parked.values()], [p.reason for p in parked.values()])
-            await conn.execute("DELETE FROM outbox WHERE service = $1 AND id = ANY($2::bigint[])",
-                               self._service, [r["id"] for r in sent] + list(parked))
+            if sent or parked:
+                await conn.execute("DELETE FROM outbox WHERE service = $1 AND id = ANY($2::bigint[])",
+                                   self._service, [r["id"] for r in sent] + list(parked))
             by_id = {r["id"]: r for r in rows}
             audits = [parked_audit(self._service, i, by_id[i]["topic"], by_id[i]["key"], bytes(by_id[i]["value"]),
                                    park.reason, park.error) for i, park in parked.items()]
