@@ -82,27 +82,46 @@ class Promotion:
         self.policy = resources.policy
 
     async def prepare(self, batch: Batch, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
-        """Check, before the transaction, the stored versions this batch's events may crown:
-        the common crown (a QA result for a version in staging) then costs no rolled-back
-        attempt. What this does not foresee, a handler still asks for (`_artifact_intact`)."""
+        """Check, before the transaction, the stored versions this batch's events may crown, so
+        that a crown costs no rolled-back attempt: a QA result or an approver's request for a
+        version; a validation of a version whose QA results came first (staged, then crowned at
+        once); a registration whose version's QA result or request waited for it. What this
+        does not foresee, a handler still asks for (`_artifact_intact`)."""
         asked = {(e.data.name, e.data.version): e for e in events if _may_crown(e)}
-        if not asked:
+        staged = {(e.data.name, e.data.version): e for e in events if e.topic == "model.validated"}
+        arriving = {(e.data.name, e.data.version): e for e in events if e.topic == "model.ingested"}
+        if not (asked or staged or arriving):
             return
         async with self.resources.pool.acquire() as conn:
             rows = await conn.fetch(
                 """SELECT name, version, artifact_uri, sha256, traceparent,
                           CASE WHEN artifact_uri LIKE '%/' THEN manifest END AS manifest
-                   FROM promotion_versions
-                   WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-                     AND stage IN ('none', 'staging') AND blocked IS NULL""",
-                [k[0] for k in asked], [k[1] for k in asked])
-        await self._verify(batch, {
-            ("integrity", r["name"], r["version"], r["artifact_uri"], r["sha256"]):
-                _Check(r["artifact_uri"], r["sha256"], r["manifest"],
-                       # The record's trace, else the version's own (as its handler's span continues).
-                       parents.get(asked[(r["name"], r["version"])].id)
-                       or telemetry.parent_from((), fallback=r["traceparent"]))
-            for r in rows})
+                   FROM promotion_versions v
+                   WHERE stage IN ('none', 'staging') AND blocked IS NULL
+                     AND ((name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+                          OR ((name, version) IN (SELECT * FROM unnest($3::text[], $4::int[]))
+                              AND EXISTS (SELECT 1 FROM evaluations e
+                                          WHERE e.name = v.name AND e.version = v.version)))
+                   UNION ALL
+                   SELECT DISTINCT name, version, NULL, NULL, NULL, NULL FROM promotion_deferred
+                   WHERE (name, version) IN (SELECT * FROM unnest($5::text[], $6::int[]))
+                     AND topic IN ('metrics.evaluated', 'promotion.requested')""",
+                *_columns(asked), *_columns(staged), *_columns(arriving))
+        checks: dict[tuple[Any, ...], _Check] = {}
+        for r in rows:
+            key = (r["name"], r["version"])
+            if r["artifact_uri"] is None:  # not stored yet: as its registration will store it
+                artifact = arriving[key].data.artifact
+                uri, sha256 = artifact.uri, artifact.sha256
+                manifest = None if artifact.files is None else canonical_manifest(artifact.manifest() or []).decode()
+                fallback = None
+            else:
+                uri, sha256, manifest, fallback = r["artifact_uri"], r["sha256"], r["manifest"], r["traceparent"]
+            cause = asked.get(key) or staged.get(key) or arriving[key]
+            # The record's trace, else the version's own (as its handler's span continues).
+            checks[("integrity", *key, uri, sha256)] = _Check(
+                uri, sha256, manifest, parents.get(cause.id) or telemetry.parent_from((), fallback=fallback))
+        await self._verify(batch, checks)
 
     async def _verify(self, batch: Batch, checks: dict[tuple[Any, ...], _Check]) -> None:
         """Each check's verdict into `batch.facts`, a few at a time, each in its version's trace."""
@@ -508,6 +527,10 @@ def _may_crown(event: CloudEvent[Any]) -> bool:
     if event.topic == "metrics.evaluated":
         return bool(event.data.environment != "production")
     return event.topic == "promotion.requested" and event.data.to_stage == "production"
+
+
+def _columns(events: dict[tuple[str, int], Any]) -> tuple[list[str], list[int]]:
+    return [name for name, _ in events], [version for _, version in events]
 
 
 def _integrity_key(row: VersionRow) -> tuple[Any, ...]:

@@ -245,6 +245,20 @@ async def test_a_tampered_artifact_is_quarantined_before_production(
     assert not kafka.matching("model.promoted", promoted(name, 1, "production"))
 
 
+async def test_a_qa_result_ahead_of_its_version_is_crowned_without_a_redone_batch(
+        settings: Settings, kafka: Kafka, pipeline) -> None:
+    """A QA result that reaches promotion before its version does waits for it; the version's
+    registration or validation then crowns it at once, and promotion checked the artifact
+    before that batch's transaction opened (prepare foresaw it) instead of redoing the batch."""
+    name = unique_name("life")
+    redone = promotion_io_rounds()
+    await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.99}))
+    await register(settings, kafka, name, 1)
+    crowned = (await kafka.wait_for("model.promoted", promoted(name, 1, "production", "policy")))[0]
+    assert crowned.data["from_stage"] == "staging"
+    assert promotion_io_rounds() == redone
+
+
 def promotion_io_rounds() -> float:
     """Promotion's batch transactions redone for I/O a handler asked for (shared.metrics.IO_ROUNDS)."""
     return REGISTRY.get_sample_value("modelreg_batch_io_rounds_total", {"service": "promotion"}) or 0.0
