@@ -82,11 +82,12 @@ class Promotion:
         self.policy = resources.policy
 
     async def prepare(self, batch: Batch, events: Sequence[CloudEvent[Any]], parents: TraceParents) -> None:
-        """Check, before the transaction, the stored versions this batch's events may crown, so
-        that a crown costs no rolled-back attempt: a QA result or an approver's request for a
-        version; a validation of a version whose QA results came first (staged, then crowned at
-        once); a registration whose version's QA result or request waited for it. What this
-        does not foresee, a handler still asks for (`_artifact_intact`)."""
+        """Check, before the transaction, the versions this batch's events may crown, so that a
+        crown costs no rolled-back attempt: a QA result or an approver's request for a version
+        (stored, or registered in this very batch); a validation of a version whose QA results
+        came first (staged, then crowned at once); a registration whose version's QA result or
+        request waited for it. What this does not foresee, a handler still asks for
+        (`_artifact_intact`)."""
         asked = {(e.data.name, e.data.version): e for e in events if _may_crown(e)}
         staged = {(e.data.name, e.data.version): e for e in events if e.topic == "model.validated"}
         arriving = {(e.data.name, e.data.version): e for e in events if e.topic == "model.ingested"}
@@ -108,7 +109,11 @@ class Promotion:
                      AND topic IN ('metrics.evaluated', 'promotion.requested')""",
                 *_columns(asked), *_columns(staged), *_columns(arriving))
         checks: dict[tuple[Any, ...], _Check] = {}
-        for r in rows:
+        # A version this batch introduces is in no table yet: its registration says what to check.
+        introduced = [{"name": name, "version": version, "artifact_uri": None}
+                      for name, version in arriving.keys() & asked.keys()]
+        found: list[Any] = [*rows, *introduced]  # asyncpg records and dicts, read alike
+        for r in found:
             key = (r["name"], r["version"])
             if r["artifact_uri"] is None:  # not stored yet: as its registration will store it
                 artifact = arriving[key].data.artifact
