@@ -95,14 +95,15 @@ class Promotion:
             return
         async with self.resources.pool.acquire() as conn:
             rows = await conn.fetch(
-                """SELECT name, version, artifact_uri, sha256, traceparent,
-                          CASE WHEN artifact_uri LIKE '%/' THEN manifest END AS manifest
-                   FROM promotion_versions v
+                # A union of joins, not an OR, which would read the whole table.
+                f"""SELECT {_CHECKED} FROM promotion_versions v
+                        JOIN unnest($1::text[], $2::int[]) AS k(name, version) USING (name, version)
                    WHERE stage IN ('none', 'staging') AND blocked IS NULL
-                     AND ((name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-                          OR ((name, version) IN (SELECT * FROM unnest($3::text[], $4::int[]))
-                              AND EXISTS (SELECT 1 FROM evaluations e
-                                          WHERE e.name = v.name AND e.version = v.version)))
+                   UNION
+                   SELECT {_CHECKED} FROM promotion_versions v
+                        JOIN unnest($3::text[], $4::int[]) AS k(name, version) USING (name, version)
+                   WHERE stage IN ('none', 'staging') AND blocked IS NULL
+                     AND EXISTS (SELECT 1 FROM evaluations e WHERE e.name = v.name AND e.version = v.version)
                    UNION ALL
                    SELECT DISTINCT name, version, NULL, NULL, NULL, NULL FROM promotion_deferred
                    WHERE (name, version) IN (SELECT * FROM unnest($5::text[], $6::int[]))
@@ -115,17 +116,14 @@ class Promotion:
         found: list[Any] = [*rows, *introduced]  # asyncpg records and dicts, read alike
         for r in found:
             key = (r["name"], r["version"])
-            if r["artifact_uri"] is None:  # not stored yet: as its registration will store it
-                artifact = arriving[key].data.artifact
-                uri, sha256 = artifact.uri, artifact.sha256
-                manifest = None if artifact.files is None else canonical_manifest(artifact.manifest() or []).decode()
-                fallback = None
-            else:
-                uri, sha256, manifest, fallback = r["artifact_uri"], r["sha256"], r["manifest"], r["traceparent"]
             cause = asked.get(key) or staged.get(key) or arriving[key]
             # The record's trace, else the version's own (as its handler's span continues).
-            checks[("integrity", *key, uri, sha256)] = _Check(
-                uri, sha256, manifest, parents.get(cause.id) or telemetry.parent_from((), fallback=fallback))
+            parent = parents.get(cause.id) or telemetry.parent_from((), fallback=r.get("traceparent"))
+            if r["artifact_uri"] is None:  # not stored yet: as its registration will store it
+                checks.update([_registration_check(arriving[key], parent)])
+            else:
+                checks[("integrity", *key, r["artifact_uri"], r["sha256"])] = _Check(
+                    r["artifact_uri"], r["sha256"], r["manifest"], parent)
         await self._verify(batch, checks)
 
     async def _verify(self, batch: Batch, checks: dict[tuple[Any, ...], _Check]) -> None:
@@ -358,6 +356,12 @@ class Promotion:
                               here if key == _integrity_key(row) else
                               telemetry.parent_from((), fallback=models.traceparent(v.name, v.version)) or here)
                   for key, v in candidates.items()}
+        # And the versions the batch's later events introduce, which it may crown too: else
+        # each would cost the batch one more rolled-back attempt.
+        for event in models.events:
+            if event.topic == "model.ingested":
+                key, check = _registration_check(event, here)
+                checks.setdefault(key, check)
 
         async def fetch(batch: Batch) -> None:
             await self._verify(batch, checks)
@@ -532,6 +536,20 @@ def _may_crown(event: CloudEvent[Any]) -> bool:
     if event.topic == "metrics.evaluated":
         return bool(event.data.environment != "production")
     return event.topic == "promotion.requested" and event.data.to_stage == "production"
+
+
+# What an integrity check needs of a stored version (a directory's manifest only for directories).
+_CHECKED = """name, version, artifact_uri, sha256, traceparent,
+              CASE WHEN artifact_uri LIKE '%/' THEN manifest END AS manifest"""
+
+
+def _registration_check(event: CloudEvent[Any], parent: Any) -> tuple[tuple[Any, ...], _Check]:
+    """The integrity check of the version a `model.ingested` introduces, as it will be stored."""
+    data = event.data
+    artifact = data.artifact
+    manifest = None if artifact.files is None else canonical_manifest(artifact.manifest() or []).decode()
+    return ("integrity", data.name, data.version, artifact.uri, artifact.sha256), \
+        _Check(artifact.uri, artifact.sha256, manifest, parent)
 
 
 def _columns(events: dict[tuple[str, int], Any]) -> tuple[list[str], list[int]]:

@@ -161,6 +161,11 @@ class PromotionBatch:
 
     # -- what the handlers ask and change ---------------------------------------------------
 
+    @property
+    def events(self) -> Sequence[CloudEvent[Any]]:
+        """The batch's events (as loaded for)."""
+        return self._events
+
     def get(self, name: str, version: int) -> VersionRow | None:
         found = self._versions.get((name, version))
         return found.row if found else None
