@@ -38,3 +38,36 @@ def test_approvals_and_stage_changes_are_tracked_for_the_flush() -> None:
     batch.clear_approvals("m", 1, "production")
     assert batch.approvals("m", 1, "production") == set() and batch._new_approvals == []
     assert batch.traceparent("m", 1).startswith("00-111")
+
+
+async def test_a_check_a_handler_asks_for_covers_every_version_the_batch_introduces() -> None:
+    """A crown `prepare` did not foresee rolls the batch back once for its check: the checks then
+    run for that version and for every version the batch's registrations introduce (which its
+    later events may crown), so that the batch is not redone once per new version."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from services.promotion.app import Promotion
+    from shared.events import ArtifactRef, ModelIngested, ModelIngestedData, new_event
+
+    def ingested(version: int) -> Any:
+        return new_event(ModelIngested, ModelIngestedData(
+            name="m", version=version, artifact=ArtifactRef(uri=f"s3://b/m/{version}", sha256=str(version) * 64,
+                                                            size_bytes=1)), source="modelreg/ingest")
+
+    batch = PromotionBatch(conn=None)  # type: ignore[arg-type]
+    batch._events = [ingested(1), ingested(2), ingested(3)]
+    batch.add_version(name="m", version=1, sha256="1" * 64, artifact_uri="s3://b/m/1", registered_by=None,
+                      correlation_id=uuid.uuid4(), traceparent=None)
+    promotion = Promotion(SimpleNamespace(policy=None))  # type: ignore[arg-type]
+    asked: dict[Any, Any] = {}
+
+    async def verify(_batch: Any, checks: dict[Any, Any]) -> None:
+        asked.update(checks)
+
+    promotion._verify = verify  # type: ignore[method-assign]
+    tx = SimpleNamespace(batch=SimpleNamespace(scope=batch))
+    fetch = await promotion._verify_outside(tx, batch.get("m", 1))  # type: ignore[arg-type]
+    await fetch(None)  # type: ignore[arg-type]
+    assert sorted((key[2], key[3], check.sha256) for key, check in asked.items()) == \
+        [(v, f"s3://b/m/{v}", str(v) * 64) for v in (1, 2, 3)]
