@@ -40,6 +40,7 @@ from shared.domain.promotion import (
     decide_rollback,
 )
 from shared.events import (
+    ArtifactRef,
     Attestation,
     CloudEvent,
     EvaluatedEvidence,
@@ -110,20 +111,20 @@ class Promotion:
                      AND topic IN ('metrics.evaluated', 'promotion.requested')""",
                 *_columns(asked), *_columns(staged), *_columns(arriving))
         checks: dict[tuple[Any, ...], _Check] = {}
-        # A version this batch introduces is in no table yet: its registration says what to check.
-        introduced = [{"name": name, "version": version, "artifact_uri": None}
-                      for name, version in arriving.keys() & asked.keys()]
-        found: list[Any] = [*rows, *introduced]  # asyncpg records and dicts, read alike
-        for r in found:
+        for r in rows:
             key = (r["name"], r["version"])
             cause = asked.get(key) or staged.get(key) or arriving[key]
             # The record's trace, else the version's own (as its handler's span continues).
-            parent = parents.get(cause.id) or telemetry.parent_from((), fallback=r.get("traceparent"))
-            if r["artifact_uri"] is None:  # not stored yet: as its registration will store it
+            parent = parents.get(cause.id) or telemetry.parent_from((), fallback=r["traceparent"])
+            if r["artifact_uri"] is None:  # a crown waits for this registration: as it will be stored
                 checks.update([_registration_check(arriving[key], parent)])
             else:
                 checks[("integrity", *key, r["artifact_uri"], r["sha256"])] = _Check(
                     r["artifact_uri"], r["sha256"], r["manifest"], parent)
+        # A version this batch registers and measures is in no table yet: its registration says
+        # what to check.
+        for key in arriving.keys() & asked.keys():
+            checks.update([_registration_check(arriving[key], parents.get(asked[key].id))])
         await self._verify(batch, checks)
 
     async def _verify(self, batch: Batch, checks: dict[tuple[Any, ...], _Check]) -> None:
@@ -158,8 +159,7 @@ class Promotion:
             name=data.name, version=data.version, sha256=data.artifact.sha256,
             artifact_uri=data.artifact.uri, registered_by=data.registered_by, correlation_id=event.correlation,
             traceparent=telemetry.current_traceparent().get("traceparent"),
-            manifest=(None if data.artifact.files is None
-                      else canonical_manifest(data.artifact.manifest() or []).decode()))
+            manifest=_manifest_of(data.artifact))
         if data.imported_from is not None and not known:
             # Only keeps it out of automatic staging until an approver's import request (maybe
             # among `waited`, replayed next) says which stage it had; a pipeline's marker alone
@@ -547,9 +547,13 @@ def _registration_check(event: CloudEvent[Any], parent: Any) -> tuple[tuple[Any,
     """The integrity check of the version a `model.ingested` introduces, as it will be stored."""
     data = event.data
     artifact = data.artifact
-    manifest = None if artifact.files is None else canonical_manifest(artifact.manifest() or []).decode()
     return ("integrity", data.name, data.version, artifact.uri, artifact.sha256), \
-        _Check(artifact.uri, artifact.sha256, manifest, parent)
+        _Check(artifact.uri, artifact.sha256, _manifest_of(artifact), parent)
+
+
+def _manifest_of(artifact: ArtifactRef) -> str | None:
+    """A directory artifact's canonical manifest, as stored beside its version; None for a file."""
+    return None if artifact.files is None else canonical_manifest(artifact.manifest() or []).decode()
 
 
 def _columns(events: dict[tuple[str, int], Any]) -> tuple[list[str], list[int]]:
