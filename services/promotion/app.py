@@ -6,6 +6,10 @@ Consumes `model.ingested` (what exists), `model.validated`, `model.rejected`,
 `model.demoted`. Every decision about a model runs under that model's lock, so two instances
 (or a rebalance) never make two champions; the database's partial unique index backs it up.
 
+The decisions are the registered model's (shared/domain/registered_model.py): a handler loads
+the model from the batch, calls one of its commands, and records each domain event it returns
+as the events, audit records and rows that say so (`_record`).
+
 Before any move to production the stored artifact is checked (integrity.py), outside the
 transaction. `prepare` checks, before the batch's transaction opens, the versions its events
 are likely to crown (a QA result or an approver's request for a stored version); a version it
@@ -21,23 +25,29 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any
 
 from opentelemetry import context as otel_context
 
 from shared import metrics, telemetry
 from shared.attestation import promotion_statement, sign_statement
 from shared.consumer import Batch, NeedsIO, ServiceHandlers, TraceParents, Tx
-from shared.domain.promotion import (
-    Champion,
-    Result,
-    authored_evaluation,
-    choose_restore,
-    decide_import,
-    decide_late_rejection,
-    decide_manual,
-    decide_promotion,
-    decide_rollback,
+from shared.domain.registered_model import (
+    ApprovalRecorded,
+    ApprovalsCleared,
+    Blocked,
+    Decided,
+    Demoted,
+    DomainEvent,
+    ImportSettled,
+    ImportWaiting,
+    Noted,
+    Promoted,
+    Quarantined,
+    RegisteredModel,
+    Request,
+    Validated,
+    VerdictNeeded,
 )
 from shared.events import (
     ArtifactRef,
@@ -57,10 +67,8 @@ from shared.events import (
     ModelValidated,
     PromotionRequested,
     Reason,
-    Stage,
 )
 from shared.manifest import canonical_manifest, is_directory_uri
-from shared.policy import Rule
 from shared.runtime import Resources, ServiceApp
 from shared.settings import Settings
 from shared.signing import signing_key
@@ -68,10 +76,7 @@ from shared.signing import signing_key
 from . import early
 from .integrity import Verdict, verify_artifact
 from .store import VersionRow
-from .unit_of_work import IMPORT_CLAIMED, PendingImport, PromotionBatch
-
-# Why a version moves up (ModelPromotedData.reason).
-PromotionReason = Literal["policy", "manual", "rollback"]
+from .unit_of_work import PromotionBatch
 
 SERVICE = "promotion"
 VERIFICATIONS_IN_FLIGHT = 8
@@ -88,7 +93,7 @@ class Promotion:
         (stored, or registered in this very batch); a validation of a version whose QA results
         came first (staged, then crowned at once); a registration whose version's QA result or
         request waited for it. What this does not foresee, a handler still asks for
-        (`_artifact_intact`)."""
+        (`VerdictNeeded`, in `_decide`)."""
         asked = {(e.data.name, e.data.version): e for e in events if _may_crown(e)}
         staged = {(e.data.name, e.data.version): e for e in events if e.topic == "model.validated"}
         arriving = {(e.data.name, e.data.version): e for e in events if e.topic == "model.ingested"}
@@ -109,7 +114,7 @@ class Promotion:
                    SELECT DISTINCT name, version, NULL, NULL, NULL, NULL FROM promotion_deferred
                    WHERE (name, version) IN (SELECT * FROM unnest($5::text[], $6::int[]))
                      AND topic IN ('metrics.evaluated', 'promotion.requested')""",
-                *_columns(asked), *_columns(staged), *_columns(arriving))
+                *_names_and_versions(asked), *_names_and_versions(staged), *_names_and_versions(arriving))
         checks: dict[tuple[Any, ...], _Check] = {}
         for r in rows:
             key = (r["name"], r["version"])
@@ -161,46 +166,22 @@ class Promotion:
             traceparent=telemetry.current_traceparent().get("traceparent"),
             manifest=_manifest_of(data.artifact))
         if data.imported_from is not None and not known:
-            # Only keeps it out of automatic staging until an approver's import request (maybe
-            # among `waited`, replayed next) says which stage it had; a pipeline's marker alone
-            # can never move a version up.
-            _models(tx).set_pending_import(data.name, data.version, PendingImport(
-                IMPORT_CLAIMED, "", "", data.imported_from.model_dump(mode="json"), event.id))
+            source = data.imported_from.model_dump(mode="json")
+            await self._decide(tx, data.name, lambda model: model.claim_import(data.version, source, event.id))
         if waited:
             await early.replay(tx, data.name, waited, self.waits_for_version)
 
     async def on_rejected(self, tx: Tx, event: ModelRejected) -> None:
-        """Validation refused an ingested version: it may never be promoted, not even by hand,
-        and if it already moved up (a late failure) it comes down at once.
+        """Validation refused an ingested version (`RegisteredModel.reject`).
         (Ingest's rejections concern versions that never reached us; our own we have applied.)"""
-        if event.data.version is None or event.source != "modelreg/validation":
+        data, number = event.data, event.data.version
+        if number is None or event.source != "modelreg/validation":
             return
-        row = await self._version(tx, event.data.name, event.data.version)
-        if row is None:  # held
+        if await self._version(tx, data.name, number) is None:  # held
             return
-        _models(tx).update(row.name, row.version, blocked="rejected")
-        if (pending := _models(tx).pending_import(row.name, row.version)) is not None:
-            if pending.to_stage == IMPORT_CLAIMED:
-                _models(tx).clear_pending_import(row.name, row.version)
-            else:
-                await self._import(tx, _models(tx).get(row.name, row.version) or row, pending)
-        why = "; ".join(f"{r.code}: {r.message}" for r in event.data.reasons)
-        await self._take_down(tx, row, "rejected", why, {"reasons": [r.model_dump() for r in event.data.reasons],
-                                                         "rejected_by": event.source})
-
-    async def _take_down(self, tx: Tx, row: VersionRow, blocked: str, why: str, evidence: dict[str, Any]) -> None:
-        """A version found unsafe or altered after it moved up leaves staging or production at
-        once; a champion's predecessor is restored."""
-        decision = decide_late_rejection(row.stage, why)
-        if not decision.demote:
-            return
-        _count(tx, f"demoted_{blocked}")
-        evidence = {**evidence, "detail": decision.detail}
-        await self._demote(tx, row, "none", reason=blocked, evidence=evidence, blocked=blocked)
-        if decision.restore:
-            await self._restore(tx, row, evidence={**evidence, "policy_revision": self.policy.revision},
-                                nobody=f"{row.name} v{row.version} was {blocked} in production and no earlier "
-                                       "version is restorable: the model has no champion now")
+        why = "; ".join(f"{r.code}: {r.message}" for r in data.reasons)
+        evidence = {"reasons": [r.model_dump() for r in data.reasons], "rejected_by": event.source}
+        await self._decide(tx, data.name, lambda model: model.reject(number, why, evidence))
 
     async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
         data = event.data
@@ -233,34 +214,21 @@ class Promotion:
                 "promotion.requested": self.on_requested, "model.rejected": self.on_rejected,
                 "model.restored": self.on_restored}
 
-    # -- policy ---------------------------------------------------------------------------
+    # -- policy and people: the model decides (shared/domain/registered_model.py) ----------
 
     async def on_validated(self, tx: Tx, event: ModelValidated) -> None:
         data = event.data
-        row = await self._version(tx, data.name, data.version)
-        if row is None:
+        if await self._version(tx, data.name, data.version) is None:
             return
-        if (pending := _models(tx).pending_import(row.name, row.version)) is not None:
-            # An imported version takes the stage it had, not the policy's first step.
-            validated = _models(tx).update(row.name, row.version, validated=True)
-            assert validated is not None
-            if pending.to_stage != IMPORT_CLAIMED:
-                await self._import(tx, validated, pending)
-            return
-        rule = self.policy.rule_for(row.name)
-        if rule.auto_staging and row.stage == "none" and row.blocked is None:
-            staged = await self._move(tx, row, "staging", reason="policy", validated=True,
-                                      evidence={"checks": [c.model_dump() for c in data.checks]})
-            await self._consider(tx, staged, rule)
-        else:
-            _models(tx).update(row.name, row.version, validated=True)
+        evidence = {"checks": [c.model_dump() for c in data.checks]}
+        await self._decide(tx, data.name, lambda model: model.validate(data.version, evidence))
 
     async def on_evaluated(self, tx: Tx, event: MetricsEvaluated) -> None:
         data = event.data
         row = await self._version(tx, data.name, data.version)
         if row is None:
             return
-        _models(tx).add_evaluation(
+        result = _models(tx).add_evaluation(
             event_id=event.id, name=data.name, version=data.version, suite=data.suite,
             environment=data.environment, metrics=data.metrics, passed=data.passed,
             dataset=data.dataset.model_dump() if data.dataset else None, evaluator=data.evaluator,
@@ -272,75 +240,117 @@ class Promotion:
                      evaluator=data.evaluator,
                      dataset=data.dataset.model_dump(exclude_none=True) if data.dataset else None),
                  correlation=row.correlation_id)
-        rule = self.policy.rule_for(row.name)
-        ignored = authored_evaluation(rule, evaluator=data.evaluator, registered_by=row.registered_by,
-                                      environment=data.environment)
-        if ignored is not None:
-            _count(tx, "ignored_evaluation")
-            tx.audit("ignored_evaluation", name=row.name, version=row.version, from_stage=row.stage,
-                     to_stage=row.stage, actor=data.evaluator, reason=ignored,
-                     evidence={"suite": data.suite, "evaluator": data.evaluator, "registered_by": row.registered_by,
-                               "policy_revision": self.policy.revision}, correlation=row.correlation_id)
-        if data.environment == "production":
-            if row.stage == "production":
-                result = Result(data.suite, data.environment, data.metrics, data.passed, 0)
-                await self._maybe_roll_back(tx, row, rule, result)
+        await self._decide(tx, data.name, lambda model: model.evaluate(data.version, result))
+
+    async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
+        data = event.data
+        if await self._version(tx, data.name, data.version) is None:
             return
-        if row.stage == "staging":
-            await self._consider(tx, row, rule)
+        request = Request(data.actor, data.to_stage, data.reason, event.id,
+                          data.imported_from.model_dump(mode="json") if data.imported_from is not None else None)
+        await self._decide(tx, data.name, lambda model: model.request(data.version, request))
 
-    async def _consider(self, tx: Tx, row: VersionRow, rule: Rule) -> None:
-        name, version = row.name, row.version
-        results = _models(tx).results(name, version)
-        current = _models(tx).champion(name)
-        incumbent = Champion(current.version, _models(tx).results(name, current.version)) \
-            if current is not None else None
-        decision = decide_promotion(row.stage, row.blocked, rule, results, incumbent, row.registered_by)
-        evidence = {**decision.evidence(), "policy_revision": self.policy.revision}
-        if not decision.promote and not results:
-            return  # nothing measured yet: waiting is not a decision worth recording
-        if not decision.promote:
-            _count(tx, "held")
-            tx.audit("held", name=name, version=version, from_stage=row.stage, to_stage=row.stage,
-                     reason=decision.reason(), evidence=evidence, correlation=row.correlation_id)
+    async def _decide(self, tx: Tx, name: str, command: Callable[[RegisteredModel], list[DomainEvent]]) -> None:
+        """Run one of the model's commands on the batch's state, and record what it decided. A
+        crown whose artifact nobody checked yet sends the batch to check it (`NeedsIO`)."""
+        models = _models(tx)
+
+        def verdict(number: int) -> Verdict | None:
+            row = models.get(name, number)
+            return tx.batch.facts.get(_integrity_key(row)) if row is not None else None
+
+        model = models.model(name, self.policy.rule_for(name), self.policy.revision, verdict)
+        try:
+            decided = command(model)
+        except VerdictNeeded as needed:
+            row = models.get(name, needed.version)
+            assert row is not None
+            raise NeedsIO(await self._verify_outside(tx, row), f"integrity of {name} v{needed.version}") from None
+        for happened in decided:
+            self._record(tx, name, happened)
+
+    def _record(self, tx: Tx, name: str, happened: DomainEvent) -> None:
+        """One thing the model decided, as the events, audit records and rows that say so."""
+        models = _models(tx)
+        if isinstance(happened, Decided):
+            tx.batch.committed.append(metrics.PROMOTION_DECISIONS.labels(happened.outcome).inc)  # counted once
             return
-        if await self._to_production(tx, row, current, reason="policy", evidence=evidence):
-            _count(tx, "promoted")
+        row = models.get(name, happened.version)
+        assert row is not None
+        match happened:
+            case Promoted():
+                self._promote(tx, row, happened)
+            case Demoted():
+                self._demote(tx, row, happened)
+            case Noted():
+                tx.audit(happened.ACTION, name=name, version=row.version, from_stage=happened.from_stage,
+                         to_stage=happened.to_stage, actor=happened.actor, reason=happened.reason,
+                         evidence=happened.evidence, correlation=row.correlation_id)
+            case Validated():
+                models.update(name, row.version, validated=True)
+            case Blocked(blocked=blocked):
+                models.update(name, row.version, blocked=blocked)
+            case Quarantined(stage=stage, message=message, evidence=evidence):
+                models.update(name, row.version, blocked="quarantined")
+                tx.emit(ModelRejected, ModelRejectedData(name=name, version=row.version, reasons=[
+                    Reason(code="checksum_mismatch", message=message)]), correlation=row.correlation_id)
+                tx.audit("quarantined", name=name, version=row.version, from_stage=stage, to_stage=stage,
+                         reason=message, evidence=evidence, correlation=row.correlation_id)
+            case ApprovalRecorded():
+                models.add_approval(name=name, version=row.version, to_stage=happened.to_stage,
+                                    actor=happened.actor, reason=happened.reason, event_id=happened.request_id)
+                if happened.pending is not None:
+                    tx.audit("approval_recorded", name=name, version=row.version, from_stage=happened.stage,
+                             to_stage=happened.to_stage, actor=happened.actor, reason=happened.pending,
+                             evidence=happened.evidence, correlation=row.correlation_id)
+            case ApprovalsCleared(to_stage=to_stage):
+                models.clear_approvals(name, row.version, to_stage)
+            case ImportWaiting(pending=pending):
+                models.set_pending_import(name, row.version, pending)
+            case ImportSettled():
+                models.clear_pending_import(name, row.version)
 
-    async def _to_production(self, tx: Tx, row: VersionRow, current: VersionRow | None, *, reason: PromotionReason,
-                             evidence: dict[str, Any], actor: str | None = None,
-                             replaced: int | None = None) -> bool:
-        """Verify the stored artifact, retire the champion, crown `row`. False if quarantined."""
-        if not await self._artifact_intact(tx, row):
-            return False
-        if current is not None and current.version != row.version:
-            demote_reason = "rollback" if reason == "rollback" else "superseded"
-            await self._demote(tx, current, "none", reason=demote_reason,
-                               evidence={"superseded_by": row.version} if demote_reason == "superseded" else {},
-                               superseded=demote_reason == "superseded")
-        await self._move(tx, row, "production", reason=reason, evidence=evidence, actor=actor,
-                         previous_champion=current.version if current else replaced)
-        return True
+    def _promote(self, tx: Tx, row: VersionRow, up: Promoted) -> None:
+        """Up a stage: the signed event, the new stage with its history, the audit record."""
+        revision = self.policy.revision
+        event = tx.emit(ModelPromoted, ModelPromotedData(
+            name=row.name, version=row.version, from_stage=up.from_stage, to_stage=up.to_stage, reason=up.reason,
+            policy_revision=revision, evidence=up.evidence, previous_champion=up.previous_champion,
+            attestation=self._attestation(row, up)), correlation=row.correlation_id)
+        fields: dict[str, Any] = {"superseded_at": None}
+        if up.validated:
+            fields["validated"] = True
+        if up.to_stage == "production":
+            fields["previous_champion"] = up.previous_champion
+        _models(tx).set_stage(row, up.to_stage, reason=up.reason, actor=up.actor or tx.source, event_id=event.id,
+                              evidence=up.evidence, at=event.time, **fields)
+        tx.audit("promoted", name=row.name, version=row.version, from_stage=up.from_stage, to_stage=up.to_stage,
+                 actor=up.actor, reason=up.reason,
+                 evidence={**up.evidence, "previous_champion": up.previous_champion, "policy_revision": revision},
+                 correlation=row.correlation_id)
 
-    async def _artifact_intact(self, tx: Tx, row: VersionRow) -> bool:
-        """Before any move to production: the stored bytes must still hash to the record (a
-        directory's files, each, to its manifest). The verdict comes from outside the
-        transaction (`_verify_outside`); without one, the batch asks for it."""
-        verdict: Verdict | None = tx.batch.facts.get(_integrity_key(row))
-        if verdict is None:
-            raise NeedsIO(await self._verify_outside(tx, row), f"integrity of {row.name} v{row.version}")
-        if verdict.intact:
-            return True
-        message = verdict.message
-        _count(tx, "quarantined")
-        _models(tx).update(row.name, row.version, blocked="quarantined")
-        tx.emit(ModelRejected, ModelRejectedData(name=row.name, version=row.version,
-                                                 reasons=[Reason(code="checksum_mismatch", message=message)]),
-                correlation=row.correlation_id)
-        tx.audit("quarantined", name=row.name, version=row.version, from_stage=row.stage, to_stage=row.stage,
-                 reason=message, evidence=verdict.evidence, correlation=row.correlation_id)
-        await self._take_down(tx, row, "quarantined", message, verdict.evidence.as_dict())
-        return False
+    def _attestation(self, row: VersionRow, up: Promoted) -> Attestation:
+        """The signed statement a deployment system can keep with the artifact (shared/attestation.py),
+        signed with this service's event key: one key, one keyring."""
+        return Attestation.model_validate(sign_statement(signing_key(SERVICE), promotion_statement(
+            name=row.name, version=row.version, from_stage=up.from_stage, to_stage=up.to_stage, reason=up.reason,
+            artifact_uri=row.artifact_uri, sha256=row.sha256, policy_revision=self.policy.revision,
+            evidence=up.evidence, previous_champion=up.previous_champion, promoted_at=datetime.now(UTC))))
+
+    def _demote(self, tx: Tx, row: VersionRow, down: Demoted) -> None:
+        event = tx.emit(ModelDemoted, ModelDemotedData(name=row.name, version=row.version, from_stage=down.from_stage,
+                                                       to_stage=down.to_stage, reason=down.reason,
+                                                       evidence=down.evidence), correlation=row.correlation_id)
+        fields: dict[str, Any] = {}
+        if down.superseded:
+            fields["superseded_at"] = event.time
+        if down.blocked is not None:
+            fields["blocked"] = down.blocked
+        stage = "none" if down.to_stage == "archived" else down.to_stage  # archived once archival has moved it
+        _models(tx).set_stage(row, stage, reason=down.reason, actor=down.actor or tx.source, event_id=event.id,
+                              at=event.time, evidence=down.evidence, **fields)
+        tx.audit("demoted", name=row.name, version=row.version, from_stage=down.from_stage, to_stage=down.to_stage,
+                 actor=down.actor, reason=down.reason, evidence=down.evidence, correlation=row.correlation_id)
 
     async def _verify_outside(self, tx: Tx, row: VersionRow) -> Callable[[Batch], Awaitable[None]]:
         """The check of `row` and of every other version this batch may crown
@@ -367,157 +377,6 @@ class Promotion:
             await self._verify(batch, checks)
 
         return fetch
-
-    async def _maybe_roll_back(self, tx: Tx, champion_row: VersionRow, rule: Rule, result: Result) -> None:
-        broken = decide_rollback(rule, result)
-        if not broken:
-            return
-        _count(tx, "rolled_back")
-        evidence = {"broken": [g.as_dict() for g in broken], "suite": result.suite,
-                    "policy_revision": self.policy.revision}
-        await self._demote(tx, champion_row, "none", reason="rollback", evidence=evidence, blocked="rolled_back")
-        await self._restore(tx, champion_row, evidence=evidence,
-                            nobody="production metrics broke the rollback thresholds and no earlier version is "
-                                   "restorable: the model has no champion now")
-
-    async def _restore(self, tx: Tx, fallen: VersionRow, *, evidence: dict[str, Any], nobody: str) -> None:
-        """Crown the champion `fallen` replaced (or the latest superseded one), as a rollback."""
-        target = choose_restore(_models(tx).restorable(fallen.name), fallen.previous_champion)
-        if target is None:
-            tx.audit("rollback_without_restore", name=fallen.name, version=fallen.version, reason=nobody,
-                     evidence=evidence, correlation=fallen.correlation_id)
-            return
-        restored = _models(tx).get(fallen.name, target)
-        assert restored is not None
-        await self._to_production(tx, restored, None, reason="rollback",
-                                  evidence={**evidence, "rolled_back": fallen.version}, replaced=fallen.version)
-
-    # -- people ---------------------------------------------------------------------------
-
-    async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
-        data = event.data
-        row = await self._version(tx, data.name, data.version)
-        if row is None:
-            return
-        if data.imported_from is not None:
-            await self._import(tx, row, PendingImport(data.to_stage, data.actor, data.reason,
-                                                      data.imported_from.model_dump(mode="json"), event.id))
-            return
-        rule = self.policy.rule_for(row.name)
-        decision = decide_manual(rule, actor=data.actor, to_stage=data.to_stage, registered_by=row.registered_by,
-                                 stage=row.stage, blocked=row.blocked, validated=row.validated,
-                                 approvals=_models(tx).approvals(row.name, row.version, data.to_stage))
-        base = {"requested_by": data.actor, "request_reason": data.reason, "to_stage": data.to_stage}
-        if decision.outcome == "elsewhere":
-            return
-        _count(tx, f"manual_{decision.outcome}")
-        if decision.outcome == "refuse":
-            tx.audit("promotion_refused", name=row.name, version=row.version, from_stage=row.stage,
-                     to_stage=data.to_stage, actor=data.actor, reason=decision.detail, evidence=base,
-                     correlation=row.correlation_id)
-            return
-        _models(tx).add_approval(name=row.name, version=row.version, to_stage=data.to_stage,
-                                actor=data.actor, reason=data.reason, event_id=event.id)
-        if decision.outcome == "pending":
-            tx.audit("approval_recorded", name=row.name, version=row.version, from_stage=row.stage,
-                     to_stage=data.to_stage, actor=data.actor, reason=decision.detail,
-                     evidence={**base, "approvers": list(decision.approvers), "needed": decision.needed},
-                     correlation=row.correlation_id)
-            return
-        evidence = {**base, "approvers": list(decision.approvers), "policy_revision": self.policy.revision}
-        actor = data.actor
-        if data.to_stage == "production":
-            done = await self._to_production(tx, row, _models(tx).champion(row.name), reason="manual",
-                                             evidence=evidence, actor=actor)
-        elif data.to_stage == "staging" and row.stage == "none":
-            await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=actor)
-            done = True
-        else:  # down: to none, or to archived (archival moves the artifact)
-            await self._demote(tx, row, data.to_stage, reason="manual", evidence=evidence, actor=actor)
-            done = True
-        if done:
-            _models(tx).clear_approvals(row.name, row.version, data.to_stage)
-
-    async def _import(self, tx: Tx, row: VersionRow, request: PendingImport) -> None:
-        """Reproduce the stage a version had in the registry it was imported from, once it
-        passed validation, without the policy's gates (`decide_import` says who may ask)."""
-        to_stage = cast(Stage, request.to_stage)  # callers hand an IMPORT_CLAIMED marker elsewhere
-        decision = decide_import(self.policy.rule_for(row.name), actor=request.actor, to_stage=to_stage,
-                                 stage=row.stage, validated=row.validated, blocked=row.blocked,
-                                 registered_by=row.registered_by)
-        evidence = {"imported_from": request.imported_from, "requested_by": request.actor,
-                    "request_reason": request.reason, "to_stage": to_stage, "approvers": [request.actor]}
-        if decision.outcome == "wait":
-            _models(tx).set_pending_import(row.name, row.version, request)
-            return
-        _models(tx).clear_pending_import(row.name, row.version)
-        _count(tx, f"import_{decision.outcome}")
-        if decision.outcome == "refuse":
-            tx.audit("import_refused", name=row.name, version=row.version, from_stage=row.stage,
-                     to_stage=to_stage, actor=request.actor, reason=decision.detail, evidence=evidence,
-                     correlation=row.correlation_id)
-            return
-        if to_stage == "production" and row.stage != "production":
-            if not await self._to_production(tx, row, _models(tx).champion(row.name), reason="manual",
-                                             evidence=evidence, actor=request.actor):
-                return  # quarantined: the stored bytes are not the ones registered
-        elif to_stage == "staging" and row.stage == "none":
-            await self._move(tx, row, "staging", reason="manual", evidence=evidence, actor=request.actor)
-        elif to_stage != row.stage:
-            await self._demote(tx, row, to_stage, reason="manual", evidence=evidence, actor=request.actor)
-        source = request.imported_from
-        tx.audit("imported", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
-                 actor=request.actor,
-                 reason=f"{source.get('system')} {source.get('model')} v{source.get('version')}: {decision.detail}",
-                 evidence={**evidence, "policy_revision": self.policy.revision}, correlation=row.correlation_id)
-
-    # -- stage changes ----------------------------------------------------------------------
-
-    async def _move(self, tx: Tx, row: VersionRow, to_stage: Stage, *, reason: PromotionReason,
-                    evidence: dict[str, Any], actor: str | None = None, previous_champion: int | None = None,
-                    **columns: Any) -> VersionRow:
-        """Up a stage: the event, the new stage with its history, the audit record; returns
-        the row as it now is."""
-        event = tx.emit(ModelPromoted, ModelPromotedData(
-            name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage, reason=reason,
-            policy_revision=self.policy.revision, evidence=evidence, previous_champion=previous_champion,
-            attestation=self._attestation(row, to_stage, reason, evidence, previous_champion)),
-            correlation=row.correlation_id)
-        fields: dict[str, Any] = {"superseded_at": None, **columns}
-        if to_stage == "production":
-            fields["previous_champion"] = previous_champion
-        moved = _models(tx).set_stage(row, to_stage, reason=reason, actor=actor or tx.source, event_id=event.id,
-                                     evidence=evidence, at=event.time, **fields)
-        tx.audit("promoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
-                 actor=actor, reason=reason,
-                 evidence={**evidence, "previous_champion": previous_champion,
-                           "policy_revision": self.policy.revision}, correlation=row.correlation_id)
-        return moved
-
-    def _attestation(self, row: VersionRow, to_stage: Stage, reason: str, evidence: dict[str, Any],
-                     previous_champion: int | None) -> Attestation:
-        """The signed statement a deployment system can keep with the artifact (shared/attestation.py),
-        signed with this service's event key: one key, one keyring."""
-        return Attestation.model_validate(sign_statement(signing_key(SERVICE), promotion_statement(
-            name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage, reason=reason,
-            artifact_uri=row.artifact_uri, sha256=row.sha256, policy_revision=self.policy.revision,
-            evidence=evidence, previous_champion=previous_champion, promoted_at=datetime.now(UTC))))
-
-    async def _demote(self, tx: Tx, row: VersionRow, to_stage: Stage, *, reason: str, evidence: dict[str, Any],
-                      actor: str | None = None, superseded: bool = False, blocked: str | None = None) -> None:
-        event = tx.emit(ModelDemoted, ModelDemotedData(name=row.name, version=row.version, from_stage=row.stage,
-                                                       to_stage=to_stage, reason=reason, evidence=evidence),
-                        correlation=row.correlation_id)
-        fields: dict[str, Any] = {}
-        if superseded:
-            fields["superseded_at"] = event.time
-        if blocked is not None:
-            fields["blocked"] = blocked
-        stage = "none" if to_stage == "archived" else to_stage  # archived once archival has moved it
-        _models(tx).set_stage(row, stage, reason=reason, actor=actor or tx.source, event_id=event.id, at=event.time,
-                              evidence=evidence, **fields)
-        tx.audit("demoted", name=row.name, version=row.version, from_stage=row.stage, to_stage=to_stage,
-                 actor=actor, reason=reason, evidence=evidence, correlation=row.correlation_id)
 
 
 @dataclass(frozen=True)
@@ -556,18 +415,13 @@ def _manifest_of(artifact: ArtifactRef) -> str | None:
     return None if artifact.files is None else canonical_manifest(artifact.manifest() or []).decode()
 
 
-def _columns(events: dict[tuple[str, int], Any]) -> tuple[list[str], list[int]]:
+def _names_and_versions(events: dict[tuple[str, int], Any]) -> tuple[list[str], list[int]]:
     return [name for name, _ in events], [version for _, version in events]
 
 
 def _integrity_key(row: VersionRow) -> tuple[Any, ...]:
     """A verdict holds for these bytes at this place only."""
     return ("integrity", row.name, row.version, row.artifact_uri, row.sha256)
-
-
-def _count(tx: Tx, outcome: str) -> None:
-    """A decision, counted once its batch commits (a batch decided twice counts once)."""
-    tx.batch.committed.append(metrics.PROMOTION_DECISIONS.labels(outcome).inc)
 
 
 def _models(tx: Tx) -> PromotionBatch:

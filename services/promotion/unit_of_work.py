@@ -13,14 +13,22 @@ import dataclasses
 import itertools
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any
 
 import asyncpg
 
-from shared.domain.promotion import Restorable, Result, choose_restore
-from shared.events import CloudEvent, Stage
+from shared.domain.promotion import Result
+from shared.domain.registered_model import (
+    IntegrityVerdict,
+    PendingImport,
+    RegisteredModel,
+    Version,
+    restore_target,
+)
+from shared.events import CloudEvent
+from shared.policy import Rule
 
 from .early import HeldRow
 from .store import VersionRow
@@ -29,22 +37,7 @@ _ROW = tuple(VersionRow.__dataclass_fields__)
 # An import request waiting for validation is kept as an approval row whose stage carries this
 # prefix, so it never counts as an approval of a manual request for that stage.
 _IMPORT_PREFIX = "import:"
-
-
-# A registration's import marker, before any approver asked for a stage (see app.on_ingested).
-IMPORT_CLAIMED: Final = "claimed"
-
-
-@dataclasses.dataclass(frozen=True)
-class PendingImport:
-    """An approver's import request (`modelreg import mlflow`) waiting for validation, or
-    (to_stage IMPORT_CLAIMED, no actor) a registration's unconfirmed import marker."""
-
-    to_stage: Stage | Literal["claimed"]  # "claimed": IMPORT_CLAIMED
-    actor: str
-    reason: str
-    imported_from: dict[str, Any]
-    event_id: uuid.UUID
+_STAGES = ("none", "staging", "production", "archived")
 
 
 @dataclasses.dataclass
@@ -68,6 +61,7 @@ class PromotionBatch:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         self._versions: dict[tuple[str, int], _Version] = {}
+        self._numbers: dict[str, list[int]] = {}  # each model's loaded versions
         self._dirty: set[tuple[str, int]] = set()
         self._results: dict[tuple[str, int], list[Result]] = {}
         self._new_evaluations: list[tuple[Any, ...]] = []
@@ -131,6 +125,7 @@ class PromotionBatch:
         top = 0
         for r in rows:
             key = (r["name"], r["version"])
+            self._numbers.setdefault(key[0], []).append(key[1])
             self._versions[key] = _Version(
                 VersionRow(**{f: r[f] for f in _ROW}), r["superseded_at"], r["traceparent"], r["stage_changed_at"])
             for e in r["results"] or ():
@@ -185,7 +180,7 @@ class PromotionBatch:
                 keys.add((event.data.name, event.data.version))
             elif event.topic == "metrics.evaluated" and event.data.environment == "production":
                 champion = self.champion(event.data.name)
-                target = choose_restore(self.restorable(event.data.name),
+                target = restore_target(self._domain_versions(event.data.name),
                                         champion.previous_champion if champion else None)
                 if target is not None:
                     keys.add((event.data.name, target))
@@ -202,6 +197,7 @@ class PromotionBatch:
         """Record a version (unless known) and hand back the events that waited for it."""
         key = (name, version)
         if key not in self._versions:
+            self._numbers.setdefault(name, []).append(version)
             self._versions[key] = _Version(
                 VersionRow(name=name, version=version, stage="none", sha256=sha256, artifact_uri=artifact_uri,
                            registered_by=registered_by, correlation_id=correlation_id, validated=False,
@@ -249,20 +245,34 @@ class PromotionBatch:
 
     def add_evaluation(self, *, event_id: uuid.UUID, name: str, version: int, suite: str, environment: str,
                        metrics: dict[str, float], passed: bool | None, dataset: dict[str, Any] | None,
-                       evaluator: str | None, evaluated_at: datetime) -> None:
-        self._results.setdefault((name, version), []).append(
-            Result(suite, environment, metrics, passed, next(self._seq), evaluator))
+                       evaluator: str | None, evaluated_at: datetime) -> Result:
+        result = Result(suite, environment, metrics, passed, next(self._seq), evaluator)
+        self._results.setdefault((name, version), []).append(result)
         self._new_evaluations.append((event_id, name, version, suite, environment, json.dumps(metrics), passed,
                                       json.dumps(dataset) if dataset is not None else None, evaluator,
                                       evaluated_at))
+        return result
 
-    def results(self, name: str, version: int) -> list[Result]:
-        return list(self._results.get((name, version), ()))
+    def model(self, name: str, rule: Rule, revision: str,
+              verdicts: Callable[[int], IntegrityVerdict | None]) -> RegisteredModel:
+        """The model as its decisions see it: the versions the batch loaded of it, with their
+        results, votes and waiting imports."""
+        return RegisteredModel(name, rule, revision, self._domain_versions(name), verdicts)
 
-    def restorable(self, name: str) -> list[Restorable]:
-        return [Restorable(v.row.version, int(v.superseded_at.timestamp() * 1e6))
-                for (n, _), v in self._versions.items()
-                if n == name and v.row.stage == "none" and v.superseded_at is not None and v.row.blocked is None]
+    def _domain_versions(self, name: str) -> list[Version]:
+        versions = []
+        for number in self._numbers.get(name, ()):
+            key = (name, number)
+            found = self._versions[key]
+            row = found.row
+            versions.append(Version(
+                number, row.stage, row.validated, row.blocked, row.registered_by, row.previous_champion,
+                superseded=int(found.superseded_at.timestamp() * 1e6) if found.superseded_at is not None else None,
+                results=self._results.get(key, []),
+                approvals={stage: frozenset(self._approvals[(name, number, stage)]) for stage in _STAGES
+                           if (name, number, stage) in self._approvals},
+                pending_import=self._imports.get(key)))
+        return versions
 
     def approvals(self, name: str, version: int, to_stage: str) -> set[str]:
         return set(self._approvals.get((name, version, to_stage), ()))
@@ -278,9 +288,6 @@ class PromotionBatch:
         self._approvals.pop((name, version, to_stage), None)
         self._new_approvals = [a for a in self._new_approvals if a[:3] != (name, version, to_stage)]
         self._cleared_approvals.add((name, version, to_stage))
-
-    def pending_import(self, name: str, version: int) -> PendingImport | None:
-        return self._imports.get((name, version))
 
     def set_pending_import(self, name: str, version: int, pending: PendingImport) -> None:
         """Keep one import request per version: the newest replaces any earlier one."""
