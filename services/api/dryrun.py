@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.domain.promotion import Champion, Result, decide_promotion, decide_rollback
+from shared.domain.promotion import Result
+from shared.domain.registered_model import RegisteredModel, Version
 from shared.domain.retention import Kept, due_by_time, superseded_beyond_keep
 from shared.policy import Policy
 
@@ -82,9 +83,10 @@ def decide(view: Mapping[str, Sequence[Row]], policy: Policy, now: datetime) -> 
         by_version: dict[int, list[Row]] = defaultdict(list)
         for e in evaluations:
             by_version[e["version"]].append(e)
-        champion_no = model["champion"]
-        champion = (Champion(champion_no, results_of(by_version.get(champion_no, [])))
-                    if champion_no is not None else None)
+        # The model as promotion would see it now: each version with its results and blocks.
+        judged = RegisteredModel(name, rule, policy.revision, [
+            Version(v["version"], v["stage"], blocked=blocked_of(v, moves), registered_by=v.get("registered_by"),
+                    results=results_of(by_version.get(v["version"], []))) for v in mine])
         live = [v for v in mine if v["stage"] != "archived"]
         kept = [_kept(v, moves, rejected.get((name, v["version"]))) for v in live]
         archive = {a.version: a for a in superseded_beyond_keep(kept, rule.retention)}
@@ -97,26 +99,24 @@ def decide(view: Mapping[str, Sequence[Row]], policy: Policy, now: datetime) -> 
                                                    f"{rule.match!r})")
                 continue
             if version["stage"] == "staging":
-                decision = decide_promotion("staging", blocked_of(version, moves), rule,
-                                            results_of(by_version.get(number, [])), champion,
-                                            version.get("registered_by"))
+                decision = judged.judge(number)
                 if decision.promote:
                     verdicts[key] = Verdict("promote", "every gate holds: staging -> production")
                 else:
                     verdicts[key] = Verdict("hold", "; ".join(g.detail for g in decision.failing) or "held")
             elif version["stage"] == "production":
-                verdicts[key] = _rollback_verdict(rule, by_version.get(number, []))
+                verdicts[key] = _rollback_verdict(judged, by_version.get(number, []))
             else:
                 verdicts[key] = Verdict("keep", f"stays in {version['stage']}")
     return verdicts
 
 
-def _rollback_verdict(rule: Any, evaluations: Sequence[Row]) -> Verdict:
+def _rollback_verdict(model: RegisteredModel, evaluations: Sequence[Row]) -> Verdict:
     latest: dict[str, Result] = {}
     for result in results_of(e for e in evaluations if e["environment"] == "production"):
         if result.suite not in latest or result.seq > latest[result.suite].seq:
             latest[result.suite] = result
-    broken = [g for result in latest.values() for g in decide_rollback(rule, result)]
+    broken = [g for result in latest.values() for g in model.rollback_gates(result)]
     if broken:
         return Verdict("rollback", "; ".join(g.detail for g in broken))
     return Verdict("keep", "the production results hold the rollback thresholds")

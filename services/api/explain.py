@@ -1,5 +1,5 @@
-"""Why a version is (or is not) promoted: the policy's gates, judged by the promotion service's
-own `evaluate_gates` over the read model, and shaped for people.
+"""Why a version is (or is not) promoted: the policy's gates, judged by the same model promotion
+decides with (`RegisteredModel.judge`) over the read model, and shaped for people.
 
 Pure: rows in (as the queries return them), documents out.
 """
@@ -9,15 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from shared.domain.promotion import (
-    Champion,
-    Gate,
-    Result,
-    decide_promotion,
-    evaluate_gates,
-    independent_results,
-    latest_per_suite,
-)
+from shared.domain.promotion import Gate, Result, independent_results, latest_per_suite
+from shared.domain.registered_model import RegisteredModel, Version
 from shared.policy import Rule, Threshold
 
 Row = Mapping[str, Any]
@@ -138,14 +131,16 @@ def explain(rule: Rule, *, revision: str, version: Row, evaluations: Sequence[Ro
     (it has nobody to beat), exactly as when it was promoted with no champion in place.
     """
     author = version.get("registered_by")
+    blocked = blocked_of(version, changes)
+    rival = champion_version if champion_version not in (None, version["version"]) else None
+    model = RegisteredModel(version["name"], rule, revision, [
+        Version(version["version"], version["stage"], blocked=blocked, registered_by=author,
+                results=results_of(evaluations)),
+        *([Version(rival, "production", results=results_of(champion_evaluations))] if rival is not None else [])])
+    decision = model.judge(version["version"])
+    gates = decision.gates
     counted = {r.seq for r in independent_results(rule, results_of(evaluations), author)[0]}
     evaluations = [e for e in evaluations if e["seq"] in counted]  # shown as promotion judges them
-    results = results_of(evaluations)
-    rival = champion_version if champion_version not in (None, version["version"]) else None
-    champion = Champion(rival, results_of(champion_evaluations)) if rival is not None else None
-    blocked = blocked_of(version, changes)
-    gates = evaluate_gates(rule, results, champion)
-    decision = decide_promotion(version["stage"], blocked, rule, results, champion)
     shaped = [shape_gate(g, rule, evaluations, rival, champion_evaluations if rival else ()) for g in gates]
     failing = [g for g in shaped if not g["passed"]]
     if version["stage"] == "production":

@@ -1,8 +1,8 @@
 """Promotion decisions as plain functions over plain data: gates, rollback, manual requests.
 
-Nothing here does I/O. The promotion service's handlers load what these functions need, call
-one of them and record what it returned; the API's `explain` and the policy dry-run call the
-same functions, so what they show is what promotion decides.
+Nothing here does I/O. `registered_model.RegisteredModel` applies them to one model's versions
+(what follows from a decision: who is demoted, what is restored); the promotion service and the
+API's `explain` and policy dry-run all ask that model, so what they show is what promotion decides.
 """
 
 from __future__ import annotations
