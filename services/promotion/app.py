@@ -167,7 +167,8 @@ class Promotion:
             manifest=_manifest_of(data.artifact))
         if data.imported_from is not None and not known:
             source = data.imported_from.model_dump(mode="json")
-            await self._decide(tx, data.name, lambda model: model.claim_import(data.version, source, event.id))
+            await self._decide(tx, data.name, data.version,
+                               lambda model: model.claim_import(data.version, source, event.id))
         if waited:
             await early.replay(tx, data.name, waited, self.waits_for_version)
 
@@ -181,7 +182,7 @@ class Promotion:
             return
         why = "; ".join(f"{r.code}: {r.message}" for r in data.reasons)
         evidence = {"reasons": [r.model_dump() for r in data.reasons], "rejected_by": event.source}
-        await self._decide(tx, data.name, lambda model: model.reject(number, why, evidence))
+        await self._decide(tx, data.name, number, lambda model: model.reject(number, why, evidence))
 
     async def on_archived(self, tx: Tx, event: ModelArchived) -> None:
         data = event.data
@@ -221,7 +222,7 @@ class Promotion:
         if await self._version(tx, data.name, data.version) is None:
             return
         evidence = {"checks": [c.model_dump() for c in data.checks]}
-        await self._decide(tx, data.name, lambda model: model.validate(data.version, evidence))
+        await self._decide(tx, data.name, data.version, lambda model: model.validate(data.version, evidence))
 
     async def on_evaluated(self, tx: Tx, event: MetricsEvaluated) -> None:
         data = event.data
@@ -240,7 +241,7 @@ class Promotion:
                      evaluator=data.evaluator,
                      dataset=data.dataset.model_dump(exclude_none=True) if data.dataset else None),
                  correlation=row.correlation_id)
-        await self._decide(tx, data.name, lambda model: model.evaluate(data.version, result))
+        await self._decide(tx, data.name, data.version, lambda model: model.evaluate(data.version, result))
 
     async def on_requested(self, tx: Tx, event: PromotionRequested) -> None:
         data = event.data
@@ -248,9 +249,10 @@ class Promotion:
             return
         request = Request(data.actor, data.to_stage, data.reason, event.id,
                           data.imported_from.model_dump(mode="json") if data.imported_from is not None else None)
-        await self._decide(tx, data.name, lambda model: model.request(data.version, request))
+        await self._decide(tx, data.name, data.version, lambda model: model.request(data.version, request))
 
-    async def _decide(self, tx: Tx, name: str, command: Callable[[RegisteredModel], list[DomainEvent]]) -> None:
+    async def _decide(self, tx: Tx, name: str, number: int,
+                      command: Callable[[RegisteredModel], list[DomainEvent]]) -> None:
         """Run one of the model's commands on the batch's state, and record what it decided. A
         crown whose artifact nobody checked yet sends the batch to check it (`NeedsIO`)."""
         models = _models(tx)
@@ -259,7 +261,7 @@ class Promotion:
             row = models.get(name, number)
             return tx.batch.facts.get(_integrity_key(row)) if row is not None else None
 
-        model = models.model(name, self.policy.rule_for(name), self.policy.revision, verdict)
+        model = models.model(name, number, self.policy.rule_for(name), self.policy.revision, verdict)
         try:
             decided = command(model)
         except VerdictNeeded as needed:

@@ -253,24 +253,29 @@ class PromotionBatch:
                                       evaluated_at))
         return result
 
-    def model(self, name: str, rule: Rule, revision: str,
+    def model(self, name: str, number: int, rule: Rule, revision: str,
               verdicts: Callable[[int], IntegrityVerdict | None]) -> RegisteredModel:
-        """The model as its decisions see it: the versions the batch loaded of it, with their
-        results, votes and waiting imports."""
-        return RegisteredModel(name, rule, revision, self._domain_versions(name), verdicts)
+        """The model as a decision about its version `number` sees it: that version, the
+        champion and the rollback targets the batch loaded, with their results, votes and
+        waiting imports. (Only those: a command touches no other version, and a batch about
+        many versions of one model builds a model per event.)"""
+        return RegisteredModel(name, rule, revision, self._domain_versions(name, number), verdicts)
 
-    def _domain_versions(self, name: str) -> list[Version]:
+    def _domain_versions(self, name: str, number: int | None = None) -> list[Version]:
         versions = []
-        for number in self._numbers.get(name, ()):
-            key = (name, number)
+        for loaded in self._numbers.get(name, ()):
+            key = (name, loaded)
             found = self._versions[key]
             row = found.row
+            rollback_target = row.stage == "none" and found.superseded_at is not None and row.blocked is None
+            if loaded != number and row.stage != "production" and not rollback_target:
+                continue
             versions.append(Version(
-                number, row.stage, row.validated, row.blocked, row.registered_by, row.previous_champion,
+                loaded, row.stage, row.validated, row.blocked, row.registered_by, row.previous_champion,
                 superseded=int(found.superseded_at.timestamp() * 1e6) if found.superseded_at is not None else None,
                 results=self._results.get(key, []),
-                approvals={stage: frozenset(self._approvals[(name, number, stage)]) for stage in _STAGES
-                           if (name, number, stage) in self._approvals},
+                approvals={stage: frozenset(self._approvals[(name, loaded, stage)]) for stage in _STAGES
+                           if (name, loaded, stage) in self._approvals},
                 pending_import=self._imports.get(key)))
         return versions
 
