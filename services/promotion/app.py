@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 from opentelemetry import context as otel_context
 
@@ -311,6 +311,8 @@ class Promotion:
                 models.set_pending_import(name, row.version, pending)
             case ImportSettled():
                 models.clear_pending_import(name, row.version)
+            case _:  # a new kind of domain event must say here what it records
+                assert_never(happened)
 
     def _promote(self, tx: Tx, row: VersionRow, up: Promoted) -> None:
         """Up a stage: the signed event, the new stage with its history, the audit record."""

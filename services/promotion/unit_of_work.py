@@ -25,6 +25,7 @@ from shared.domain.registered_model import (
     PendingImport,
     RegisteredModel,
     Version,
+    is_rollback_target,
     restore_target,
 )
 from shared.events import CloudEvent
@@ -267,8 +268,8 @@ class PromotionBatch:
             key = (name, loaded)
             found = self._versions[key]
             row = found.row
-            rollback_target = row.stage == "none" and found.superseded_at is not None and row.blocked is None
-            if loaded != number and row.stage != "production" and not rollback_target:
+            if (loaded != number and row.stage != "production"
+                    and not is_rollback_target(row.stage, found.superseded_at, row.blocked)):
                 continue
             versions.append(Version(
                 loaded, row.stage, row.validated, row.blocked, row.registered_by, row.previous_champion,

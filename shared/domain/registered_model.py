@@ -260,8 +260,14 @@ def restore_target(versions: Iterable[Version], previous_champion: int | None) -
     """The version a fallen champion's rollback restores (`choose_restore`): among those a newer
     champion superseded and nothing blocked since."""
     candidates = [Restorable(v.number, v.superseded) for v in versions
-                  if v.stage == "none" and v.superseded is not None and v.blocked is None]
+                  if v.superseded is not None and is_rollback_target(v.stage, v.superseded, v.blocked)]
     return choose_restore(candidates, previous_champion)
+
+
+def is_rollback_target(stage: str, superseded: object | None, blocked: str | None) -> bool:
+    """A version a rollback may restore: a newer champion superseded it, and nothing since has
+    moved or blocked it."""
+    return stage == "none" and superseded is not None and blocked is None
 
 
 def _no_verdicts(version: int) -> IntegrityVerdict | None:
@@ -294,8 +300,8 @@ class RegisteredModel:
         """Every gate between staging and production for this version, against the champion
         (a champion is judged against no one), and whether the policy would promote it now."""
         version = self.versions[number]
-        current = self.champion
-        rival = Champion(current.number, current.results) if current and current.number != number else None
+        current = next((v for v in self.versions.values() if v.stage == "production" and v.number != number), None)
+        rival = Champion(current.number, current.results) if current is not None else None
         return decide_promotion(version.stage, version.blocked, self.rule, version.results, rival,
                                 version.registered_by)
 

@@ -912,6 +912,15 @@ def test_a_champion_is_judged_against_no_one() -> None:
     assert decision.promote is False  # not in staging
 
 
+def test_a_production_version_is_judged_against_the_other_production_version_when_a_view_shows_two() -> None:
+    """The API's explain reads a version and the model's champion in two statements: when a
+    promotion commits between them, the version it explains is judged against the champion the
+    view names, not against itself."""
+    m = model(champion(1, 0.95), champion(2, 0.90))
+    assert m.judge(1) == decide_promotion("production", None, GATED, [offline(0.95, seq=1)],
+                                          Champion(2, [offline(0.90, seq=1)]), "ci")
+
+
 def test_without_a_champion_a_candidate_has_nothing_to_beat() -> None:
     m = model(staged(2, offline(0.91)))
     assert m.judge(2) == decide_promotion("staging", None, GATED, [offline(0.91)], None, "ci")
