@@ -26,7 +26,6 @@ from shared.domain.registered_model import (
     RegisteredModel,
     Version,
     is_rollback_target,
-    restore_target,
 )
 from shared.events import CloudEvent
 from shared.policy import Rule
@@ -166,25 +165,19 @@ class PromotionBatch:
         found = self._versions.get((name, version))
         return found.row if found else None
 
-    def champion(self, name: str) -> VersionRow | None:
-        return next((v.row for (n, _), v in self._versions.items() if n == name and v.row.stage == "production"),
-                    None)
-
     def may_crown(self) -> list[VersionRow]:
         """The versions this batch may move to production, as far as loading tells: those in
-        staging, those an approver asks to crown, and each champion's rollback target where
-        production metrics arrived. (One found later, e.g. a version the batch also
-        introduces, costs the batch another round of checks, not a wrong decision.)"""
+        staging, those an approver asks to crown, and the loaded rollback targets of a model
+        whose production metrics arrived (all of them: a restore that finds one altered tries
+        the next). (One found later, e.g. a version the batch also introduces, costs the batch
+        another round of checks, not a wrong decision.)"""
         keys = {key for key, v in self._versions.items() if v.row.stage == "staging"}
         for event in self._events:
             if event.topic == "promotion.requested" and event.data.to_stage == "production":
                 keys.add((event.data.name, event.data.version))
             elif event.topic == "metrics.evaluated" and event.data.environment == "production":
-                champion = self.champion(event.data.name)
-                target = restore_target(self._domain_versions(event.data.name),
-                                        champion.previous_champion if champion else None)
-                if target is not None:
-                    keys.add((event.data.name, target))
+                keys.update((event.data.name, v.number) for v in self._domain_versions(event.data.name)
+                            if is_rollback_target(v.stage, v.superseded, v.blocked))
         return [self._versions[key].row for key in keys
                 if key in self._versions and self._versions[key].row.blocked is None]
 

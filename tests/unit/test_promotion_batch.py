@@ -34,7 +34,7 @@ def test_approvals_and_stage_changes_are_tracked_for_the_flush() -> None:
 
     moved = batch.set_stage(row, "production", reason="manual", actor="bob", event_id=uuid.uuid4(),
                             evidence={}, at=datetime.now(UTC), previous_champion=None)
-    assert moved.stage == "production" and batch.champion("m") == moved
+    assert moved.stage == "production" and batch.get("m", 1) == moved
     batch.clear_approvals("m", 1, "production")
     assert batch.approvals("m", 1, "production") == set() and batch._new_approvals == []
     assert batch.traceparent("m", 1).startswith("00-111")
