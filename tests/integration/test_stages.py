@@ -114,6 +114,38 @@ async def test_a_rollback_with_no_earlier_version_leaves_the_model_without_a_cha
     assert [(r["version"], r["stage"], r["blocked"]) for r in stages] == [(1, "none", "rolled_back")]
 
 
+async def test_a_rollback_target_whose_bytes_were_altered_is_quarantined_and_the_model_says_it_has_no_champion(
+        settings: Settings, kafka: Kafka, pipeline, db: asyncpg.Pool) -> None:
+    """A rollback restores only bytes that are still the registered ones: the superseded
+    champion's artifact, swapped in S3, is quarantined instead of crowned, and the record says
+    that the model is left without a champion (before, it was left so silently)."""
+    name = unique_name("life")
+    qa = asyncio.create_task(QA(kafka, name, {1: {"auc": 0.95}, 2: {"auc": 0.97}}).run())
+    try:
+        await register(settings, kafka, name, 1)
+        await kafka.wait_for("model.promoted", promoted(name, 1, "production", "policy"))
+        await register(settings, kafka, name, 2)
+        await kafka.wait_for("model.promoted", promoted(name, 2, "production", "policy"))
+    finally:
+        qa.cancel()
+    first = (await kafka.wait_for("model.ingested", for_model(name, 1)))[0]
+    location = parse_s3_uri(first.data["artifact"]["uri"])
+    async with ObjectStore(settings) as store:
+        await store.client.put_object(Bucket=location.bucket, Key=location.key, Body=b"swapped while superseded")
+    await kafka.publish("metrics.evaluated", evaluated(name, 2, {"auc": 0.70}, suite="live-monitor",
+                                                       environment="production"))
+    rejected = (await kafka.wait_for("model.rejected", for_model(name, 1)))[0]
+    assert rejected.data["reasons"][0]["code"] == "checksum_mismatch"
+    record = (await kafka.wait_for("registry.audit", audit_of(name, "rollback_without_restore", 2)))[0]
+    assert "no earlier version is restorable" in record.data["reason"]
+    assert (await kafka.wait_for("registry.audit", audit_of(name, "quarantined", 1)))
+    assert not kafka.matching("model.promoted", lambda s: for_model(name)(s) and s.data["reason"] == "rollback")
+    stages = await db.fetch("SELECT version, stage, blocked FROM promotion_versions WHERE name = $1 ORDER BY version",
+                            name)
+    assert [(r["version"], r["stage"], r["blocked"]) for r in stages] == [
+        (1, "none", "quarantined"), (2, "none", "rolled_back")]
+
+
 async def test_without_auto_staging_a_validated_version_waits_for_a_person(
         settings: Settings, kafka: Kafka, pipeline) -> None:
     name = unique_name("manual")
