@@ -301,10 +301,6 @@ class Promotion:
             case ApprovalRecorded():
                 models.add_approval(name=name, version=row.version, to_stage=happened.to_stage,
                                     actor=happened.actor, reason=happened.reason, event_id=happened.request_id)
-                if happened.pending is not None:
-                    tx.audit("approval_recorded", name=name, version=row.version, from_stage=happened.stage,
-                             to_stage=happened.to_stage, actor=happened.actor, reason=happened.pending,
-                             evidence=happened.evidence, correlation=row.correlation_id)
             case ApprovalsCleared(to_stage=to_stage):
                 models.clear_approvals(name, row.version, to_stage)
             case ImportWaiting(pending=pending):

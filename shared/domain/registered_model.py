@@ -202,6 +202,12 @@ class ImportRefused(Noted):
     ACTION = "import_refused"
 
 
+class ApprovalPending(Noted):
+    """Votes recorded, not enough of them yet."""
+
+    ACTION = "approval_recorded"
+
+
 class Imported(Noted):
     """The stage the version had in the registry it came from, reproduced here."""
 
@@ -210,16 +216,13 @@ class Imported(Noted):
 
 @dataclass(frozen=True)
 class ApprovalRecorded:
-    """An approver's vote, kept until the move happens; `pending` says why it did not yet."""
+    """An approver's vote (for the move `request_id` asked), kept until the move happens."""
 
     version: int
     to_stage: Stage
     actor: str
     reason: str
     request_id: uuid.UUID
-    stage: Stage
-    pending: str | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -381,13 +384,12 @@ class RegisteredModel:
             self._events.append(RequestRefused(number, version.stage, to_stage, request.actor, decision.detail, base))
             return self._take()
         version.approvals[to_stage] = frozenset(version.approvals.get(to_stage, frozenset()) | {request.actor})
+        self._events.append(ApprovalRecorded(number, to_stage, request.actor, request.reason, request.id))
         if decision.outcome == "pending":
-            self._events.append(ApprovalRecorded(
-                number, to_stage, request.actor, request.reason, request.id, version.stage, decision.detail,
+            self._events.append(ApprovalPending(
+                number, version.stage, to_stage, request.actor, decision.detail,
                 {**base, "approvers": list(decision.approvers), "needed": decision.needed}))
             return self._take()
-        self._events.append(ApprovalRecorded(number, to_stage, request.actor, request.reason, request.id,
-                                             version.stage))
         evidence = {**base, "approvers": list(decision.approvers), "policy_revision": self.revision}
         if to_stage == "production":
             done = self._crown(version, reason="manual", evidence=evidence, actor=request.actor)

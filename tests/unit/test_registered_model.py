@@ -21,6 +21,7 @@ from shared.domain.promotion import (
     decide_rollback,
 )
 from shared.domain.registered_model import (
+    ApprovalPending,
     ApprovalRecorded,
     ApprovalsCleared,
     Blocked,
@@ -648,9 +649,10 @@ def test_a_first_approval_of_two_is_recorded_as_pending() -> None:
     events = m.request(2, ask("alice"))
     assert events == [
         Decided("manual_pending"),
-        ApprovalRecorded(2, "production", "alice", "ship it", REQUEST_ID, "staging", "1 of 2 approvals",
-                         {"requested_by": "alice", "request_reason": "ship it", "to_stage": "production",
-                          "approvers": ["alice"], "needed": 2}),
+        ApprovalRecorded(2, "production", "alice", "ship it", REQUEST_ID),
+        ApprovalPending(2, "staging", "production", "alice", "1 of 2 approvals",
+                        {"requested_by": "alice", "request_reason": "ship it", "to_stage": "production",
+                         "approvers": ["alice"], "needed": 2}),
     ]
     assert m.versions[2].approvals == {"production": frozenset({"alice"})}
     assert stages(m) == {1: "production", 2: "staging"}
@@ -661,8 +663,8 @@ def test_the_same_approver_asking_twice_is_still_one_approval() -> None:
     m = model(champion(1), staged(2), rule=TWO_APPROVALS)
     m.request(2, ask("alice"))
     events = m.request(2, ask("alice", request_id=SECOND_REQUEST_ID))
-    assert kinds(events) == ["Decided:manual_pending", "ApprovalRecorded"]
-    assert only(ApprovalRecorded, events).pending == "1 of 2 approvals"
+    assert kinds(events) == ["Decided:manual_pending", "ApprovalRecorded", "ApprovalPending"]
+    assert only(ApprovalPending, events).reason == "1 of 2 approvals"
     assert m.versions[2].approvals == {"production": frozenset({"alice"})}
 
 
@@ -672,7 +674,7 @@ def test_the_second_approval_crowns_the_version_and_spends_the_votes() -> None:
     events = m.request(2, ask("bob", request_id=SECOND_REQUEST_ID))
     assert events == [
         Decided("manual_approve"),
-        ApprovalRecorded(2, "production", "bob", "ship it", SECOND_REQUEST_ID, "staging"),
+        ApprovalRecorded(2, "production", "bob", "ship it", SECOND_REQUEST_ID),
         Demoted(1, "production", "none", "superseded", {"superseded_by": 2}, superseded=True),
         Promoted(2, "staging", "production", "manual", manual_evidence("bob", "production", ["alice", "bob"]),
                  actor="bob", previous_champion=1),
@@ -686,7 +688,7 @@ def test_the_second_approval_crowns_the_version_and_spends_the_votes() -> None:
 def test_votes_for_another_stage_do_not_count() -> None:
     m = model(staged(2, approvals={"none": frozenset({"bob"})}), rule=TWO_APPROVALS)
     events = m.request(2, ask("alice"))
-    assert only(ApprovalRecorded, events).pending == "1 of 2 approvals"
+    assert only(ApprovalPending, events).reason == "1 of 2 approvals"
     assert m.versions[2].approvals == {"none": frozenset({"bob"}), "production": frozenset({"alice"})}
 
 
@@ -703,7 +705,7 @@ def test_a_manual_staging_moves_a_validated_version_up() -> None:
     events = m.request(2, ask("alice", "staging"))
     assert events == [
         Decided("manual_approve"),
-        ApprovalRecorded(2, "staging", "alice", "ship it", REQUEST_ID, "none"),
+        ApprovalRecorded(2, "staging", "alice", "ship it", REQUEST_ID),
         Promoted(2, "none", "staging", "manual", manual_evidence("alice", "staging", ["alice"]), actor="alice"),
         ApprovalsCleared(2, "staging"),
     ]
@@ -715,7 +717,7 @@ def test_a_manual_move_to_none_demotes_a_staging_version() -> None:
     events = m.request(2, ask("alice", "none"))
     assert events == [
         Decided("manual_approve"),
-        ApprovalRecorded(2, "none", "alice", "ship it", REQUEST_ID, "staging"),
+        ApprovalRecorded(2, "none", "alice", "ship it", REQUEST_ID),
         Demoted(2, "staging", "none", "manual", manual_evidence("alice", "none", ["alice"]), actor="alice"),
         ApprovalsCleared(2, "none"),
     ]
