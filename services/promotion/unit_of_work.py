@@ -52,6 +52,10 @@ class _Version:
     manifest: str | None = None  # a directory artifact's canonical manifest (written when new)
 
 
+def _rollback_target(version: _Version) -> bool:
+    return is_rollback_target(version.row.stage, version.superseded_at, version.row.blocked)
+
+
 # Superseded versions loaded per model as rollback targets, besides each champion's predecessor:
 # a batch that rolls one model back more often than this finds no older one to restore.
 RECENT_ROLLBACK_TARGETS = 8
@@ -176,8 +180,9 @@ class PromotionBatch:
             if event.topic == "promotion.requested" and event.data.to_stage == "production":
                 keys.add((event.data.name, event.data.version))
             elif event.topic == "metrics.evaluated" and event.data.environment == "production":
-                keys.update((event.data.name, v.number) for v in self._domain_versions(event.data.name)
-                            if is_rollback_target(v.stage, v.superseded, v.blocked))
+                name = event.data.name
+                keys.update((name, number) for number in self._numbers.get(name, ())
+                            if _rollback_target(self._versions[(name, number)]))
         return [self._versions[key].row for key in keys
                 if key in self._versions and self._versions[key].row.blocked is None]
 
@@ -261,8 +266,7 @@ class PromotionBatch:
             key = (name, loaded)
             found = self._versions[key]
             row = found.row
-            if (loaded != number and row.stage != "production"
-                    and not is_rollback_target(row.stage, found.superseded_at, row.blocked)):
+            if loaded != number and row.stage != "production" and not _rollback_target(found):
                 continue
             versions.append(Version(
                 loaded, row.stage, row.validated, row.blocked, row.registered_by, row.previous_champion,
