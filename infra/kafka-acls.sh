@@ -46,10 +46,15 @@ allow() {
 
 # group PRINCIPAL NAME [--resource-pattern-type prefixed]: READ on a consumer group.
 group() {
-  local principal=$1 name=$2
-  shift 2
+  group_operation READ "$@"
+}
+
+# group_operation OPERATION PRINCIPAL NAME [--resource-pattern-type prefixed]
+group_operation() {
+  local operation=$1 principal=$2 name=$3
+  shift 3
   run --bootstrap-server "$BOOTSTRAP" --command-config "$COMMAND_CONFIG" --add \
-      --allow-principal "User:$principal" --operation READ --group "$PREFIX$name" "$@"
+      --allow-principal "User:$principal" --operation "$operation" --group "$PREFIX$name" "$@"
 }
 
 run() {
@@ -109,3 +114,5 @@ allow ops WRITE promotion.requested
 # shellcheck disable=SC2086
 allow reader READ $ALL_TOPICS
 group reader "reader-" --resource-pattern-type prefixed
+# `modelreg replay` holds audit_log to the audit writer's committed offsets: it reads them.
+group_operation DESCRIBE reader modelreg-audit

@@ -114,6 +114,9 @@ def acl_plan(prefix: str = "") -> list[AclRule]:
         topics(role, "WRITE", OUTSIDE_ROLE_WRITES[role])
         if OUTSIDE_ROLE_READS[role]:
             rules.add(AclRule(role, "group", role_group_prefix(prefix, role), "READ", "PREFIXED"))
+    # `modelreg replay` (as the reader) holds audit_log to what the audit writer has committed:
+    # it reads that group's offsets, which DESCRIBE allows without joining or committing.
+    rules.add(AclRule("reader", "group", service_group(prefix, "audit"), "DESCRIBE"))
     return sorted(rules)
 
 

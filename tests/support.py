@@ -37,6 +37,18 @@ def settings_for(settings: Settings, env: dict[str, str]) -> Settings:
     return load_settings(**{**settings.model_dump(), **{name.lower(): value for name, value in env.items()}})
 
 
+# Per principal, its Kafka settings, filled by the integration `kafka` fixture. Here, not in a
+# conftest: pytest imports conftest.py under its own name, so a test that imported the
+# conftest's module would read another, empty copy of its state.
+PRINCIPAL_ENV: dict[str, dict[str, str]] = {}
+
+
+def as_principal(settings: Settings, principal: str) -> Settings:
+    """`settings` connecting to Kafka as `principal` (unchanged on a cluster without them)."""
+    env = PRINCIPAL_ENV.get(principal)
+    return settings_for(settings, env) if env else settings
+
+
 def kafka_env(settings: Settings) -> dict[str, str]:
     """The Kafka settings of `settings` as environment variables, for a child process."""
     env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,

@@ -63,12 +63,20 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     raise UserError(f"unknown keys action {args.keys_command!r}")
 
 
+# Commands that check signatures on records they read, and so need the keyring.
+KEYRING_COMMANDS = ("replay",)
+
+
 def local_signing_defaults(command: str, service: str | None) -> dict[str, str]:
     """For `modelreg run SERVICE` beside the default local stack with no keys configured: that
-    service's key and the stack's keyring (as `stack up` gives the services it starts). Empty
-    when a key is set, the stack has none, or the keyring set is another deployment's."""
+    service's key and the stack's keyring (as `stack up` gives the services it starts); for a
+    command that checks signatures (`replay`), the keyring. Empty when a key is set, the stack
+    has none, or the keyring set is another deployment's."""
     from shared.stack.launcher import LocalStack
 
+    if command in KEYRING_COMMANDS and not os.environ.get("MODELREG_KEYRING_FILE"):
+        keyring = LocalStack().keyring_file
+        return {"MODELREG_KEYRING_FILE": str(keyring)} if keyring.exists() else {}
     if command != "run" or service is None or os.environ.get("MODELREG_SIGNING_KEY_FILE"):
         return {}
     stack = LocalStack()

@@ -22,7 +22,7 @@ from shared.events import TOPICS
 from shared.runtime import ServiceApp
 from shared.settings import Settings
 from shared.telemetry import instrument_postgres
-from tests.support import Kafka, settings_for
+from tests.support import PRINCIPAL_ENV, Kafka, as_principal
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 async def kafka(settings: Settings, endpoints: Any) -> AsyncIterator[Kafka]:
     # Services started by `running` connect as their own Kafka principals, held to their ACLs.
-    _principal_env.update(endpoints.kafka_principal_env)
+    PRINCIPAL_ENV.update(endpoints.kafka_principal_env)
     await ensure_topics(settings)
     tap = Kafka(settings)
     await tap.start(TOPICS)
@@ -90,15 +90,6 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 _running: dict[str, ServiceApp] = {}
-_principal_env: dict[str, dict[str, str]] = {}
-
-
-def as_principal(settings: Settings, principal: str) -> Settings:
-    """`settings` connecting to Kafka as `principal` (unchanged on a cluster without them)."""
-    env = _principal_env.get(principal)
-    return settings_for(settings, env) if env else settings
-
-
 async def running(settings: Settings, *names: str) -> dict[str, ServiceApp]:
     """Start services in-process once per session (each its own pool, consumer and relay)."""
     for name in names:

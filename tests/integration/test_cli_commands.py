@@ -20,7 +20,7 @@ from services.cli.up import default_policy
 from shared.policy import load_policy
 from shared.settings import Settings
 from tests.integration.test_pipeline import evaluated, promoted, register
-from tests.support import Kafka, eventually, for_model, unique_name
+from tests.support import Kafka, as_principal, eventually, for_model, unique_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,10 +98,11 @@ async def test_replay_from_the_command_line_finds_the_read_tables_equal(
         return stored >= len(published) and await db.fetchval("SELECT count(*) FROM outbox") == 0
 
     await eventually(settled, timeout=60)
-    done = await run(settings, "replay", "--json")
+    # As ops run it: the read-only reader, which may see the audit writer's committed offsets.
+    done = await run(as_principal(settings, "reader"), "replay", "--json")
     report = json.loads(done.stdout)
     assert done.returncode == 0 and report["differences"] == [], (done.stdout[-2000:], done.stderr[-2000:])
-    assert report["events"] >= 4  # at least this version's ingested, validated and staged records
+    assert report["events"] >= 3  # at least this version's ingested, validated and staged records
     assert await db.fetchval("SELECT count(*) FROM view_versions WHERE name = $1", name) == 1
 
 

@@ -33,9 +33,8 @@ from shared.manifest import FileEntry, manifest_digest
 from shared.settings import Settings
 from shared.stack.proc import terminate
 from shared.storage import ObjectStore, S3Location, parse_s3_uri
-from tests.integration.conftest import as_principal
 from tests.integration.test_cli_commands import _environment
-from tests.support import eventually, kafka_env
+from tests.support import as_principal, eventually, kafka_env
 
 # Not in `make test` (a real MLflow server, installed on first use, and three imports: 5 to 10
 # minutes); `make test-slow` runs it.

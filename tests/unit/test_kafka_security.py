@@ -197,6 +197,13 @@ def test_services_read_what_they_consume_in_their_own_group():
                           if SERVICE_READS[service] else [])
 
 
+def test_the_reader_may_see_the_audit_writers_offsets_but_not_join_its_group():
+    """`modelreg replay` runs as the reader and holds audit_log to the audit writer's committed
+    offsets; describing the group reads them, reading it would let the reader commit them."""
+    groups = {(r.name, r.operation) for r in acl_plan("p.") if r.principal == "reader" and r.resource == "group"}
+    assert groups == {("p.reader-", "READ"), ("p.modelreg-audit", "DESCRIBE")}
+
+
 def test_a_prefix_names_its_own_topics_literally():
     plan = acl_plan("t42.")
     assert all(r.pattern == "LITERAL" for r in plan if r.resource == "topic")

@@ -176,3 +176,26 @@ def test_cli_generates_keys_and_exports_the_keyring(tmp_path):
                               "--dir", str(tmp_path / "k"), "nobody"],
                              capture_output=True, text=True, env=env, timeout=60)
     assert refused.returncode == 1 and "unknown service(s) nobody" in refused.stderr
+
+
+def test_replay_beside_the_local_stack_checks_signatures_with_its_keyring(tmp_path, monkeypatch):
+    """`modelreg replay` leaves out records no key may have signed, so beside the local stack it
+    gets the stack's keyring, unless one is set; a service run gets its key as well."""
+    from services.cli.keys import local_signing_defaults
+    from shared.stack.launcher import LocalStack
+
+    monkeypatch.setenv("MODELREG_STACK_DIR", str(tmp_path))
+    monkeypatch.delenv("MODELREG_KEYRING_FILE", raising=False)
+    monkeypatch.delenv("MODELREG_SIGNING_KEY_FILE", raising=False)
+    assert local_signing_defaults("replay", None) == {}  # no stack here yet
+
+    stack = LocalStack()
+    keys.write_keyring(stack.keys_dir)
+    assert local_signing_defaults("replay", None) == {"MODELREG_KEYRING_FILE": str(stack.keyring_file)}
+    assert local_signing_defaults("run", "promotion") == {
+        "MODELREG_SIGNING_KEY_FILE": str(stack.signing_key_file("promotion")),
+        "MODELREG_KEYRING_FILE": str(stack.keyring_file)}
+    assert local_signing_defaults("register", None) == {}
+
+    monkeypatch.setenv("MODELREG_KEYRING_FILE", str(tmp_path / "elsewhere.json"))
+    assert local_signing_defaults("replay", None) == {}  # the operator's own keyring stands
