@@ -259,6 +259,11 @@ class ServiceHandlers:
     # and one partition's I/O overlaps another's work. False where every record touches one
     # shared thing whatever its model (the audit writer's single hash chain).
     concurrent_partitions: bool = True
+    # Before anything else, the records of a batch this service has something to do with, for
+    # one whose interest changes at run time (webhooks: the topics its active endpoints
+    # subscribe to). The rest are passed over unread, outside any transaction, and their
+    # offsets are committed with the batch's.
+    select: Callable[[Sequence[Record]], Awaitable[Sequence[Record]]] | None = None
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -330,10 +335,12 @@ class BatchProcessor:
         started = time.perf_counter()
         self.busy = True
         try:
-            groups = by_partition(records) if self._service.concurrent_partitions else [list(records)]
+            wanted = records if self._service.select is None else await self._select(records)
+            self.consumed += len(records) - len(wanted)
+            groups = by_partition(wanted) if self._service.concurrent_partitions else [list(wanted)] if wanted else []
             if len(groups) == 1:
                 await self._process(groups[0])
-            else:
+            elif groups:
                 async with asyncio.TaskGroup() as group:
                     for records_of_one in groups:
                         group.create_task(self._process(records_of_one))
@@ -342,6 +349,17 @@ class BatchProcessor:
         for record in records:
             metrics.EVENTS_CONSUMED.labels(self.consumer, record.topic).inc()
         metrics.BATCH_SECONDS.labels(self.consumer).observe(time.perf_counter() - started)
+
+    async def _select(self, records: Sequence[Record]) -> Sequence[Record]:
+        """The service's `select`; every record when it fails (the batch's own retries then
+        wait out a database that is down)."""
+        assert self._service.select is not None
+        try:
+            return await self._service.select(records)
+        except Exception as exc:  # noqa: BLE001 - passing nothing over is always safe
+            log.warning("%s: choosing the records to apply failed (%s: %s); applying all of them",
+                        self.consumer, type(exc).__name__, exc)
+            return records
 
     async def _process(self, records: Sequence[Record]) -> None:
         deliveries = [self.decode(r) for r in records]

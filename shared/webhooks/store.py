@@ -205,6 +205,12 @@ async def prune_deliveries(pool: asyncpg.Pool, before: datetime, *, batch: int =
     return pruned
 
 
+async def subscribed_topics(conn: Any) -> set[str]:
+    """The event types the active endpoints subscribe to (`*` among them: every type)."""
+    return {r[0] for r in await conn.fetch(
+        "SELECT DISTINCT unnest(topics) FROM webhook_endpoints WHERE status = 'active'")}
+
+
 async def active_endpoints(conn: Any) -> list[Endpoint]:
     rows = await conn.fetch(f"SELECT {_ENDPOINT} FROM webhook_endpoints WHERE status = 'active' ORDER BY id")
     return [Endpoint.of(r) for r in rows]

@@ -182,3 +182,39 @@ async def test_rounds_of_io_go_on_while_each_brings_something_new(db: asyncpg.Po
     rows = await db.fetch("SELECT value FROM outbox WHERE service = $1", service)
     assert sorted(json.loads(r["value"])["data"]["name"] for r in rows) == [f"m{i}" for i in range(8)]
     await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
+async def test_records_a_service_does_not_select_are_passed_over_unread(db: asyncpg.Pool) -> None:
+    """`select` keeps what a service has something to do with: the rest (a poison message
+    among them) are never parsed, recorded or dead-lettered, yet count as consumed; a failing
+    `select` passes nothing over."""
+    service = signing_service("probe")
+    handled: list[str] = []
+    chosen: list[int] = []
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        handled.append(event.data.name)
+
+    async def select(records):
+        chosen.append(len(records))
+        if len(chosen) > 1:
+            raise ConnectionRefusedError("the database is down")
+        return [r for r in records if r.topic == "model.registered"]
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    registered = cloudevent("model.registered", {"name": "kept", "artifact": artifact})
+    batch = [record(0, registered), record(1, b"not json", topic="metrics.evaluated"),
+             record(2, cloudevent("metrics.evaluated", {"name": "other", "version": 1, "metrics": {}}),
+                    topic="metrics.evaluated")]
+    processor = BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle,
+                                                             "metrics.evaluated": handle}, select=select))
+    await processor.process(batch)
+
+    assert handled == ["kept"] and processor.consumed == 3
+    assert await db.fetchval("SELECT count(*) FROM processed_events WHERE consumer = $1", service) == 1
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE service = $1", service) == 0
+
+    await processor.process(batch[1:2])  # select fails: the poison message is read, and dead-lettered
+    letters = await db.fetch("SELECT value FROM outbox WHERE service = $1 AND topic = 'registry.dlq'", service)
+    assert len(letters) == 1 and chosen == [3, 1]
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
