@@ -196,7 +196,7 @@ class SigningKey:
         The signature attributes are appended to the message as it is: encoding the whole
         event again would cost as much as its canonical form. A message that already carries
         signature attributes (signed again), or is not written as one UTF-8 object, is encoded anew."""
-        event = json.loads(value)
+        event = orjson.loads(value)
         if not isinstance(event, dict):
             raise ValueError(f"a CloudEvent message is a JSON object, not {type(event).__name__}")
         body = value.strip()

@@ -15,9 +15,10 @@ unsigned event would only be dead-lettered downstream.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from shared.keys import (
     KEY_ID_ATTRIBUTE,
@@ -80,7 +81,8 @@ def check(keyring: Keyring, topic: str, value: bytes | None) -> tuple[str | None
     API signs what it publishes for a token's identity); if it is, the signature must hold;
     if not, it is attributed to the role the broker's ACLs let write the topic."""
     try:
-        document: Any = json.loads(value or b"")
+        # orjson: a third of the json module's time, for what every consumer does per record.
+        document: Any = orjson.loads(value or b"")
     except ValueError:
         return "the event is not JSON", None
     if not isinstance(document, dict):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.broker import make_admin
@@ -176,7 +176,7 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
                     if event.id in seen:
                         duplicates += 1  # the outbox relay may publish a record twice
                         continue
-                    if keyring is not None and keyring.event_problem(json.loads(record.value)) is not None:
+                    if keyring is not None and keyring.event_problem(orjson.loads(record.value)) is not None:
                         counts["forged"] += 1  # the audit writer dead-letters these: so does the rebuild
                         continue
                     audit_record = AuditRecord.from_event(event)
