@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    ConsumerStoppedError,
+    IllegalStateError,
+    KafkaError,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
@@ -46,6 +50,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024 + 64 * 1024
 MAX_BATCH_RECORDS = 200
 # How long an idle consumer waits for records before its loop turns once more.
 LONG_POLL_MS = 500
+# How long an applied batch's offsets may wait to be committed with later ones.
+OFFSET_COMMIT_SECONDS = 1.0
 
 
 def make_broker(settings: Settings, client_id: str) -> KafkaBroker:
@@ -152,9 +158,70 @@ class RecordBatches(Protocol):
     async def process(self, records: Sequence[Record]) -> None: ...
 
 
+class OffsetCommits:
+    """Commits a subscription's offsets at most once per `interval`, not after every batch.
+
+    Per batch, FastStream's acknowledgement commits the position of every assigned partition
+    (a service reading seven topics names 42): one request per batch, which under a light load
+    (a batch or two per event) cost as much as fetching. Offsets only bound what a restarted or
+    rebalanced member reads again, and every handler absorbs a redelivery (processed_events), so
+    a batch's offsets may wait for the next commit. What is committed is only ever a position
+    taken when a batch had been applied (the next fetch has not moved it yet): a record still
+    in flight is never committed past. A failed commit is dropped: the records it covered come
+    again, and are recognised."""
+
+    def __init__(self, interval: float = OFFSET_COMMIT_SECONDS) -> None:
+        self.interval = interval
+        self._pending: dict[TopicPartition, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._last = 0.0
+        self._timer: asyncio.Task[None] | None = None
+
+    async def applied(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
+        """`records` (a batch, as aiokafka returned it) are applied: their partitions' positions
+        are due, now if the last commit is `interval` old, else when it will be."""
+        for partition in {TopicPartition(r.topic, r.partition) for r in records}:
+            try:  # past the batch's last record and any transaction marker after it
+                self._pending[partition] = await consumer.position(partition)
+            except IllegalStateError:  # revoked meanwhile: its new owner reads it again
+                self._pending.pop(partition, None)
+        self._consumer = consumer
+        wait = self._last + self.interval - asyncio.get_running_loop().time()
+        if wait <= 0:
+            await self.flush()
+        elif self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._flush_after(wait), name="offset-commits")
+
+    async def _flush_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Commit what is due (a graceful stop calls this before the consumer stops)."""
+        offsets, self._pending = self._pending, {}
+        self._last = asyncio.get_running_loop().time()
+        if not offsets or self._consumer is None:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (KafkaError, ConsumerStoppedError) as exc:  # revoked, rebalancing, stopped: read again
+            log.info("offsets not committed (%s: %s); their records will be read again and recognised",
+                     type(exc).__name__, exc)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        await self.flush()
+
+
 def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
-              topics: tuple[str, ...]) -> BatchSubscriber:
-    """One batch subscriber for the service's topics, offsets committed after each batch."""
+              topics: tuple[str, ...], offsets: OffsetCommits | None = None) -> BatchSubscriber:
+    """One batch subscriber for the service's topics; a failed batch is sought back to (its
+    records come again), an applied one's offsets are committed by `offsets` (a fresh
+    `OffsetCommits` when not given)."""
+    offsets = offsets or OffsetCommits()
     prefix_length = len(settings.topic_prefix)
     subscriber = broker.subscriber(
         *(settings.topic(t) for t in topics),
@@ -164,7 +231,8 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
         # Range, not round robin: partition p of every input topic goes to the same member, so
         # one model's events (same key, same partition number) meet in one instance.
         partition_assignment_strategy=(RangePartitionAssignor,),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        # Acknowledged by on_batch itself: a nack on failure, offsets through OffsetCommits.
+        ack_policy=AckPolicy.MANUAL,
         # The outbox relays publish in Kafka transactions: an aborted attempt is never read.
         isolation_level="read_committed",
         max_records=MAX_BATCH_RECORDS,
@@ -183,11 +251,19 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
         message: KafkaMessage = context.get_local("message")
         # A batch: a tuple of records from Kafka, a list from FastStream's TestKafkaBroker.
         raw = message.raw_message if isinstance(message.raw_message, (tuple, list)) else (message.raw_message,)
-        await processor.process([
-            Record(topic=r.topic[prefix_length:], partition=r.partition, offset=r.offset,
-                   key=r.key, value=r.value, headers=tuple(r.headers or ()))
-            for r in raw
-        ])
+        consumer = message.consumer if isinstance(message.consumer, AIOKafkaConsumer) else None
+        try:
+            await processor.process([
+                Record(topic=r.topic[prefix_length:], partition=r.partition, offset=r.offset,
+                       key=r.key, value=r.value, headers=tuple(r.headers or ()))
+                for r in raw
+            ])
+        except BaseException:
+            if consumer is not None:  # (FastStream's TestKafkaBroker has nothing to seek)
+                await message.nack()  # each partition sought back to the batch's first record
+            raise
+        if consumer is not None:
+            await offsets.applied(consumer, raw)
 
     subscriber(on_batch, decoder=_keep_raw)
     _poll_without_sleeping(subscriber, max_records=MAX_BATCH_RECORDS)

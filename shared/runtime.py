@@ -24,6 +24,7 @@ from faststream.kafka.subscriber.usecase import BatchSubscriber
 from shared import signing
 from shared.broker import (
     TOPIC_CONFIGS,
+    OffsetCommits,
     declare_publishers,
     ensure_topics,
     make_broker,
@@ -110,11 +111,13 @@ class ServiceApp:
             self.relay = OutboxRelay(settings.dsn, self.name, producer, settings.topic,
                                      role=service_role(settings.db_role, self.name))
             self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
-            self._subscriber = subscribe(broker, settings, self.processor, handlers.topics)
+            offsets = OffsetCommits()
+            self._subscriber = subscribe(broker, settings, self.processor, handlers.topics, offsets)
             declare_publishers(broker, settings, self.name)
             await broker.start()
             self.resources.consumer_lag = self._lag
             self._stack.push_async_callback(broker.stop)
+            self._stack.push_async_callback(offsets.stop)  # runs first: commits what was applied
             port = settings.health_port if settings.health_port is not None else DEFAULT_PORTS.get(self.name, 0)
             self.health = HealthServer(self.name, port, self._checks(pool, store), before_scrape=self._refresh_gauges,
                                        host=settings.health_host)

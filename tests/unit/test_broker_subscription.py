@@ -58,8 +58,9 @@ async def test_a_topic_of_another_prefix_is_not_subscribed(prefixed) -> None:
 
 
 async def test_a_batch_that_fails_is_not_acknowledged(prefixed) -> None:
-    """The subscription nacks a failed batch (AckPolicy.NACK_ON_ERROR), so its offsets are
-    not committed and the records come again; the processor decides what is poison."""
+    """The subscription acknowledges batches itself (AckPolicy.MANUAL): a failed batch is
+    nacked (each partition sought back to its first record), so its offsets are not committed
+    and the records come again; the processor decides what is poison."""
     broker = make_broker(prefixed, "test")
     processor = RecordingProcessor(fail=True)
     subscriber = subscribe(broker, prefixed, processor, ("model.registered",))
@@ -67,4 +68,4 @@ async def test_a_batch_that_fails_is_not_acknowledged(prefixed) -> None:
         with pytest.raises(RuntimeError, match="could not be applied"):
             await test.publish(b"{}", "t7.model.registered", key=b"fraud")
     assert len(processor.batches) == 1
-    assert subscriber.ack_policy.name == "NACK_ON_ERROR"
+    assert subscriber.ack_policy.name == "MANUAL"
