@@ -50,6 +50,9 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024 + 64 * 1024
 MAX_BATCH_RECORDS = 200
 # How long an idle consumer waits for records before its loop turns once more.
 LONG_POLL_MS = 500
+# What a gathering consumer's fetch waits for (else the long poll's end): more than a busy
+# second of the registry's events.
+GATHER_BYTES = 1024 * 1024
 # How long an applied batch's offsets may wait to be committed with later ones.
 OFFSET_COMMIT_SECONDS = 1.0
 
@@ -217,10 +220,12 @@ class OffsetCommits:
 
 
 def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
-              topics: tuple[str, ...], offsets: OffsetCommits | None = None) -> BatchSubscriber:
+              topics: tuple[str, ...], offsets: OffsetCommits | None = None, *,
+              gather: bool = False) -> BatchSubscriber:
     """One batch subscriber for the service's topics; a failed batch is sought back to (its
     records come again), an applied one's offsets are committed by `offsets` (a fresh
-    `OffsetCommits` when not given)."""
+    `OffsetCommits` when not given). `gather`: the broker holds each fetch for up to the long
+    poll to fill it, for a consumer that trades that much latency for fewer, fuller batches."""
     offsets = offsets or OffsetCommits()
     prefix_length = len(settings.topic_prefix)
     subscriber = broker.subscriber(
@@ -236,8 +241,10 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
         # The outbox relays publish in Kafka transactions: an aborted attempt is never read.
         isolation_level="read_committed",
         max_records=MAX_BATCH_RECORDS,
-        # The broker holds an empty fetch this long and answers the moment a record arrives.
+        # The broker holds an empty fetch this long and answers the moment a record arrives
+        # (or, gathering, once the fetch is full or the wait is over).
         fetch_max_wait_ms=LONG_POLL_MS,
+        fetch_min_bytes=GATHER_BYTES if gather else 1,
         max_partition_fetch_bytes=MAX_RECORD_BYTES * 2,
         max_poll_interval_ms=10 * 60 * 1000,
     )

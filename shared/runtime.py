@@ -112,7 +112,8 @@ class ServiceApp:
                                      role=service_role(settings.db_role, self.name))
             self.processor = BatchProcessor(pool, handlers, keyring=keyring, on_commit=self.relay.wake)
             offsets = OffsetCommits()
-            self._subscriber = subscribe(broker, settings, self.processor, handlers.topics, offsets)
+            self._subscriber = subscribe(broker, settings, self.processor, handlers.topics, offsets,
+                                         gather=handlers.gather)
             declare_publishers(broker, settings, self.name)
             await broker.start()
             self.resources.consumer_lag = self._lag

@@ -114,7 +114,7 @@ def build(resources: Resources) -> ServiceHandlers:
                                                      "auditing webhook endpoint changes"),
                                        lambda: every(PRUNE_EVERY_SECONDS, chores.prune, "pruning webhook deliveries")),
                            batch_scope=webhooks.batch_scope, after_commit=webhooks.after_commit,
-                           select=webhooks.select)
+                           select=webhooks.select, gather=True)
 
 
 def create_app(settings: Settings) -> ServiceApp:
