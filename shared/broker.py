@@ -200,16 +200,28 @@ class OffsetCommits:
         await self.flush()
 
     async def flush(self) -> None:
-        """Commit what is due (a graceful stop calls this before the consumer stops)."""
+        """Commit what is due (a graceful stop calls this before the consumer stops). A
+        partition revoked since is left to its new owner, which reads it again from the last
+        commit; a commit refused meanwhile (a rebalance) is tried again an interval later, so
+        that the group's committed offsets reach the end of what was applied."""
         offsets, self._pending = self._pending, {}
         self._last = asyncio.get_running_loop().time()
-        if not offsets or self._consumer is None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        assigned = consumer.assignment()
+        offsets = {partition: offset for partition, offset in offsets.items() if partition in assigned}
+        if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
-        except (KafkaError, ConsumerStoppedError) as exc:  # revoked, rebalancing, stopped: read again
-            log.info("offsets not committed (%s: %s); their records will be read again and recognised",
-                     type(exc).__name__, exc)
+            await consumer.commit(offsets)
+        except ConsumerStoppedError:
+            return  # stopped: a restart reads these again and recognises them
+        except KafkaError as exc:
+            log.info("offsets not committed (%s: %s); trying again in %ss", type(exc).__name__, exc, self.interval)
+            self._pending = {**offsets, **self._pending}  # what was applied since is newer
+            if self._timer is None or self._timer.done():
+                self._timer = asyncio.create_task(self._flush_after(self.interval), name="offset-commits")
 
     async def stop(self) -> None:
         if self._timer is not None:

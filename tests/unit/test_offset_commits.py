@@ -16,12 +16,16 @@ A, B = TopicPartition("t.model.ingested", 0), TopicPartition("t.model.validated"
 
 
 class Consumer:
-    """Positions as aiokafka reports them after a batch; what was committed."""
+    """Positions as aiokafka reports them after a batch (the assigned partitions); what was
+    committed."""
 
     def __init__(self) -> None:
         self.positions: dict[TopicPartition, int] = {}
         self.commits: list[dict[TopicPartition, int]] = []
         self.refuse = False
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
 
     async def position(self, partition: TopicPartition) -> int:
         if partition not in self.positions:
@@ -53,18 +57,26 @@ async def test_the_first_batch_commits_at_once_and_later_ones_together_after_the
     assert consumer.commits == [{A: 5}, {A: 8, B: 11}]
 
 
-async def test_a_revoked_partition_is_left_to_its_new_owner_and_a_refused_commit_is_dropped() -> None:
-    consumer, commits = Consumer(), OffsetCommits(interval=60)
+async def test_a_commit_refused_during_a_rebalance_is_tried_again_without_a_new_batch() -> None:
+    consumer, commits = Consumer(), OffsetCommits(interval=0.2)
     consumer.positions = {A: 3}
     consumer.refuse = True
     await commits.applied(consumer, batch(A, B))  # type: ignore[arg-type]  # B revoked mid-batch
-    assert consumer.commits == []  # refused: the records come again and are recognised
-
+    assert consumer.commits == []
     consumer.refuse = False
-    consumer.positions = {A: 4}
+    await asyncio.sleep(0.6)
+    assert consumer.commits == [{A: 3}]
+
+
+async def test_a_partition_revoked_before_the_commit_is_left_to_its_new_owner() -> None:
+    consumer, commits = Consumer(), OffsetCommits(interval=60)
+    consumer.positions = {A: 1}
     await commits.applied(consumer, batch(A))  # type: ignore[arg-type]
+    consumer.positions = {A: 4, B: 6}
+    await commits.applied(consumer, batch(A, B))  # type: ignore[arg-type]
+    del consumer.positions[B]
     await commits.stop()  # a graceful stop commits what is due at once
-    assert consumer.commits == [{A: 4}]
+    assert consumer.commits == [{A: 1}, {A: 4}]
 
 
 @pytest.mark.parametrize("interval", [0.0, 60.0])
