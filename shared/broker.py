@@ -274,7 +274,7 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
         try:
             await processor.process([
                 Record(topic=r.topic[prefix_length:], partition=r.partition, offset=r.offset,
-                       key=r.key, value=r.value, headers=tuple(r.headers or ()))
+                       key=r.key, value=r.value, headers=tuple(r.headers or ()), timestamp=r.timestamp)
                 for r in raw
             ])
         except BaseException:

@@ -82,6 +82,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int | None = None  # milliseconds, as the producer stamped it (Kafka's CreateTime)
 
     @property
     def key_text(self) -> str | None:

@@ -16,6 +16,7 @@ CLI and the API become signed audit records; the delivery log is pruned by age.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -62,11 +63,14 @@ class Webhooks:
     async def select(self, records: Sequence[Record]) -> Sequence[Record]:
         """Only records of a type some active endpoint subscribes to are worth reading: with no
         endpoint, a batch costs one query instead of a signature check per event and a
-        transaction. An endpoint gets the batches that begin after it is active."""
+        transaction. An endpoint gets the batches that begin after it is active.
+
+        In the order they were published: a gathered batch holds a model's events from several
+        topics, which Kafka does not order among themselves, so they are interleaved by the
+        time their producer stamped, each topic's partition kept in its own order."""
         topics = await store.subscribed_topics(self.resources.pool)
-        if logic.ALL_TOPICS in topics:
-            return records
-        return [record for record in records if record.topic in topics]
+        wanted = [record for record in records if logic.ALL_TOPICS in topics or record.topic in topics]
+        return in_publication_order(wanted)
 
     async def on_event(self, tx: Tx, event: CloudEvent[Any]) -> None:
         fanout: Fanout = tx.batch.scope
@@ -103,6 +107,17 @@ class Webhooks:
                                              timedelta(seconds=settings.webhooks_retry_max_seconds)),
                 disable_after=timedelta(seconds=settings.webhooks_disable_after_seconds))
             await self.worker.run()
+
+
+def in_publication_order(records: Sequence[Record]) -> list[Record]:
+    """`records` merged by producer timestamp, ties in the order they came; each topic
+    partition's records stay in their order whatever their timestamps say (the merge only
+    ever compares the heads)."""
+    streams: dict[tuple[str, int], list[tuple[int, Record]]] = {}
+    for arrival, record in enumerate(records):
+        streams.setdefault((record.topic, record.partition), []).append((arrival, record))
+    merged = heapq.merge(*streams.values(), key=lambda item: (item[1].timestamp or 0, item[0]))
+    return [record for _, record in merged]
 
 
 def build(resources: Resources) -> ServiceHandlers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from services.webhooks.app import Webhooks
+from services.webhooks.app import Webhooks, in_publication_order
 from shared.consumer import Record
 
 
@@ -41,3 +41,16 @@ async def test_only_the_subscribed_types_are_read_in_their_order() -> None:
     endpoints = Endpoints(["model.promoted"], ["model.demoted", "model.archived"])
     assert await chosen(endpoints, batch) == ["model.promoted", "model.demoted", "model.promoted"]
     assert len(endpoints.queries) == 1 and "status = 'active'" in endpoints.queries[0]
+
+
+def test_a_gathered_batch_is_read_in_publication_order_each_partition_in_its_own() -> None:
+    """A model's ingested event, then its promotion, fetched in one batch topic by topic: the
+    promotion must not be delivered first. Within a partition, Kafka's order stands even
+    against a producer's clock that went back."""
+    promoted = Record("model.promoted", 2, 7, b"m", b"{}", timestamp=1_000_050)
+    ingested = Record("model.ingested", 2, 3, b"m", b"{}", timestamp=1_000_010)
+    validated = Record("model.validated", 2, 5, b"m", b"{}", timestamp=1_000_030)
+    later, skewed = (Record("model.registered", 0, 1, b"x", b"{}", timestamp=1_000_040),
+                     Record("model.registered", 0, 2, b"x", b"{}", timestamp=1_000_000))
+    batch = [promoted, later, skewed, ingested, validated]
+    assert in_publication_order(batch) == [ingested, validated, later, skewed, promoted]
