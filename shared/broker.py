@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from itertools import chain
@@ -15,7 +14,6 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     ConsumerStoppedError,
-    IllegalStateError,
     KafkaError,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
@@ -162,73 +160,57 @@ class RecordBatches(Protocol):
 
 
 class OffsetCommits:
-    """Commits a subscription's offsets at most once per `interval`, not after every batch.
+    """Commits a subscription's offsets at most once per `interval`, from its poll loop.
 
     Per batch, FastStream's acknowledgement commits the position of every assigned partition
-    (a service reading seven topics names 42): one request per batch, which under a light load
-    (a batch or two per event) cost as much as fetching. Offsets only bound what a restarted or
-    rebalanced member reads again, and every handler absorbs a redelivery (processed_events), so
-    a batch's offsets may wait for the next commit. What is committed is only ever a position
-    taken when a batch had been applied (the next fetch has not moved it yet): a record still
-    in flight is never committed past. A failed commit is dropped: the records it covered come
-    again, and are recognised."""
+    (a service reading seven topics names 42): one round trip between each batch and the next
+    fetch, which under a light load (a batch or two per event) is most of a hop. Offsets only
+    bound what a restarted or rebalanced member reads again, and every handler absorbs a
+    redelivery (processed_events), so a batch's offsets may wait for the next commit.
+
+    The commit goes where nothing can be in flight: as the loop is about to poll again, every
+    record handed over before has been applied (or nacked: sought back). There the consumer's
+    own positions are committed (aiokafka's `commit()`), transaction markers consumed after a
+    batch's last record included. It keeps committing for a while after the last records, so
+    that the group's offsets reach the end of what was applied; an idle consumer commits
+    nothing. A commit that fails (a rebalance) is tried again at the next poll."""
 
     def __init__(self, interval: float = OFFSET_COMMIT_SECONDS) -> None:
         self.interval = interval
-        self._pending: dict[TopicPartition, int] = {}
+        self._due_at = 0.0  # the next commit not before
+        self._moving_until = 0.0  # positions may have moved since the last commit until then
+        self._handed_over = False  # records out with the handler
         self._consumer: AIOKafkaConsumer | None = None
-        self._last = 0.0
-        self._timer: asyncio.Task[None] | None = None
 
-    async def applied(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
-        """`records` (a batch, as aiokafka returned it) are applied: their partitions' positions
-        are due, now if the last commit is `interval` old, else when it will be."""
-        for partition in {TopicPartition(r.topic, r.partition) for r in records}:
-            try:  # past the batch's last record and any transaction marker after it
-                self._pending[partition] = await consumer.position(partition)
-            except IllegalStateError:  # revoked meanwhile: its new owner reads it again
-                self._pending.pop(partition, None)
-        self._consumer = consumer
-        wait = self._last + self.interval - asyncio.get_running_loop().time()
-        if wait <= 0:
-            await self.flush()
-        elif self._timer is None or self._timer.done():
-            self._timer = asyncio.create_task(self._flush_after(wait), name="offset-commits")
+    async def before_poll(self, consumer: AIOKafkaConsumer) -> None:
+        """The loop is about to poll: what it handed over before has been applied."""
+        self._consumer, self._handed_over = consumer, False
+        now = asyncio.get_running_loop().time()
+        if self._due_at <= now <= self._moving_until:
+            self._due_at = now + self.interval
+            await self._commit(consumer)
 
-    async def _flush_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        await self.flush()
+    def polled(self, records: int) -> None:
+        if records:
+            self._handed_over = True
+            # Past the next poll after the next commit: a marker after a batch's last record
+            # is consumed by a later poll, and must be committed too.
+            self._moving_until = asyncio.get_running_loop().time() + 2 * self.interval + LONG_POLL_MS / 1000
 
-    async def flush(self) -> None:
-        """Commit what is due (a graceful stop calls this before the consumer stops). A
-        partition revoked since is left to its new owner, which reads it again from the last
-        commit; a commit refused meanwhile (a rebalance) is tried again an interval later, so
-        that the group's committed offsets reach the end of what was applied."""
-        offsets, self._pending = self._pending, {}
-        self._last = asyncio.get_running_loop().time()
-        consumer = self._consumer
-        if consumer is None:
-            return
-        assigned = consumer.assignment()
-        offsets = {partition: offset for partition, offset in offsets.items() if partition in assigned}
-        if not offsets:
-            return
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         try:
-            await consumer.commit(offsets)
+            await consumer.commit()
         except ConsumerStoppedError:
             return  # stopped: a restart reads these again and recognises them
         except KafkaError as exc:
-            log.info("offsets not committed (%s: %s); trying again in %ss", type(exc).__name__, exc, self.interval)
-            self._pending = {**offsets, **self._pending}  # what was applied since is newer
-            if self._timer is None or self._timer.done():
-                self._timer = asyncio.create_task(self._flush_after(self.interval), name="offset-commits")
+            log.info("offsets not committed (%s: %s); trying again at the next poll", type(exc).__name__, exc)
+            self._moving_until = max(self._moving_until, asyncio.get_running_loop().time() + 2 * self.interval)
 
     async def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
-        await self.flush()
+        """A graceful stop commits what was applied, unless a batch is still out (then its
+        records come again after the restart)."""
+        if self._consumer is not None and not self._handed_over:
+            await self._commit(self._consumer)
 
 
 def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
@@ -281,11 +263,9 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
             if consumer is not None:  # (FastStream's TestKafkaBroker has nothing to seek)
                 await message.nack()  # each partition sought back to the batch's first record
             raise
-        if consumer is not None:
-            await offsets.applied(consumer, raw)
 
     subscriber(on_batch, decoder=_keep_raw)
-    _poll_without_sleeping(subscriber, max_records=MAX_BATCH_RECORDS)
+    _poll_without_sleeping(subscriber, max_records=MAX_BATCH_RECORDS, offsets=offsets)
     return subscriber
 
 
@@ -299,7 +279,7 @@ def declare_publishers(broker: KafkaBroker, settings: Settings, service: str) ->
             for topic in service_writes(service)]
 
 
-def _poll_without_sleeping(subscriber: BatchSubscriber, *, max_records: int) -> None:
+def _poll_without_sleeping(subscriber: BatchSubscriber, *, max_records: int, offsets: OffsetCommits) -> None:
     """Long polls instead of FastStream's short ones.
 
     FastStream's batch subscriber (0.7) calls `getmany(timeout_ms=batch_timeout_ms)` and, when
@@ -308,11 +288,15 @@ def _poll_without_sleeping(subscriber: BatchSubscriber, *, max_records: int) -> 
     (5-8% of a core each at 5 ms), a long one delays the first record after a quiet spell by up
     to the timeout. Without the sleep, one long `getmany` gives both: an idle loop wakes twice a
     second and a record is handed over as soon as the fetcher has it. FastStream has no option
-    for this, so the subscriber's poll is replaced on this one instance.
+    for this, so the subscriber's poll is replaced on this one instance. FastStream calls it
+    once the previous batch is done, which makes it where offsets are committed (`offsets`).
     """
     async def get_msg(consumer: Any) -> tuple[Any, ...]:
+        await offsets.before_poll(consumer)
         batches = await consumer.getmany(timeout_ms=LONG_POLL_MS, max_records=max_records)
-        return tuple(chain.from_iterable(batches.values()))
+        records = tuple(chain.from_iterable(batches.values()))
+        offsets.polled(len(records))
+        return records
 
     if not callable(getattr(subscriber, "get_msg", None)):  # pragma: no cover - a FastStream upgrade
         raise RuntimeError("FastStream's batch subscriber no longer has get_msg: revisit _poll_without_sleeping")

@@ -1,86 +1,84 @@
-"""shared.broker.OffsetCommits: an applied batch's positions, committed at most once per
-interval; never a position the batch did not reach; a failed commit dropped, not raised."""
+"""shared.broker.OffsetCommits: offsets committed from the poll loop, where nothing is in
+flight, at most once per interval, until a while after the last records; never while a batch
+is out with the handler; a refused commit tried again."""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
-import pytest
-from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError
 
 from shared.broker import OffsetCommits
 
-A, B = TopicPartition("t.model.ingested", 0), TopicPartition("t.model.validated", 1)
-
 
 class Consumer:
-    """Positions as aiokafka reports them after a batch (the assigned partitions); what was
-    committed."""
+    """What aiokafka's consumer.commit() would commit (its positions), per call."""
 
     def __init__(self) -> None:
-        self.positions: dict[TopicPartition, int] = {}
-        self.commits: list[dict[TopicPartition, int]] = []
+        self.position = 0
+        self.commits: list[int] = []
         self.refuse = False
 
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.positions)
-
-    async def position(self, partition: TopicPartition) -> int:
-        if partition not in self.positions:
-            raise IllegalStateError(f"{partition} is not assigned")
-        return self.positions[partition]
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def commit(self) -> None:
         if self.refuse:
             raise CommitFailedError("the group rebalanced")
-        self.commits.append(dict(offsets))
+        self.commits.append(self.position)
 
 
-def batch(*partitions: TopicPartition) -> list[SimpleNamespace]:
-    return [SimpleNamespace(topic=p.topic, partition=p.partition) for p in partitions]
+async def poll(commits: OffsetCommits, consumer: Consumer, records: int) -> None:
+    """One turn of the loop: before polling, then what the poll handed over (applied at once)."""
+    await commits.before_poll(consumer)  # type: ignore[arg-type]
+    consumer.position += records
+    commits.polled(records)
 
 
-async def test_the_first_batch_commits_at_once_and_later_ones_together_after_the_interval() -> None:
+async def test_commits_at_most_once_an_interval_and_only_what_was_applied() -> None:
     consumer, commits = Consumer(), OffsetCommits(interval=0.2)
-    consumer.positions = {A: 5, B: 9}
-    await commits.applied(consumer, batch(A))  # type: ignore[arg-type]
-    assert consumer.commits == [{A: 5}]
-
-    consumer.positions = {A: 7, B: 11}  # past a transaction marker: the position, not offset + 1
-    await commits.applied(consumer, batch(A, B))  # type: ignore[arg-type]
-    consumer.positions[A] = 8
-    await commits.applied(consumer, batch(A))  # type: ignore[arg-type]
-    assert consumer.commits == [{A: 5}]  # within the interval: waiting
-    await asyncio.sleep(0.3)
-    assert consumer.commits == [{A: 5}, {A: 8, B: 11}]
-
-
-async def test_a_commit_refused_during_a_rebalance_is_tried_again_without_a_new_batch() -> None:
-    consumer, commits = Consumer(), OffsetCommits(interval=0.2)
-    consumer.positions = {A: 3}
-    consumer.refuse = True
-    await commits.applied(consumer, batch(A, B))  # type: ignore[arg-type]  # B revoked mid-batch
+    await poll(commits, consumer, 0)  # idle since start: nothing to commit
     assert consumer.commits == []
+    await poll(commits, consumer, 3)
+    await poll(commits, consumer, 2)  # the first batch is applied: committed at once
+    await poll(commits, consumer, 4)  # within the interval: waits
+    assert consumer.commits == [3]
+    await asyncio.sleep(0.25)
+    await poll(commits, consumer, 0)
+    assert consumer.commits == [3, 9]
+
+
+async def test_it_keeps_committing_a_while_after_the_last_records_then_stops() -> None:
+    """A transaction marker after a batch's last record moves the position on a later poll
+    that hands over nothing: that position must be committed too."""
+    consumer, commits = Consumer(), OffsetCommits(interval=0.1)
+    await poll(commits, consumer, 5)
+    consumer.position += 1  # the marker, consumed by the next poll
+    await poll(commits, consumer, 0)
+    await asyncio.sleep(0.15)
+    await poll(commits, consumer, 0)
+    assert consumer.commits[-1] == 6
+    await asyncio.sleep(1.0)  # long idle: no more commits
+    done = len(consumer.commits)
+    await poll(commits, consumer, 0)
+    await asyncio.sleep(0.15)
+    await poll(commits, consumer, 0)
+    assert len(consumer.commits) == done
+
+
+async def test_a_refused_commit_is_tried_again_and_a_stop_never_commits_a_batch_still_out() -> None:
+    consumer, commits = Consumer(), OffsetCommits(interval=0.1)
+    await poll(commits, consumer, 2)
+    consumer.refuse = True
+    await poll(commits, consumer, 0)  # a rebalance: refused
     consumer.refuse = False
-    await asyncio.sleep(0.6)
-    assert consumer.commits == [{A: 3}]
+    await asyncio.sleep(0.15)
+    await poll(commits, consumer, 0)
+    assert consumer.commits == [2]
 
-
-async def test_a_partition_revoked_before_the_commit_is_left_to_its_new_owner() -> None:
-    consumer, commits = Consumer(), OffsetCommits(interval=60)
-    consumer.positions = {A: 1}
-    await commits.applied(consumer, batch(A))  # type: ignore[arg-type]
-    consumer.positions = {A: 4, B: 6}
-    await commits.applied(consumer, batch(A, B))  # type: ignore[arg-type]
-    del consumer.positions[B]
-    await commits.stop()  # a graceful stop commits what is due at once
-    assert consumer.commits == [{A: 1}, {A: 4}]
-
-
-@pytest.mark.parametrize("interval", [0.0, 60.0])
-async def test_nothing_applied_commits_nothing(interval: float) -> None:
-    commits = OffsetCommits(interval=interval)
-    await commits.flush()
+    await commits.before_poll(consumer)  # type: ignore[arg-type]
+    consumer.position += 7
+    commits.polled(7)  # handed over, not applied yet
     await commits.stop()
+    assert consumer.commits == [2]  # its records come again after the restart
+
+    await commits.before_poll(consumer)  # type: ignore[arg-type]  # applied now
+    await commits.stop()
+    assert consumer.commits[-1] == 9
