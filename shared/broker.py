@@ -193,9 +193,12 @@ class OffsetCommits:
     def polled(self, records: int) -> None:
         if records:
             self._handed_over = True
-            # Past the next poll after the next commit: a marker after a batch's last record
-            # is consumed by a later poll, and must be committed too.
-            self._moving_until = asyncio.get_running_loop().time() + 2 * self.interval + LONG_POLL_MS / 1000
+            self._keep_committing()
+
+    def _keep_committing(self) -> None:
+        """Commit at the polls of the next while: past the next poll after the next commit, as a
+        marker after a batch's last record is consumed by a later poll and must be committed too."""
+        self._moving_until = asyncio.get_running_loop().time() + 2 * self.interval + LONG_POLL_MS / 1000
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         try:
@@ -204,7 +207,7 @@ class OffsetCommits:
             return  # stopped: a restart reads these again and recognises them
         except KafkaError as exc:
             log.info("offsets not committed (%s: %s); trying again at the next poll", type(exc).__name__, exc)
-            self._moving_until = max(self._moving_until, asyncio.get_running_loop().time() + 2 * self.interval)
+            self._keep_committing()
 
     async def stop(self) -> None:
         """A graceful stop commits what was applied, unless a batch is still out (then its

@@ -341,7 +341,8 @@ class BatchProcessor:
         try:
             wanted = records if self._service.select is None else await self._select(records)
             self.consumed += len(records) - len(wanted)
-            groups = by_partition(wanted) if self._service.concurrent_partitions else [list(wanted)] if wanted else []
+            groups = by_partition(wanted) if self._service.concurrent_partitions else [list(wanted)]
+            groups = [records_of_one for records_of_one in groups if records_of_one]
             if len(groups) == 1:
                 await self._process(groups[0])
             elif groups:

@@ -69,8 +69,9 @@ class Webhooks:
         topics, which Kafka does not order among themselves, so they are interleaved by the
         time their producer stamped, each topic's partition kept in its own order."""
         topics = await store.subscribed_topics(self.resources.pool)
-        wanted = [record for record in records if logic.ALL_TOPICS in topics or record.topic in topics]
-        return in_publication_order(wanted)
+        if logic.ALL_TOPICS not in topics:
+            records = [record for record in records if record.topic in topics]
+        return in_publication_order(records)
 
     async def on_event(self, tx: Tx, event: CloudEvent[Any]) -> None:
         fanout: Fanout = tx.batch.scope

@@ -90,6 +90,8 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 
 _running: dict[str, ServiceApp] = {}
+
+
 async def running(settings: Settings, *names: str) -> dict[str, ServiceApp]:
     """Start services in-process once per session (each its own pool, consumer and relay)."""
     for name in names:

@@ -41,9 +41,9 @@ from shared.runtime import ServiceApp
 from shared.settings import Settings
 from shared.webhooks import manage, ssrf, store
 from shared.webhooks.logic import Message, WebhookInputError
-from tests.integration.conftest import as_principal, running_api
+from tests.integration.conftest import running_api
 from tests.integration.test_pipeline import QA, promoted, register
-from tests.support import Kafka, eventually, settings_for, unique_name
+from tests.support import Kafka, as_principal, eventually, settings_for, unique_name
 
 ALLOW = "127.0.0.1/32"
 
