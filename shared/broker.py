@@ -25,7 +25,7 @@ from faststream.kafka.publisher.usecase import DefaultPublisher
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 
 from shared.consumer import Record
-from shared.events import CATALOGUE, MAX_MESSAGE_BYTES, TOPICS
+from shared.events import CATALOGUE, MAX_DEAD_LETTER_BYTES, MAX_MESSAGE_BYTES, TOPICS
 from shared.kafka_acls import service_writes
 from shared.kafka_security import faststream_security, kafka_client_options
 from shared.settings import Settings
@@ -38,7 +38,7 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "registry.audit": {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"},
     # A dead letter carries the refused message base64-encoded: up to 4/3 of the largest
     # record the other topics accept, plus its envelope.
-    "registry.dlq": {"retention.ms": str(90 * 24 * 3600 * 1000), "max.message.bytes": str(4 * 1024 * 1024)},
+    "registry.dlq": {"retention.ms": str(90 * 24 * 3600 * 1000), "max.message.bytes": str(MAX_DEAD_LETTER_BYTES)},
 }
 # Room for the envelope around a 1 MiB message plus Kafka's record overhead.
 MAX_RECORD_BYTES = MAX_MESSAGE_BYTES + 64 * 1024

@@ -41,6 +41,9 @@ SPEC_VERSION: Final = "1.0"  # Final: its type is the Literal the envelope requi
 CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE: Final = "application/json"
 MAX_MESSAGE_BYTES = 1024 * 1024
+# A dead letter carries the refused message base64-encoded (4/3 of it) in its envelope: one
+# that refused a message for being too large is larger than any other topic allows.
+MAX_DEAD_LETTER_BYTES = 4 * 1024 * 1024
 MAX_MAP_ENTRIES = 256
 # No contract event nests deeper than a dozen levels; a parser meeting thousands recurses into
 # a RecursionError. Checked on the raw bytes, before any parser sees them.
@@ -715,8 +718,9 @@ def parse_event(topic: str, value: bytes | None) -> CloudEvent[Any]:
         raise InvalidEvent("unknown_type", f"no event type is published on topic {topic!r}")
     if value is None:
         raise InvalidEvent("empty", "the message has no value")
-    if len(value) > MAX_MESSAGE_BYTES:
-        raise InvalidEvent("too_large", f"the message is {len(value)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    limit = MAX_DEAD_LETTER_BYTES if topic == "registry.dlq" else MAX_MESSAGE_BYTES
+    if len(value) > limit:
+        raise InvalidEvent("too_large", f"the message is {len(value)} bytes; the limit is {limit}")
     if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise InvalidEvent("too_deep", f"the message nests arrays or objects more than {MAX_JSON_DEPTH} deep")
     try:
