@@ -18,6 +18,12 @@ from shared.events import ModelRegistered, ModelRegisteredData, new_event
 
 Key = tuple[str, int]
 
+# Versions through the whole pipeline before anything is measured. A fresh broker's JVM spends
+# its first few hundred versions compiling its hot paths (C2 alone took a third of the broker's
+# CPU in the third run after a start), and new service processes fill their caches: a long-running
+# registry is measured warm, as JMH measures code after its warm-up iterations.
+WARM_VERSIONS = 300
+
 
 @dataclass
 class Progress:
@@ -99,6 +105,17 @@ async def push(ctx: Context, prefix: str, versions: int, models: int, *, timeout
                             f"{len(progress.decided):,} decided of {versions:,}")
             progress.published_seconds = published
     return progress
+
+
+async def warm_up(ctx: Context, prefix: str, *, label: str) -> None:
+    """`WARM_VERSIONS` versions (at most the phase's own count) through the whole pipeline."""
+    config = ctx.config
+    warm = min(config.versions, WARM_VERSIONS)
+    progress = await push(ctx, ctx.names(prefix), warm, config.models, timeout=min(240.0, config.timeout),
+                          auc_seed=config.seed, label=label)
+    if not progress.done(warm):
+        raise RuntimeError(f"{label}: only {len(progress.decided)} of {warm} versions were decided in time: are "
+                           f"the services healthy? (logs in {ctx.target.stack.dir / 'logs'})")
 
 
 def _rate(count: int, times: dict[Key, float], total: int) -> dict[str, Any]:

@@ -174,14 +174,8 @@ async def run(ctx: Context, results: dict[str, Any]) -> dict[str, Any]:
         await plain.start()
         target = dataclasses.replace(ctx.target, settings=plain.settings())
         plain_ctx = dataclasses.replace(ctx, target=target)
-        # A fresh broker and fresh service processes start cold (the JVM compiles its hot paths in
-        # the first minute of load), unlike the secured stack: warm them with real load first.
-        warm = min(ctx.config.versions, 300)
-        progress = await pipeline.push(plain_ctx, plain_ctx.names("pw"), warm, ctx.config.models, timeout=240,
-                                       auc_seed=ctx.config.seed, label="plaintext warm-up")
-        if not progress.done(warm):
-            raise RuntimeError("the PLAINTEXT pipeline did not decide its warm-up versions; logs in "
-                               f"{plain.logs}")
+        # A fresh broker and fresh service processes start cold, like the secured stack's.
+        await pipeline.warm_up(plain_ctx, "pw", label="plaintext warm-up")
         await wait_caught_up(target.settings, resources.SERVICES, timeout=60)
         idle = await resources.idle_cpu(plain.procs(), IDLE_SECONDS)
         measured = await pipeline.run(plain_ctx, plain.procs(), idle=idle)

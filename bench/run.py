@@ -56,16 +56,6 @@ def idle_resources(target: Target) -> tuple[dict[str, Any], list[resources.Proc]
     return {"processes": processes, "s3_server": target.s3_server}, procs
 
 
-async def warm_up(ctx: Context) -> None:
-    """A few versions through the whole pipeline first: the services are up and consuming, the QA
-    responder is heard, and nothing is measured cold."""
-    progress = await pipeline.push(ctx, ctx.names("w"), 5, 1, timeout=min(240.0, ctx.config.timeout),
-                                   auc_seed=ctx.config.seed, label="warm-up")
-    if not progress.done(5):
-        raise RuntimeError(f"only {len(progress.decided)} of 5 warm-up versions were decided in time: are the "
-                           f"services healthy? (logs in {ctx.target.stack.dir / 'logs'})")
-
-
 async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
     config = ctx.config
     errors: dict[str, str] = results["errors"]
@@ -87,7 +77,7 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
         left = await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
         if left > 0:
             log(f"the services still have {left:,} events to consume from before this run")
-        await phase("warm-up", warm_up(ctx))
+        await phase("warm-up", pipeline.warm_up(ctx, "w", label="warm-up"))
         results.pop("warm-up", None)
     idle_rates = None
     if measure_cpu and procs and "warm-up" not in errors:

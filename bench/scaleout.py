@@ -44,7 +44,6 @@ from shared.stack.proc import port_open
 
 BROKERS = 3
 STEPS = (1, 2, 1)              # replicas of every service, in the order measured (A-B-A)
-WARM_VERSIONS = 300
 IDLE_SECONDS = 15.0
 STACK_DIR_ENV = "MODELREG_SCALEOUT_STACK_DIR"
 FIGURES = ("staging_per_second", "decided_per_second", "cpu_ms_per_version")
@@ -161,11 +160,7 @@ async def _step(ctx: Context, stack: LocalStack, fleets: Sequence[Fleet], step: 
     if not await wait_until(settled, timeout=120, interval=1.0):
         raise RuntimeError(f"the consumer groups did not settle with {replicas} member(s) each "
                            f"(members of each, -1 while rebalancing): {seen}")
-    warm = min(config.versions, WARM_VERSIONS)
-    progress = await pipeline.push(ctx, ctx.names(f"sw{step}"), warm, config.models, timeout=config.timeout,
-                                   auc_seed=config.seed, label=f"scaleout {replicas} replica(s) warm-up")
-    if not progress.done(warm):
-        raise RuntimeError(f"the {replicas}-replica pipeline did not decide its warm-up versions")
+    await pipeline.warm_up(ctx, f"sw{step}", label=f"scaleout {replicas} replica(s) warm-up")
     await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
     procs = measured_processes(stack, fleets)
     idle = await resources.idle_cpu(procs, IDLE_SECONDS)
