@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
+from services.validation.app import SCAN_IN_MEMORY_BYTES
 from shared.settings import Settings
 from tests.model_corpus import Exploit, joblib_bytes, torch_legacy_tar
 from tests.support import Kafka, cloudevent, for_model, put_artifact, unique_name
@@ -33,6 +34,9 @@ async def register(settings: Settings, kafka: Kafka, name: str, body: bytes, fmt
     pytest.param("pt", lambda: torch_legacy_tar(main_pickle=pickle.dumps(Exploit(), protocol=2)),
                  ".pt > pickle", id="legacy-tar-torch"),
     pytest.param(None, lambda: gzip.compress(pickle.dumps(Exploit())), " (gzip stream)", id="undeclared-gzip"),
+    # Bigger than validation keeps in memory to scan: spooled to a file on disk instead.
+    pytest.param(None, lambda: gzip.compress(pickle.dumps([os.urandom(SCAN_IN_MEMORY_BYTES), Exploit()])),
+                 " (gzip stream)", id="undeclared-gzip-spooled-to-disk"),
 ])
 async def test_a_bypass_is_rejected_naming_the_import(settings: Settings, kafka: Kafka, pipeline,
                                                      fmt, build, where) -> None:
