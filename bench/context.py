@@ -47,6 +47,6 @@ async def put_small_artifact(settings: Settings, key: str) -> ArtifactSpec:
     body = prefix + os.urandom(SMALL_ARTIFACT_BYTES - len(prefix))
     async with ObjectStore(settings) as store:
         await store.ensure_bucket()
-        await store.client.put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
+        await (await store.boto()).put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
     return ArtifactSpec(uri=f"s3://{settings.s3_bucket}/{key}", sha256=hashlib.sha256(body).hexdigest(),
                         size_bytes=len(body), format="safetensors")

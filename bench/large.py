@@ -68,7 +68,7 @@ async def run(ctx: Context) -> dict[str, Any]:
             began = time.perf_counter()
             await store.ensure_bucket()
             with open(path, "rb") as artifact_file:
-                await store.client.upload_fileobj(
+                await (await store.boto()).upload_fileobj(
                     artifact_file, settings.s3_bucket, key,
                     Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                           max_concurrency=4))
@@ -119,7 +119,7 @@ async def run(ctx: Context) -> dict[str, Any]:
             directory.rmdir()
             staged = [S3Location(settings.s3_bucket, key)] + ([parse_s3_uri(stored)] if stored else [])
             for location in staged:
-                await store.client.delete_object(Bucket=location.bucket, Key=location.key)
+                await (await store.boto()).delete_object(Bucket=location.bucket, Key=location.key)
             # checked, not assumed: a server that ignored the deletes leaves gigabytes behind
             left_behind = [location.uri for location in staged if await store.head(location) is not None]
             if left_behind:

@@ -77,9 +77,9 @@ async def _database(port: int, statement: str) -> None:
 async def remove_bucket(settings: Settings) -> None:
     async with ObjectStore(settings) as store:
         while keys := [key for key, _ in await store.list_prefix(settings.s3_bucket, "", 1000)]:
-            await store.client.delete_objects(Bucket=settings.s3_bucket,
+            await (await store.boto()).delete_objects(Bucket=settings.s3_bucket,
                                               Delete={"Objects": [{"Key": key} for key in keys]})
-        await store.client.delete_bucket(Bucket=settings.s3_bucket)
+        await (await store.boto()).delete_bucket(Bucket=settings.s3_bucket)
 
 
 async def _remove_topics(settings: Settings) -> None:

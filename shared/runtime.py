@@ -158,7 +158,7 @@ class ServiceApp:
             raise failure or ConnectionError("no Kafka bootstrap server")
 
         async def s3() -> None:
-            await store.client.head_bucket(Bucket=store.bucket)
+            await store.head_bucket()
 
         return {"postgres": postgres, "kafka": kafka, "s3": s3}
 

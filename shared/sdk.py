@@ -90,7 +90,7 @@ class Registry:
         key = f"uploads/{name}/{uuid.uuid4().hex}/{path.name}"
         await self._store.ensure_bucket()
         with open(path, "rb") as handle:
-            await self._store.client.upload_fileobj(
+            await (await self._store.boto()).upload_fileobj(
                 handle, self.settings.s3_bucket, key, Callback=progress,
                 Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                       max_concurrency=4))
@@ -107,7 +107,7 @@ class Registry:
         await self._store.ensure_bucket()
         for file in files:
             with open(file.real, "rb") as handle:
-                await self._store.client.upload_fileobj(
+                await (await self._store.boto()).upload_fileobj(
                     handle, self.settings.s3_bucket, prefix + file.path, Callback=progress,
                     Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
                                           max_concurrency=4))

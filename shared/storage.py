@@ -1,4 +1,10 @@
-"""S3 object storage through aioboto3: one client per process, streamed transfers."""
+"""S3 object storage: one client per process, streamed transfers.
+
+The hot path (get, head, conditional put, delete) goes through `LeanS3`. aioboto3 serves the
+rest (multipart uploads, copies, tags, listings, presigned URLs, buckets) and is imported and
+opened on first use: importing it and building its S3 client costs a process about 23 MiB,
+which a service that never needs it (promotion, webhooks; ingest and validation until a big or
+directory artifact comes) does not carry."""
 
 from __future__ import annotations
 
@@ -12,9 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import aioboto3
 import aiohttp
-from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -98,21 +102,12 @@ class ObjectStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket
-        self._session = aioboto3.Session(
-            aws_access_key_id=settings.aws_access_key_id.get_secret_value(),
-            aws_secret_access_key=settings.aws_secret_access_key.get_secret_value(),
-            region_name=settings.aws_region,
-        )
         self._stack = contextlib.AsyncExitStack()
-        self.client: Any = None  # aioboto3: multipart, copies, tags, presigning, buckets
-        self.lean: LeanS3 | None = None  # the hot path: get, head, conditional put
+        self._boto: Any = None
+        self._opening = asyncio.Lock()
+        self.lean: LeanS3 | None = None  # the hot path: get, head, conditional put, delete
 
     async def __aenter__(self) -> ObjectStore:
-        config = AioConfig(retries={"max_attempts": 3, "mode": "standard"},
-                        max_pool_connections=32, connect_timeout=5, read_timeout=60,
-                        s3={"addressing_style": "path"}, signature_version="s3v4")
-        self.client = await self._stack.enter_async_context(
-            self._session.client("s3", endpoint_url=self.settings.s3_endpoint_url, config=config))
         settings = self.settings
         self.lean = LeanS3(settings.s3_endpoint_url or f"https://s3.{settings.aws_region}.amazonaws.com",
                            settings.aws_access_key_id.get_secret_value(),
@@ -121,17 +116,43 @@ class ObjectStore:
         self._stack.push_async_callback(self.lean.close)
         return self
 
+    async def boto(self) -> Any:
+        """The aioboto3 S3 client, opened on first use (closed with the store)."""
+        if self._boto is None:
+            async with self._opening:
+                if self._boto is None:
+                    import aioboto3
+                    from aiobotocore.config import AioConfig
+
+                    settings = self.settings
+                    session = aioboto3.Session(
+                        aws_access_key_id=settings.aws_access_key_id.get_secret_value(),
+                        aws_secret_access_key=settings.aws_secret_access_key.get_secret_value(),
+                        region_name=settings.aws_region)
+                    config = AioConfig(retries={"max_attempts": 3, "mode": "standard"},
+                                       max_pool_connections=32, connect_timeout=5, read_timeout=60,
+                                       s3={"addressing_style": "path"}, signature_version="s3v4")
+                    self._boto = await self._stack.enter_async_context(
+                        session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config))
+        return self._boto
+
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
     async def ensure_bucket(self) -> None:
         try:
-            await self.client.head_bucket(Bucket=self.bucket)
+            await self.head_bucket()
         except ClientError as exc:
             if not is_missing(exc) and exc.response.get("Error", {}).get("Code") != "403":
                 raise
             with contextlib.suppress(ClientError):
-                await self.client.create_bucket(Bucket=self.bucket)
+                await (await self.boto()).create_bucket(Bucket=self.bucket)
+
+    async def head_bucket(self) -> None:
+        """Raises unless the registry's bucket exists and these credentials may use it (the
+        readiness probes' question)."""
+        assert self.lean is not None
+        await self.lean.head_bucket(self.bucket)
 
     async def head(self, location: S3Location) -> dict[str, Any] | None:
         assert self.lean is not None
@@ -172,7 +193,7 @@ class ObjectStore:
     async def _listing(self, bucket: str, prefix: str, limit: int,
                        markers: bool) -> AsyncIterator[tuple[str, int]]:
         taken = 0
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = (await self.boto()).get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=bucket, Prefix=prefix,
                                              PaginationConfig={"PageSize": min(1000, max(1, limit))}):
             for item in page.get("Contents", []):
@@ -190,7 +211,8 @@ class ObjectStore:
         tags (None keeps the source's), `storage_class` sets the class. Objects over
         MODELREG_S3_MULTIPART_COPY_BYTES (S3's 5 GiB limit by default) are copied as a
         multipart upload of ranged UploadPartCopy parts."""
-        head = await self.client.head_object(Bucket=source.bucket, Key=source.key)
+        s3 = await self.boto()
+        head = await s3.head_object(Bucket=source.bucket, Key=source.key)
         threshold = self.settings.s3_multipart_copy_bytes
         # A size not told (a proxy may drop it from a HEAD answer): one copy, which the server
         # itself refuses if the object is too big for it.
@@ -200,12 +222,12 @@ class ObjectStore:
         cls = {"StorageClass": storage_class} if storage_class else {}
         if ranges is None:
             tags = {"TaggingDirective": "REPLACE", "Tagging": tagging} if tagging is not None else {}
-            await self.client.copy_object(**where, CopySource=origin, MetadataDirective="COPY", **tags, **cls)
+            await s3.copy_object(**where, CopySource=origin, MetadataDirective="COPY", **tags, **cls)
             return
         if tagging is None:
-            found = (await self.client.get_object_tagging(**origin)).get("TagSet", [])
+            found = (await s3.get_object_tagging(**origin)).get("TagSet", [])
             tagging = urlencode([(t["Key"], t["Value"]) for t in found])
-        upload = await self.client.create_multipart_upload(
+        upload = await s3.create_multipart_upload(
             **where, Metadata=head.get("Metadata", {}),
             ContentType=head.get("ContentType", "application/octet-stream"),
             **({"Tagging": tagging} if tagging else {}), **cls)
@@ -214,19 +236,19 @@ class ObjectStore:
 
         async def part(number: int, first: int, last: int) -> dict[str, Any]:
             async with lanes:
-                answer = await self.client.upload_part_copy(
+                answer = await s3.upload_part_copy(
                     **where, UploadId=upload_id, PartNumber=number, CopySource=origin,
                     CopySourceRange=f"bytes={first}-{last}")
             return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
 
         try:
             parts = await asyncio.gather(*(part(n, first, last) for n, (first, last) in enumerate(ranges, 1)))
-            await self.client.complete_multipart_upload(**where, UploadId=upload_id,
+            await s3.complete_multipart_upload(**where, UploadId=upload_id,
                                                         MultipartUpload={"Parts": list(parts)})
         except BaseException:
             # No half-copied upload left to bill for; the next attempt starts over.
             with contextlib.suppress(Exception):
-                await self.client.abort_multipart_upload(**where, UploadId=upload_id)
+                await s3.abort_multipart_upload(**where, UploadId=upload_id)
             raise
 
     async def copy_hashed(self, source: S3Location, target: S3Location, etag: str | None) -> str | None:
@@ -235,7 +257,7 @@ class ObjectStore:
         that digest in hex, or None when the server gave none (then the caller hashes the copy).
         With `etag`, the server copies only that version of the source (CopySourceIfMatch)."""
         condition = {"CopySourceIfMatch": etag} if etag else {}
-        answer = await self.client.copy_object(
+        answer = await (await self.boto()).copy_object(
             Bucket=target.bucket, Key=target.key, CopySource={"Bucket": source.bucket, "Key": source.key},
             ChecksumAlgorithm="SHA256", **condition)
         return _full_object_sha256(answer.get("CopyObjectResult") or {})
@@ -262,8 +284,8 @@ class ObjectStore:
         if self.lean is not None:  # a quarter of botocore's CPU per request (see shared/s3lean.py)
             return await self.lean.head(location.bucket, location.key, checksum=True)
         try:
-            head: dict[str, Any] = await self.client.head_object(Bucket=location.bucket, Key=location.key,
-                                                                 ChecksumMode="ENABLED")
+            head: dict[str, Any] = await (await self.boto()).head_object(
+                Bucket=location.bucket, Key=location.key, ChecksumMode="ENABLED")
         except ClientError as exc:
             if is_missing(exc):
                 return None

@@ -219,6 +219,6 @@ async def put_artifact(settings: Settings, key: str, body: bytes) -> dict[str, A
 
     async with ObjectStore(settings) as store:
         await store.ensure_bucket()
-        await store.client.put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
+        await (await store.boto()).put_object(Bucket=settings.s3_bucket, Key=key, Body=body)
     return {"uri": f"s3://{settings.s3_bucket}/{key}", "sha256": hashlib.sha256(body).hexdigest(),
             "size_bytes": len(body)}

@@ -142,7 +142,7 @@ async def _ready(res: ApiResources | None) -> dict[str, str]:
                 raise RuntimeError(f"migrations not applied: {pending}")
 
     async def s3() -> None:
-        await res.store.client.head_bucket(Bucket=res.store.bucket)
+        await res.store.head_bucket()
 
     names, probes = ("postgres", "s3"), (postgres(), s3())
     outcomes = await asyncio.gather(*(asyncio.wait_for(p, CHECK_TIMEOUT) for p in probes), return_exceptions=True)

@@ -339,7 +339,7 @@ async def presigned_artifact(res: ApiResources, name: str, version: int) -> dict
     if await res.store.head(location) is None:
         raise not_found(f"{name} v{version}'s artifact is no longer stored at {uri}")
     seconds = res.api.presign_seconds
-    url = await res.store.client.generate_presigned_url(
+    url = await (await res.store.boto()).generate_presigned_url(
         "get_object", Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=seconds)
     return {"url": url, "expires_in": seconds, "expires_at": datetime.now(UTC) + timedelta(seconds=seconds),
             "uri": uri, "sha256": row["sha256"], "size_bytes": row["size_bytes"], "archived": archived}
@@ -352,7 +352,7 @@ async def _presigned_directory(res: ApiResources, row: Any, prefix: S3Location, 
     seconds = res.api.presign_seconds
 
     async def presign(key: str) -> str:
-        url: str = await res.store.client.generate_presigned_url(
+        url: str = await (await res.store.boto()).generate_presigned_url(
             "get_object", Params={"Bucket": prefix.bucket, "Key": key}, ExpiresIn=seconds)
         return url
 

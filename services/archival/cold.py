@@ -68,7 +68,7 @@ async def _to_cold(store: ObjectStore, source: S3Location, target: S3Location) -
         if exc.response.get("Error", {}).get("Code") not in ("InvalidStorageClass", "NotImplemented"):
             raise
         await store.copy(source, target, tagging=TAGGING)  # a server without cold classes: prefix and tag only
-    await store.client.delete_object(Bucket=source.bucket, Key=source.key)
+    await store.delete(source)
 
 
 async def move_from_cold(store: ObjectStore, uri: str) -> None:
@@ -90,4 +90,4 @@ async def move_from_cold(store: ObjectStore, uri: str) -> None:
 
 async def _from_cold(store: ObjectStore, source: S3Location, target: S3Location) -> None:
     await store.copy(source, target, tagging="")  # untagged, the default storage class
-    await store.client.delete_object(Bucket=source.bucket, Key=source.key)
+    await store.delete(source)

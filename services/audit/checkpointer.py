@@ -62,7 +62,7 @@ class CheckpointObjects:
         if not await self.objects.put_if_absent(location, body, hashlib.sha256(body).hexdigest()):
             return False
         if await self._object_lock():
-            await self.objects.client.put_object_retention(
+            await (await self.objects.boto()).put_object_retention(
                 Bucket=self.bucket, Key=checkpoint.key,
                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": checkpoint.time + RETENTION})
         return True
@@ -70,7 +70,7 @@ class CheckpointObjects:
     async def _object_lock(self) -> bool:
         if self._locked_bucket is None:
             try:
-                config = await self.objects.client.get_object_lock_configuration(Bucket=self.bucket)
+                config = await (await self.objects.boto()).get_object_lock_configuration(Bucket=self.bucket)
                 enabled = config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
             except ClientError:
                 enabled = False  # no object lock on this bucket (or this server)
@@ -82,7 +82,7 @@ class CheckpointObjects:
 
     async def keys(self) -> list[str]:
         found: list[str] = []
-        paginator = self.objects.client.get_paginator("list_objects_v2")
+        paginator = (await self.objects.boto()).get_paginator("list_objects_v2")
         try:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=PREFIX):
                 found.extend(item["Key"] for item in page.get("Contents", []))
@@ -93,7 +93,7 @@ class CheckpointObjects:
         return sorted(found)
 
     async def read(self, key: str) -> Checkpoint:
-        response = await self.objects.client.get_object(Bucket=self.bucket, Key=key)
+        response = await (await self.objects.boto()).get_object(Bucket=self.bucket, Key=key)
         async with response["Body"] as body:
             data = await body.read()
         checkpoint = Checkpoint.from_json(data)

@@ -265,7 +265,7 @@ async def _stream(store: ObjectStore, source: Source, dest_key: str, limit: int,
                 pending = chunk
                 continue
             if upload_id is None:
-                created = await store.client.create_multipart_upload(Bucket=store.bucket, Key=dest_key)
+                created = await (await store.boto()).create_multipart_upload(Bucket=store.bucket, Key=dest_key)
                 upload_id = created["UploadId"]
             for body in (pending, chunk) if next_part == 1 else (chunk,):
                 if len(in_flight) >= PARTS_IN_FLIGHT:
@@ -285,7 +285,7 @@ async def _stream(store: ObjectStore, source: Source, dest_key: str, limit: int,
             stored = await store.put_if_absent(S3Location(store.bucket, dest_key), pending or b"", found)
             return found, size, stored
         parts.sort(key=lambda p: p["PartNumber"])  # type: ignore[arg-type, return-value]
-        await store.client.complete_multipart_upload(
+        await (await store.boto()).complete_multipart_upload(
             Bucket=store.bucket, Key=dest_key, UploadId=upload_id, MultipartUpload={"Parts": parts})
         upload_id = None
         return found, size, True
@@ -294,7 +294,7 @@ async def _stream(store: ObjectStore, source: Source, dest_key: str, limit: int,
             task.cancel()
         if upload_id is not None:
             try:
-                await store.client.abort_multipart_upload(Bucket=store.bucket, Key=dest_key, UploadId=upload_id)
+                await (await store.boto()).abort_multipart_upload(Bucket=store.bucket, Key=dest_key, UploadId=upload_id)
             except Exception:
                 pass
 
@@ -460,6 +460,6 @@ async def _remove(store: ObjectStore, keys: list[str]) -> None:
 
 async def _upload_part(store: ObjectStore, key: str, upload_id: str, number: int, body: bytes,
                        parts: list[dict[str, object]]) -> None:
-    response = await store.client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload_id,
+    response = await (await store.boto()).upload_part(Bucket=store.bucket, Key=key, UploadId=upload_id,
                                               PartNumber=number, Body=body)
     parts.append({"PartNumber": number, "ETag": response["ETag"]})

@@ -388,7 +388,7 @@ class LocalStack:
         async with ObjectStore(settings) as store:
             await store.ensure_bucket()
             if self.state.s3_publisher:
-                await s3.confine_publishers(store.client, S3_BUCKET, [s3.publisher_account(self.dir).access_key])
+                await s3.confine_publishers(await store.boto(), S3_BUCKET, [s3.publisher_account(self.dir).access_key])
         await self._wait_for_brokers(settings)
         await ensure_topics_once_up(settings)
         if self.kafka_secured:

@@ -37,10 +37,10 @@ async def stored_artifact(settings: Settings) -> AsyncIterator[bytes]:
     assert location.key.endswith(hashlib.sha256(body).hexdigest())
     async with ObjectStore(settings.model_copy(update={"s3_bucket": location.bucket})) as store:
         await store.ensure_bucket()
-        await store.client.put_object(Bucket=location.bucket, Key=location.key, Body=body)
+        await (await store.boto()).put_object(Bucket=location.bucket, Key=location.key, Body=body)
     yield body
     async with ObjectStore(settings) as store:
-        await store.client.delete_object(Bucket=location.bucket, Key=location.key)
+        await (await store.boto()).delete_object(Bucket=location.bucket, Key=location.key)
 
 
 @pytest.fixture(scope="module")

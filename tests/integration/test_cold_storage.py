@@ -129,7 +129,7 @@ class OwnArchival:
         stored = S3Location(store_settings.s3_bucket, f"artifacts/{name}/1/{hashlib.sha256(body).hexdigest()}")
         async with ObjectStore(store_settings) as store:  # straight to the real server
             await store.ensure_bucket()
-            await store.client.put_object(Bucket=stored.bucket, Key=stored.key, Body=body)
+            await (await store.boto()).put_object(Bucket=stored.bucket, Key=stored.key, Body=body)
         return stored
 
     def archive_request(self, name: str, stored: S3Location, body: bytes) -> list[tuple[str, Any, str]]:
@@ -186,10 +186,10 @@ async def test_without_cold_storage_classes_an_archived_artifact_is_still_moved_
     target = S3Location(stored.bucket, "archive/" + stored.key)
     async with ObjectStore(settings) as store:
         assert await store.head(stored) is None
-        got = await store.client.get_object(Bucket=target.bucket, Key=target.key)
+        got = await (await store.boto()).get_object(Bucket=target.bucket, Key=target.key)
         assert await got["Body"].read() == body
         assert got.get("StorageClass", "STANDARD") == "STANDARD"
-        tags = await store.client.get_object_tagging(Bucket=target.bucket, Key=target.key)
+        tags = await (await store.boto()).get_object_tagging(Bucket=target.bucket, Key=target.key)
     key, value = TAGGING.split("=")
     assert {"Key": key, "Value": value} in tags["TagSet"]
 

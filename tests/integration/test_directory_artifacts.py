@@ -42,8 +42,8 @@ async def put_directory(settings: Settings, prefix: str, root: Path) -> tuple[st
     async with ObjectStore(settings) as store:
         await store.ensure_bucket()
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            await store.client.put_object(Bucket=settings.s3_bucket, Key=prefix + path.relative_to(root).as_posix(),
-                                          Body=path.read_bytes())
+            await (await store.boto()).put_object(
+                Bucket=settings.s3_bucket, Key=prefix + path.relative_to(root).as_posix(), Body=path.read_bytes())
     sha256, size = directory_manifest(root)
     return f"s3://{settings.s3_bucket}/{prefix}", sha256, size
 
@@ -190,8 +190,10 @@ async def test_a_file_altered_after_validation_is_caught_before_production(
     await kafka.wait_for("model.promoted", promoted(name, 1, "staging"))
     stored = parse_s3_uri(ingested.data["artifact"]["uri"])
     async with ObjectStore(settings) as store:
-        await store.client.put_object(Bucket=stored.bucket, Key=stored.key + "conda.yaml", Body=b"name: swapped\n")
-        await store.client.put_object(Bucket=stored.bucket, Key=stored.key + "sitecustomize.py", Body=b"import os\n")
+        await (await store.boto()).put_object(
+            Bucket=stored.bucket, Key=stored.key + "conda.yaml", Body=b"name: swapped\n")
+        await (await store.boto()).put_object(
+            Bucket=stored.bucket, Key=stored.key + "sitecustomize.py", Body=b"import os\n")
     await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.99}))
     rejected = (await kafka.wait_for("model.rejected", for_model(name, 1)))[0]
     reason = rejected.data["reasons"][0]
@@ -308,7 +310,7 @@ async def test_a_rejected_directory_moves_to_cold_storage_file_by_file_and_comes
     async with ObjectStore(settings) as store:
         manifest = b"".join([c async for c in store.stream(S3Location(cold.bucket, manifest_key(cold.key)))])
         assert hashlib.sha256(manifest).hexdigest() == sha256
-        tags = await store.client.get_object_tagging(Bucket=cold.bucket, Key=cold.key + "model.pkl")
+        tags = await (await store.boto()).get_object_tagging(Bucket=cold.bucket, Key=cold.key + "model.pkl")
         assert {"Key": "modelreg-stage", "Value": "archived"} in tags["TagSet"]
         await move_from_cold(store, stored)  # what a restore does
         await move_from_cold(store, stored)  # twice changes nothing

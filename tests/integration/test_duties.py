@@ -201,7 +201,8 @@ async def test_a_version_quarantined_in_staging_leaves_staging_at_once(
     await kafka.wait_for("model.promoted", promoted(name, 1, "staging"))
     location = parse_s3_uri(ingested.data["artifact"]["uri"])
     async with ObjectStore(settings) as store:
-        await store.client.put_object(Bucket=location.bucket, Key=location.key, Body=b"swapped after validation")
+        await (await store.boto()).put_object(
+            Bucket=location.bucket, Key=location.key, Body=b"swapped after validation")
     await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.99}))  # would promote it
     demoted = (await kafka.wait_for("model.demoted", for_model(name, 1)))[0]
     assert (demoted.data["from_stage"], demoted.data["to_stage"], demoted.data["reason"]) == \

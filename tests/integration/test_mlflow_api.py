@@ -298,8 +298,8 @@ async def _upload_dir(settings: Settings, local: Path, prefix: str) -> str:
     async with ObjectStore(settings) as store:
         await store.ensure_bucket()
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
-            await store.client.put_object(Bucket=settings.s3_bucket, Key=prefix + file.relative_to(local).as_posix(),
-                                          Body=file.read_bytes())
+            await (await store.boto()).put_object(
+                Bucket=settings.s3_bucket, Key=prefix + file.relative_to(local).as_posix(), Body=file.read_bytes())
     return f"s3://{settings.s3_bucket}/{prefix}"
 
 

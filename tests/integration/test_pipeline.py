@@ -232,7 +232,8 @@ async def test_a_tampered_artifact_is_quarantined_before_production(
     await kafka.wait_for("model.promoted", promoted(name, 1, "staging"))
     location = parse_s3_uri(ingested.data["artifact"]["uri"])
     async with ObjectStore(settings) as store:
-        await store.client.put_object(Bucket=location.bucket, Key=location.key, Body=b"swapped after validation")
+        await (await store.boto()).put_object(
+            Bucket=location.bucket, Key=location.key, Body=b"swapped after validation")
     redone = promotion_io_rounds()
     await kafka.publish("metrics.evaluated", evaluated(name, 1, {"auc": 0.99}))
     rejected = (await kafka.wait_for("model.rejected", for_model(name, 1)))[0]
@@ -315,7 +316,7 @@ async def test_superseded_and_rejected_versions_are_archived(settings: Settings,
     location = parse_s3_uri(row["archive_uri"])
     assert location.key.startswith(f"archive/artifacts/{name}/1/")
     async with ObjectStore(settings) as store:
-        tags = await store.client.get_object_tagging(Bucket=location.bucket, Key=location.key)
+        tags = await (await store.boto()).get_object_tagging(Bucket=location.bucket, Key=location.key)
         assert {"Key": "modelreg-stage", "Value": "archived"} in tags["TagSet"]
         original = parse_s3_uri(row["archive_uri"].replace("/archive/", "/", 1))
         assert await store.head(original) is None

@@ -21,18 +21,19 @@ async def test_an_object_over_the_threshold_is_copied_in_parts_byte_for_byte(set
     target = S3Location(settings.s3_bucket, f"archive/{source.key}")
     async with ObjectStore(small_parts) as store:
         await store.ensure_bucket()
-        await store.client.put_object(Bucket=source.bucket, Key=source.key, Body=body,
+        s3 = await store.boto()
+        await s3.put_object(Bucket=source.bucket, Key=source.key, Body=body,
                                       ContentType="application/x-model", Metadata={"origin": "tests"})
         await store.copy(source, target, tagging="modelreg-stage=archived")
 
         assert await store.digest(target) == (hashlib.sha256(body).hexdigest(), len(body))
-        head = await store.client.head_object(Bucket=target.bucket, Key=target.key)
+        head = await s3.head_object(Bucket=target.bucket, Key=target.key)
         assert head["ETag"].strip('"').endswith("-3"), head["ETag"]  # three parts: 5 + 5 + 2 MiB
         assert head["ContentType"] == "application/x-model"
         assert head["Metadata"] == {"origin": "tests"}
-        tags = await store.client.get_object_tagging(Bucket=target.bucket, Key=target.key)
+        tags = await s3.get_object_tagging(Bucket=target.bucket, Key=target.key)
         assert tags["TagSet"] == [{"Key": "modelreg-stage", "Value": "archived"}]
-        uploads = await store.client.list_multipart_uploads(Bucket=target.bucket, Prefix=target.key)
+        uploads = await s3.list_multipart_uploads(Bucket=target.bucket, Prefix=target.key)
         assert not uploads.get("Uploads")  # completed, nothing left open
 
 
@@ -42,12 +43,13 @@ async def test_an_object_under_the_threshold_is_one_copy(settings: Settings) -> 
     target = S3Location(settings.s3_bucket, f"archive/{source.key}")
     async with ObjectStore(settings.model_copy(update={"s3_multipart_copy_bytes": 5 * MIB})) as store:
         await store.ensure_bucket()
-        await store.client.put_object(Bucket=source.bucket, Key=source.key, Body=body)
-        await store.client.put_object_tagging(Bucket=source.bucket, Key=source.key,
+        s3 = await store.boto()
+        await s3.put_object(Bucket=source.bucket, Key=source.key, Body=body)
+        await s3.put_object_tagging(Bucket=source.bucket, Key=source.key,
                                               Tagging={"TagSet": [{"Key": "kept", "Value": "yes"}]})
         await store.copy(source, target)  # tags kept from the source
         assert await store.digest(target) == (hashlib.sha256(body).hexdigest(), len(body))
-        head = await store.client.head_object(Bucket=target.bucket, Key=target.key)
+        head = await s3.head_object(Bucket=target.bucket, Key=target.key)
         assert "-" not in head["ETag"].strip('"')
-        tags = await store.client.get_object_tagging(Bucket=target.bucket, Key=target.key)
+        tags = await s3.get_object_tagging(Bucket=target.bucket, Key=target.key)
         assert tags["TagSet"] == [{"Key": "kept", "Value": "yes"}]

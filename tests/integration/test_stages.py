@@ -31,7 +31,7 @@ async def _in_cold_storage(settings: Settings, db: asyncpg.Pool, name: str, vers
     assert target.key == "archive/" + source.key
     async with ObjectStore(settings) as store:
         assert await store.head(target) is not None and await store.head(source) is None
-        tags = await store.client.get_object_tagging(Bucket=target.bucket, Key=target.key)
+        tags = await (await store.boto()).get_object_tagging(Bucket=target.bucket, Key=target.key)
     key, value = TAGGING.split("=")
     assert {"Key": key, "Value": value} in tags["TagSet"]
 
@@ -131,7 +131,8 @@ async def test_a_rollback_target_whose_bytes_were_altered_is_quarantined_and_the
     first = (await kafka.wait_for("model.ingested", for_model(name, 1)))[0]
     location = parse_s3_uri(first.data["artifact"]["uri"])
     async with ObjectStore(settings) as store:
-        await store.client.put_object(Bucket=location.bucket, Key=location.key, Body=b"swapped while superseded")
+        await (await store.boto()).put_object(
+            Bucket=location.bucket, Key=location.key, Body=b"swapped while superseded")
     await kafka.publish("metrics.evaluated", evaluated(name, 2, {"auc": 0.70}, suite="live-monitor",
                                                        environment="production"))
     rejected = (await kafka.wait_for("model.rejected", for_model(name, 1)))[0]
@@ -214,7 +215,7 @@ async def test_an_approver_restores_an_archived_version_which_can_then_move_up_a
     async with ObjectStore(settings) as store:
         back, cold = parse_s3_uri(row["artifact_uri"]), parse_s3_uri(row["archive_uri"])
         assert await store.head(back) is not None and await store.head(cold) is None
-        assert (await store.client.get_object_tagging(Bucket=back.bucket, Key=back.key))["TagSet"] == []
+        assert (await (await store.boto()).get_object_tagging(Bucket=back.bucket, Key=back.key))["TagSet"] == []
     # Every service that keeps a stage agrees it is `none` now, and the read model shows no archive copy.
     assert await eventually(lambda: db.fetchval(
         "SELECT stage = 'none' FROM promotion_versions WHERE name = $1 AND version = 1", name))

@@ -63,20 +63,20 @@ async def confined(settings: Settings, publisher_env: dict[str, str]) -> Setting
     returns the publisher's settings (its S3 keys, the pipeline's Kafka principal)."""
     async with ObjectStore(settings) as store:
         await store.ensure_bucket()
-        await confine_publishers(store.client, settings.s3_bucket, [publisher_env["AWS_ACCESS_KEY_ID"]])
+        await confine_publishers(await store.boto(), settings.s3_bucket, [publisher_env["AWS_ACCESS_KEY_ID"]])
     return settings_for(as_principal(settings, "pipeline"), publisher_env)
 
 
 @pytest.fixture
 async def publisher_s3(confined: Settings) -> AsyncIterator[Any]:
     async with ObjectStore(confined) as store:
-        yield store.client
+        yield await store.boto()
 
 
 @pytest.fixture
 async def services_s3(settings: Settings) -> AsyncIterator[Any]:
     async with ObjectStore(settings) as store:
-        yield store.client
+        yield await store.boto()
 
 
 async def _denied(call: Any) -> bool:
