@@ -171,7 +171,7 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
     if res:
         table.add_section()
         per = res.get("per_versions")
-        row("resources: idle memory before the run, idle CPU; CPU across the throughput phase"
+        row("resources: idle memory before the run (RSS after it), idle CPU; CPU across the throughput phase"
             + (f" (per 1,000 of {per:,} versions)" if per else " (throughput not run)"), "")
         for name in (*SERVICES, *INFRA):
             proc = res["processes"].get(name)
@@ -179,6 +179,10 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
                 row(f"  {name}", "not found")
                 continue
             memory = f"{'PSS' if name == 'postgres' else 'RSS'} {proc['idle_mib']:.0f} MiB"
+            if proc.get("idle_pss_mib"):
+                memory += f" (PSS {proc['idle_pss_mib']:.0f})"
+            if proc.get("after_mib"):
+                memory += f", {proc['after_mib']:.0f} after the load"
             cpu = proc.get("cpu_seconds_per_1000_versions")
             text = memory + (f", {cpu:.2f} CPU-s / 1k versions" if cpu is not None else "")
             row(f"  {name}" + (f" ({proc['note']})" if proc.get("note") else ""), text,

@@ -53,6 +53,10 @@ def idle_resources(target: Target) -> tuple[dict[str, Any], list[resources.Proc]
         pids = proc.pids()
         processes[proc.name] = {"pid": proc.pid, "idle_mib": round(proc.memory_bytes() / MIB, 1),
                                 "note": f"PSS summed over {len(pids)} processes" if proc.with_children else None}
+        if not proc.with_children:
+            # RSS counts the shared libraries' pages in every process that maps them; PSS
+            # divides them among those processes.
+            processes[proc.name]["idle_pss_mib"] = round((resources.pss_bytes(proc.pid) or 0) / MIB, 1)
     return {"processes": processes, "s3_server": target.s3_server}, procs
 
 
@@ -107,6 +111,9 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
     if config.has("scaleout"):
         await phase("scaleout", scaleout.run(ctx, results))
     if idle is not None and config.has("resources"):
+        for proc in procs or ():
+            if not proc.with_children and proc.name in idle["processes"]:
+                idle["processes"][proc.name]["after_mib"] = round((resources.rss_bytes(proc.pid) or 0) / MIB, 1)
         cpu = (results.get("throughput") or {}).get("cpu_seconds") or {}
         versions = config.versions if cpu else None
         for name, proc in idle["processes"].items():
