@@ -87,7 +87,7 @@ async def cluster(ctx: Context) -> AsyncIterator[tuple[LocalStack, str]]:
     given = os.environ.get(STACK_DIR_ENV)
     if given:
         stack = LocalStack(Path(given))
-        if stack.state.kafka_brokers < BROKERS or not all(stack.answers().values()):
+        if stack.state.kafka_brokers < BROKERS or not stack.serving():
             raise RuntimeError(f"${STACK_DIR_ENV}={given}: no running stack of {BROKERS} brokers there (start one "
                                f"with MODELREG_STACK_DIR={given} modelreg stack up --brokers {BROKERS} --infra-only)")
         yield stack, f"${STACK_DIR_ENV} ({given})"

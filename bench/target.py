@@ -125,7 +125,7 @@ async def _api_answers(url: str) -> bool:
 def prepare(log: Log, *, start_services: bool = True) -> Target:
     """Start the local stack and (unless told not to) every pipeline service that is not running yet."""
     stack = LocalStack()
-    if not all(stack.answers().values()):
+    if not stack.serving():
         log(f"starting the local stack in {stack.dir}")
         stack.up(log=lambda line: log(f"stack: {line}"))
     env = {**service_env(), **stack.env(), "PYTHONPATH": _import_root()}

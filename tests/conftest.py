@@ -84,7 +84,7 @@ def _local_stack() -> Iterator[Endpoints]:
     from shared.stack.launcher import LocalStack
 
     stack = LocalStack()
-    started_here = not all(stack.answers().values())
+    started_here = not stack.serving()
     if started_here:
         stack.up(log=lambda line: print(f"[stack] {line}"))
     env = stack.env()

@@ -153,11 +153,12 @@ def _role_summary(role: str) -> str:
 
 
 def print_status(stack: LocalStack) -> int:
-    answers = stack.answers()
+    answers, ours = stack.answers(), stack.running_parts()
     print(f"# modelreg local stack in {stack.dir}")
     for part, port in (("kafka", stack.ports.kafka), ("postgres", stack.ports.postgres),
                        ("s3", stack.ports.s3)):
-        print(f"#   {part:<9} 127.0.0.1:{port:<6} {'answers' if answers[part] else 'DOWN'}")
+        state = "DOWN" if not answers[part] else "answers" if part in ours else "answers, but not this stack's process"
+        print(f"#   {part:<9} 127.0.0.1:{port:<6} {state}")
     for name, pid in sorted(stack.state.services.items()):
         print(f"#   service {name:<11} {'running' if alive(pid) else 'STOPPED'} (pid {pid}, log: "
               f"{stack.dir / 'logs' / (name + '.log')})")

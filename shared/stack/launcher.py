@@ -262,8 +262,9 @@ class LocalStack:
 
     def _check_port_free(self, port: int, what: str) -> None:
         if port_open(port):
-            raise StackError(f"port {port} for {what} is taken by another program; choose another "
-                             f"with `modelreg stack up --{what}-port N` or stop that program")
+            raise StackError(f"port {port} for {what} is taken by another program (perhaps another modelreg "
+                             f"stack, of another MODELREG_STACK_DIR); choose another port with "
+                             f"`modelreg stack up --{what}-port N` or stop that program")
 
     def _up_postgres(self, log: Log) -> None:
         user = self.state.postgres_user if self.state.postgres_dir else postgres.run_as()
@@ -455,6 +456,12 @@ class LocalStack:
         return {name: up for name, up in (("kafka", kafka_up),
                                           ("s3", alive(self.state.s3_pid)),
                                           ("postgres", pg)) if up}
+
+    def serving(self) -> bool:
+        """Whether this stack's own Kafka, PostgreSQL and S3 run and answer. A port that answers
+        for another program (another stack's server on the same default port) does not count:
+        taken for this stack's, it would be sent this stack's credentials and refuse them all."""
+        return set(self.running_parts()) == {"kafka", "postgres", "s3"} and all(self.answers().values())
 
     def answers(self) -> dict[str, bool]:
         """Whether each part answers on its port, not merely whether its process lives."""
