@@ -1,10 +1,10 @@
 """S3 object storage: one client per process, streamed transfers.
 
-The hot path (get, head, conditional put, delete) goes through `LeanS3`. aioboto3 serves the
-rest (multipart uploads, copies, tags, listings, presigned URLs, buckets) and is imported and
+The hot path (get, head, conditional put, delete, listings) goes through `LeanS3`. aioboto3
+serves the rest (multipart uploads, copies, tags, presigned URLs, buckets) and is imported and
 opened on first use: importing it and building its S3 client costs a process about 23 MiB,
-which a service that never needs it (promotion, webhooks; ingest and validation until a big or
-directory artifact comes) does not carry."""
+which a service that never needs it (promotion, validation, webhooks, the audit writer on a
+bucket without object lock; ingest until a big artifact comes) does not carry."""
 
 from __future__ import annotations
 
@@ -148,6 +148,11 @@ class ObjectStore:
             with contextlib.suppress(ClientError):
                 await (await self.boto()).create_bucket(Bucket=self.bucket)
 
+    async def object_lock_enabled(self) -> bool:
+        """Whether the registry's bucket was made with S3 Object Lock."""
+        assert self.lean is not None
+        return await self.lean.object_lock_enabled(self.bucket)
+
     async def head_bucket(self) -> None:
         """Raises unless the registry's bucket exists and these credentials may use it (the
         readiness probes' question)."""
@@ -192,18 +197,16 @@ class ObjectStore:
 
     async def _listing(self, bucket: str, prefix: str, limit: int,
                        markers: bool) -> AsyncIterator[tuple[str, int]]:
+        assert self.lean is not None
         taken = 0
-        paginator = (await self.boto()).get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix,
-                                             PaginationConfig={"PageSize": min(1000, max(1, limit))}):
-            for item in page.get("Contents", []):
-                relative, size = item["Key"][len(prefix):], int(item["Size"])
-                if not markers and relative.endswith("/") and size == 0:
-                    continue
-                yield relative, size
-                taken += 1
-                if taken >= limit:
-                    return
+        async for key, size in self.lean.list(bucket, prefix, page_size=min(1000, max(1, limit))):
+            relative = key[len(prefix):]
+            if not markers and relative.endswith("/") and size == 0:
+                continue
+            yield relative, size
+            taken += 1
+            if taken >= limit:
+                return
 
     async def copy(self, source: S3Location, target: S3Location, *, tagging: str | None = None,
                    storage_class: str | None = None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -25,7 +26,7 @@ from shared import metrics
 from shared.consumer import unit_of_work
 from shared.events import UNKNOWN_MODEL
 from shared.keys import SigningKey
-from shared.storage import ObjectStore, S3Location, is_missing
+from shared.storage import ObjectStore, S3Location, is_missing, is_retryable
 
 from . import store
 from .chain import Problem
@@ -39,6 +40,8 @@ RETENTION = timedelta(days=3650)
 CHECKPOINT_LOCK = 0x6D72_6175_6463_6B70  # "mraudckp"
 # How often the writer looks whether a checkpoint is due, at most.
 POLL_SECONDS = 1.0
+# A checkpoint is about a kilobyte; an object under checkpoints/ far bigger is not one.
+MAX_CHECKPOINT_BYTES = 1024 * 1024
 
 Clock = Callable[[], datetime]
 
@@ -69,11 +72,12 @@ class CheckpointObjects:
 
     async def _object_lock(self) -> bool:
         if self._locked_bucket is None:
-            try:
-                config = await (await self.objects.boto()).get_object_lock_configuration(Bucket=self.bucket)
-                enabled = config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
-            except ClientError:
-                enabled = False  # no object lock on this bucket (or this server)
+            try:  # (on LeanS3: a writer on a bucket without object lock never opens aioboto3)
+                enabled = await self.objects.object_lock_enabled()
+            except ClientError as exc:
+                if is_retryable(exc):
+                    raise  # not an answer: asked again at the next checkpoint
+                enabled = False  # not allowed to ask, or no object lock on this server
             if not enabled:
                 log.info("bucket %s has no S3 Object Lock: audit checkpoints are write-once by "
                          "conditional put only", self.bucket)
@@ -81,22 +85,21 @@ class CheckpointObjects:
         return self._locked_bucket
 
     async def keys(self) -> list[str]:
-        found: list[str] = []
-        paginator = (await self.objects.boto()).get_paginator("list_objects_v2")
         try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=PREFIX):
-                found.extend(item["Key"] for item in page.get("Contents", []))
+            found = await self.objects.list_prefix(self.bucket, PREFIX, sys.maxsize)
         except ClientError as exc:
             if is_missing(exc):
                 return []
             raise
-        return sorted(found)
+        return sorted(key for key, _size in found)
 
     async def read(self, key: str) -> Checkpoint:
-        response = await (await self.objects.boto()).get_object(Bucket=self.bucket, Key=key)
-        async with response["Body"] as body:
-            data = await body.read()
-        checkpoint = Checkpoint.from_json(data)
+        data = bytearray()
+        async for chunk in self.objects.stream(S3Location(self.bucket, key)):
+            data += chunk
+            if len(data) > MAX_CHECKPOINT_BYTES:
+                raise ValueError(f"{key} is over {MAX_CHECKPOINT_BYTES} bytes: not a checkpoint")
+        checkpoint = Checkpoint.from_json(bytes(data))
         if checkpoint.key != key:
             raise ValueError(f"{key} holds the checkpoint of seq {checkpoint.seq}")
         return checkpoint
