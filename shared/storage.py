@@ -105,7 +105,7 @@ class ObjectStore:
         self._stack = contextlib.AsyncExitStack()
         self._boto: Any = None
         self._opening = asyncio.Lock()
-        self.lean: LeanS3 | None = None  # the hot path: get, head, conditional put, delete
+        self.lean: LeanS3 | None = None  # the hot path; `boto()` for the rest
 
     async def __aenter__(self) -> ObjectStore:
         settings = self.settings
