@@ -111,11 +111,11 @@ async def warm_up(ctx: Context, prefix: str, *, label: str) -> None:
     """`WARM_VERSIONS` versions (at most the phase's own count) through the whole pipeline."""
     config = ctx.config
     warm = min(config.versions, WARM_VERSIONS)
-    progress = await push(ctx, ctx.names(prefix), warm, config.models, timeout=min(240.0, config.timeout),
+    progress = await push(ctx, ctx.names(prefix), warm, config.models, timeout=config.timeout,
                           auc_seed=config.seed, label=label)
     if not progress.done(warm):
-        raise RuntimeError(f"{label}: only {len(progress.decided)} of {warm} versions were decided in time: are "
-                           f"the services healthy? (logs in {ctx.target.stack.dir / 'logs'})")
+        raise RuntimeError(f"{label}: only {len(progress.decided)} of {warm} versions were decided in "
+                           f"{config.timeout:g} s: are the services healthy? (see their logs)")
 
 
 def _rate(count: int, times: dict[Key, float], total: int) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class ServiceApp:
             pool = await create_pool(settings.dsn, role=service_role(settings.db_role, self.name))
             self._stack.push_async_callback(pool.close)
             store = await self._stack.enter_async_context(ObjectStore(settings))
-            await store.ensure_bucket()
+            await _when_reachable("S3", store.ensure_bucket)
             self.resources = Resources(settings, pool, store, policy)
             handlers = self._build(self.resources)
 

@@ -105,6 +105,7 @@ class ObjectStore:
         self._stack = contextlib.AsyncExitStack()
         self._boto: Any = None
         self._opening = asyncio.Lock()
+        self._closed = False
         self.lean: LeanS3 | None = None  # the hot path; `boto()` for the rest
 
     async def __aenter__(self) -> ObjectStore:
@@ -117,9 +118,13 @@ class ObjectStore:
         return self
 
     async def boto(self) -> Any:
-        """The aioboto3 S3 client, opened on first use (closed with the store)."""
+        """The aioboto3 S3 client, opened on first use (closed with the store). Opening it
+        loads botocore's S3 model: a one-off pause of the event loop (some 100 ms), which a
+        process that presigns on its request path (the API) takes at start instead."""
         if self._boto is None:
             async with self._opening:
+                if self._closed:
+                    raise RuntimeError("the object store is closed")
                 if self._boto is None:
                     import aioboto3
                     from aiobotocore.config import AioConfig
@@ -137,6 +142,7 @@ class ObjectStore:
         return self._boto
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
         await self._stack.aclose()
 
     async def ensure_bucket(self) -> None:

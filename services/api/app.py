@@ -67,6 +67,7 @@ def build_asgi(settings: Settings, api_settings: ApiSettings | None = None, *,
             pool = await create_pool(settings.dsn, max_size=8, role=service_role(settings.db_role, "api"))
             stack.push_async_callback(pool.close)
             store = await stack.enter_async_context(ObjectStore(settings))
+            await store.boto()  # presigned URLs: opened now, not on a request's path
             registry: Publisher
             if publisher is not None:
                 registry = publisher

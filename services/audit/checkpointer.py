@@ -62,9 +62,12 @@ class CheckpointObjects:
         """Store `checkpoint` unless its key exists (False then: another writer made it)."""
         body = checkpoint.to_json()
         location = S3Location(self.bucket, checkpoint.key)
+        # Asked first: a fault while asking must leave nothing stored that the next tick's
+        # conditional put would then find, unrecorded and unlocked.
+        locked = await self._object_lock()
         if not await self.objects.put_if_absent(location, body, hashlib.sha256(body).hexdigest()):
             return False
-        if await self._object_lock():
+        if locked:
             await (await self.objects.boto()).put_object_retention(
                 Bucket=self.bucket, Key=checkpoint.key,
                 Retention={"Mode": "COMPLIANCE", "RetainUntilDate": checkpoint.time + RETENTION})

@@ -61,7 +61,7 @@ def _fault_ports() -> Ports:
 @pytest.fixture(scope="module")
 def fault_stack() -> Iterator[LocalStack]:
     stack = LocalStack(Path(os.environ.get("MODELREG_FAULT_STACK_DIR") or ROOT / ".modelreg-faults"))
-    if not all(stack.answers().values()) or stack.state.kafka_brokers != 3:
+    if not stack.serving() or stack.state.kafka_brokers != 3:
         stack.up(_fault_ports(), brokers=3, log=lambda line: print(f"[fault stack] {line}"))
     yield stack
     if os.environ.get("CI"):

@@ -7,9 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from botocore.exceptions import ClientError
 
 from services.audit import checkpoint as cp
 from services.audit.chain import TRUNCATED, AuditRecord, ChainHead, chain
+from services.audit.checkpointer import CheckpointObjects
 from shared import keys
 
 NOW = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
@@ -174,3 +176,32 @@ def test_a_truncated_tail_is_named_at_the_new_last_row(signing):
     problems = audit(shortened, ChainHead(5, rows[4].hash, 5), [checkpoint])
     assert [(p.seq, p.kind) for p in problems] == [(5, TRUNCATED), (None, cp.HEAD_BEHIND)]
     assert "covers seq 8 (8 records); the log ends at seq 5" in problems[0].detail
+
+
+class _Objects:
+    """An object store whose object-lock question fails as a busy server's would."""
+
+    bucket = "modelreg"
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    async def object_lock_enabled(self) -> bool:
+        raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "busy"},
+                           "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObjectLockConfiguration")
+
+    async def put_if_absent(self, location, body, sha256) -> bool:
+        self.stored.append(location.key)
+        return True
+
+
+async def test_a_checkpoint_is_not_stored_while_the_lock_question_has_no_answer(signing):
+    """Stored first and then failing to ask, the checkpoint would be found by the next tick's
+    conditional put: never recorded in the chain, never locked."""
+    signing_keys, _keyring = signing
+    rows, head = chain(records(3))
+    checkpoint = cp.sign(signing_keys["audit"], head, datetime.now(UTC))
+    objects = _Objects()
+    with pytest.raises(ClientError):
+        await CheckpointObjects(objects).put(checkpoint)  # type: ignore[arg-type]
+    assert objects.stored == []
