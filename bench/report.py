@@ -109,14 +109,14 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
             f"{signed['verifications_per_version']} verified per version by the pipeline's services "
             f"({signed['sign_us_per_event']:.0f} / {signed['verify_us_per_event']:.0f} µs each)",
             _num(signed["cpu_ms_per_version"], 2, "CPU ms/version"))
-        if signed.get("webhooks_all_types_verifications_per_version"):
-            row(f"  a webhook endpoint on every event type: "
-                f"{signed['webhooks_all_types_verifications_per_version']} verifications more",
-                _num(signed["webhooks_all_types_cpu_ms_per_version"], 2, "CPU ms/version"))
         if "share_of_pipeline_cpu_percent" in signed:
             row(f"  of the pipeline's {signed['pipeline_cpu_ms_per_version']:.1f} CPU ms per version",
                 _num(signed["share_of_pipeline_cpu_percent"], 1, "%"),
                 "signed events: signing + verifying, share of the pipeline's CPU per version")
+        if signed.get("webhooks_all_types_verifications_per_version"):
+            row(f"  a webhook endpoint on every event type: "
+                f"{signed['webhooks_all_types_verifications_per_version']} verifications more",
+                _num(signed["webhooks_all_types_cpu_ms_per_version"], 2, "CPU ms/version"))
     scanned = results.get("scan")
     if scanned:
         table.add_section()
