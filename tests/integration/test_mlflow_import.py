@@ -48,6 +48,24 @@ CHURN = f"life-import-{RUN}-churn"
 EVIL = f"life-import-{RUN}-evil"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_globals_put_back() -> Iterator[None]:
+    """MLflow's fluent API keeps the tracking and registry URIs this module sets as process
+    globals, and exports them as MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI besides: left as
+    they are, the next module's MLflow calls went to this module's stopped servers."""
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None: no URI of its own (and unsets the variable)
+    mlflow.set_registry_uri(None)  # type: ignore[arg-type]
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
