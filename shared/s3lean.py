@@ -175,10 +175,10 @@ class LeanS3:
                      **({"continuation-token": token} if token else {})}
             encoded = False
             try:
-                page = ElementTree.fromstring(await self._get(bucket, query))
+                page = ElementTree.fromstring(await self._list_page(bucket, query))
             except ElementTree.ParseError:
                 encoded = True
-                page = ElementTree.fromstring(await self._get(bucket, {**query, "encoding-type": "url"}))
+                page = ElementTree.fromstring(await self._list_page(bucket, {**query, "encoding-type": "url"}))
             for item in page.iterfind("{*}Contents"):
                 key = item.findtext("{*}Key") or ""
                 yield unquote_plus(key) if encoded else key, int(item.findtext("{*}Size") or 0)
@@ -191,7 +191,7 @@ class LeanS3:
                                    "ResponseMetadata": {"HTTPStatusCode": 502}}, "ListObjectsV2")
             seen_tokens.add(token)
 
-    async def _get(self, bucket: str, query: dict[str, str]) -> bytes:
+    async def _list_page(self, bucket: str, query: dict[str, str]) -> bytes:
         return await self._body(await self._request("GET", bucket, "", query=query, operation="ListObjectsV2"))
 
     async def _body(self, response: aiohttp.ClientResponse) -> bytes:
