@@ -290,16 +290,18 @@ class ObjectStore:
         return await self.digest(location)
 
     async def _head_with_checksum(self, location: S3Location) -> dict[str, Any] | None:
-        if self.lean is not None:  # a quarter of botocore's CPU per request (see shared/s3lean.py)
-            return await self.lean.head(location.bucket, location.key, checksum=True)
-        try:
-            head: dict[str, Any] = await (await self.boto()).head_object(
-                Bucket=location.bucket, Key=location.key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if is_missing(exc):
+        assert self.lean is not None
+        return await self.lean.head(location.bucket, location.key, checksum=True)
+
+    async def read_at_most(self, location: S3Location, limit: int) -> bytes | None:
+        """A small object whole, or None once it proves longer than `limit` bytes (read no
+        further); a missing one raises, as `stream` does."""
+        data = bytearray()
+        async for chunk in self.stream(location):
+            data += chunk
+            if len(data) > limit:
                 return None
-            raise
-        return head
+        return bytes(data)
 
     async def stream(self, location: S3Location, chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
         assert self.lean is not None

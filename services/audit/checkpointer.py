@@ -97,12 +97,10 @@ class CheckpointObjects:
         return sorted(key for key, _size in found)
 
     async def read(self, key: str) -> Checkpoint:
-        data = bytearray()
-        async for chunk in self.objects.stream(S3Location(self.bucket, key)):
-            data += chunk
-            if len(data) > MAX_CHECKPOINT_BYTES:
-                raise ValueError(f"{key} is over {MAX_CHECKPOINT_BYTES} bytes: not a checkpoint")
-        checkpoint = Checkpoint.from_json(bytes(data))
+        data = await self.objects.read_at_most(S3Location(self.bucket, key), MAX_CHECKPOINT_BYTES)
+        if data is None:
+            raise ValueError(f"{key} is over {MAX_CHECKPOINT_BYTES} bytes: not a checkpoint")
+        checkpoint = Checkpoint.from_json(data)
         if checkpoint.key != key:
             raise ValueError(f"{key} holds the checkpoint of seq {checkpoint.seq}")
         return checkpoint

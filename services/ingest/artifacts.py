@@ -423,19 +423,15 @@ async def copy_directory(store: ObjectStore, listed: list[Listed], dest_prefix: 
 
 async def _stored_manifest(store: ObjectStore, dest_prefix: str, sha256: str) -> list[FileEntry] | None:
     """The manifest of a copy completed earlier, if it is there and hashes to `sha256`."""
-    text = bytearray()
     try:
-        async for chunk in store.stream(S3Location(store.bucket, manifest_key(dest_prefix))):
-            text += chunk
-            if len(text) > MAX_MANIFEST_BYTES:
-                return None
+        text = await store.read_at_most(S3Location(store.bucket, manifest_key(dest_prefix)), MAX_MANIFEST_BYTES)
     except ClientError as exc:
         if is_missing(exc):
             return None
         raise
-    if hashlib.sha256(text).hexdigest() != sha256:
+    if text is None or hashlib.sha256(text).hexdigest() != sha256:
         return None
-    return parse_manifest(bytes(text))
+    return parse_manifest(text)
 
 
 def _first_mismatch(exc: BaseException) -> ArtifactMismatch | SourceRefused | None:
