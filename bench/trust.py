@@ -33,13 +33,12 @@ LIFE: tuple[str, ...] = (
     "model.promoted", "registry.audit",                       # promotion: to staging
     "model.promoted", "registry.audit",                       # promotion: to production
 )
-# The services whose CPU the throughput phase measures (bench.resources.SERVICES).
-PIPELINE = SERVICES
 PRODUCER = {"model.ingested": "ingest", "model.validated": "validation", "qa.requested": "validation",
             "model.promoted": "promotion", "registry.audit": "promotion"}
 
 
-def _consumers(topic: str, services: tuple[str, ...] = PIPELINE) -> int:
+def _consumers(topic: str, services: tuple[str, ...] = SERVICES) -> int:
+    """How many of `services` (by default those whose CPU the throughput phase measures) read `topic`."""
     return sum(topic in SERVICE_READS[service] for service in services)
 
 
