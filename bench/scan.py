@@ -1,6 +1,6 @@
 """What checking artifacts costs: CPU per version for validation's scan, on the code the
-validation service runs (`services.validation.scan`), spooled to a temporary file as the
-service does.
+validation service runs (`services.validation.scan`), spooled as the service spools it (in
+memory up to `SCAN_IN_MEMORY_BYTES`, then to a temporary file).
 
 Two artifacts: the one every throughput version carries (a 1 KiB safetensors file, so the
 share below is of the same pipeline the throughput phase measured), and a scikit-learn model
@@ -18,13 +18,13 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from bench.artifacts import safetensors_prefix
 from bench.context import SMALL_ARTIFACT_BYTES
 from bench.pipeline import cpu_ms_per_version
 from services.validation.logic import needs_scan
-from services.validation.scan import scan_file
+from services.validation.scan import SCAN_IN_MEMORY_BYTES, scan_stream
 
 
 def _cpu_ms(rounds: int, work: Callable[[], None]) -> float:
@@ -36,14 +36,15 @@ def _cpu_ms(rounds: int, work: Callable[[], None]) -> float:
 
 def _spool_and_scan(body: bytes, fmt: str) -> Callable[[], None]:
     """What validation does with a stored object that needs the scan: decide from its first
-    bytes, spool it to a temporary file, scan the file, remove it."""
+    bytes, spool it, scan the spool, let it go."""
     def work() -> None:
         if not needs_scan(fmt, body[:64]):
             raise AssertionError(f"a {fmt} artifact must be scanned")
-        with tempfile.NamedTemporaryFile(prefix="modelreg-bench-scan-") as spool:
+        with tempfile.SpooledTemporaryFile(SCAN_IN_MEMORY_BYTES, prefix="modelreg-bench-scan-") as spool:
             spool.write(body)
-            spool.flush()
-            scan = scan_file(spool.name, declared_format=fmt, label=f"bench.{fmt}")
+            spool.seek(0)
+            scan = scan_stream(cast(BinaryIO, spool), declared_format=fmt, label=f"bench.{fmt}",
+                               stored_bytes=len(body))
         if scan.findings:
             raise AssertionError(f"the benchmark's {fmt} artifact was refused: {scan.findings}")
     return work

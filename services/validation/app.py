@@ -48,17 +48,14 @@ from .logic import (
     run_checks,
     siblings_of,
 )
-from .scan import ArtifactScan, Limits, scan_stream
+from .scan import SCAN_IN_MEMORY_BYTES, ArtifactScan, Limits, scan_stream
 from .signature import CHECK as SIGNATURE_CHECK
 from .signature import judge_signature, signature_check, signature_to_read
 
 SERVICE = "validation"
 READS_IN_FLIGHT = 8
 HEAD_BYTES = 4096  # read before deciding whether an artifact needs the safety scan
-# What needs the scan is spooled in memory up to this size, then to a temporary file: a file on
-# disk per small artifact cost a tenth of validation's CPU. At most READS_IN_FLIGHT x
-# FILES_IN_FLIGHT spools (8 MiB) are in memory at once.
-SCAN_IN_MEMORY_BYTES = 256 * 1024
+# At most READS_IN_FLIGHT x FILES_IN_FLIGHT scan spools (8 MiB) are in memory at once.
 FILES_IN_FLIGHT = 4  # files of one directory artifact read at once
 EXTRA_LISTED = 100  # files beyond the manifest's that a listing names (enough to show the problem)
 

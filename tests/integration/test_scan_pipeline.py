@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from services.validation.app import SCAN_IN_MEMORY_BYTES
+from services.validation.scan import SCAN_IN_MEMORY_BYTES
 from shared.settings import Settings
 from tests.model_corpus import Exploit, joblib_bytes, torch_legacy_tar
 from tests.support import Kafka, cloudevent, for_model, put_artifact, unique_name

@@ -20,8 +20,12 @@ from .pickle_ops import UNRESOLVED_STACK_GLOBAL
 from .streams import Limits
 
 SCANNER_FAILED = "the scanner could not read this file"
+# What needs the scan is spooled in memory up to this size, then to a temporary file: a file on
+# disk per small artifact cost a tenth of validation's CPU.
+SCAN_IN_MEMORY_BYTES = 256 * 1024
 
-__all__ = ["SCANNER_FAILED", "DEFAULT_ALLOWED", "HEAD_BYTES", "PICKLE_FORMATS", "UNRESOLVED_STACK_GLOBAL",
+__all__ = ["SCANNER_FAILED", "SCAN_IN_MEMORY_BYTES", "DEFAULT_ALLOWED", "HEAD_BYTES", "PICKLE_FORMATS",
+           "UNRESOLVED_STACK_GLOBAL",
            "ArtifactScan", "Finding", "Limits", "is_pickle_format", "might_hold_pickle", "worth_scanning",
            "scan_file", "scan_stream"]
 
