@@ -15,8 +15,6 @@ import json
 import time
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from bench.pipeline import cpu_ms_per_version
 from bench.resources import SERVICES
 from shared import signing
@@ -43,7 +41,7 @@ def _consumers(topic: str, services: tuple[str, ...] = SERVICES) -> int:
 
 
 def measure(rounds: int = 2000) -> dict[str, Any]:
-    keys = {service: SigningKey(service, Ed25519PrivateKey.generate()) for service in set(PRODUCER.values())}
+    keys = {service: SigningKey.generate(service) for service in set(PRODUCER.values())}
     keyring = Keyring(key.public() for key in keys.values())
     unsigned = {t: json.dumps({k: v for k, v in example(CATALOGUE[t]).items()
                                if k not in ("signature", "signingkey")}).encode() for t in set(LIFE)}

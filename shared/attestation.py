@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+import nacl.exceptions
 
 from shared.keys import Keyring, SigningKey
 
@@ -71,7 +71,7 @@ def promotion_statement(*, name: str, version: int, from_stage: str, to_stage: s
 def sign_statement(key: SigningKey, statement: Mapping[str, Any]) -> dict[str, Any]:
     """A DSSE envelope of `statement` signed by `key` (keyid: its JWKS kid)."""
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    signature = key.private_key.sign(pae(PAYLOAD_TYPE, payload))
+    signature = key.signer.sign(pae(PAYLOAD_TYPE, payload)).signature
     return {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
             "signatures": [{"keyid": key.key_id, "sig": base64.b64encode(signature).decode()}]}
 
@@ -104,9 +104,10 @@ def verify_attestation(envelope: Mapping[str, Any], keyring: Keyring) -> dict[st
         if ATTESTS not in key.event_types:
             problems.append(f"key {kid} of service {key.service} may not attest promotions")
             continue
+        signature = _b64(entry.get("sig"), "a signature")
         try:
-            key.key.verify(_b64(entry.get("sig"), "a signature"), pae(PAYLOAD_TYPE, payload))
-        except InvalidSignature:
+            key.verifier.verify(pae(PAYLOAD_TYPE, payload), signature)
+        except (nacl.exceptions.BadSignatureError, ValueError):  # ValueError: not 64 bytes
             problems.append(f"the signature of key {kid} does not match the statement")
             continue
         statement = json.loads(payload)

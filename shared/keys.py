@@ -23,12 +23,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 import orjson
 import rfc8785
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# Keys live as libsodium (PyNaCl) keys and raw bytes: libsodium signs and verifies Ed25519 about
+# twice as fast as OpenSSL here, and `cryptography` (about 7 MiB a process) is imported only to
+# read a key file in a form other than the one `modelreg` writes.
 
 # Which service may sign which event type: the one table every check derives from. It follows
 # what each service emits (services/*/app.py and shared/events.py CATALOGUE); promotion also
@@ -69,9 +72,9 @@ def event_types_for(service: str) -> frozenset[str]:
     return frozenset(SERVICE_EVENT_TYPES[service]) | frozenset(EVERY_SERVICE_EVENT_TYPES)
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
+def key_id(public_key: bytes) -> str:
     """First 16 hex characters of the SHA-256 of the raw 32-byte public key."""
-    return hashlib.sha256(_raw(public_key)).hexdigest()[:KEY_ID_HEX_CHARS]
+    return hashlib.sha256(public_key).hexdigest()[:KEY_ID_HEX_CHARS]
 
 
 def b64url(data: bytes) -> str:
@@ -150,10 +153,6 @@ def _canonical(document: dict[str, Any]) -> bytes:
     return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
 
 
-def _raw(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
 # ---------------------------------------------------------------------------- private keys
 
 
@@ -162,27 +161,29 @@ class SigningKey:
     """This process's private key, and the service it speaks for."""
 
     service: str
-    private_key: Ed25519PrivateKey
+    signer: nacl.signing.SigningKey
+
+    @classmethod
+    def generate(cls, service: str) -> SigningKey:
+        return cls(service, nacl.signing.SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, service: str, seed: bytes) -> SigningKey:
+        """The key whose 32-byte private seed (RFC 8032's private key) is `seed`."""
+        return cls(service, nacl.signing.SigningKey(seed))
 
     @cached_property
-    def public_key(self) -> Ed25519PublicKey:
-        return self.private_key.public_key()
+    def public_key(self) -> bytes:
+        """The raw 32-byte public key."""
+        return bytes(self.signer.verify_key)
 
     @cached_property
     def key_id(self) -> str:
         return key_id(self.public_key)
 
-    @cached_property
-    def _fast(self) -> nacl.signing.SigningKey:
-        # libsodium signs and verifies Ed25519 about twice as fast as OpenSSL here; the
-        # `cryptography` key stays the one that reads and writes key files.
-        raw = self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                             serialization.NoEncryption())
-        return nacl.signing.SigningKey(raw)
-
     def sign(self, payload: bytes) -> str:
         """A detached Ed25519 signature of `payload`, base64url without padding."""
-        return b64url(self._fast.sign(payload).signature)
+        return b64url(self.signer.sign(payload).signature)
 
     def sign_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """`event` (a CloudEvent as a JSON object) with `signature` and `signingkey` set."""
@@ -226,19 +227,51 @@ def load_signing_key(path: Path, service: str | None = None) -> SigningKey:
             raise KeyFileError(f"{path}: a signing key file is named <service>{KEY_FILE_SUFFIX}")
         service = path.name.removesuffix(KEY_FILE_SUFFIX)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        pem = path.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"cannot read the signing key {path}: {exc.strerror or exc}") from None
+    seed = _written_seed(pem)
+    return SigningKey.from_seed(service, seed if seed is not None else _any_pem_seed(path, pem))
+
+
+# RFC 8410's PKCS#8 encoding of an Ed25519 private key, as OpenSSL and `cryptography` write it:
+# this DER prefix, then the 32-byte seed.
+_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN, _PEM_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
+
+
+def _written_seed(pem: bytes) -> bytes | None:
+    """The seed of a key file in the one form `modelreg` writes; None for any other form."""
+    body = pem.strip()
+    if not body.startswith(_PEM_BEGIN) or not body.endswith(_PEM_END):
+        return None
+    try:
+        der = base64.b64decode(b"".join(body[len(_PEM_BEGIN):-len(_PEM_END)].split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != len(_PKCS8_PREFIX) + 32 or not der.startswith(_PKCS8_PREFIX):
+        return None
+    return der[len(_PKCS8_PREFIX):]
+
+
+def _any_pem_seed(path: Path, pem: bytes) -> bytes:
+    """The seed of an Ed25519 key in any PEM form `cryptography` reads; a clear error otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path} is not a PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
-    return SigningKey(service, key)
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
 
 
-def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+def _write_private(path: Path, key: SigningKey) -> None:
+    der = base64.encodebytes(_PKCS8_PREFIX + key.signer.encode()).decode("ascii")
+    pem = f"{_PEM_BEGIN.decode()}\n{der}{_PEM_END.decode()}\n".encode("ascii")
     # Created 0600 from the start (O_EXCL): the key is never readable by others, not even
     # between create and chmod, and a concurrent `stack up` cannot overwrite a key in use.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -257,7 +290,7 @@ def ensure_service_keys(directory: Path, services: Iterable[str] = SERVICES) -> 
         path = key_file(directory, service)
         if not path.exists():
             try:
-                _write_private(path, Ed25519PrivateKey.generate())
+                _write_private(path, SigningKey.generate(service))
             except FileExistsError:
                 pass  # another process made it just now: use theirs
         keys[service] = load_signing_key(path, service)
@@ -283,7 +316,7 @@ def write_keyring(directory: Path, services: Iterable[str] = SERVICES,
 @dataclass(frozen=True)
 class PublicKey:
     service: str
-    key: Ed25519PublicKey
+    key: bytes  # the raw 32-byte public key
     event_types: frozenset[str]
 
     @cached_property
@@ -292,10 +325,10 @@ class PublicKey:
 
     @cached_property
     def verifier(self) -> nacl.signing.VerifyKey:
-        return nacl.signing.VerifyKey(_raw(self.key))
+        return nacl.signing.VerifyKey(self.key)
 
     def to_jwk(self) -> dict[str, Any]:
-        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(_raw(self.key)), "kid": self.key_id,
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(self.key), "kid": self.key_id,
                 "use": "sig", "alg": "EdDSA", "modelreg_service": self.service,
                 "modelreg_event_types": sorted(self.event_types)}
 
@@ -313,10 +346,12 @@ class PublicKey:
             raise KeyFileError(f"key {jwk.get('kid')!r}: modelreg_event_types must be a list of strings")
         try:
             raw = b64url_decode(jwk.get("x", ""))
-            key = Ed25519PublicKey.from_public_bytes(raw)
         except ValueError as exc:
             raise KeyFileError(f"key {jwk.get('kid')!r} has a bad 'x': {exc}") from None
-        public = cls(service, key, frozenset(types))
+        if len(raw) != nacl.bindings.crypto_sign_PUBLICKEYBYTES:
+            raise KeyFileError(f"key {jwk.get('kid')!r} has a bad 'x': an Ed25519 public key is 32 bytes, "
+                               f"not {len(raw)}")
+        public = cls(service, raw, frozenset(types))
         if jwk.get("kid") not in (None, public.key_id):
             # A kid that is not the key's own would let one key pose as another.
             raise KeyFileError(f"key {jwk.get('kid')!r}: kid does not match its key ({public.key_id})")

@@ -23,11 +23,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Any
 
 from shared.manifest import Discrepancy, FileEntry, describe, path_problem
 
@@ -38,8 +34,12 @@ IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 _OLD_PREDICATE_TYPE = "https://model_signing/Digests/v0.1"
-_CURVE_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
+# `cryptography` (about 7 MiB a process) is imported where a key or a signature is read, so that
+# a service that never meets one (most of them) does not load it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+# The hash each curve's ECDSA signatures use (as model_signing signs), by `cryptography` name.
+_CURVE_HASHES: dict[str, str] = {"secp256r1": "SHA256", "secp384r1": "SHA384", "secp521r1": "SHA512"}
 
 # Why a version's signature is not believed (model.rejected reason codes).
 MISSING, INVALID, UNTRUSTED, MISMATCH = ("signature_missing", "signature_invalid", "signature_untrusted",
@@ -57,6 +57,8 @@ class TrustedKey:
 
     @cached_property
     def pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.public_key.public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -83,6 +85,10 @@ class TrustedKey:
 def load_trusted_key(pem: bytes | str) -> TrustedKey:
     """A PEM public key (`-----BEGIN PUBLIC KEY-----`) on P-256, P-384 or P-521; ValueError
     saying what is wrong otherwise."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     data = pem.encode() if isinstance(pem, str) else pem
     if b"PRIVATE KEY" in data:
         raise ValueError("a private key was given; trust the public key (openssl ec -pubout)")
@@ -176,12 +182,17 @@ def _signer(envelope: dict[str, Any], hint: str | None, trusted: Sequence[Truste
     if not candidates:
         raise _Refused(UNTRUSTED, f"signed by key {hint[:16] if hint else '?'}, which the policy does "
                                   "not trust")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     signed = pae(IN_TOTO_PAYLOAD_TYPE, payload)
     for entry in signatures:
         raw = _b64(entry.get("sig"), "a signature")
         for key in candidates:
+            algorithm = getattr(hashes, _CURVE_HASHES[key.public_key.curve.name])()
             try:
-                key.public_key.verify(raw, signed, ec.ECDSA(_CURVE_HASHES[key.public_key.curve.name]()))
+                key.public_key.verify(raw, signed, ec.ECDSA(algorithm))
             except InvalidSignature:
                 continue
             return key, payload

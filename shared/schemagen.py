@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
@@ -152,8 +151,8 @@ def json_schema(spec: EventSpec) -> dict[str, Any]:
 
 # Examples of the registry's own events are signed with this published, well-known key, so
 # that they show (and tests check) the signature's form; it is in no keyring.
-_EXAMPLE_KEY = SigningKey("example", Ed25519PrivateKey.from_private_bytes(
-    hashlib.sha256(b"modelreg example signing key: not secret, never trusted").digest()))
+_EXAMPLE_KEY = SigningKey.from_seed(
+    "example", hashlib.sha256(b"modelreg example signing key: not secret, never trusted").digest())
 
 
 def example(spec: EventSpec) -> dict[str, Any]:

@@ -22,13 +22,11 @@ from shared.settings import Settings, load_settings
 def signing_service(prefix: str) -> str:
     """A service name, unique to the test, with a fresh signing key registered for it (for
     tests that drive a `BatchProcessor` of their own)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     from shared import signing
     from shared.keys import SigningKey
 
     service = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    signing.register(service, SigningKey(service, Ed25519PrivateKey.generate()))
+    signing.register(service, SigningKey.generate(service))
     return service
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.attestation import (
     PREDICATE_TYPE,
@@ -77,11 +78,12 @@ def test_promotions_key_signs_and_the_keyring_verifies(keys, keyring: Keyring) -
 
 
 def test_the_signature_is_dsse_over_the_payload(keys) -> None:
-    """Any DSSE verifier can check it: Ed25519 over PAE(payloadType, payload)."""
+    """Any DSSE verifier can check it: Ed25519 over PAE(payloadType, payload), checked here
+    with OpenSSL (`cryptography`), not the libsodium that signed it."""
     envelope = sign_statement(keys["promotion"], statement())
     payload = base64.b64decode(envelope["payload"])
-    keys["promotion"].public_key.verify(base64.b64decode(envelope["signatures"][0]["sig"]),
-                                        pae("application/vnd.in-toto+json", payload))
+    openssl_key = Ed25519PublicKey.from_public_bytes(keys["promotion"].public_key)
+    openssl_key.verify(base64.b64decode(envelope["signatures"][0]["sig"]), pae("application/vnd.in-toto+json", payload))
     assert pae("t", b"ab") == b"DSSEv1 1 t 2 ab"
 
 

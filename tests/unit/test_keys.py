@@ -6,6 +6,9 @@ import json
 import stat
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared import keys
 from shared.events import CATALOGUE
@@ -74,7 +77,7 @@ def test_event_problem_names_unsigned_tampered_and_unknown(signing):
     assert keyring.event_problem(_event()) == "the event is not signed"
     tampered = {**signed, "data": {**signed["data"], "version": 4}}
     assert "does not match" in keyring.event_problem(tampered)
-    stranger = keys.SigningKey("promotion", keys.Ed25519PrivateKey.generate()).sign_event(_event())
+    stranger = keys.SigningKey.generate("promotion").sign_event(_event())
     assert "unknown key" in keyring.event_problem(stranger)
 
 
@@ -100,6 +103,50 @@ def test_key_files_are_private_and_kept_across_calls(tmp_path):
     loaded = keys.load_signing_key(directory / "ingest.ed25519.pem")
     assert (loaded.service, loaded.key_id) == ("ingest", first["ingest"].key_id)
     assert "PRIVATE" not in repr(loaded)
+
+
+def test_key_files_are_pkcs8_pem_as_openssl_writes_and_reads_them(tmp_path):
+    """The files `modelreg` writes (without `cryptography`) are the PKCS#8 PEM OpenSSL reads,
+    and a key OpenSSL wrote loads as the same key (Ed25519 signatures are deterministic)."""
+    written = keys.ensure_service_keys(tmp_path, ["ingest"])["ingest"]
+    pem = (tmp_path / "ingest.ed25519.pem").read_bytes()
+    opened = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(opened, Ed25519PrivateKey)
+    assert opened.public_key().public_bytes(serialization.Encoding.Raw,
+                                            serialization.PublicFormat.Raw) == written.public_key
+    assert opened.sign(b"payload") == written.signer.sign(b"payload").signature
+
+    openssl_key = Ed25519PrivateKey.generate()
+    (tmp_path / "promotion.ed25519.pem").write_bytes(openssl_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    loaded = keys.load_signing_key(tmp_path / "promotion.ed25519.pem")
+    assert loaded.signer.sign(b"payload").signature == openssl_key.sign(b"payload")
+
+
+def test_a_key_file_in_another_form_is_read_or_refused_by_name(tmp_path):
+    """Not the form `modelreg` writes: `cryptography` reads it, or the error names the file."""
+    openssl_key = Ed25519PrivateKey.generate()
+    encrypted = tmp_path / "ingest.ed25519.pem"
+    encrypted.write_bytes(openssl_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(keys.KeyFileError, match="ingest.ed25519.pem is not a PEM private key"):
+        keys.load_signing_key(encrypted)
+    elliptic = tmp_path / "audit.ed25519.pem"
+    elliptic.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(keys.KeyFileError, match="not an Ed25519 key"):
+        keys.load_signing_key(elliptic)
+    garbage = tmp_path / "archival.ed25519.pem"
+    garbage.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(keys.KeyFileError, match="archival.ed25519.pem is not a PEM private key"):
+        keys.load_signing_key(garbage)
+
+
+def test_a_jwk_whose_key_is_not_32_bytes_is_refused(signing):
+    _, keyring = signing
+    jwk = keyring.to_jwks()["keys"][0]
+    with pytest.raises(keys.KeyFileError, match="32 bytes, not 31"):
+        keys.PublicKey.from_jwk({**jwk, "x": keys.b64url(keys.b64url_decode(jwk["x"])[:31]), "kid": None})
 
 
 def test_key_id_is_the_sha256_prefix_of_the_raw_public_key(signing):

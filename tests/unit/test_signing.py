@@ -11,7 +11,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import rfc8785
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared import signing
 from shared.events import ModelIngested, ModelIngestedData, ModelPromoted, ModelPromotedData, new_event
@@ -23,7 +22,7 @@ SCHEMAS = Path(__file__).parents[2] / "schemas"
 
 @pytest.fixture
 def keys() -> dict[str, SigningKey]:
-    made = {service: SigningKey(service, Ed25519PrivateKey.generate()) for service in ("ingest", "promotion")}
+    made = {service: SigningKey.generate(service) for service in ("ingest", "promotion")}
     for service, key in made.items():
         signing.register(service, key)
     yield made
@@ -63,7 +62,7 @@ def test_forgeries_are_named(keys: dict[str, SigningKey], case: str, expected: s
         "unsigned": promoted(),
         "wrong type": signing.sign_value("ingest", promoted()),
         "altered": signing.sign_value("promotion", promoted()).replace(b'"production"', b'"staging"'),
-        "unknown key": SigningKey("promotion", Ed25519PrivateKey.generate()).sign_event_bytes(promoted()),
+        "unknown key": SigningKey.generate("promotion").sign_event_bytes(promoted()),
         "not json": b"\xff",
     }[case]
     assert expected in (signing.check(keyring, "model.promoted", value)[0] or "")
@@ -77,7 +76,7 @@ def test_outside_topics_are_not_checked_internal_ones_are(keys: dict[str, Signin
 
 
 def test_senders_are_verified_keys_or_the_topics_acl_role(keys: dict[str, SigningKey]) -> None:
-    api = SigningKey("api", Ed25519PrivateKey.generate())
+    api = SigningKey.generate("api")
     keyring = Keyring([*(key.public() for key in keys.values()), api.public()])
     registered = b'{"type": "model.registered", "source": "pipelines/claims-to-be-anyone"}'
     assert signing.check(keyring, "model.registered", registered) == (None, "acl:pipeline")
@@ -94,7 +93,7 @@ def test_senders_are_verified_keys_or_the_topics_acl_role(keys: dict[str, Signin
 def test_a_producer_key_an_operator_trusts_names_the_producer() -> None:
     from shared.keys import PublicKey
 
-    producer = SigningKey("fraud-train", Ed25519PrivateKey.generate())
+    producer = SigningKey.generate("fraud-train")
     trusted = PublicKey("fraud-train", producer.public_key, frozenset({"model.registered"}))
     keyring = Keyring.from_jwks({"keys": [trusted.to_jwk()]})  # as added to keyring.json
     registered = b'{"type": "model.registered", "source": "pipelines/fraud-train"}'
