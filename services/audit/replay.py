@@ -12,27 +12,29 @@ named, whatever its hashes say. Records on the topic that no key of the keyring 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.broker import make_admin
 from shared.db import connect
 from shared.events import InvalidEvent, parse_event
 from shared.kafka_security import reader_options
-from shared.keys import Keyring, load_keyring
+from shared.keys import load_keyring
 from shared.settings import Settings
 
 from . import store, view
+from .authenticity import SignatureChecks
 from .chain import FIELDS, AuditRecord, canonical
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,9 @@ async def replay(settings: Settings, *, from_offset: int | None = None, keep: bo
         # the rebuild creates no cycles worth collecting.
         gc.disable()
         try:
-            events, duplicates, skipped = await _rebuild(conn, settings, schema, from_offset, progress, consumed,
-                                                         keyring, counts)
+            with SignatureChecks(keyring) if keyring is not None else nullcontext() as checks:
+                events, duplicates, skipped = await _rebuild(conn, settings, schema, from_offset, progress,
+                                                             consumed, checks, counts)
         finally:
             gc.enable()
         seconds = time.perf_counter() - started
@@ -135,7 +138,7 @@ async def _create_schema(conn: asyncpg.Connection, schema: str) -> None:
 
 
 async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, from_offset: int | None,
-                   progress: Progress | None, seen: dict[uuid.UUID, TopicEvent], keyring: Keyring | None,
+                   progress: Progress | None, seen: dict[uuid.UUID, TopicEvent], checks: SignatureChecks | None,
                    counts: dict[str, int]) -> tuple[int, int, int]:
     topic = settings.topic("registry.audit")
     consumer = AIOKafkaConsumer(**reader_options(settings), enable_auto_commit=False,
@@ -163,26 +166,27 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
         await conn.execute(f'SET search_path TO "{schema}"')
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=CHUNK)
-            for partition, records in batches.items():
-                for record in records:
-                    if record.offset >= ends[partition]:
-                        continue
-                    done += 1
-                    try:
-                        event = parse_event("registry.audit", record.value)
-                    except InvalidEvent:
-                        skipped += 1
-                        continue
-                    if event.id in seen:
-                        duplicates += 1  # the outbox relay may publish a record twice
-                        continue
-                    if keyring is not None and keyring.event_problem(orjson.loads(record.value)) is not None:
-                        counts["forged"] += 1  # the audit writer dead-letters these: so does the rebuild
-                        continue
-                    audit_record = AuditRecord.from_event(event)
-                    seen[event.id] = TopicEvent(partition.partition, record.offset, content_digest(audit_record))
-                    events += 1
-                    pending.append((events, audit_record))
+            fetched = [(partition.partition, record) for partition, records in batches.items()
+                       for record in records if record.offset < ends[partition]]
+            done += len(fetched)
+            # The signatures are checked elsewhere while this process reads the same records.
+            checking = checks.submit([record.value for _, record in fetched]) if checks else None
+            read = [_read(partition, record.offset, record.value) for partition, record in fetched]
+            forged = await asyncio.wrap_future(checking) if checking else [False] * len(read)
+            for item, is_forged in zip(read, forged, strict=True):
+                if item is None:
+                    skipped += 1
+                    continue
+                audit_record, where = item
+                if audit_record.event_id in seen:
+                    duplicates += 1  # the outbox relay may publish a record twice
+                    continue
+                if is_forged:
+                    counts["forged"] += 1  # the audit writer dead-letters these: so does the rebuild
+                    continue
+                seen[audit_record.event_id] = where
+                events += 1
+                pending.append((events, audit_record))
             # Done at the end offset, by position: the last offsets may be transaction markers,
             # which advance the position but are never handed over as records.
             for partition in list(remaining):
@@ -203,6 +207,17 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
     finally:
         await conn.execute("SET search_path TO public")
         await consumer.stop()
+
+
+def _read(partition: int, offset: int, value: bytes) -> tuple[AuditRecord, TopicEvent] | None:
+    """The audit record a message carries and where it is on the topic; None if it is not a
+    valid registry.audit event."""
+    try:
+        event = parse_event("registry.audit", value)
+    except InvalidEvent:
+        return None
+    record = AuditRecord.from_event(event)
+    return record, TopicEvent(partition, offset, content_digest(record))
 
 
 async def newer_than(conn: asyncpg.Connection, live: str,

@@ -1,0 +1,53 @@
+"""Replay's signature checks (services/audit/authenticity.py): in the worker process and inline,
+each message judged as `Keyring.event_problem` judges it, in order. No servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.audit import authenticity
+from services.audit.authenticity import SignatureChecks
+from shared import keys
+from shared.events import RegistryAudit, RegistryAuditData, new_event
+
+
+@pytest.fixture
+def signing(tmp_path):
+    signing_keys = keys.ensure_service_keys(tmp_path / "keys")
+    return signing_keys, keys.Keyring.load(keys.write_keyring(tmp_path / "keys"))
+
+
+def messages(signing_keys: dict[str, keys.SigningKey]) -> tuple[list[bytes], list[bool]]:
+    """Messages of every kind replay meets, and whether each is forged."""
+    record = new_event(RegistryAudit, RegistryAuditData(action="promoted", name="m", version=1, from_stage="staging",
+                                                        to_stage="production", actor="modelreg/promotion"),
+                       source="modelreg/promotion")
+    genuine = signing_keys["promotion"].sign_event_bytes(record.to_json())
+    tampered = json.loads(genuine)
+    tampered["data"]["version"] = 2
+    stranger = keys.SigningKey.generate("promotion").sign_event_bytes(record.to_json())
+    return ([genuine, record.to_json(), json.dumps(tampered).encode(), stranger, b"not json", b"[1, 2]",
+             signing_keys["audit"].sign_event_bytes(record.to_json()), genuine],
+            [False, True, True, True, True, True, False, False])
+
+
+def test_the_worker_judges_each_message_as_the_keyring_does(signing, monkeypatch) -> None:
+    signing_keys, keyring = signing
+    values, expected = messages(signing_keys)
+    monkeypatch.setattr(authenticity.os, "cpu_count", lambda: 2)
+    with SignatureChecks(keyring) as checks:
+        assert checks._pool is not None, "a core to spare: the checks run in a worker"  # noqa: SLF001
+        assert checks.submit(values).result(timeout=60) == expected
+        assert checks.submit(values[::-1]).result(timeout=60) == expected[::-1]  # the order is kept
+        assert checks.submit([]).result(timeout=60) == []
+
+
+def test_on_one_core_the_checks_run_inline(signing, monkeypatch) -> None:
+    signing_keys, keyring = signing
+    values, expected = messages(signing_keys)
+    monkeypatch.setattr(authenticity.os, "cpu_count", lambda: 1)
+    with SignatureChecks(keyring) as checks:
+        assert checks._pool is None  # noqa: SLF001
+        assert checks.submit(values).result() == expected
