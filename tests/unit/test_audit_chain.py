@@ -302,3 +302,32 @@ def test_the_canonical_form_is_byte_for_byte_what_it_always_was(evidence: dict[s
         except UnicodeEncodeError:
             continue
         assert f',"reason":{expected.decode()},'.encode() in canonical(record(0, reason=hostile))
+
+
+def _reference_number(value: int | float) -> str:
+    """How numbers were first written (Decimal, normalised): the fast paths must agree."""
+    from decimal import Context, Decimal
+
+    number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if number.is_zero():
+        return "0"
+    return str(number.normalize(Context(prec=max(28, len(number.as_tuple().digits)))))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(min_value=-(10**30), max_value=10**30)
+       | st.sampled_from([0.0, -0.0, 1e-4, 9.999e-5, 1e15, 1e16, 100.0, -120.5, 0.1, 5e-324, 10, 2**53]))
+def test_numbers_are_written_as_they_always_were(value: float) -> None:
+    from services.audit.chain import _number
+
+    assert _number(value) == _reference_number(value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                           timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                                      timezone(timedelta(hours=-8)), timezone(timedelta(0))])))
+def test_timestamps_are_written_as_they_always_were(moment: datetime) -> None:
+    from services.audit.chain import timestamp
+
+    assert timestamp(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
