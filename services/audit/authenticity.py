@@ -11,15 +11,20 @@ This module stays small: a spawned worker imports it and what it imports, nothin
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import orjson
 
 from shared.keys import Keyring
+
+log = logging.getLogger(__name__)
 
 _keyring: Keyring | None = None  # the worker's, set once by `_start`
 
@@ -29,13 +34,13 @@ def _start(jwks: Mapping[str, Any]) -> None:
     _keyring = Keyring.from_jwks(jwks)
 
 
-def forged(keyring: Keyring, values: Sequence[bytes]) -> list[bool]:
+def forged(keyring: Keyring, values: Sequence[bytes | None]) -> list[bool]:
     """Per message, whether no key of `keyring` may have signed it (a message that is not
     a JSON object counts as forged; the rebuild skips what it cannot parse before asking)."""
     flags = []
     for value in values:
         try:
-            event = orjson.loads(value)
+            event = orjson.loads(value) if value is not None else None
         except orjson.JSONDecodeError:
             flags.append(True)
             continue
@@ -43,29 +48,51 @@ def forged(keyring: Keyring, values: Sequence[bytes]) -> list[bool]:
     return flags
 
 
-def _forged_in_worker(values: Sequence[bytes]) -> list[bool]:
+def _forged_in_worker(values: Sequence[bytes | None]) -> list[bool]:
     assert _keyring is not None, "the worker starts with the keyring"
     return forged(_keyring, values)
 
 
 class SignatureChecks:
     """Checks batches of messages against a keyring: in one worker process when this machine
-    has a core to spare, else inline. Use as a context manager; `submit` returns a future."""
+    has a core to spare (and can start one), else inline. `submit` starts a check; `outcome`
+    awaits it, and checks inline what a worker that died (killed, out of memory) left
+    unanswered. Use as a context manager."""
 
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
-        self._pool: Executor | None = None
+        self._pool: ProcessPoolExecutor | None = None
         if (os.cpu_count() or 1) > 1:
-            # spawn, not fork: the rebuild's process has an event loop and open sockets.
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start, initargs=(keyring.to_jwks(),))
+            try:
+                # spawn, not fork: the rebuild's process has an event loop and open sockets.
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_start, initargs=(keyring.to_jwks(),))
+            except OSError as exc:  # no POSIX semaphores here (some containers)
+                log.warning("replay checks signatures in its own process: cannot start a worker (%s)", exc)
 
-    def submit(self, values: Sequence[bytes]) -> Future[list[bool]]:
+    def submit(self, values: Sequence[bytes | None]) -> Future[list[bool]]:
         if self._pool is None:
             done: Future[list[bool]] = Future()
             done.set_result(forged(self.keyring, values))
             return done
-        return self._pool.submit(_forged_in_worker, list(values))
+        try:
+            return self._pool.submit(_forged_in_worker, list(values))
+        except BrokenProcessPool:
+            return self._without_worker(values)
+
+    async def outcome(self, checking: Future[list[bool]], values: Sequence[bytes | None]) -> list[bool]:
+        """What `submit(values)` found."""
+        try:
+            return await asyncio.wrap_future(checking)
+        except BrokenProcessPool:
+            return self._without_worker(values).result()
+
+    def _without_worker(self, values: Sequence[bytes | None]) -> Future[list[bool]]:
+        if self._pool is not None:
+            log.warning("the replay's signature worker died; checking signatures in this process")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        return self.submit(values)
 
     def __enter__(self) -> SignatureChecks:
         return self

@@ -12,7 +12,6 @@ named, whatever its hashes say. Records on the topic that no key of the keyring 
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import hashlib
 import logging
@@ -170,9 +169,10 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
                        for record in records if record.offset < ends[partition]]
             done += len(fetched)
             # The signatures are checked elsewhere while this process reads the same records.
-            checking = checks.submit([record.value for _, record in fetched]) if checks else None
+            values = [record.value for _, record in fetched]
+            checking = checks.submit(values) if checks else None
             read = [_read(partition, record.offset, record.value) for partition, record in fetched]
-            forged = await asyncio.wrap_future(checking) if checking else [False] * len(read)
+            forged = await checks.outcome(checking, values) if checks and checking else [False] * len(read)
             for item, is_forged in zip(read, forged, strict=True):
                 if item is None:
                     skipped += 1

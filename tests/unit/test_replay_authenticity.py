@@ -19,7 +19,7 @@ def signing(tmp_path):
     return signing_keys, keys.Keyring.load(keys.write_keyring(tmp_path / "keys"))
 
 
-def messages(signing_keys: dict[str, keys.SigningKey]) -> tuple[list[bytes], list[bool]]:
+def messages(signing_keys: dict[str, keys.SigningKey]) -> tuple[list[bytes | None], list[bool]]:
     """Messages of every kind replay meets, and whether each is forged."""
     record = new_event(RegistryAudit, RegistryAuditData(action="promoted", name="m", version=1, from_stage="staging",
                                                         to_stage="production", actor="modelreg/promotion"),
@@ -28,9 +28,9 @@ def messages(signing_keys: dict[str, keys.SigningKey]) -> tuple[list[bytes], lis
     tampered = json.loads(genuine)
     tampered["data"]["version"] = 2
     stranger = keys.SigningKey.generate("promotion").sign_event_bytes(record.to_json())
-    return ([genuine, record.to_json(), json.dumps(tampered).encode(), stranger, b"not json", b"[1, 2]",
+    return ([genuine, record.to_json(), json.dumps(tampered).encode(), stranger, b"not json", b"[1, 2]", None,
              signing_keys["audit"].sign_event_bytes(record.to_json()), genuine],
-            [False, True, True, True, True, True, False, False])
+            [False, True, True, True, True, True, True, False, False])
 
 
 def test_the_worker_judges_each_message_as_the_keyring_does(signing, monkeypatch) -> None:
@@ -51,3 +51,19 @@ def test_on_one_core_the_checks_run_inline(signing, monkeypatch) -> None:
     with SignatureChecks(keyring) as checks:
         assert checks._pool is None  # noqa: SLF001
         assert checks.submit(values).result() == expected
+
+
+async def test_a_worker_that_dies_leaves_the_checks_to_this_process(signing, monkeypatch) -> None:
+    signing_keys, keyring = signing
+    values, expected = messages(signing_keys)
+    monkeypatch.setattr(authenticity.os, "cpu_count", lambda: 2)
+    with SignatureChecks(keyring) as checks:
+        assert await checks.outcome(checks.submit(values), values) == expected  # the worker is up
+        pool = checks._pool  # noqa: SLF001
+        assert pool is not None
+        for process in list(pool._processes.values()):  # noqa: SLF001 - killed as the OOM killer would
+            process.kill()
+            process.join()
+        assert await checks.outcome(checks.submit(values), values) == expected
+        assert checks._pool is None  # noqa: SLF001 - the rest of the replay checks inline
+        assert await checks.outcome(checks.submit(values), values) == expected
