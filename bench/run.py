@@ -33,7 +33,7 @@ from bench import (
 )
 from bench.config import BenchConfig
 from bench.context import Context
-from bench.tap import wait_caught_up
+from bench.tap import wait_caught_up, wait_settled
 from bench.target import Target, describe_machine, prepare
 
 MIB = 1024 * 1024
@@ -85,7 +85,9 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
         results.pop("warm-up", None)
     idle_rates = None
     if measure_cpu and procs and "warm-up" not in errors:
-        await wait_caught_up(ctx.settings, resources.SERVICES, timeout=60)
+        # Idle is with nothing to do: not while archival still moves the warm-up's superseded
+        # versions to cold storage (its first move also loads aioboto3, a few % of 20 s).
+        await wait_settled(ctx.settings, resources.SERVICES, timeout=60)
         log(f"--- idle CPU ({IDLE_SECONDS:g} s with nothing to do)")
         idle_rates = await resources.idle_cpu(procs, IDLE_SECONDS)
     if config.has("throughput") and "warm-up" not in errors:

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from shared.db import connect
 from shared.events import (
     CONTENT_TYPE,
     CloudEvent,
@@ -217,6 +218,36 @@ async def lag(settings: Settings, services: Iterable[str]) -> int:
     finally:
         await consumer.stop()
         await admin.close()
+
+
+# Archival moves an artifact to cold storage (or back) after the batch or sweep that decided it
+# has committed, so its consumers can be caught up while it still works.
+_MOVES_DUE = """SELECT count(*) FROM archival_versions
+                WHERE (archive_requested_at IS NOT NULL AND archived_at IS NULL) OR restore_requested_at IS NOT NULL"""
+
+
+async def wait_settled(settings: Settings, services: Iterable[str], timeout: float) -> int:
+    """Wait (at most `timeout` s) until nothing is left to do: the services have consumed
+    everything and archival has no decided move still to make (then caught up again, with the
+    moves' own events). Returns the lag left; an unfinished move counts as one."""
+    services = tuple(services)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = await wait_caught_up(settings, services, max(0.0, deadline - time.monotonic()))
+        moves = await _moves_due(settings)
+        if moves == 0:
+            return left if left else await wait_caught_up(settings, services, max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            return max(left, 0) + moves
+        await asyncio.sleep(0.5)
+
+
+async def _moves_due(settings: Settings) -> int:
+    conn = await connect(settings.dsn)
+    try:
+        return int(await conn.fetchval(_MOVES_DUE))
+    finally:
+        await conn.close()
 
 
 async def wait_caught_up(settings: Settings, services: Iterable[str], timeout: float) -> int:
