@@ -6,7 +6,8 @@ checks a whole fetch while the rebuild parses it, so a second core does the veri
 would not do: libsodium releases the GIL, but the thread needs it back after every call and
 waits out the rebuild's switch interval each time.)
 
-This module stays small: a spawned worker imports it and what it imports, nothing more.
+A spawned worker imports this module and the program's main module (`services.cli.main`,
+about a quarter of a second), not the rebuild's Kafka and database clients.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,19 +34,27 @@ _keyring: Keyring | None = None  # the worker's, set once by `_start`
 def _start(jwks: Mapping[str, Any]) -> None:
     global _keyring
     _keyring = Keyring.from_jwks(jwks)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the replay's to handle: it stops the pool
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity, where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def forged(keyring: Keyring, values: Sequence[bytes | None]) -> list[bool]:
-    """Per message, whether no key of `keyring` may have signed it (a message that is not
-    a JSON object counts as forged; the rebuild skips what it cannot parse before asking)."""
+    """Per message, whether no key of `keyring` may have signed it. Every fetched message is
+    asked about, also those the rebuild will find it cannot parse (it skips those whatever
+    this says): one that is not a JSON object, or too deep to canonicalise, counts as forged."""
     flags = []
     for value in values:
         try:
             event = orjson.loads(value) if value is not None else None
-        except orjson.JSONDecodeError:
+            flags.append(not isinstance(event, dict) or keyring.event_problem(event) is not None)
+        except (orjson.JSONDecodeError, RecursionError):
             flags.append(True)
-            continue
-        flags.append(not isinstance(event, dict) or keyring.event_problem(event) is not None)
     return flags
 
 
@@ -62,12 +72,12 @@ class SignatureChecks:
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
         self._pool: ProcessPoolExecutor | None = None
-        if (os.cpu_count() or 1) > 1:
+        if _cores() > 1:
             try:
                 # spawn, not fork: the rebuild's process has an event loop and open sockets.
                 self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_start, initargs=(keyring.to_jwks(),))
-            except OSError as exc:  # no POSIX semaphores here (some containers)
+            except (OSError, NotImplementedError) as exc:  # no POSIX semaphores here (some containers)
                 log.warning("replay checks signatures in its own process: cannot start a worker (%s)", exc)
 
     def submit(self, values: Sequence[bytes | None]) -> Future[list[bool]]:
@@ -76,8 +86,8 @@ class SignatureChecks:
             done.set_result(forged(self.keyring, values))
             return done
         try:
-            return self._pool.submit(_forged_in_worker, list(values))
-        except BrokenProcessPool:
+            return self._pool.submit(_forged_in_worker, list(values))  # starts the worker the first time
+        except (BrokenProcessPool, OSError):  # it died, or could not start (no memory, no processes left)
             return self._without_worker(values)
 
     async def outcome(self, checking: Future[list[bool]], values: Sequence[bytes | None]) -> list[bool]:

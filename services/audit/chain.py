@@ -162,7 +162,7 @@ def timestamp(value: datetime) -> str:
     utc = value if not offset else value.astimezone(UTC)
     if utc.year < 1000:  # strftime leaves such a year unpadded; isoformat pads it
         return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return utc.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" off: about 3x faster
+    return datetime.isoformat(utc, timespec="microseconds")[:-6] + "Z"  # "+00:00" off: about 3x faster
 
 
 def _uuid(value: Any, name: str, *, required: bool = False) -> str | None:
@@ -186,7 +186,7 @@ def _prepared(value: Any) -> Any:
     if kind is str or value is None or kind is bool:
         return value
     if kind is dict:
-        return {key: _prepared(item) if type(key) is str else _key_refused(key) for key, item in value.items()}
+        return {key: _prepared(item) if isinstance(key, str) else _key_refused(key) for key, item in value.items()}
     if kind is int or kind is float:
         return orjson.Fragment(_number(value))
     if kind is list:
@@ -228,7 +228,7 @@ def _number(value: int | float | Decimal) -> str:
         text = repr(value)
         whole, point, fraction = text.partition(".")
         fraction = fraction.rstrip("0")
-        if point and fraction and "e" not in fraction:
+        if type(value) is float and point and fraction and "e" not in fraction:
             # What normalising gives for a repr without exponent (so at least 1e-4): only
             # the fraction's trailing zeros go, and the exponent stays within plain notation.
             return f"{whole}.{fraction}"

@@ -184,6 +184,8 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
                 if is_forged:
                     counts["forged"] += 1  # the audit writer dead-letters these: so does the rebuild
                     continue
+                if not where.digest:  # a record kept must have a canonical form: this raises why not
+                    where = TopicEvent(where.partition, where.offset, content_digest(audit_record))
                 seen[audit_record.event_id] = where
                 events += 1
                 pending.append((events, audit_record))
@@ -209,15 +211,21 @@ async def _rebuild(conn: asyncpg.Connection, settings: Settings, schema: str, fr
         await consumer.stop()
 
 
-def _read(partition: int, offset: int, value: bytes) -> tuple[AuditRecord, TopicEvent] | None:
-    """The audit record a message carries and where it is on the topic; None if it is not a
-    valid registry.audit event."""
+def _read(partition: int, offset: int, value: bytes | None) -> tuple[AuditRecord, TopicEvent] | None:
+    """The audit record a message carries and where it is on the topic, with its content
+    digest (empty when it has no canonical form); None if it is not a valid registry.audit
+    event. Read before the record is known to be authentic and new: a forged or repeated
+    record's content must not stop the replay."""
     try:
         event = parse_event("registry.audit", value)
     except InvalidEvent:
         return None
     record = AuditRecord.from_event(event)
-    return record, TopicEvent(partition, offset, content_digest(record))
+    try:
+        digest = content_digest(record)
+    except (ValueError, TypeError, ArithmeticError):
+        digest = b""
+    return record, TopicEvent(partition, offset, digest)
 
 
 async def newer_than(conn: asyncpg.Connection, live: str,
