@@ -87,7 +87,8 @@ async def run_phases(ctx: Context, results: dict[str, Any]) -> None:
     if measure_cpu and procs and "warm-up" not in errors:
         # Idle is with nothing to do: not while archival still moves the warm-up's superseded
         # versions to cold storage (its first move also loads aioboto3, a few % of 20 s).
-        await wait_settled(ctx.settings, resources.SERVICES, timeout=60)
+        if (left := await wait_settled(ctx.settings, resources.SERVICES, timeout=60)) > 0:
+            log(f"the services still have {left:,} events or artifact moves to finish: idle CPU includes them")
         log(f"--- idle CPU ({IDLE_SECONDS:g} s with nothing to do)")
         idle_rates = await resources.idle_cpu(procs, IDLE_SECONDS)
     if config.has("throughput") and "warm-up" not in errors:
