@@ -265,11 +265,9 @@ class ObjectStore:
         the whole object it wrote (`ChecksumAlgorithm=SHA256`, a FULL_OBJECT checksum). Returns
         that digest in hex, or None when the server gave none (then the caller hashes the copy).
         With `etag`, the server copies only that version of the source (CopySourceIfMatch)."""
-        condition = {"CopySourceIfMatch": etag} if etag else {}
-        answer = await (await self.boto()).copy_object(
-            Bucket=target.bucket, Key=target.key, CopySource={"Bucket": source.bucket, "Key": source.key},
-            ChecksumAlgorithm="SHA256", **condition)
-        return _full_object_sha256(answer.get("CopyObjectResult") or {})
+        assert self.lean is not None
+        return _full_object_sha256(await self.lean.copy_hashed(source.bucket, source.key, target.bucket,
+                                                               target.key, etag))
 
     async def stored_checksum(self, location: S3Location) -> tuple[bool, str | None]:
         """Whether the object exists, and the full-object SHA-256 (hex) the server stored with

@@ -147,3 +147,32 @@ async def test_s3lean_lists_awkward_keys_page_by_page(settings: Settings) -> Non
         finally:
             for key in (*keys, marker):
                 await store.lean.delete(settings.s3_bucket, key)
+
+
+async def test_a_server_side_copy_of_awkward_keys_comes_with_the_servers_sha256(settings: Settings) -> None:
+    """CopyObject through s3lean: the server copies, says the SHA-256 of what it wrote, keeps
+    it with the copy (one HEAD checks it), copies only the version asked for, and a missing
+    source is a NoSuchKey, as through botocore."""
+    folder = f"copy-{uuid.uuid4().hex[:8]}"
+    async with ObjectStore(settings) as store:
+        await store.ensure_bucket()
+        assert store.lean is not None
+        for n, awkward in enumerate(AWKWARD_KEYS[:4] + AWKWARD_KEYS[-1:]):
+            body = f"copy {n} ".encode() + uuid.uuid4().bytes * 64
+            sha256 = hashlib.sha256(body).hexdigest()
+            source = parse_s3_uri(f"s3://{settings.s3_bucket}/{folder}/source {n}/{awkward}")
+            target = parse_s3_uri(f"s3://{settings.s3_bucket}/{folder}/target {n}/{awkward}")
+            assert await store.lean.put_if_absent(source.bucket, source.key, body, sha256)
+            etag = (await store.head(source) or {})["ETag"]
+            assert await store.copy_hashed(source, target, etag) == sha256, awkward
+            assert await store.stored_checksum(target) == (True, sha256)
+            assert await store.digest(target) == (sha256, len(body))
+            with pytest.raises(ClientError) as replaced:
+                await store.copy_hashed(source, target, '"0123456789abcdef0123456789abcdef"')
+            assert replaced.value.response["Error"]["Code"] == "PreconditionFailed"
+            for location in (source, target):
+                await store.delete(location)
+        with pytest.raises(ClientError) as missing:
+            await store.copy_hashed(parse_s3_uri(f"s3://{settings.s3_bucket}/{folder}/gone"),
+                                    parse_s3_uri(f"s3://{settings.s3_bucket}/{folder}/copy"), None)
+        assert missing.value.response["Error"]["Code"] == "NoSuchKey"
