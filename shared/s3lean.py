@@ -6,7 +6,7 @@ botocore spends about 1.5 ms of CPU per request (endpoint rules, hooks, signing)
 cores a registry shares with Kafka and PostgreSQL that capped ingest near 300 small artifacts
 a second. The same requests signed here cost about a quarter of that, and a process that needs
 nothing else never imports botocore's client (about 23 MiB). Everything else (multipart
-uploads, multipart and tagging copies, presigned URLs, creating buckets) stays with aioboto3.
+uploads and copies, tagging, presigned URLs, creating buckets) stays with aioboto3.
 """
 
 from __future__ import annotations
@@ -221,16 +221,25 @@ class LeanS3:
         response = await self._request("DELETE", bucket, key, operation="DeleteObject")
         response.release()
 
-    async def copy_hashed(self, source_bucket: str, source_key: str, bucket: str, key: str,
-                          etag: str | None = None) -> dict[str, str]:
-        """One server-side CopyObject asking the server for the SHA-256 of what it writes; the
-        checksum fields of its CopyObjectResult, by botocore's names (ChecksumSHA256,
-        ChecksumType), those it gave. With `etag`, only that version of the source is copied
-        (else a 412 PreconditionFailed)."""
+    async def copy(self, source_bucket: str, source_key: str, bucket: str, key: str, *,
+                   etag: str | None = None, checksum: bool = False, tagging: str | None = None,
+                   storage_class: str | None = None) -> dict[str, str]:
+        """One server-side CopyObject (objects up to 5 GiB), keeping the source's metadata and
+        content type. `etag`: only that version of the source is copied (else a 412
+        PreconditionFailed); `checksum`: the server computes the SHA-256 of what it writes;
+        `tagging` (URL-encoded) replaces the tags, None keeps the source's; `storage_class`
+        sets the class. Returns the checksum fields of its CopyObjectResult, by botocore's
+        names (ChecksumSHA256, ChecksumType), those it gave."""
         headers = {"x-amz-copy-source": quote(f"{source_bucket}/{source_key}", safe="/-_.~"),
-                   "x-amz-checksum-algorithm": "SHA256", "content-length": "0"}
+                   "x-amz-metadata-directive": "COPY", "content-length": "0"}
         if etag:
             headers["x-amz-copy-source-if-match"] = etag
+        if checksum:
+            headers["x-amz-checksum-algorithm"] = "SHA256"
+        if tagging is not None:
+            headers |= {"x-amz-tagging-directive": "REPLACE", "x-amz-tagging": tagging}
+        if storage_class:
+            headers["x-amz-storage-class"] = storage_class
         body = await self._body(await self._request("PUT", bucket, key, body=b"", headers=headers,
                                                     operation="CopyObject"))
         return copy_result(body)

@@ -220,19 +220,24 @@ class ObjectStore:
         tags (None keeps the source's), `storage_class` sets the class. Objects over
         MODELREG_S3_MULTIPART_COPY_BYTES (S3's 5 GiB limit by default) are copied as a
         multipart upload of ranged UploadPartCopy parts."""
-        s3 = await self.boto()
-        head = await s3.head_object(Bucket=source.bucket, Key=source.key)
+        assert self.lean is not None
+        found = await self.lean.head(source.bucket, source.key)
+        if found is None:
+            raise ClientError({"Error": {"Code": "404", "Message": "Not Found"},
+                               "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")  # as botocore
         threshold = self.settings.s3_multipart_copy_bytes
         # A size not told (a proxy may drop it from a HEAD answer): one copy, which the server
         # itself refuses if the object is too big for it.
-        ranges = copy_ranges(int(head.get("ContentLength") or 0), threshold, min(DEFAULT_COPY_PART, threshold))
+        ranges = copy_ranges(int(found.get("ContentLength") or 0), threshold, min(DEFAULT_COPY_PART, threshold))
+        if ranges is None:  # one request: aioboto3 is not needed (nor loaded) for it
+            await self.lean.copy(source.bucket, source.key, target.bucket, target.key, tagging=tagging,
+                                 storage_class=storage_class)
+            return
+        s3 = await self.boto()
+        head = await s3.head_object(Bucket=source.bucket, Key=source.key)
         where = {"Bucket": target.bucket, "Key": target.key}
         origin = {"Bucket": source.bucket, "Key": source.key}
         cls = {"StorageClass": storage_class} if storage_class else {}
-        if ranges is None:
-            tags = {"TaggingDirective": "REPLACE", "Tagging": tagging} if tagging is not None else {}
-            await s3.copy_object(**where, CopySource=origin, MetadataDirective="COPY", **tags, **cls)
-            return
         if tagging is None:
             found = (await s3.get_object_tagging(**origin)).get("TagSet", [])
             tagging = urlencode([(t["Key"], t["Value"]) for t in found])
@@ -266,8 +271,8 @@ class ObjectStore:
         that digest in hex, or None when the server gave none (then the caller hashes the copy).
         With `etag`, the server copies only that version of the source (CopySourceIfMatch)."""
         assert self.lean is not None
-        return _full_object_sha256(await self.lean.copy_hashed(source.bucket, source.key, target.bucket,
-                                                               target.key, etag))
+        return _full_object_sha256(await self.lean.copy(source.bucket, source.key, target.bucket, target.key,
+                                                        etag=etag, checksum=True))
 
     async def stored_checksum(self, location: S3Location) -> tuple[bool, str | None]:
         """Whether the object exists, and the full-object SHA-256 (hex) the server stored with
