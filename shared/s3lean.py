@@ -240,21 +240,21 @@ class LeanS3:
             headers |= {"x-amz-tagging-directive": "REPLACE", "x-amz-tagging": tagging}
         if storage_class:
             headers["x-amz-storage-class"] = storage_class
-        body = await self._body(await self._request("PUT", bucket, key, body=b"", headers=headers,
-                                                    operation="CopyObject"))
+        body = await self._body(await self._request("PUT", bucket, key, headers=headers, operation="CopyObject"))
         return copy_result(body)
 
 
 def copy_result(body: bytes) -> dict[str, str]:
     """A CopyObject answer's checksum fields. S3 may fail a copy after its 200 status went out
-    (a long copy), with an error document as the body: that raises as any other error."""
+    (a long copy), with an error document as the body: that raises as a 500 with its code, as
+    botocore raises it; so does an answer that is no CopyObjectResult (torn, or a proxy's page)."""
     body = body.strip()  # the whitespace S3 sends to keep a long copy's connection open
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
-        raise _client_error(500, body, "CopyObject") from None  # what botocore does with a torn body
-    if root.tag.rpartition("}")[2] == "Error":
-        raise _client_error(200, body, "CopyObject")
+        raise _client_error(500, body, "CopyObject") from None
+    if root.tag.rpartition("}")[2] != "CopyObjectResult":
+        raise _client_error(500, body if root.tag.rpartition("}")[2] == "Error" else b"", "CopyObject")
     return {name: text for name in ("ChecksumSHA256", "ChecksumType")
             if (text := root.findtext(f"{{*}}{name}")) is not None}
 
@@ -264,12 +264,14 @@ def _client_error(status: int, body: bytes, operation: str) -> ClientError:
     code, message = str(status), ""
     if body:
         try:
-            root = ElementTree.fromstring(body)
-            code = root.findtext("Code") or code
-            message = root.findtext("Message") or ""
+            root = ElementTree.fromstring(body.strip())
+            code = root.findtext("{*}Code") or code
+            message = root.findtext("{*}Message") or ""
         except ElementTree.ParseError:
             message = body[:200].decode(errors="replace")
     elif status == 404:
         code = "NoSuchKey"
+    elif status == 412:  # a conditional request's answer without a body (HEAD)
+        code = "PreconditionFailed"
     return ClientError({"Error": {"Code": code, "Message": message},
                         "ResponseMetadata": {"HTTPStatusCode": status}}, operation)

@@ -44,12 +44,27 @@ async def test_an_object_under_the_threshold_is_one_copy(settings: Settings) -> 
     async with ObjectStore(settings.model_copy(update={"s3_multipart_copy_bytes": 5 * MIB})) as store:
         await store.ensure_bucket()
         s3 = await store.boto()
-        await s3.put_object(Bucket=source.bucket, Key=source.key, Body=body)
+        await s3.put_object(Bucket=source.bucket, Key=source.key, Body=body, ContentType="application/x-model",
+                            Metadata={"origin": "tests"})
         await s3.put_object_tagging(Bucket=source.bucket, Key=source.key,
                                               Tagging={"TagSet": [{"Key": "kept", "Value": "yes"}]})
         await store.copy(source, target)  # tags kept from the source
         assert await store.digest(target) == (hashlib.sha256(body).hexdigest(), len(body))
         head = await s3.head_object(Bucket=target.bucket, Key=target.key)
         assert "-" not in head["ETag"].strip('"')
+        assert (head["ContentType"], head["Metadata"]) == ("application/x-model", {"origin": "tests"})
         tags = await s3.get_object_tagging(Bucket=target.bucket, Key=target.key)
         assert tags["TagSet"] == [{"Key": "kept", "Value": "yes"}]
+
+        # Tags replaced, then removed, and a storage class every S3 server knows: as archival asks.
+        again = S3Location(settings.s3_bucket, f"archive/{source.key} again")
+        await store.copy(source, again, tagging="modelreg-archived=true&stage=archived", storage_class="STANDARD")
+        tags = await s3.get_object_tagging(Bucket=again.bucket, Key=again.key)
+        assert sorted((t["Key"], t["Value"]) for t in tags["TagSet"]) == [("modelreg-archived", "true"),
+                                                                          ("stage", "archived")]
+        # (To a new key: over an existing one, versitygw keeps that object's tags, through botocore too.)
+        back = S3Location(settings.s3_bucket, f"restored/{source.key}")
+        await store.copy(again, back, tagging="")
+        assert (await s3.get_object_tagging(Bucket=back.bucket, Key=back.key))["TagSet"] == []
+        head = await s3.head_object(Bucket=back.bucket, Key=back.key)
+        assert (head["ContentType"], head["Metadata"]) == ("application/x-model", {"origin": "tests"})

@@ -27,7 +27,13 @@ def test_an_error_after_the_200_status_raises_and_is_retried_when_s3_says_so() -
     with pytest.raises(ClientError) as failed:
         copy_result(b"  \n" + body)  # S3 keeps a long copy's connection alive with whitespace
     assert failed.value.response["Error"] == {"Code": "InternalError", "Message": "try again"}
+    assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500  # as botocore raises it
     assert is_retryable(failed.value)
-    with pytest.raises(ClientError) as torn:
-        copy_result(b"<CopyObjectResult><ETag>")
-    assert is_retryable(torn.value)
+    with pytest.raises(ClientError) as aborted:  # any code: a copy that failed after its 200 is retried
+        copy_result(f"<Error {NS}><Code>OperationAborted</Code><Message>later</Message></Error>".encode())
+    assert aborted.value.response["Error"]["Code"] == "OperationAborted"
+    assert is_retryable(aborted.value)
+    for not_a_result in (b"<CopyObjectResult><ETag>", b"<html><body>proxy says hello</body></html>"):
+        with pytest.raises(ClientError) as odd:
+            copy_result(not_a_result)
+        assert is_retryable(odd.value), not_a_result
