@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import nacl.exceptions
-
 from shared.keys import Keyring, SigningKey
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -104,10 +102,7 @@ def verify_attestation(envelope: Mapping[str, Any], keyring: Keyring) -> dict[st
         if ATTESTS not in key.event_types:
             problems.append(f"key {kid} of service {key.service} may not attest promotions")
             continue
-        signature = _b64(entry.get("sig"), "a signature")
-        try:
-            key.verifier.verify(pae(PAYLOAD_TYPE, payload), signature)
-        except (nacl.exceptions.BadSignatureError, ValueError):  # ValueError: not 64 bytes
+        if not key.verifies(pae(PAYLOAD_TYPE, payload), _b64(entry.get("sig"), "a signature")):
             problems.append(f"the signature of key {kid} does not match the statement")
             continue
         statement = json.loads(payload)
