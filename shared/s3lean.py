@@ -25,6 +25,7 @@ import yarl
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_META = "x-amz-meta-"  # an object's user metadata, one header each
 _SIGNED_ALWAYS = ("host", "x-amz-content-sha256", "x-amz-date")
 
 
@@ -107,8 +108,8 @@ class LeanS3:
         return response
 
     async def head(self, bucket: str, key: str, *, checksum: bool = False) -> dict[str, Any] | None:
-        """Size and ETag (botocore's names); with `checksum`, also the checksum the server keeps
-        (ChecksumSHA256, ChecksumType) where it has one."""
+        """Size, ETag, content type and user metadata (botocore's names); with `checksum`, also
+        the checksum the server keeps (ChecksumSHA256, ChecksumType) where it has one."""
         try:
             response = await self._request("HEAD", bucket, key, operation="HeadObject",
                                            headers={"x-amz-checksum-mode": "ENABLED"} if checksum else None)
@@ -118,7 +119,11 @@ class LeanS3:
             raise
         response.release()
         answer = {"ContentLength": int(response.headers.get("Content-Length", 0)),
-                  "ETag": response.headers.get("ETag")}
+                  "ETag": response.headers.get("ETag"),
+                  "Metadata": {name[len(_META):]: value for name, value in response.headers.items()
+                               if name.lower().startswith(_META)}}
+        if "Content-Type" in response.headers:
+            answer["ContentType"] = response.headers["Content-Type"]
         if checksum:
             for header, name in (("x-amz-checksum-sha256", "ChecksumSHA256"), ("x-amz-checksum-type", "ChecksumType")):
                 if header in response.headers:

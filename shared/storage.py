@@ -234,16 +234,15 @@ class ObjectStore:
                                  storage_class=storage_class)
             return
         s3 = await self.boto()
-        head = await s3.head_object(Bucket=source.bucket, Key=source.key)
         where = {"Bucket": target.bucket, "Key": target.key}
         origin = {"Bucket": source.bucket, "Key": source.key}
         cls = {"StorageClass": storage_class} if storage_class else {}
         if tagging is None:
-            found = (await s3.get_object_tagging(**origin)).get("TagSet", [])
-            tagging = urlencode([(t["Key"], t["Value"]) for t in found])
+            tag_set = (await s3.get_object_tagging(**origin)).get("TagSet", [])
+            tagging = urlencode([(t["Key"], t["Value"]) for t in tag_set])
         upload = await s3.create_multipart_upload(
-            **where, Metadata=head.get("Metadata", {}),
-            ContentType=head.get("ContentType", "application/octet-stream"),
+            **where, Metadata=found["Metadata"],
+            ContentType=found.get("ContentType", "application/octet-stream"),
             **({"Tagging": tagging} if tagging else {}), **cls)
         upload_id = upload["UploadId"]
         lanes = asyncio.Semaphore(COPY_LANES)
