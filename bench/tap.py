@@ -232,20 +232,17 @@ async def wait_settled(settings: Settings, services: Iterable[str], timeout: flo
     moves' own events). Returns the lag left; an unfinished move counts as one."""
     services = tuple(services)
     deadline = time.monotonic() + timeout
-    while True:
-        left = await wait_caught_up(settings, services, max(0.0, deadline - time.monotonic()))
-        moves = await _moves_due(settings)
-        if moves == 0:
-            return left if left else await wait_caught_up(settings, services, max(0.0, deadline - time.monotonic()))
-        if time.monotonic() >= deadline:
-            return max(left, 0) + moves
-        await asyncio.sleep(0.5)
-
-
-async def _moves_due(settings: Settings) -> int:
     conn = await connect(settings.dsn)
     try:
-        return int(await conn.fetchval(_MOVES_DUE))
+        while True:
+            left = await wait_caught_up(settings, services, max(0.0, deadline - time.monotonic()))
+            moves = int(await conn.fetchval(_MOVES_DUE))
+            if moves == 0:
+                return left if left else await wait_caught_up(settings, services,
+                                                              max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                return max(left, 0) + moves
+            await asyncio.sleep(0.5)
     finally:
         await conn.close()
 
