@@ -49,8 +49,7 @@ def build(resources: Resources) -> ServiceHandlers:
                                     every_records=settings.audit_checkpoint_records,
                                     every_seconds=settings.audit_checkpoint_seconds)
         background = (lambda: every(checkpointer.poll_seconds, checkpointer.tick, "audit checkpoint"),)
-    return ServiceHandlers(SERVICE, batch_handlers={"registry.audit": on_audit_batch}, background=background,
-                           concurrent_partitions=False)  # one hash chain: appended in order
+    return ServiceHandlers(SERVICE, batch_handlers={"registry.audit": on_audit_batch}, background=background)
 
 
 def create_app(settings: Settings) -> ServiceApp:

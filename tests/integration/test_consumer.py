@@ -3,7 +3,6 @@ event, and dead letters written once, however often a batch is delivered."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import asyncpg
@@ -17,7 +16,6 @@ from shared.consumer import (
     Record,
     ServiceHandlers,
     Tx,
-    by_partition,
     unit_of_work,
 )
 from shared.events import InvalidEvent, ModelRegistered
@@ -134,27 +132,37 @@ async def test_a_unit_of_work_writes_what_it_emits_with_its_transaction_or_not_a
     await db.execute("DELETE FROM outbox WHERE service = $1", service)
 
 
-async def test_a_batchs_partitions_are_applied_concurrently_each_in_its_order(db: asyncpg.Pool) -> None:
-    """Partition 0's first handler waits until partition 1's has started: only concurrent
-    application lets both finish. Within a partition, records are handled in offset order."""
+async def test_a_batch_of_several_partitions_is_one_transaction_in_arrival_order(db: asyncpg.Pool) -> None:
+    """Every record of a batch, whatever its partition, is handled on one connection in one
+    transaction, in the order the records came: a model's order holds on every topic, and
+    the batch commits (and wakes the outbox relay) once."""
     service = signing_service("probe")
-    started = {0: asyncio.Event(), 1: asyncio.Event()}
-    order: dict[int, list[int]] = {0: [], 1: []}
+    seen: list[tuple[int, int]] = []
+    connections: set[int] = set()
+    transactions: set[int] = set()
 
     async def handle(tx: Tx, event: ModelRegistered) -> None:
         assert tx.record is not None
-        partition = tx.record.partition
-        started[partition].set()
-        await asyncio.wait_for(started[1 - partition].wait(), timeout=10)
-        order[partition].append(tx.record.offset)
+        seen.append((tx.record.partition, tx.record.offset))
+        connections.add(id(tx.conn))
+        transactions.add(await tx.conn.fetchval("SELECT txid_current()"))
+        tx.audit("probed", name=event.data.name)
+
+    woken = 0
+
+    def wake() -> None:
+        nonlocal woken
+        woken += 1
 
     artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
-    records = [Record("model.registered", offset % 2, offset, b"k", json.dumps(cloudevent(
-        "model.registered", {"name": f"m{offset}", "artifact": artifact})).encode()) for offset in range(6)]
-    await BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle})).process(records)
+    records = [Record("model.registered", offset % 3, offset, b"k", json.dumps(cloudevent(
+        "model.registered", {"name": f"m{offset}", "artifact": artifact})).encode()) for offset in range(9)]
+    await BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle}), on_commit=wake).process(records)
 
-    assert order == {0: [0, 2, 4], 1: [1, 3, 5]}
-    assert by_partition(records) == [records[0::2], records[1::2]]
+    assert seen == [(r.partition, r.offset) for r in records]
+    assert len(connections) == 1 and len(transactions) == 1
+    assert woken == 1
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
 
 
 async def test_rounds_of_io_go_on_while_each_brings_something_new(db: asyncpg.Pool) -> None:
