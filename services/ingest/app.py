@@ -113,13 +113,17 @@ class Ingest:
         if not events:
             return {}
         claims: dict[uuid.UUID, int | None] = {}
-        async with self.resources.pool.acquire() as conn, conn.transaction():
+        # No transaction around these: a reservation only raises a name's last number (kept,
+        # it leaves at most a gap), and each claim is one statement.
+        async with self.resources.pool.acquire() as conn:
             explicit = [e for e in events if e.data.version is not None]
-            # Explicit numbers first, so automatic ones in the same batch never take them.
-            await store.reserve_versions(conn, [(e.data.name, e.data.version) for e in explicit])
-            taken = await store.existing_versions(conn, [(e.data.name, e.data.version) for e in explicit])
-            for event in explicit:
-                claims[event.id] = None if (event.data.name, event.data.version) in taken else event.data.version
+            if explicit:
+                # Explicit numbers first, so automatic ones in the same batch never take them.
+                await store.reserve_versions(conn, [(e.data.name, e.data.version) for e in explicit])
+                taken = await store.existing_versions(conn, [(e.data.name, e.data.version) for e in explicit])
+                for event in explicit:
+                    claims[event.id] = None if (event.data.name, event.data.version) in taken \
+                        else event.data.version
             versionless = [e for e in events if e.data.version is None]
             claims.update(await store.claim_next_versions(conn, [(e.id, e.data.name) for e in versionless]))
         return claims

@@ -3,14 +3,17 @@ bad input refused or dead-lettered."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
 
+from services.ingest.store import claim_next_versions
 from shared.settings import Settings
 from shared.storage import PART_SIZE, ObjectStore, parse_s3_uri
 from tests.support import Kafka, cloudevent, eventually, for_model, put_artifact, unique_name
@@ -99,6 +102,27 @@ async def test_concurrent_registrations_of_one_name_get_distinct_versions(
     await kafka.wait_for("model.ingested", for_model(name), count=40)
     versions = await db.fetch("SELECT version FROM model_versions WHERE name = $1 ORDER BY version", name)
     assert [r["version"] for r in versions] == list(range(1, 41))
+
+
+async def test_version_claims_number_each_name_in_event_order_and_are_kept_per_event(db) -> None:
+    """`claim_next_versions`, one statement: numbers per name in the order of the events,
+    an event given twice claims once, a claim is the same when its event comes again, and
+    claims made at the same time on one name never share a number."""
+    first, second = unique_name("claims"), unique_name("claims")
+    ids = [uuid.uuid4() for _ in range(5)]
+    async with db.acquire() as conn:
+        claimed = await claim_next_versions(conn, [(ids[0], first), (ids[1], second), (ids[2], first),
+                                                   (ids[0], first), (ids[3], first)])
+        assert claimed == {ids[0]: 1, ids[1]: 1, ids[2]: 2, ids[3]: 3}
+        again = await claim_next_versions(conn, [(ids[4], first), (ids[2], first)])
+        assert again == {ids[4]: 4, ids[2]: 2}
+
+    async def claim(event_id: uuid.UUID) -> int:
+        async with db.acquire() as conn:
+            return (await claim_next_versions(conn, [(event_id, second)]))[event_id]
+
+    concurrent = await asyncio.gather(*(claim(uuid.uuid4()) for _ in range(12)))
+    assert sorted(concurrent) == list(range(2, 14))
 
 
 async def test_checksum_and_size_mismatches_are_rejected_and_nothing_stored(
