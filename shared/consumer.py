@@ -261,7 +261,7 @@ class ServiceHandlers:
     # offsets are committed with the batch's.
     select: Callable[[Sequence[Record]], Awaitable[Sequence[Record]]] | None = None
     # Let the broker hold each fetch up to half a second to fill it: fewer, fuller batches for
-    # a consumer no one waits on record by record (webhooks), instead of one per record.
+    # a consumer no one waits on record by record (webhooks, archival), instead of one per record.
     gather: bool = False
 
     @property

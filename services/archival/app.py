@@ -362,7 +362,10 @@ def build(resources: Resources) -> ServiceHandlers:
         "model.demoted": archival.on_demoted,
         "model.rejected": archival.on_rejected,
         "promotion.requested": archival.on_requested,
-    }, background=(archival.sweep_forever, archival.finish_moves_forever), batch_scope=archival.batch_scope)
+    }, background=(archival.sweep_forever, archival.finish_moves_forever), batch_scope=archival.batch_scope,
+        # Nothing waits on archival record by record (a superseded version goes to cold
+        # storage after the crown, not before): fuller batches, half its CPU at 50 versions/s.
+        gather=True)
 
 
 def create_app(settings: Settings) -> ServiceApp:
