@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from itertools import chain
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
@@ -267,7 +268,7 @@ def subscribe(broker: KafkaBroker, settings: Settings, processor: RecordBatches,
                 await message.nack()  # each partition sought back to the batch's first record
             raise
 
-    subscriber(on_batch, decoder=_keep_raw)
+    subscriber(on_batch, parser=_parse_without_header_text, decoder=_keep_raw)
     _poll_without_sleeping(subscriber, max_records=MAX_BATCH_RECORDS, offsets=offsets)
     return subscriber
 
@@ -304,6 +305,20 @@ def _poll_without_sleeping(subscriber: BatchSubscriber, *, max_records: int, off
     if not callable(getattr(subscriber, "get_msg", None)):  # pragma: no cover - a FastStream upgrade
         raise RuntimeError("FastStream's batch subscriber no longer has get_msg: revisit _poll_without_sleeping")
     subscriber.get_msg = get_msg  # type: ignore[method-assign]  # on this one instance, as said above
+
+
+async def _parse_without_header_text(records: Any, parse: Callable[[Any], Awaitable[Any]]) -> Any:
+    """FastStream's batch parser decodes every header value as UTF-8 for its message object.
+    A value that is not text (or null), which anyone who may write a topic can send, makes it
+    raise; FastStream then drops the whole batch unapplied, and the next poll's commit passes
+    over it: every record of the batch lost, whoever sent them. It parses copies without
+    headers (it needs none: the processor reads each record's own); the records themselves,
+    headers and all, stay the message's raw records."""
+    if not isinstance(records, tuple):  # FastStream's TestKafkaBroker hands over its own kind
+        return await parse(records)
+    message = await parse(tuple(replace(r, headers=()) if isinstance(r, ConsumerRecord) else r for r in records))
+    message.raw_message = records
+    return message
 
 
 async def _keep_raw(message: Any) -> Any:

@@ -62,7 +62,8 @@ def parent_from(headers: Iterable[tuple[str, bytes]], extension: Any = None,
     """The context a consumed record continues: its header, its event's extension, a fallback."""
     carrier = {}
     for key, value in headers:
-        if key == "traceparent" or key == "tracestate":
+        # Anyone who may write the topic sets headers: bytes that are not text, or none.
+        if (key == "traceparent" or key == "tracestate") and isinstance(value, bytes):
             carrier[key] = value.decode(errors="replace")
     if "traceparent" not in carrier and isinstance(extension, str):
         carrier["traceparent"] = extension

@@ -125,6 +125,20 @@ async def test_version_claims_number_each_name_in_event_order_and_are_kept_per_e
     assert sorted(concurrent) == list(range(2, 14))
 
 
+async def test_a_registration_with_headers_that_are_not_text_is_ingested(
+        settings: Settings, kafka: Kafka, ingest) -> None:
+    """Header values are whatever a producer sends: bytes that are not UTF-8, or null, are
+    not a reason to drop the registration (nor the others fetched with it)."""
+    name = unique_name("headers")
+    artifact = await put_artifact(settings, f"inbox/{name}.bin", b"weights")
+    await kafka.producer.send_and_wait(
+        settings.topic("model.registered"), json.dumps(registered(name, artifact)).encode(), key=name.encode(),
+        headers=[("traceparent", b"\xff\xfe"), ("x-empty", None), ("content-type", b"\xc3(")])
+    await kafka.publish("model.registered", registered(name, artifact))
+    ingested = await kafka.wait_for("model.ingested", for_model(name), count=2)
+    assert sorted(seen.data["version"] for seen in ingested) == [1, 2]
+
+
 async def test_checksum_and_size_mismatches_are_rejected_and_nothing_stored(
         settings: Settings, kafka: Kafka, ingest, db) -> None:
     name = unique_name()

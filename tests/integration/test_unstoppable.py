@@ -139,3 +139,38 @@ async def test_a_failed_batch_spanning_partitions_is_redelivered_whole(settings:
     finally:
         await broker.stop()
     assert len(processor.first_batch) > 1, "the failed batch should have spanned partitions"
+
+
+async def test_records_whose_headers_are_not_text_still_reach_the_processor(settings: Settings, kafka: Kafka) -> None:
+    """Kafka header values are bytes, which anyone may set. A value that is not UTF-8, or
+    null, must not make the batch vanish unapplied (FastStream's own parser decodes every
+    header value as text): the records reach the processor, raw headers and all."""
+    mine = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}hd{uuid.uuid4().hex[:6]}."})
+    await ensure_topics(mine, ("model.registered",))
+    group_service = f"headers-{uuid.uuid4().hex[:6]}"
+    name = unique_name("headers")
+    sent = []
+    for headers in ([("traceparent", b"\xff\xfe not text")], [("x-null", None)], []):
+        event = registration(name, {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1})
+        record = await kafka.producer.send_and_wait(mine.topic("model.registered"), json.dumps(event).encode(),
+                                                    key=name.encode(), headers=headers)
+        sent.append(record.offset)
+
+    class Recording:
+        consumer = group_service
+
+        def __init__(self) -> None:
+            self.records: list[Record] = []
+
+        async def process(self, records: list[Record]) -> None:
+            self.records.extend(records)
+
+    processor = Recording()
+    broker = make_broker(mine, client_id=group_service)
+    subscribe(broker, mine, processor, ("model.registered",))  # type: ignore[arg-type]
+    await broker.start()
+    try:
+        await eventually(lambda: sorted(r.offset for r in processor.records) == sent, timeout=30)
+    finally:
+        await broker.stop()
+    assert ("traceparent", b"\xff\xfe not text") in processor.records[0].headers

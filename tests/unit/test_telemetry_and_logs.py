@@ -28,6 +28,13 @@ def test_the_kafka_header_wins_then_the_extension_then_the_fallback() -> None:
     assert telemetry.parent_from([("content-type", b"x")]) is None
 
 
+def test_a_traceparent_header_that_is_null_or_not_text_is_no_trace_and_no_error() -> None:
+    other = "00-11111111111111111111111111111111-2222222222222222-01"
+    assert trace_id_of(telemetry.parent_from([("traceparent", None)], other)) == 0x11111111111111111111111111111111
+    junk = telemetry.parent_from([("traceparent", b"\xff\xfe"), ("tracestate", None)])
+    assert not trace.get_current_span(junk).get_span_context().is_valid
+
+
 def test_a_new_trace_is_valid_and_propagates_through_a_span() -> None:
     parent = telemetry.new_trace()
     assert trace.get_current_span(parent).get_span_context().is_valid
