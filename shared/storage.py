@@ -246,12 +246,15 @@ class ObjectStore:
             **({"Tagging": tagging} if tagging else {}), **cls)
         upload_id = upload["UploadId"]
         lanes = asyncio.Semaphore(COPY_LANES)
+        # Every part from the object the HEAD saw: a source overwritten meanwhile fails the copy
+        # (412, retried by the caller), never splices two objects into one.
+        pinned = {"CopySourceIfMatch": found["ETag"]} if found.get("ETag") else {}
 
         async def part(number: int, first: int, last: int) -> dict[str, Any]:
             async with lanes:
                 answer = await s3.upload_part_copy(
                     **where, UploadId=upload_id, PartNumber=number, CopySource=origin,
-                    CopySourceRange=f"bytes={first}-{last}")
+                    CopySourceRange=f"bytes={first}-{last}", **pinned)
             return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
 
         try:

@@ -8,6 +8,9 @@ import hashlib
 import os
 import uuid
 
+import pytest
+from botocore.exceptions import ClientError
+
 from shared.settings import Settings
 from shared.storage import ObjectStore, S3Location
 
@@ -68,3 +71,30 @@ async def test_an_object_under_the_threshold_is_one_copy(settings: Settings) -> 
         assert (await s3.get_object_tagging(Bucket=back.bucket, Key=back.key))["TagSet"] == []
         head = await s3.head_object(Bucket=back.bucket, Key=back.key)
         assert (head["ContentType"], head["Metadata"]) == ("application/x-model", {"origin": "tests"})
+
+
+async def test_a_source_overwritten_during_a_copy_in_parts_fails_it_rather_than_splice_two(
+        settings: Settings) -> None:
+    """Each part is copied only from the object the copy's HEAD saw (CopySourceIfMatch): an
+    overwrite after it fails the copy with PreconditionFailed, leaving no upload open."""
+    small_parts = settings.model_copy(update={"s3_multipart_copy_bytes": 5 * MIB})
+    source = S3Location(settings.s3_bucket, f"copy-test/{uuid.uuid4().hex}/model.bin")
+    target = S3Location(settings.s3_bucket, f"archive/{source.key}")
+    async with ObjectStore(small_parts) as store:
+        await store.ensure_bucket()
+        s3 = await store.boto()
+        await s3.put_object(Bucket=source.bucket, Key=source.key, Body=os.urandom(12 * MIB))
+        assert store.lean is not None
+        head = store.lean.head
+
+        async def head_then_overwritten(bucket: str, key: str, **options: object) -> object:
+            seen = await head(bucket, key, **options)
+            await s3.put_object(Bucket=source.bucket, Key=source.key, Body=os.urandom(12 * MIB))
+            return seen
+
+        store.lean.head = head_then_overwritten  # type: ignore[method-assign]
+        with pytest.raises(ClientError) as refused:
+            await store.copy(source, target)
+        assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
+        uploads = await s3.list_multipart_uploads(Bucket=target.bucket, Prefix=target.key)
+        assert not uploads.get("Uploads")
