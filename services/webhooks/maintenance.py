@@ -38,6 +38,12 @@ def change_audit(change: store.EndpointChange) -> RegistryAuditData:
                              evidence=evidence)
 
 
+def change_row(change: store.EndpointChange) -> OutboxRow:
+    """The outbox row of an endpoint change's audit record, keyed by its endpoint."""
+    event = new_event(RegistryAudit, change_audit(change), source=f"modelreg/{store.SERVICE}")
+    return OutboxRow.of(event, key=store.audit_key(change.endpoint_id))
+
+
 def prune_before(now: datetime, keep: timedelta) -> datetime:
     """Deliveries that finished before this moment are pruned."""
     if now.tzinfo is None:
@@ -56,10 +62,7 @@ class Maintenance:
         self.clock = clock
 
     async def audit_changes(self) -> int:
-        def as_outbox(change: store.EndpointChange) -> OutboxRow:
-            return OutboxRow.of(new_event(RegistryAudit, change_audit(change), source=f"modelreg/{store.SERVICE}"))
-
-        done = await store.audit_endpoint_changes(self.pool, as_outbox)
+        done = await store.audit_endpoint_changes(self.pool, change_row)
         if done:
             log.info("audited %d webhook endpoint change(s)", done)
         return done

@@ -139,4 +139,4 @@ def disabled_audit(claimed: store.Claimed, reason: str) -> OutboxRow:
     event = new_event(RegistryAudit, RegistryAuditData(
         action="webhook_disabled", name=UNKNOWN_MODEL, actor=f"modelreg/{store.SERVICE}", reason=reason,
         evidence={"endpoint_id": str(claimed.endpoint_id), "url": claimed.url}), source=f"modelreg/{store.SERVICE}")
-    return OutboxRow.of(event)
+    return OutboxRow.of(event, key=store.audit_key(claimed.endpoint_id))

@@ -22,6 +22,13 @@ from .logic import Format, Message, Subscription
 
 SERVICE = "webhooks"
 MAX_LIST = 1000
+
+
+def audit_key(endpoint_id: uuid.UUID) -> str:
+    """The Kafka key of an endpoint's audit records. They are about no model, and a record
+    without a key lands on any partition: an endpoint's deletion could then reach the audit
+    log ahead of its creation. One key per endpoint keeps its changes in order."""
+    return f"webhook-endpoint/{endpoint_id}"
 _ENDPOINT = """id, name, url, description, secret, format, topics, models, stages, mlflow_events, status,
                failing_since, disabled_at, disabled_reason, created_by, created_at, updated_at"""
 
@@ -165,11 +172,13 @@ class EndpointChange:
 async def audit_endpoint_changes(pool: asyncpg.Pool, audit: Callable[[EndpointChange], OutboxRow],
                                  limit: int = 100) -> int:
     """Up to `limit` unaudited endpoint changes, oldest first: their audit records (`audit`)
-    written to the outbox and the changes marked audited, in one transaction; how many."""
+    written to the outbox and the changes marked audited, in one transaction; how many.
+    A second replica waits for the first rather than skipping its rows: skipping would let it
+    write an endpoint's later change to the outbox ahead of the earlier one."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
             """SELECT id, endpoint_id, action, actor, evidence, changed_at FROM webhook_endpoint_changes
-               WHERE audited_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
+               WHERE audited_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE""", limit)
         if not rows:
             return 0
         changes = [EndpointChange(r["id"], r["endpoint_id"], r["action"], r["actor"], _json(r["evidence"]),

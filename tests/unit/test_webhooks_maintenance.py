@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.webhooks.maintenance import change_audit, prune_before
+from services.webhooks.maintenance import change_audit, change_row, prune_before
+from services.webhooks.worker import disabled_audit
 from shared.events import UNKNOWN_MODEL, RegistryAudit, new_event
+from shared.webhooks import store
 from shared.webhooks.store import EndpointChange
 
 AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -33,6 +35,17 @@ def test_an_endpoint_change_is_audited_about_no_model_with_its_actor(action: str
 
 def test_a_secret_never_reaches_the_audit_record() -> None:
     assert "secret" not in change_audit(_change("webhook_created", secret="whsec_abc")).evidence
+
+
+def test_an_endpoints_audit_records_share_one_key_so_they_stay_in_order() -> None:
+    # Keyless records are spread over the audit topic's partitions, and a deletion could be
+    # written to the audit log before the creation it follows.
+    created, deleted = change_row(_change("webhook_created")), change_row(_change("webhook_deleted"))
+    claimed = store.Claimed(3, uuid.UUID(int=5), uuid.uuid4(), "{}", "event", 4, "https://hooks.example/x",
+                            "whsec_abc", "standard")
+    assert created.key is not None and created.key == deleted.key == disabled_audit(claimed, "failing").key
+    other = change_row(EndpointChange(8, uuid.UUID(int=6), "webhook_created", "ops/alice", {}, AT))
+    assert other.key != created.key
 
 
 def test_deliveries_finished_before_the_keep_time_are_pruned() -> None:
