@@ -4,6 +4,7 @@ event, and dead letters written once, however often a batch is delivered."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import asyncpg
 
@@ -16,6 +17,7 @@ from shared.consumer import (
     Record,
     ServiceHandlers,
     Tx,
+    begin_claiming,
     unit_of_work,
 )
 from shared.events import InvalidEvent, ModelRegistered
@@ -114,6 +116,51 @@ async def test_a_handler_that_keeps_needing_io_is_dead_lettered_not_looped_forev
     letters = await db.fetch("SELECT value FROM outbox WHERE service = $1 AND topic = 'registry.dlq'", service)
     assert [json.loads(r["value"])["data"]["error"]["kind"] for r in letters] == ["handler_error"]
     await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
+async def test_a_handler_that_swallowed_a_database_error_does_not_count_its_batch_as_applied(
+        db: asyncpg.Pool) -> None:
+    """PostgreSQL answers COMMIT with ROLLBACK, and no error, in a failed transaction: taken
+    at its word, the batch would count as applied (its offsets committed) with nothing of it
+    stored, its event lost without a dead letter."""
+    service = signing_service("probe")
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        try:
+            await tx.conn.execute("SELECT 1 / 0")
+        except asyncpg.DivisionByZeroError:
+            pass  # a handler's bug: the transaction has failed, and nothing after says so
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    processor = BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle}), max_backoff=0.01)
+    await processor.process([record(0, cloudevent("model.registered", {"name": "a", "artifact": artifact}))])
+
+    rows = await db.fetch("SELECT topic, value FROM outbox WHERE service = $1 ORDER BY id", service)
+    letters = [json.loads(r["value"])["data"] for r in rows if r["topic"] == "registry.dlq"]
+    assert [letter["error"]["kind"] for letter in letters] == ["handler_error"]
+    assert "ended with ROLLBACK" in letters[0]["error"]["message"], letters[0]["error"]
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
+async def test_a_batch_claims_each_new_event_once_and_none_applied_before(db: asyncpg.Pool) -> None:
+    """BEGIN and the processed-events insert go in one round trip; what it takes is what the
+    batch applies, whether every id is new (the insert's row count says so) or not."""
+    consumer = signing_service("probe")
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with db.acquire() as conn:
+        assert await begin_claiming(conn, consumer, [a, b, a]) == {a, b}  # a duplicate in the batch: once
+        assert conn.is_in_transaction()
+        await conn.execute("COMMIT")
+        assert await begin_claiming(conn, consumer, [a, c, c, b]) == {c}  # a redelivery with one new event
+        assert conn.is_in_transaction()
+        await conn.execute("ROLLBACK")  # the batch failed: c is not taken
+        assert await begin_claiming(conn, consumer, [c]) == {c}
+        await conn.execute("ROLLBACK")
+        assert await begin_claiming(conn, consumer, []) == set()
+        assert conn.is_in_transaction()
+        await conn.execute("ROLLBACK")
+    stored = {r[0] for r in await db.fetch("SELECT event_id FROM processed_events WHERE consumer = $1", consumer)}
+    assert stored == {a, b}
 
 
 async def test_a_unit_of_work_writes_what_it_emits_with_its_transaction_or_not_at_all(db: asyncpg.Pool) -> None:
