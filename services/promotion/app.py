@@ -76,7 +76,7 @@ from shared.signing import signing_key
 from . import early
 from .integrity import Verdict, verify_artifact
 from .store import VersionRow
-from .unit_of_work import PromotionBatch
+from .unit_of_work import PromotionBatch, names_and_versions
 
 SERVICE = "promotion"
 VERIFICATIONS_IN_FLIGHT = 8
@@ -114,7 +114,7 @@ class Promotion:
                    SELECT DISTINCT name, version, NULL, NULL, NULL, NULL FROM promotion_deferred
                    WHERE (name, version) IN (SELECT * FROM unnest($5::text[], $6::int[]))
                      AND topic IN ('metrics.evaluated', 'promotion.requested')""",
-                *_names_and_versions(asked), *_names_and_versions(staged), *_names_and_versions(arriving))
+                *names_and_versions(asked), *names_and_versions(staged), *names_and_versions(arriving))
         checks: dict[tuple[Any, ...], _Check] = {}
         for r in rows:
             key = (r["name"], r["version"])
@@ -413,10 +413,6 @@ def _registration_check(event: CloudEvent[Any], parent: Any) -> tuple[tuple[Any,
 def _manifest_of(artifact: ArtifactRef) -> str | None:
     """A directory artifact's canonical manifest, as stored beside its version; None for a file."""
     return None if artifact.files is None else canonical_manifest(artifact.manifest() or []).decode()
-
-
-def _names_and_versions(events: dict[tuple[str, int], Any]) -> tuple[list[str], list[int]]:
-    return [name for name, _ in events], [version for _, version in events]
 
 
 def _integrity_key(row: VersionRow) -> tuple[Any, ...]:

@@ -85,6 +85,8 @@ class PromotionBatch:
         self._events = events
         names = sorted({e.data.name for e in events})
         keys = sorted({(e.data.name, e.data.version) for e in events if getattr(e.data, "version", None)})
+        # Versions this batch brings: events may have been held until they came.
+        arriving = sorted({(e.data.name, e.data.version) for e in events if e.topic == "model.ingested"})
         await self.conn.execute(
             """SELECT pg_advisory_xact_lock(hashtextextended('promotion:' || n, 0))
                FROM unnest($1::text[]) AS n ORDER BY n""", names)
@@ -123,11 +125,18 @@ class PromotionBatch:
                                                  'event_id', a.event_id)
                         FROM approvals a
                         WHERE a.name = loaded.name AND a.version = loaded.version AND a.to_stage LIKE 'import:%'
-                        LIMIT 1) AS pending_import
-                FROM loaded""",
-            [k[0] for k in keys], [k[1] for k in keys], names)
+                        LIMIT 1) AS pending_import,
+                       -- Whether events wait for a version this batch brings (rarely: then
+                       -- they are taken below); a row even when nothing was loaded.
+                       EXISTS (SELECT 1 FROM promotion_deferred d
+                               WHERE (d.name, d.version) IN (SELECT * FROM unnest($4::text[], $5::int[])))
+                           AS waiting
+                FROM (VALUES (true)) AS always(x) LEFT JOIN loaded ON true""",
+            *names_and_versions(keys), names, *names_and_versions(arriving))
         top = 0
         for r in rows:
+            if r["name"] is None:  # the row of an empty load
+                continue
             key = (r["name"], r["version"])
             self._numbers.setdefault(key[0], []).append(key[1])
             self._versions[key] = _Version(
@@ -149,13 +158,12 @@ class PromotionBatch:
                        WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))""",
                     [k[0] for k in requested], [k[1] for k in requested]):
                 self._approvals.setdefault((r["name"], r["version"], r["to_stage"]), set()).add(r["actor"])
-        arriving = sorted({(e.data.name, e.data.version) for e in events if e.topic == "model.ingested"})
-        if arriving:
+        if rows[0]["waiting"]:
             for r in await self.conn.fetch(
                     """DELETE FROM promotion_deferred
                        WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
                        RETURNING event_id, topic, name, version, partition, "offset", payload, first_seen""",
-                    [k[0] for k in arriving], [k[1] for k in arriving]):
+                    *names_and_versions(arriving)):
                 self._waiting.setdefault((r["name"], r["version"]), []).append(r)
 
     # -- what the handlers ask and change ---------------------------------------------------
@@ -315,14 +323,20 @@ class PromotionBatch:
         conn = self.conn
         changed = [self._versions[k] for k in sorted(self._dirty)]
         # Rows leaving production first: the one-champion index is checked row by row.
-        for batch in ([v for v in changed if v.row.stage != "production"],
-                      [v for v in changed if v.row.stage == "production"]):
-            if batch:
-                await _upsert_versions(conn, batch)
-        if self._history or self._new_evaluations or self._holds:
-            # One round trip for the three appends: they touch three tables, in no order.
-            await conn.execute(_APPEND, *_columns(self._history, 10), *_columns(self._new_evaluations, 10),
-                               *_columns(self._holds, 7))
+        upserts = [_version_columns(batch) for batch in ([v for v in changed if v.row.stage != "production"],
+                                                         [v for v in changed if v.row.stage == "production"])
+                   if batch]
+        # The three appends touch three tables, in no order: they ride along with the last
+        # upsert (or go alone), one round trip fewer in a batch whose statements each wait.
+        appends = ([*_columns(self._history, 10), *_columns(self._new_evaluations, 10), *_columns(self._holds, 7)]
+                   if self._history or self._new_evaluations or self._holds else None)
+        for i, columns in enumerate(upserts):
+            if appends is not None and i == len(upserts) - 1:
+                await conn.execute(f"WITH {_APPENDS} {_upsert(first=len(appends) + 1)}", *appends, *columns)
+            else:
+                await conn.execute(_upsert(first=1), *columns)
+        if appends is not None and not upserts:
+            await conn.execute(f"WITH {_APPENDS} SELECT", *appends)
         if self._cleared_approvals:
             cleared = sorted(self._cleared_approvals)
             await conn.execute(
@@ -335,8 +349,9 @@ class PromotionBatch:
                    ON CONFLICT DO NOTHING""", *_columns(self._new_approvals, 6))
 
 
-_APPEND = """
-    WITH history AS (
+# Data-modifying CTEs, run to completion whatever the statement they lead does ($1-$27).
+_APPENDS = """
+    history AS (
         INSERT INTO stage_history (name, version, from_stage, to_stage, reason, actor, event_id, correlation_id,
                                    evidence, changed_at)
         SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
@@ -347,10 +362,34 @@ _APPEND = """
         SELECT * FROM unnest($11::uuid[], $12::text[], $13::int[], $14::text[], $15::text[], $16::text[]::jsonb[],
                              $17::boolean[], $18::text[]::jsonb[], $19::text[], $20::timestamptz[])
         ON CONFLICT (event_id) DO NOTHING
-    )
-    INSERT INTO promotion_deferred (event_id, topic, name, version, partition, "offset", payload)
-    SELECT * FROM unnest($21::uuid[], $22::text[], $23::text[], $24::int[], $25::int[], $26::bigint[], $27::bytea[])
-    ON CONFLICT (event_id) DO NOTHING"""
+    ), held AS (
+        INSERT INTO promotion_deferred (event_id, topic, name, version, partition, "offset", payload)
+        SELECT * FROM unnest($21::uuid[], $22::text[], $23::text[], $24::int[], $25::int[], $26::bigint[],
+                             $27::bytea[])
+        ON CONFLICT (event_id) DO NOTHING
+    )"""
+
+_UPSERT_TYPES = ("text", "int", "text", "text", "text", "text", "uuid", "boolean", "text", "timestamptz", "int",
+                 "text", "timestamptz", "text")
+
+
+def _upsert(*, first: int) -> str:
+    """The upsert of promotion_versions rows (`_version_columns`), its parameters from `$first`."""
+    arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(_UPSERT_TYPES))
+    return f"""INSERT INTO promotion_versions (name, version, stage, sha256, artifact_uri, registered_by,
+                                               correlation_id, validated, blocked, superseded_at, previous_champion,
+                                               traceparent, stage_changed_at, manifest)
+               SELECT * FROM unnest({arrays})
+               ON CONFLICT (name, version) DO UPDATE
+               SET stage = EXCLUDED.stage, validated = EXCLUDED.validated, blocked = EXCLUDED.blocked,
+                   superseded_at = EXCLUDED.superseded_at, previous_champion = EXCLUDED.previous_champion,
+                   stage_changed_at = EXCLUDED.stage_changed_at"""
+
+
+def names_and_versions(keys: Iterable[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    """(name, version) pairs as the two arrays a statement unnests."""
+    keys = list(keys)
+    return [name for name, _ in keys], [version for _, version in keys]
 
 
 def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -358,18 +397,8 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-async def _upsert_versions(conn: asyncpg.Connection, versions: list[_Version]) -> None:
+def _version_columns(versions: list[_Version]) -> list[list[Any]]:
     rows = [(v.row.name, v.row.version, v.row.stage, v.row.sha256, v.row.artifact_uri, v.row.registered_by,
              v.row.correlation_id, v.row.validated, v.row.blocked, v.superseded_at, v.row.previous_champion,
              v.traceparent, v.stage_changed_at or datetime.now(UTC), v.manifest) for v in versions]
-    await conn.execute(
-        """INSERT INTO promotion_versions (name, version, stage, sha256, artifact_uri, registered_by, correlation_id,
-                                           validated, blocked, superseded_at, previous_champion, traceparent,
-                                           stage_changed_at, manifest)
-           SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[],
-                                $8::boolean[], $9::text[], $10::timestamptz[], $11::int[], $12::text[],
-                                $13::timestamptz[], $14::text[])
-           ON CONFLICT (name, version) DO UPDATE
-           SET stage = EXCLUDED.stage, validated = EXCLUDED.validated, blocked = EXCLUDED.blocked,
-               superseded_at = EXCLUDED.superseded_at, previous_champion = EXCLUDED.previous_champion,
-               stage_changed_at = EXCLUDED.stage_changed_at""", *_columns(rows, 14))
+    return _columns(rows, len(_UPSERT_TYPES))
