@@ -86,8 +86,11 @@ class Record:
 
     @property
     def key_text(self) -> str | None:
+        """The key as text PostgreSQL can store: None when it is not UTF-8, and a NUL (which no
+        text column holds, and which made a dead letter's own insert fail, its partition
+        redelivered forever) as U+FFFD."""
         try:
-            return self.key.decode() if self.key is not None else None
+            return storable(self.key.decode()) if self.key is not None else None
         except UnicodeDecodeError:
             return None
 
@@ -203,6 +206,27 @@ class Tx:
                                  to_stage=to_stage, actor=actor or self.source, reason=reason,
                                  evidence=evidence)
         return self.emit(RegistryAudit, data, correlation=correlation)
+
+
+def storable(text: str) -> str:
+    """`text` with each NUL, which PostgreSQL's text and jsonb refuse, as U+FFFD."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _event_id(delivery: Delivery) -> uuid.UUID:
+    """What a delivery is known by in processed_events: its event's id, else its record's."""
+    return delivery.event.id if delivery.event is not None else delivery.record.dead_letter_id
+
+
+def _unique(deliveries: list[Delivery]) -> list[Delivery]:
+    """Each event once (a producer's retry can put one twice in a batch), the first kept."""
+    seen: set[uuid.UUID] = set()
+    unique = []
+    for delivery in deliveries:
+        if (event_id := _event_id(delivery)) not in seen:
+            seen.add(event_id)
+            unique.append(delivery)
+    return unique
 
 
 async def begin_claiming(conn: asyncpg.Connection, consumer: str, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
@@ -355,6 +379,7 @@ class BatchProcessor:
         self.consumed = 0
         self.dead_lettered = 0
         self.busy = False  # a batch is being applied
+        self._applied_before: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
 
     @property
     def consumer(self) -> str:
@@ -503,9 +528,14 @@ class BatchProcessor:
 
     async def _prepare(self, batch: Batch, deliveries: list[Delivery]) -> None:
         """The service's I/O for the events it has not applied yet (none is spent on the
-        redelivered ones)."""
+        redelivered ones). Only a batch that may repeat what was applied is looked up: one
+        that goes on, partition by partition, from where this process's last batches left
+        off holds nothing they applied (that lookup cost a busy promotion a tenth of its
+        batch). After a partition changed hands, what its former owner applied but had not
+        committed is looked up; should a zombie owner still be applying, its events may be
+        prepared twice, and the batch's idempotency insert still applies each once."""
         assert self._service.prepare is not None
-        fresh = await self._unprocessed(deliveries)
+        fresh = await self._unprocessed(deliveries) if self._may_repeat(deliveries) else _unique(deliveries)
         ready = [d for d in fresh if d.event is not None and d.error is None]
         if ready:
             events = [d.event for d in ready if d.event is not None]
@@ -514,7 +544,7 @@ class BatchProcessor:
 
     async def _apply_once(self, deliveries: list[Delivery], batch: Batch, *, savepoints: bool) -> None:
         batch.committed.clear()  # what an attempt rolled back must not count
-        ids = [d.event.id if d.event is not None else d.record.dead_letter_id for d in deliveries]
+        ids = [_event_id(d) for d in deliveries]
         async with self._pool.acquire() as lent:
             conn = cast(asyncpg.Connection, lent)  # the pool's proxy forwards every Connection method
             try:
@@ -536,6 +566,7 @@ class BatchProcessor:
             except BaseException:
                 await _roll_back(conn)
                 raise
+        self._applied(deliveries)
         if rows:  # the relay has something to send (a batch that emits nothing wakes nobody)
             self._on_commit()
         for committed in batch.committed:
@@ -556,19 +587,30 @@ class BatchProcessor:
             await self._service.batch_handlers[topic](conn, events)
         return rows
 
+    def _may_repeat(self, deliveries: list[Delivery]) -> bool:
+        """Whether a record may have been applied before: it is not past what this process
+        applied from its partition (or it comes from one this process has applied nothing of)."""
+        for delivery in deliveries:
+            record = delivery.record
+            after = self._applied_before.get((record.topic, record.partition))
+            if after is None or record.offset < after:
+                return True
+        return False
+
+    def _applied(self, deliveries: list[Delivery]) -> None:
+        """Remember, per partition, the offset before which this process applied records."""
+        for delivery in deliveries:
+            record = delivery.record
+            key = (record.topic, record.partition)
+            self._applied_before[key] = max(self._applied_before.get(key, 0), record.offset + 1)
+
     async def _unprocessed(self, deliveries: list[Delivery]) -> list[Delivery]:
-        ids = [d.event.id if d.event else d.record.dead_letter_id for d in deliveries]
+        ids = [_event_id(d) for d in deliveries]
         async with self._pool.acquire() as conn:
             done = {r[0] for r in await conn.fetch(
                 "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id = ANY($2::uuid[])",
                 self.consumer, ids)}
-        seen: set[uuid.UUID] = set()
-        fresh = []
-        for delivery, event_id in zip(deliveries, ids, strict=True):
-            if event_id not in done and event_id not in seen:
-                seen.add(event_id)
-                fresh.append(delivery)
-        return fresh
+        return _unique([d for d in deliveries if _event_id(d) not in done])
 
     async def _handle(self, conn: asyncpg.Connection, batch: Batch, delivery: Delivery,
                       savepoints: bool) -> list[OutboxRow]:
@@ -644,12 +686,12 @@ def dead_letter_rows(service: str, record: Record, error: InvalidEvent,
         original_topic=record.topic, partition=record.partition, offset=record.offset,
         key=key[:1024] if key else None,
         payload_b64=base64.b64encode(record.value or b"").decode(),
-        error=DlqError(kind=error.kind, message=error.message[:10_000]), service=service,
+        error=DlqError(kind=error.kind, message=storable(error.message[:10_000])), service=service,
     ), source=source, correlationid=correlation, causationid=causation)
     audit = new_event(RegistryAudit, RegistryAuditData(
         action="dead_lettered", name=name,
         version=getattr(event.data, "version", None) if event is not None else None,
-        actor=source, reason=f"{error.kind}: {error.message}"[:10_000],
+        actor=source, reason=storable(f"{error.kind}: {error.message}"[:10_000]),
         evidence={"topic": record.topic, "partition": record.partition, "offset": record.offset,
                   "dlq_event_id": str(letter.id)},
     ), source=source, correlationid=correlation or letter.id, causationid=causation or letter.id)

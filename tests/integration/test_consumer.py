@@ -142,6 +142,50 @@ async def test_a_handler_that_swallowed_a_database_error_does_not_count_its_batc
     await db.execute("DELETE FROM outbox WHERE service = $1", service)
 
 
+async def test_no_io_is_prepared_for_an_event_applied_before_and_a_batch_going_on_is_not_looked_up(
+        db: asyncpg.Pool) -> None:
+    """`prepare` (a service's I/O outside the transaction) gets only events not applied yet:
+    within one process, a batch that goes on from where the last one left off is not looked
+    up in processed_events; one that goes back (a redelivery), or any batch of a process that
+    has applied nothing of its partitions yet (a restart), is."""
+    service = signing_service("probe")
+    prepared: list[set[str]] = []
+
+    async def prepare(batch: Batch, events: list, parents: object) -> None:
+        prepared.append({e.data.name for e in events})
+
+    async def handle(tx: Tx, event: ModelRegistered) -> None:
+        tx.audit("probed", name=event.data.name)
+
+    artifact = {"uri": "s3://b/k", "sha256": "0" * 64, "size_bytes": 1}
+    events = [cloudevent("model.registered", {"name": f"e{i}", "artifact": artifact}) for i in range(6)]
+    lookups = 0
+
+    def processor() -> BatchProcessor:
+        made = BatchProcessor(db, ServiceHandlers(service, {"model.registered": handle}, prepare=prepare))
+        look_up = made._unprocessed  # noqa: SLF001 - counting the lookups is what this test is about
+
+        async def counted(deliveries: list) -> list:
+            nonlocal lookups
+            lookups += 1
+            return await look_up(deliveries)
+
+        made._unprocessed = counted  # type: ignore[method-assign]  # noqa: SLF001
+        return made
+
+    first = processor()
+    await first.process([record(0, events[0]), record(1, events[1]), record(2, events[1])])  # a duplicate
+    assert (prepared.pop(), lookups) == ({"e0", "e1"}, 1)  # nothing applied yet: looked up
+    await first.process([record(4, events[2]), record(5, events[3])])  # a gap, as a transaction marker leaves
+    assert (prepared.pop(), lookups) == ({"e2", "e3"}, 1)  # going on: not looked up
+    await first.process([record(5, events[3]), record(6, events[4])])  # sought back by one record
+    assert (prepared.pop(), lookups) == ({"e4"}, 2)
+    await processor().process([record(6, events[4]), record(7, events[5])])  # a restart
+    assert (prepared.pop(), lookups) == ({"e5"}, 3)
+    assert await db.fetchval("SELECT count(*) FROM processed_events WHERE consumer = $1", service) == 6
+    await db.execute("DELETE FROM outbox WHERE service = $1", service)
+
+
 async def test_a_batch_claims_each_new_event_once_and_none_applied_before(db: asyncpg.Pool) -> None:
     """BEGIN and the processed-events insert go in one round trip; what it takes is what the
     batch applies, whether every id is new (the insert's row count says so) or not."""

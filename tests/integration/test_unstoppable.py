@@ -66,6 +66,29 @@ async def test_hostile_records_are_dead_lettered_and_everything_around_them_is_h
     assert {r["name"]: r["n"] for r in counts} == dict.fromkeys(names, 1)
 
 
+async def test_a_key_holding_nul_is_dead_lettered_and_its_partition_goes_on(
+        settings: Settings, kafka: Kafka, pipeline: Any, db: asyncpg.Pool) -> None:
+    """A Kafka key is bytes; PostgreSQL's text holds no NUL. A dead letter keyed by the
+    record's key failed its own insert, and the batch was redelivered forever: one record
+    stopped its partition for every model on it."""
+    name = unique_name("after-nul")
+    artifact = await put_artifact(settings, f"inbox/{name}", name.encode())
+    topic = settings.topic("model.registered")
+    poison = await kafka.producer.send_and_wait(topic, b"not json", key=b"stall\x00me", partition=0)
+    await kafka.producer.send_and_wait(topic, json.dumps(registration(name, artifact)).encode(),
+                                       key=name.encode(), partition=0)
+
+    await kafka.wait_for("model.ingested", for_model(name))
+    [letter] = await kafka.wait_for("registry.dlq", lambda s: s.data.get("offset") == poison.offset
+                                    and s.data.get("original_topic") == "model.registered"
+                                    and s.data.get("partition") == 0)
+    assert letter.data["key"] == "stall\ufffdme" and letter.data["error"]["kind"] == "not_json"
+    stored = await eventually(lambda: db.fetchval(
+        """SELECT key FROM dead_letters WHERE original_topic = 'model.registered' AND "partition" = 0
+           AND "offset" = $1""", poison.offset), timeout=30)
+    assert stored == "stall\ufffdme"
+
+
 async def test_a_handler_bug_is_retried_then_dead_lettered_with_its_traceback(
         db: asyncpg.Pool, caplog: pytest.LogCaptureFixture) -> None:
     service = signing_service("buggy")
