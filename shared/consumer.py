@@ -43,6 +43,7 @@ import asyncpg
 from opentelemetry.trace import SpanKind
 
 from shared import logs, metrics, telemetry
+from shared.db import sql_literal
 from shared.events import (
     MODEL_NAME_PATTERN,
     TYPED_EVIDENCE,
@@ -61,7 +62,7 @@ from shared.events import (
     parse_event,
 )
 from shared.keys import Keyring
-from shared.outbox import OutboxRow, write_outbox
+from shared.outbox import OutboxRow, write_outbox, write_outbox_and_commit
 from shared.signing import check as check_signature
 from shared.storage import is_retryable as s3_retryable
 
@@ -244,7 +245,7 @@ async def begin_claiming(conn: asyncpg.Connection, consumer: str, ids: Sequence[
         listed = ",".join(str(uuid.UUID(str(i))) for i in wanted)  # UUIDs only, whatever they came as
         status = await conn.execute(
             f"""BEGIN; INSERT INTO processed_events (consumer, event_id)
-                SELECT {_literal(consumer)}, unnest('{{{listed}}}'::uuid[]) ON CONFLICT DO NOTHING""")
+                SELECT {sql_literal(consumer)}, unnest('{{{listed}}}'::uuid[]) ON CONFLICT DO NOTHING""")
         if int(status.rsplit(" ", 1)[-1]) == len(wanted):
             return wanted
         await conn.execute("ROLLBACK")
@@ -252,21 +253,6 @@ async def begin_claiming(conn: asyncpg.Connection, consumer: str, ids: Sequence[
     return {r[0] for r in await conn.fetch(
         """INSERT INTO processed_events (consumer, event_id)
            SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id""", consumer, list(wanted))}
-
-
-async def commit(conn: asyncpg.Connection) -> None:
-    """COMMIT, which PostgreSQL answers with ROLLBACK (and no error) in a failed transaction:
-    a handler that swallowed a database error must not have its batch count as applied."""
-    status = await conn.execute("COMMIT")
-    if status != "COMMIT":
-        raise RuntimeError(f"the batch's transaction ended with {status}, not COMMIT")
-
-
-def _literal(text: str) -> str:
-    """A PostgreSQL string literal (standard_conforming_strings, the default since 9.1)."""
-    if "\x00" in text:
-        raise ValueError("a string literal cannot hold NUL")
-    return "'" + text.replace("'", "''") + "'"
 
 
 async def _roll_back(conn: asyncpg.Connection) -> None:
@@ -561,8 +547,7 @@ class BatchProcessor:
                 else:
                     async with scope(conn, [d.event for d in todo if d.event is not None]) as batch.scope:
                         rows = await self._handle_all(conn, batch, todo, savepoints)
-                await write_outbox(conn, self.consumer, rows)
-                await commit(conn)
+                await write_outbox_and_commit(conn, self.consumer, rows)
             except BaseException:
                 await _roll_back(conn)
                 raise

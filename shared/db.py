@@ -49,6 +49,24 @@ def service_role(configured: str | None, service: str) -> str | None:
     return configured or f"modelreg_{service}"
 
 
+def sql_literal(text: str) -> str:
+    """`text` as a PostgreSQL string literal, for a statement sent by the simple query protocol
+    (several statements in one round trip, but no parameters). An escape string (E'...'), so
+    that it reads the same whatever standard_conforming_strings says."""
+    if "\x00" in text:
+        raise ValueError("PostgreSQL text cannot hold NUL")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+async def commit(conn: AnyConnection, statements: str = "") -> None:
+    """COMMIT (after `statements`, in the same round trip). PostgreSQL answers COMMIT with
+    ROLLBACK, and no error, in a failed transaction: a handler that swallowed a database
+    error must not have its work count as done."""
+    status = await conn.execute(f"{statements}; COMMIT" if statements else "COMMIT")
+    if status != "COMMIT":
+        raise RuntimeError(f"the transaction ended with {status}, not COMMIT")
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4,
                       role: str | None = None) -> asyncpg.Pool:
     """A pool sized for a 2-core service: batches, not connections, carry the throughput.
