@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def running_mlflow_server(where: Path, *artifact_options: str) -> Iterator[str]:
+@asynccontextmanager
+async def running_mlflow_server(where: Path, *artifact_options: str) -> AsyncIterator[str]:
     """A real `mlflow server` (sqlite backend in `where`) with these artifact options, until the
-    block ends; yields its URL."""
+    block ends; yields its URL. Started (a venv installed on first use, then a wait for its
+    health) and stopped off the event loop: the session's services run on that loop, and a
+    wait of many seconds there let their Kafka sessions expire, their groups rebalancing under
+    the test that followed."""
+    server = _mlflow_server(where, *artifact_options)
+    url = await asyncio.to_thread(server.__enter__)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(server.__exit__, None, None, None)
+
+
+@contextmanager
+def _mlflow_server(where: Path, *artifact_options: str) -> Iterator[str]:
     from bench.mlflow_compare import interpreter
 
     python = interpreter(lambda line: print(f"[mlflow] {line}"))
@@ -107,9 +120,9 @@ def running_mlflow_server(where: Path, *artifact_options: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+async def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     where = tmp_path_factory.mktemp("mlflow-server")
-    with running_mlflow_server(where, "--artifacts-destination", str(where / "artifacts")) as url:
+    async with running_mlflow_server(where, "--artifacts-destination", str(where / "artifacts")) as url:
         yield url
 
 

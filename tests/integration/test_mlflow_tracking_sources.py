@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +132,15 @@ async def test_the_tracking_server_is_asked_with_the_registrys_token_and_its_ans
 
 
 @pytest.fixture(scope="module")
-def tracking_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+async def tracking_server(settings: Settings,
+                          tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, Path]]:
     """A real tracking server whose artifact root is a local directory under the registry's
     artifact root (not proxied: clients write there, the registry reads there). Yields its URL
     and that directory."""
     [root] = settings.artifact_root_paths
     artifacts = Path(tempfile.mkdtemp(dir=root, prefix="mlflow-tracking-"))
-    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-tracking"), "--default-artifact-root",
-                               str(artifacts), "--no-serve-artifacts") as url:
+    async with running_mlflow_server(tmp_path_factory.mktemp("mlflow-tracking"), "--default-artifact-root",
+                                     str(artifacts), "--no-serve-artifacts") as url:
         yield url, artifacts
 
 
