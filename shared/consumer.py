@@ -514,12 +514,13 @@ class BatchProcessor:
 
     async def _prepare(self, batch: Batch, deliveries: list[Delivery]) -> None:
         """The service's I/O for the events it has not applied yet (none is spent on the
-        redelivered ones). Only a batch that may repeat what was applied is looked up: one
-        that goes on, partition by partition, from where this process's last batches left
-        off holds nothing they applied (that lookup cost a busy promotion a tenth of its
-        batch). After a partition changed hands, what its former owner applied but had not
-        committed is looked up; should a zombie owner still be applying, its events may be
-        prepared twice, and the batch's idempotency insert still applies each once."""
+        redelivered ones, as far as this process can tell). Only a batch that may repeat what
+        this process applied is looked up: one that goes on, partition by partition, past
+        where its last batches left off is not (that lookup cost a busy promotion a tenth of
+        its batch). What this process cannot tell from offsets is prepared again, never
+        applied again (the batch's idempotency insert decides): a duplicate the outbox relay
+        republished at a later offset, and, when a partition comes back to this process,
+        what another owner applied there past its last committed offset."""
         assert self._service.prepare is not None
         fresh = await self._unprocessed(deliveries) if self._may_repeat(deliveries) else _unique(deliveries)
         ready = [d for d in fresh if d.event is not None and d.error is None]
