@@ -70,21 +70,28 @@ class OutboxRow:
                    headers={"content-type": CONTENT_TYPE, **(headers or {})})
 
 
+def _insert_and_notify(service: str, channel: str, rows: str) -> str:
+    """The insert of `rows` (a relation of topic, key, value, headers) into the outbox as
+    `service`'s, and the NOTIFY that wakes the relay (it fires at commit, naming the service
+    and its last row, so that a relay that has already sent that row need not look again)."""
+    return f"""WITH written AS (
+               INSERT INTO outbox (service, topic, key, value, headers)
+               SELECT {service}, t.topic, t.key, t.value, t.headers
+               FROM {rows} AS t(topic, key, value, headers)
+               RETURNING id)
+           SELECT pg_notify({channel}, {service} || ':' || max(id)) FROM written HAVING count(*) > 0"""
+
+
+_WRITE = _insert_and_notify("$1", "$6", "unnest($2::text[], $3::text[], $4::bytea[], $5::jsonb[])")
+
+
 async def write_outbox(conn: AnyConnection, service: str, rows: Sequence[OutboxRow]) -> None:
-    """Insert rows, each signed by `service`, in one statement and wake the relay (NOTIFY
-    fires at commit, naming the service and its last row, so that a relay that has already
-    sent that row need not look again). Signed before they are stored: a row edited in the
-    table is a forgery."""
+    """Insert rows, each signed by `service`, in one statement and wake the relay. Signed
+    before they are stored: a row edited in the table is a forgery."""
     if not rows:
         return
     await conn.execute(
-        """WITH written AS (
-               INSERT INTO outbox (service, topic, key, value, headers)
-               SELECT $1, t.topic, t.key, t.value, t.headers
-               FROM unnest($2::text[], $3::text[], $4::bytea[], $5::jsonb[]) AS t(topic, key, value, headers)
-               RETURNING id)
-           SELECT pg_notify($6, $1 || ':' || max(id)) FROM written HAVING count(*) > 0""",
-        service, [r.topic for r in rows], [r.key for r in rows], [sign_value(service, r.value) for r in rows],
+        _WRITE, service, [r.topic for r in rows], [r.key for r in rows], [sign_value(service, r.value) for r in rows],
         [r.headers for r in rows], NOTIFY_CHANNEL,
     )
 
@@ -101,13 +108,7 @@ async def write_outbox_and_commit(conn: AnyConnection, service: str, rows: Seque
         f"({sql_literal(r.topic)}, {sql_literal(r.key) if r.key is not None else 'NULL'}, "
         f"decode('{sign_value(service, r.value).hex()}', 'hex'), {sql_literal(json.dumps(r.headers))}::jsonb)"
         for r in rows)
-    await commit(conn, f"""WITH written AS (
-               INSERT INTO outbox (service, topic, key, value, headers)
-               SELECT {sql_literal(service)}, t.topic, t.key, t.value, t.headers
-               FROM (VALUES {values}) AS t(topic, key, value, headers)
-               RETURNING id)
-           SELECT pg_notify({sql_literal(NOTIFY_CHANNEL)}, {sql_literal(service)} || ':' || max(id))
-           FROM written HAVING count(*) > 0""")
+    await commit(conn, _insert_and_notify(sql_literal(service), sql_literal(NOTIFY_CHANNEL), f"(VALUES {values})"))
 
 
 class Publisher(Protocol):
