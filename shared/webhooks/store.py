@@ -22,13 +22,6 @@ from .logic import Format, Message, Subscription
 
 SERVICE = "webhooks"
 MAX_LIST = 1000
-
-
-def audit_key(endpoint_id: uuid.UUID) -> str:
-    """The Kafka key of an endpoint's audit records. They are about no model, and a record
-    without a key lands on any partition: an endpoint's deletion could then reach the audit
-    log ahead of its creation. One key per endpoint keeps its changes in order."""
-    return f"webhook-endpoint/{endpoint_id}"
 _ENDPOINT = """id, name, url, description, secret, format, topics, models, stages, mlflow_events, status,
                failing_since, disabled_at, disabled_reason, created_by, created_at, updated_at"""
 
@@ -79,6 +72,13 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 # -- endpoints -----------------------------------------------------------------------------
+
+
+def audit_key(endpoint_id: uuid.UUID) -> str:
+    """The Kafka key of an endpoint's audit records. They are about no model, and a record
+    without a key lands on any partition: an endpoint's deletion could then reach the audit
+    log ahead of its creation. One key per endpoint keeps its changes in order."""
+    return f"webhook-endpoint/{endpoint_id}"
 
 
 # What an endpoint change's audit record says about the endpoint (never its secret).
