@@ -43,7 +43,7 @@ import asyncpg
 from opentelemetry.trace import SpanKind
 
 from shared import logs, metrics, telemetry
-from shared.db import sql_literal
+from shared.db import roll_back, sql_literal
 from shared.events import (
     MODEL_NAME_PATTERN,
     TYPED_EVIDENCE,
@@ -253,15 +253,6 @@ async def begin_claiming(conn: asyncpg.Connection, consumer: str, ids: Sequence[
     return {r[0] for r in await conn.fetch(
         """INSERT INTO processed_events (consumer, event_id)
            SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id""", consumer, list(wanted))}
-
-
-async def _roll_back(conn: asyncpg.Connection) -> None:
-    """End a failed batch's transaction. A connection that cannot say ROLLBACK is broken: the
-    pool closes it on release, and the server rolls back with it."""
-    if conn.is_closed():
-        return
-    with contextlib.suppress(Exception):
-        await conn.execute("ROLLBACK")
 
 
 @contextlib.asynccontextmanager
@@ -550,7 +541,7 @@ class BatchProcessor:
                         rows = await self._handle_all(conn, batch, todo, savepoints)
                 await write_outbox_and_commit(conn, self.consumer, rows)
             except BaseException:
-                await _roll_back(conn)
+                await roll_back(conn)
                 raise
         self._applied(deliveries)
         if rows:  # the relay has something to send (a batch that emits nothing wakes nobody)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -65,6 +66,15 @@ async def commit(conn: AnyConnection, statements: str = "") -> None:
     status = await conn.execute(f"{statements}; COMMIT" if statements else "COMMIT")
     if status != "COMMIT":
         raise RuntimeError(f"the transaction ended with {status}, not COMMIT")
+
+
+async def roll_back(conn: AnyConnection) -> None:
+    """End a failed transaction. A connection that cannot say ROLLBACK is broken: the pool
+    closes it on release, and the server rolls back with it."""
+    if conn.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        await conn.execute("ROLLBACK")
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4,
