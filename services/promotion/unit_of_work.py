@@ -156,7 +156,7 @@ class PromotionBatch:
             for r in await self.conn.fetch(
                     """SELECT name, version, to_stage, actor FROM approvals
                        WHERE (name, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))""",
-                    [k[0] for k in requested], [k[1] for k in requested]):
+                    *names_and_versions(requested)):
                 self._approvals.setdefault((r["name"], r["version"], r["to_stage"]), set()).add(r["actor"])
         if rows[0]["waiting"]:
             for r in await self.conn.fetch(
@@ -332,11 +332,11 @@ class PromotionBatch:
                    if self._history or self._new_evaluations or self._holds else None)
         for i, columns in enumerate(upserts):
             if appends is not None and i == len(upserts) - 1:
-                await conn.execute(f"WITH {_APPENDS} {_upsert(first=len(appends) + 1)}", *appends, *columns)
+                await conn.execute(_APPENDS_THEN_UPSERT, *appends, *columns)
             else:
-                await conn.execute(_upsert(first=1), *columns)
+                await conn.execute(_UPSERT, *columns)
         if appends is not None and not upserts:
-            await conn.execute(f"WITH {_APPENDS} SELECT", *appends)
+            await conn.execute(_APPENDS_ALONE, *appends)
         if self._cleared_approvals:
             cleared = sorted(self._cleared_approvals)
             await conn.execute(
@@ -384,6 +384,11 @@ def _upsert(*, first: int) -> str:
                SET stage = EXCLUDED.stage, validated = EXCLUDED.validated, blocked = EXCLUDED.blocked,
                    superseded_at = EXCLUDED.superseded_at, previous_champion = EXCLUDED.previous_champion,
                    stage_changed_at = EXCLUDED.stage_changed_at"""
+
+
+_UPSERT = _upsert(first=1)
+_APPENDS_THEN_UPSERT = f"WITH {_APPENDS} {_upsert(first=28)}"
+_APPENDS_ALONE = f"WITH {_APPENDS} SELECT"
 
 
 def names_and_versions(keys: Iterable[tuple[str, int]]) -> tuple[list[str], list[int]]:
